@@ -1,0 +1,3 @@
+from editeval.cli import main
+
+main()

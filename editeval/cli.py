@@ -1,0 +1,40 @@
+"""The `editeval` command line. Each command group lives in its own module under
+`editeval/commands/` and is registered here; heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from editeval.errors import EditevalError
+
+app = typer.Typer(
+    help="editeval: knowledge-editing benchmarks, reference methods, scoring and leaderboard.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from editeval.commands import datasets
+
+    app.add_typer(datasets.app, name="datasets")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=True)
+    except EditevalError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

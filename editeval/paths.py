@@ -1,0 +1,36 @@
+"""Where things live: raw data, the repository's dataset folders, the user cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+
+def raw_data_dir(override: str | os.PathLike | None = None) -> Path:
+    """Raw benchmark files: flag > $EDITEVAL_RAW_DATA > ../shared/data/raw beside the repo."""
+    if override:
+        return Path(override)
+    if os.environ.get("EDITEVAL_RAW_DATA"):
+        return Path(os.environ["EDITEVAL_RAW_DATA"])
+    return REPO_ROOT.parent / "shared" / "data" / "raw"
+
+
+def datasets_dir(override: str | os.PathLike | None = None) -> Path:
+    """Built datasets: flag > $EDITEVAL_DATASETS > ./datasets in the repository."""
+    if override:
+        return Path(override)
+    if os.environ.get("EDITEVAL_DATASETS"):
+        return Path(os.environ["EDITEVAL_DATASETS"])
+    return REPO_ROOT / "datasets"
+
+
+def cache_dir() -> Path:
+    """Converted models, key statistics, pre-edit predictions: $EDITEVAL_CACHE or the user cache dir."""
+    root = Path(os.environ.get("EDITEVAL_CACHE") or platformdirs.user_cache_dir("editeval"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root

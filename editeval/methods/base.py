@@ -1,0 +1,168 @@
+"""The one interface every editing method implements, the registry, presets and exact undo.
+
+A method is one module under `editeval/methods/` that defines a hyper-parameter dataclass
+(subclass of `HParams`) and an `apply` function, registered with `@register_method`:
+
+    @register_method("rome", hparams=ROMEHParams, batch=False, sequential=True)
+    def apply_rome(model, tokenizer, requests, hparams) -> Backup: ...
+
+`apply` edits the model's weights in place and returns a `Backup` (the original values of every
+parameter it changed); `restore(model, backup)` puts them back bit for bit. Presets live in
+`editeval/hparams/<method>/<model>.yaml` (a registered model name, or a family: `gpt2`, `llama`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import torch
+import yaml
+
+from editeval.errors import EditevalError
+from editeval.paths import PACKAGE_DIR
+
+HPARAMS_DIR = PACKAGE_DIR / "hparams"
+
+# model_type -> preset family used when no preset exists for the model's own name
+FAMILY_OF_MODEL_TYPE = {
+    "gpt2": "gpt2", "gptj": "gpt2", "gpt_neox": "gpt2",
+    "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma": "llama",
+    "gemma2": "llama", "phi3": "llama",
+}
+
+
+@dataclass
+class HParams:
+    """Base of every method's hyper-parameters. Layer lists given for a model of
+    `reference_num_layers` layers are rescaled to the depth of the model being edited."""
+
+    reference_num_layers: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "hparams") -> "HParams":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise EditevalError(f"{source}: unknown hyper-parameter(s) {', '.join(unknown)} for {cls.__name__}")
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise EditevalError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "HParams":
+        path = Path(path)
+        if not path.exists():
+            raise EditevalError(f"hyper-parameter file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise EditevalError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise EditevalError(f"{path}: expected a mapping of hyper-parameters")
+        return cls.from_dict(values, source=str(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def scale_layer(self, layer: int, num_layers: int) -> int:
+        """Map a layer index chosen for `reference_num_layers` onto a model with `num_layers`."""
+        if self.reference_num_layers is None or self.reference_num_layers == num_layers:
+            return layer
+        return min(num_layers - 1, round(layer * num_layers / self.reference_num_layers))
+
+
+Request = dict  # an edit-request record (editeval.schema.EDIT_REQUEST_FEATURES)
+Backup = dict[str, torch.Tensor]  # parameter name -> its original value (a detached copy)
+ApplyFn = Callable[[torch.nn.Module, object, list[Request], HParams], Backup]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    hparams: type[HParams]
+    apply: ApplyFn
+    batch: bool  # can apply many requests in one call
+    sequential: bool  # edits can accumulate on one model
+    needs_subject: bool  # the request's subject must occur in its prompt
+
+    def load_hparams(self, model: torch.nn.Module | None = None, model_name: str | None = None,
+                     path: str | Path | None = None) -> HParams:
+        return self.hparams.from_yaml(path or preset_path(self.name, model, model_name))
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, hparams: type[HParams], batch: bool, sequential: bool = True,
+                    needs_subject: bool = False):
+    def decorator(fn: ApplyFn) -> ApplyFn:
+        _METHODS[name] = Method(name, hparams, fn, batch, sequential, needs_subject)
+        return fn
+
+    return decorator
+
+
+def _import_all() -> None:
+    import editeval.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in {"base"} and not info.name.startswith("_"):
+            importlib.import_module(f"editeval.methods.{info.name}")
+
+
+def get_method(name: str) -> Method:
+    _import_all()
+    if name not in _METHODS:
+        raise EditevalError(f"unknown method '{name}' (available: {', '.join(sorted(_METHODS))})")
+    return _METHODS[name]
+
+
+def available_methods() -> list[str]:
+    _import_all()
+    return sorted(_METHODS)
+
+
+def preset_path(method: str, model: torch.nn.Module | None = None, model_name: str | None = None) -> Path:
+    """hparams/<method>/<model name>.yaml if it exists, else the model family's preset."""
+    folder = HPARAMS_DIR / method
+    candidates = []
+    if model_name:
+        candidates.append(folder / f"{Path(str(model_name)).name}.yaml")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in FAMILY_OF_MODEL_TYPE:
+        candidates.append(folder / f"{FAMILY_OF_MODEL_TYPE[model_type]}.yaml")
+    for path in candidates:
+        if path.exists():
+            return path
+    raise EditevalError(
+        f"no hyper-parameter preset for method '{method}' and model '{model_name or model_type}' "
+        f"in {folder} (pass --hparams FILE)"
+    )
+
+
+def backup_parameters(model: torch.nn.Module, names: list[str], backup: Backup | None = None) -> Backup:
+    """Copy the current value of each named parameter into `backup` (first copy wins)."""
+    backup = {} if backup is None else backup
+    for name in names:
+        if name not in backup:
+            backup[name] = model.get_parameter(name).detach().clone()
+    return backup
+
+
+def restore(model: torch.nn.Module, backup: Backup) -> None:
+    """Put every backed-up parameter back exactly."""
+    with torch.no_grad():
+        for name, original in backup.items():
+            model.get_parameter(name).copy_(original)

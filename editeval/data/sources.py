@@ -1,0 +1,249 @@
+"""The raw benchmark files: what SOURCES.md says about them, and a checked loader.
+
+`SOURCES` is the pinned table (path -> format, size, sha256, record count) derived from
+`../shared/data/raw/SOURCES.md`; `parse_sources_md` reads the same facts out of any SOURCES.md
+(a test keeps the two equal; `editeval datasets build --sources FILE` checks against another
+SOURCES.md, e.g. for a new raw-data release). `RawData` opens files for the builders: each
+file must exist, have the listed sha256, parse in the listed format and hold the listed number
+of records, or an `EditevalError` names the file and what is wrong. `check_records` and `field`
+validate the records themselves (required keys and their types), independently of the sha check.
+
+Regenerate the table after SOURCES.md changes: `python -m editeval.data.sources SOURCES.md`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from editeval.errors import EditevalError
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One raw file as SOURCES.md describes it."""
+
+    path: str  # relative to the raw data folder, with "/"
+    format: str  # "json_list" | "json_dict" | "jsonl" | "lines"
+    size: int
+    sha256: str
+    records: int | tuple[tuple[str, int], ...]  # a count, or (key, count) pairs for a JSON dict
+
+
+_FORMATS = {
+    "JSON list": "json_list",
+    "JSON dict": "json_dict",
+    "JSON Lines": "jsonl",
+    "text, one label per line": "lines",
+}
+
+
+def _spec(path, fmt, size, sha256, records) -> FileSpec:
+    if isinstance(records, dict):
+        records = tuple(records.items())
+    return FileSpec(path, fmt, size, sha256, records)
+
+
+# Derived from ../shared/data/raw/SOURCES.md (kept equal to it by tests/test_datasets_sources.py).
+SOURCES: dict[str, FileSpec] = {
+    s.path: s
+    for s in [
+        _spec("counterfact/counterfact-edit.json", "json_list", 3850773, "20c225e6299b3c5b2c569bd9103aa212806e0d1e6e0c307de5c379773979b967", 10000),
+        _spec("counterfact/counterfact-train.json", "json_list", 3849872, "bb40e12c7b740d6859e521674cf438f063c7c3e444bc1b449e74cdd0900772d0", 10000),
+        _spec("counterfact/counterfact-val.json", "json_list", 741112, "4feb68cc1f85dcf3b285252a28f2b2193ff69971947619356236953be60ecd1f", 1919),
+        _spec("knowedit/Convsent/blender_test.json", "json_list", 1327531, "bfdab01a2655f5b136e593bc0d1d440cea963a1883510da7b31178855db00804", 800),
+        _spec("knowedit/Convsent/blender_val.json", "json_list", 1325161, "4c21b2d802ac70877c9356439f676ead4bd9eb767c2f34d582df4b5b200e3882", 799),
+        _spec("knowedit/Sanitation/trivia_qa_test.json", "json_dict", 95119, "515f5e08e8ebc1a6274938a67dee34489d17f6177f2726ecb937064f1e9a79f7", {"success": 80, "locality": 453}),
+        _spec("knowedit/Sanitation/trivia_qa_train.json", "json_dict", 87025, "30ddde2c3410f93cf5a7f34fe6fcb0fd9f1d4fdfde3974c563c76c763ae109d3", {"K_F": 80, "K_R": 453}),
+        _spec("knowedit/WikiBio/wikibio-test-all.json", "json_list", 309858, "00933f69b47d8281d01f1f4b84f3f266b7482a65a7d74022e660a8a9ca2264a4", 306),
+        _spec("knowedit/WikiBio/wikibio-train-all.json", "json_list", 454217, "6ee88049c1c6c00d6f81d2d942350b6ec78b45917d2ec8a3eec3eafa89c2e209", 464),
+        _spec("knowedit/ZsRE/ZsRE-test-all.json", "json_list", 1523064, "d70ff1f69ddcac101bbe9c6f1d6ee3918bdac96f145d937e90fbbb02fcf85fab", 1304),
+        _spec("knowedit/wiki_counterfact/test_cf-generate-10.jsonl", "jsonl", 3469788, "ab0dd49dd0efc3ca12beb795b3b4af9e71536aefa19f00edeb90dca9e5bcdac7", 885),
+        _spec("knowedit/wiki_counterfact/train_cf.json", "json_list", 1388264, "acdc01922afab1d4122249a2c22ad8c1e0e86506dd7a28eec698f22d175ebf9d", 1428),
+        _spec("knowedit/wiki_recent/recent_train.json", "json_list", 1837416, "5856107412ddeeae2ceea2a15ebd125fd7c86ac8d62b933b095514304a77c73a", 570),
+        _spec("locality/commonsense_task/piqa_valid-labels.lst", "lines", 3676, "b4192dc3a2a0363d9d60ccf79800cbbe2f32ebb17726efdde6970e0b8131bceb", 1838),
+        _spec("locality/commonsense_task/piqa_valid.jsonl", "jsonl", 495929, "93503cc97c679e459b065c3d13e848282e44b2a25213985bed3e5d458abef72d", 1838),
+        _spec("locality/counterfact_distracting_neighbor.json", "json_list", 3050394, "b3a6ed985620f3db707bf655e3d016a136635999f318e839be8f3b5795a016aa", 804),
+        _spec("locality/counterfact_other_attribution.json", "json_list", 3050394, "b3a6ed985620f3db707bf655e3d016a136635999f318e839be8f3b5795a016aa", 804),
+        _spec("portability/counterfact_portability_gpt4.json", "json_list", 2725930, "fac215b31d9481a33e055ac85145d1d711217dfd20ad3c45e61fc2d6b540c5ed", 1031),
+        _spec("portability/counterfact_subject_replace.json", "json_list", 517115, "36a81b8dd513680743347d94acd00fd5f3e25baafbe6ebe951e16ff0f36f9b9d", 213),
+        _spec("portability/zsre_inverse_relation.json", "json_list", 193283, "34d07e57e0b8273f9418eb1925c38ba0294d94b986f5b291df41d968b0fe06e3", 385),
+        _spec("portability/zsre_mend_eval_portability_gpt4.json", "json_list", 842861, "0cf155da229b2eccae19fcfe5f7a09523363d357f5f15508d1521f495ad5ecd9", 1037),
+        _spec("portability/zsre_subject_replace.json", "json_list", 152608, "bcb6d394b390329828898799220916ebc0ae95617c8c94fc60bf527692e41740", 293),
+        _spec("rome_aux/known_1000.json", "json_list", 343229, "61daca55318bb5260c1e62e133debef9102c7b278bbc7b19dd2ac655543f333a", 1209),
+        _spec("zsre/zsre_mend_train-1k.json", "json_list", 537970, "e62596101d8ed551889c26c0d2a5277f92eaef3b14416d8eaee39b04a244ab60", 1000),
+    ]
+}
+
+_SECTION = re.compile(r"^### `([^`]+)`\s*$", re.M)
+_FORMAT = re.compile(r"^- format: (.+?); records: \*\*(.+?)\*\*", re.M)
+_SIZE = re.compile(r"^- size: ([\d,]+) bytes; sha256: `([0-9a-f]{64})`", re.M)
+
+
+def parse_sources_md(path: str | os.PathLike) -> dict[str, FileSpec]:
+    """Every `### \\`file\\`` section of a SOURCES.md: format, size, sha256 and record count."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise EditevalError(f"cannot read sources file {path}: {err.strerror or err}") from None
+    heads = list(_SECTION.finditer(text))
+    if not heads:
+        raise EditevalError(f"{path}: no '### `file`' sections found; is this a SOURCES.md?")
+    table: dict[str, FileSpec] = {}
+    for i, head in enumerate(heads):
+        name = head.group(1)
+        block = text[head.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        fmt, size = _FORMAT.search(block), _SIZE.search(block)
+        if not fmt or not size:
+            raise EditevalError(f"{path}: section for {name} lacks a '- format: ...; records: **N**' or '- size: N bytes; sha256: `...`' line")
+        if fmt.group(1) not in _FORMATS:
+            raise EditevalError(f"{path}: section for {name} has unknown format {fmt.group(1)!r}")
+        table[name] = _spec(name, _FORMATS[fmt.group(1)], int(size.group(1).replace(",", "")), size.group(2),
+                            _parse_count(fmt.group(2), path, name))
+    return table
+
+
+def _parse_count(text: str, path: Path, name: str) -> int | dict[str, int]:
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    counts = {}
+    for part in text.split("/"):
+        key, _, num = part.partition(":")
+        if not num.strip().isdigit():
+            raise EditevalError(f"{path}: section for {name} has an unreadable record count {text!r}")
+        counts[key.strip()] = int(num)
+    return counts
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RawData:
+    """Opens raw files for the builders, checking each against its FileSpec once."""
+
+    def __init__(self, root: str | os.PathLike, sources: Mapping[str, FileSpec] | None = None):
+        self.root = Path(root)
+        self.sources = SOURCES if sources is None else sources
+        self._cache: dict[str, Any] = {}
+        self._checked: dict[str, Path] = {}
+
+    def spec(self, relpath: str) -> FileSpec:
+        try:
+            return self.sources[relpath]
+        except KeyError:
+            raise EditevalError(f"raw file {relpath} has no entry in SOURCES.md, so it cannot be checked") from None
+
+    def check(self, relpath: str) -> Path:
+        """The file's path after the existence and sha256 checks."""
+        if relpath in self._checked:
+            return self._checked[relpath]
+        spec = self.spec(relpath)
+        path = self.root / relpath
+        if not path.is_file():
+            raise EditevalError(f"raw file missing: {path} (give the raw data folder with --raw-dir or $EDITEVAL_RAW_DATA)")
+        digest = sha256_of(path)
+        if digest != spec.sha256:
+            raise EditevalError(f"raw file {path}: sha256 {digest} does not match SOURCES.md ({spec.sha256}); "
+                                f"the file is not the published one")
+        self._checked[relpath] = path
+        return path
+
+    def load(self, relpath: str):
+        """Parsed records: a list (json_list / jsonl / lines) or a dict of lists (json_dict)."""
+        if relpath in self._cache:
+            return self._cache[relpath]
+        spec = self.spec(relpath)
+        path = self.check(relpath)
+        data = _parse(path, spec.format)
+        if isinstance(spec.records, tuple):
+            if not isinstance(data, dict):
+                raise EditevalError(f"raw file {path}: expected a JSON object of record lists, got {type(data).__name__}")
+            found = {k: len(v) if isinstance(v, list) else -1 for k, v in data.items()}
+            if found != dict(spec.records):
+                raise EditevalError(f"raw file {path}: record counts {found} do not match SOURCES.md {dict(spec.records)}")
+        else:
+            if not isinstance(data, list):
+                raise EditevalError(f"raw file {path}: expected a JSON list of records, got {type(data).__name__}")
+            if len(data) != spec.records:
+                raise EditevalError(f"raw file {path}: {len(data)} records, SOURCES.md says {spec.records}")
+        self._cache[relpath] = data
+        return data
+
+
+def _parse(path: Path, fmt: str):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise EditevalError(f"raw file {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if fmt == "lines":
+        return text.splitlines()
+    if fmt == "jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise EditevalError(f"raw file {path} line {n}: invalid JSON ({err.msg})") from None
+        return records
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise EditevalError(f"raw file {path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})") from None
+
+
+# --------------------------------------------------------------------------- record checks
+
+_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
+
+
+def field(record: Any, key: str, where: str, index: int, kind: type | tuple[type, ...] = str, nonempty: bool = False):
+    """record[key] (dotted for nested objects), checked; else an error naming file, record and key."""
+    value = record
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            raise EditevalError(f"{where} record {index}: '{key}' is not reachable ('{part}' sits in {type(value).__name__}, not an object)")
+        if part not in value:
+            raise EditevalError(f"{where} record {index}: missing required key '{key}'")
+        value = value[part]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        want = _TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind))) if isinstance(kind, type) else " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kind)
+        raise EditevalError(f"{where} record {index}: key '{key}' must be {want}, got {type(value).__name__}")
+    if nonempty and not value:
+        raise EditevalError(f"{where} record {index}: key '{key}' is empty")
+    return value
+
+
+def check_records(records: Iterable[Any], required: Mapping[str, type | tuple[type, ...]], where: str) -> None:
+    """Every record is an object holding each required (dotted) key with the given type."""
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise EditevalError(f"{where} record {index}: expected an object, got {type(record).__name__}")
+        for key, kind in required.items():
+            field(record, key, where, index, kind)
+
+
+def _emit(table: Mapping[str, FileSpec]) -> str:
+    lines = []
+    for s in table.values():
+        records = dict(s.records) if isinstance(s.records, tuple) else s.records
+        lines.append(f"        _spec({s.path!r}, {s.format!r}, {s.size}, {s.sha256!r}, {records!r}),")
+    return "\n".join(lines).replace("'", '"')
+
+
+if __name__ == "__main__":  # print the SOURCES entries for a SOURCES.md
+    import sys
+
+    print(_emit(parse_sources_md(sys.argv[1] if len(sys.argv) > 1 else Path(os.environ.get("EDITEVAL_RAW_DATA", "")) / "SOURCES.md")))

@@ -22,6 +22,12 @@ def _register() -> None:
     from editeval.commands import datasets
 
     app.add_typer(datasets.app, name="datasets")
+    from editeval.commands import score
+    app.command("score")(score.score)
+    from editeval.commands import leaderboard, submit
+    app.add_typer(submit.app, name="submit")
+    app.add_typer(leaderboard.app, name="leaderboard")
+    from editeval.commands import edit; app.command("edit")(edit.edit)
 
 
 _register()

@@ -160,3 +160,72 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- base/checkpoint match
+
+_ARCH_KEYS = (
+    ("model_type",), ("vocab_size",), ("hidden_size", "n_embd", "d_model"),
+    ("num_hidden_layers", "n_layer", "num_layers"), ("num_attention_heads", "n_head"),
+    ("num_key_value_heads",), ("intermediate_size", "n_inner"), ("tie_word_embeddings",),
+)
+# probe texts whose tokenisation must agree between base and checkpoint
+_TOKENIZER_PROBES = (
+    "The mother tongue of Danielle Darrieux is English",
+    " Paris\n\nQ: who wrote Hamlet? A: William Shakespeare 1603 — naïve café ünïcode 中文",
+)
+
+
+def architecture_summary(config) -> dict:
+    """The size-defining fields of a transformers config (or config.json dict), normalised."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    out = {}
+    for names in _ARCH_KEYS:
+        for n in names:
+            value = get(n, None)
+            if value is not None:
+                out[names[0]] = value
+                break
+    archs = get("architectures", None)
+    if archs:
+        out["architectures"] = list(archs)
+    return out
+
+
+def tokenizer_summary(tokenizer) -> dict:
+    """What makes two tokenizers score identically: vocabulary hash, special tokens, probe ids."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return {
+        "vocab": hashlib.sha256(repr(vocab).encode()).hexdigest()[:16],
+        "bos": tokenizer.bos_token,
+        "eos": tokenizer.eos_token,
+        "probes": [list(tokenizer(p)["input_ids"]) for p in _TOKENIZER_PROBES],
+    }
+
+
+def check_compatible(base: LoadedModel, candidate: LoadedModel) -> None:
+    """Refuse (one `EditevalError` line) a checkpoint whose architecture or tokenizer differs from
+    the base model it claims to edit: the metrics compare token predictions position by position."""
+    mine, theirs = architecture_summary(candidate.model.config), architecture_summary(base.model.config)
+    diffs = [f"{k} {mine.get(k)!r} (base {theirs.get(k)!r})" for k in sorted(set(mine) | set(theirs))
+             if mine.get(k) != theirs.get(k)]
+    if diffs:
+        raise EditevalError(
+            f"model {candidate.name} does not have the architecture of base {base.name}: {'; '.join(diffs)}"
+        )
+    mine_t, theirs_t = tokenizer_summary(candidate.tokenizer), tokenizer_summary(base.tokenizer)
+    diffs = [k for k in mine_t if mine_t[k] != theirs_t[k]]
+    if diffs:
+        what = {"vocab": "vocabulary", "bos": "BOS token", "eos": "EOS token", "probes": "tokenisation"}
+        raise EditevalError(
+            f"model {candidate.name} does not use the tokenizer of base {base.name}: "
+            f"{', '.join(what[k] for k in diffs)} differ"
+        )
+
+
+def same_folder(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two model names/paths resolve to the same weights folder."""
+    try:
+        return model_dir(a).resolve() == model_dir(b).resolve()
+    except EditevalError:
+        return False

@@ -1,0 +1,58 @@
+"""`editeval edit`: apply a method's edits (single / batch / sequential) and score them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def edit(
+    method: str = typer.Option("rome", help="editing method (ft-l, ft-m, kn, rome, memit, ...)"),
+    model: str = typer.Option("smollm2-135m", help="registered model name or a local HF model folder"),
+    benchmark: str = typer.Option("zsre", help="benchmark name"),
+    config: Optional[str] = typer.Option(None, help="benchmark config (default: the benchmark's default)"),
+    split: str = typer.Option("edit", help="split of the benchmark"),
+    limit: Optional[int] = typer.Option(None, help="only the first N requests"),
+    mode: str = typer.Option("single", help="single | batch | sequential"),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="edits applied at once (batch: default all in one batch; sequential: 1)"),
+    hparams: Optional[Path] = typer.Option(None, help="hyper-parameter YAML (default: the method's preset)"),
+    eval_every_edit: bool = typer.Option(False, help="sequential: also evaluate each edit right after it"),
+    save_checkpoint: Optional[Path] = typer.Option(None, help="write the edited model as an HF folder here"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
+    chat_template: bool = typer.Option(False, help="wrap edit and evaluation prompts with the chat template"),
+    eval_batch_size: int = typer.Option(32, help="sequences per forward pass in evaluation"),
+    generation: bool = typer.Option(True, help="also compute the generation-protocol metrics"),
+    out: Optional[Path] = typer.Option(None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"),
+    datasets_dir: Optional[Path] = typer.Option(None, help="folder of built datasets (default ./datasets)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Apply the edits of a benchmark split with METHOD and write a results record."""
+    from editeval.editing import EditOptions, run_edits
+
+    opts = EditOptions(
+        method=method, model=model, benchmark=benchmark, config=config, split=split, limit=limit, mode=mode,
+        edit_batch_size=batch_size, hparams_path=str(hparams) if hparams else None,
+        eval_every_edit=eval_every_edit, save_checkpoint=str(save_checkpoint) if save_checkpoint else None,
+        device=device, dtype=dtype, chat_template=chat_template, out=str(out) if out else None,
+        eval_batch_size=eval_batch_size, generation=generation, progress=progress,
+        datasets_root=str(datasets_dir) if datasets_dir else None,
+    )
+    summary = run_edits(opts)
+    metrics = summary.record.metrics
+    figures = []
+    for key, label in (("reliability.teacher_forced", "reliability"), ("generalization.teacher_forced", "generalization"),
+                       ("locality.teacher_forced", "locality"), ("portability.teacher_forced", "portability")):
+        m = metrics.get(key)
+        if m is not None and m.mean is not None:
+            figures.append(f"{label} {m.mean:.3f}")
+    typer.echo(f"{summary.n_edited} edits ({len(summary.skipped)} skipped), "
+               f"{summary.seconds_per_edit:.2f} s per edit: " + ", ".join(figures))
+    if summary.checkpoint:
+        typer.echo(f"edited model written to {summary.checkpoint}")
+    if summary.after_each:
+        typer.echo(f"after-each-edit record: {summary.after_each}")
+    typer.echo(f"wrote {summary.out}")

@@ -1,0 +1,40 @@
+"""`editeval leaderboard build` renders the static site; `editeval leaderboard serve` serves it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from editeval.paths import REPO_ROOT
+
+app = typer.Typer(help="The leaderboard site, rendered from submissions/*/results.json.", no_args_is_help=True)
+
+DEFAULT_SITE = REPO_ROOT / "leaderboard" / "site"
+DEFAULT_SUBMISSIONS = REPO_ROOT / "submissions"
+
+
+@app.command("build")
+def build(
+    out: Path = typer.Option(DEFAULT_SITE, help="output folder (replaced whole)"),
+    submissions: Path = typer.Option(DEFAULT_SUBMISSIONS, help="folder of submission folders"),
+) -> None:
+    """Render the site from every submissions/*/results.json; invalid entries are listed as such."""
+    from editeval.leaderboard import build_site
+
+    report = build_site(submissions, out)
+    typer.echo(f"built {out / 'index.html'}: {len(report.entries)} entries in {len(report.tables)} tables, "
+               f"{len(report.invalid)} invalid")
+    for bad in report.invalid:
+        typer.echo(f"  invalid: {bad.slug}: {bad.reason}", err=True)
+
+
+@app.command("serve")
+def serve(
+    port: int = typer.Option(8000, help="port on 127.0.0.1 (0: any free port)"),
+    site: Path = typer.Option(DEFAULT_SITE, "--dir", help="the built site"),
+) -> None:
+    """Serve the built site on localhost (Ctrl-C stops)."""
+    from editeval.leaderboard import serve as serve_site
+
+    serve_site(site, port)

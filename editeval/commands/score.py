@@ -1,0 +1,45 @@
+"""`editeval score`: score an edited checkpoint against its base model and write a results record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def score(
+    model: str = typer.Option(..., "--model", help="edited checkpoint: a registered name or a local HF model folder"),
+    base: str = typer.Option("smollm2-135m", "--base", help="the unedited base model (name or folder)"),
+    benchmark: str = typer.Option("zsre", "--benchmark", help="built benchmark name (datasets/<name>)"),
+    config: str = typer.Option(None, "--config", help="benchmark config (default: the benchmark's default)"),
+    split: str = typer.Option("edit", "--split", help="split of edit requests"),
+    limit: int = typer.Option(None, "--limit", help="score only the first N edits"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="sequences per forward pass"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    chat_template: bool = typer.Option(False, "--chat-template", help="wrap edit prompts with the chat template"),
+    generation: bool = typer.Option(True, "--generation/--no-generation", help="also the greedy-generation protocol"),
+    fluency: bool = typer.Option(False, "--fluency", help="fluency of 100-token greedy generations (slow)"),
+    piqa: int = typer.Option(200, "--piqa", min=0, help="Other-Task locality: first N PIQA items (0 = off)"),
+    out: Path = typer.Option(None, "--out", help="results JSON path (default results/<benchmark>-<split>-<model>.json)"),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Score an edited checkpoint on every edit of a benchmark split (locality vs. the base model)."""
+    import torch
+
+    from editeval.scoring import headline, score_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    record, _rows, path = score_checkpoint(
+        model, base=base, benchmark=benchmark, split=split, config=config, limit=limit,
+        batch_size=batch_size, device=device, dtype=dtype, chat_template=chat_template,
+        generation=generation, fluency=fluency, piqa_items=piqa, out=out, progress=progress,
+    )
+    meta = record.meta
+    typer.echo(f"{meta.benchmark}/{meta.split}: {meta.n_edits} edits, {meta.edited_model} vs base {meta.base_model}"
+               f" on {meta.device}, {meta.wall_time_s:.1f} s, peak RSS {meta.peak_rss_mb:.0f} MB")
+    for line in headline(record):
+        typer.echo(line)
+    typer.echo(f"wrote {path} (+ {record.rows_file})")

@@ -1,0 +1,49 @@
+"""`editeval submit new [DIR]` writes a filled-in submission.yaml; `editeval submit check DIR` validates one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Leaderboard submissions: write a template, validate a submission folder.",
+                  no_args_is_help=True)
+
+
+@app.command("new")
+def new(
+    directory: Path = typer.Argument(Path("submissions/my-entry"), help="submission folder to create"),
+    base: str = typer.Option("smollm2-135m", help="base model (a registered name)"),
+    benchmark: str = typer.Option("zsre", help="benchmark name"),
+    split: str = typer.Option("edit", help="split"),
+    method: str = typer.Option("rome", help="method name"),
+    kind: str = typer.Option("checkpoint", help="what is scored: checkpoint | hub | method | unedited"),
+    fingerprint: bool = typer.Option(True, help="load the base model to fill in its fingerprint"),
+    force: bool = typer.Option(False, help="overwrite an existing submission.yaml"),
+) -> None:
+    """Write DIR/submission.yaml, filled in with the given choices and commented."""
+    from editeval.submissions import write_template
+
+    path = write_template(directory, base=base, benchmark=benchmark, split=split, method=method, kind=kind,
+                          fingerprint=fingerprint, force=force)
+    typer.echo(f"wrote {path}: edit it, then run: editeval submit check {directory}")
+
+
+@app.command("check")
+def check(
+    directory: Path = typer.Argument(..., help="submission folder holding submission.yaml"),
+    files: bool = typer.Option(True, help="also check the checkpoint / hparams files it names"),
+) -> None:
+    """Validate a submission folder: schema, paths, file types and sizes. Exit 2 on problems."""
+    from editeval.submissions import SubmissionError, check_submission
+
+    try:
+        checked = check_submission(directory, check_files=files)
+    except SubmissionError as err:
+        for line in str(err).splitlines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
+    sub = checked.submission
+    typer.echo(f"ok: {checked.slug}: {sub.title!r} ({sub.method.name} on {sub.base_model.name}, "
+               f"{sub.benchmark.name}/{sub.benchmark.split}, {sub.mode_label}, {sub.num_edits} edits, "
+               f"scores {sub.score.kind})")

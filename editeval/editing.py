@@ -1,0 +1,488 @@
+"""The edit driver behind `editeval edit`: apply a method's edits in one of three modes, evaluate
+them with the evaluation core, and write a results record.
+
+Modes (what "edited model" each metric is taken on):
+
+- ``single``: each edit is applied to the untouched model, its row is evaluated, then the edit is
+  undone exactly (`restore`). The usual "single edit" numbers of the field.
+- ``batch``: ``edit_batch_size`` edits at once; the batch is evaluated on that model, then undone.
+  With one batch holding every edit this is MEMIT's "many edits at once".
+- ``sequential``: edits accumulate on one model (``edit_batch_size`` at a time, default 1); every
+  edit is evaluated after the last one was applied. With ``eval_every_edit`` each edit is also
+  evaluated right after it was applied, written as a second record ``<out>.after-each.json``.
+
+Locality always compares against the untouched base model (its predictions are computed once by
+the `Evaluator` before any edit). Bad requests (empty prompt or target, a target that tokenises to
+nothing, a subject missing from its prompt for methods that need it) are reported and skipped
+with a count, never fatal to the rest.
+
+Other-Task (PIQA) locality is not computed per edit here (hundreds of sequences per edit); score
+a saved checkpoint with `editeval score` for it.
+
+Resuming: every finished edit is appended as one JSON line to ``<out>.partial.jsonl`` (first line:
+a header naming the run; a rerun with other settings is refused). A rerun skips what is done. In
+sequential mode the current values of every changed weight are also saved after each step to
+``<out>.partial.safetensors``, so a rerun continues from the same edited model. Both partial files
+are removed when the record is written. Records, checkpoints and partial state are written to a
+temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from editeval.errors import EditevalError
+from editeval.methods.base import Method, get_method, restore
+
+log = logging.getLogger(__name__)
+
+MODES = ("single", "batch", "sequential")
+
+
+@dataclass
+class EditOptions:
+    method: str = "rome"
+    model: str = "smollm2-135m"
+    benchmark: str = "zsre"
+    config: str | None = None
+    split: str = "edit"
+    limit: int | None = None
+    mode: str = "single"
+    edit_batch_size: int | None = None  # batch: default all edits in one batch; sequential: 1
+    hparams_path: str | None = None
+    eval_every_edit: bool = False
+    save_checkpoint: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    chat_template: bool = False
+    out: str | None = None
+    eval_batch_size: int = 32
+    generation: bool = True
+    progress: bool = True
+    datasets_root: str | None = None
+    seed: int = 0
+
+    def out_path(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        return Path("results") / f"{self.method}-{self.benchmark}-{self.split}-{self.mode}.json"
+
+
+@dataclass
+class EditSummary:
+    out: Path
+    n_requests: int
+    n_edited: int
+    skipped: list[dict] = field(default_factory=list)
+    seconds_per_edit: float | None = None
+    checkpoint: Path | None = None
+    after_each: Path | None = None
+    record: Any = None
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_mode(method: Method, mode: str, edit_batch_size: int | None, save_checkpoint: str | None,
+               n_requests: int | None = None) -> None:
+    """Refuse, with one clear line, what this method or mode cannot do."""
+    if mode not in MODES:
+        raise EditevalError(f"--mode {mode}: choose from {', '.join(MODES)}")
+    if edit_batch_size is not None and edit_batch_size < 1:
+        raise EditevalError(f"--batch-size {edit_batch_size}: must be at least 1")
+    if mode == "single" and edit_batch_size not in (None, 1):
+        raise EditevalError("--batch-size applies to --mode batch or sequential, not single")
+    if mode == "sequential" and not method.sequential:
+        raise EditevalError(f"method '{method.name}' does not support sequential editing (edits cannot accumulate)")
+    if mode in ("batch", "sequential") and not method.batch and (
+            (edit_batch_size or (0 if mode == "sequential" else 2)) > 1):
+        raise EditevalError(
+            f"method '{method.name}' edits one request at a time: use --mode single, or "
+            f"--mode sequential without --batch-size (it does not support batch editing)")
+    if save_checkpoint:
+        if mode == "single":
+            raise EditevalError("--save-checkpoint needs one edited model: use --mode sequential, "
+                                "or --mode batch with one batch (every edit is undone in single mode)")
+        if mode == "batch" and edit_batch_size is not None and n_requests is not None and edit_batch_size < n_requests:
+            raise EditevalError("--save-checkpoint in batch mode needs one batch holding every edit "
+                                "(leave out --batch-size), or use --mode sequential")
+
+
+def check_hparams_layers(model: torch.nn.Module, hparams) -> None:
+    """A preset naming a layer the model does not have fails before any edit is tried."""
+    from editeval.architectures import check_layer, num_layers
+
+    n = num_layers(model)
+    for name in ("layer", "layers"):
+        value = getattr(hparams, name, None)
+        if value is None:
+            continue
+        for layer in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(layer, int):
+                check_layer(model, hparams.scale_layer(layer, n))
+
+
+def request_problem(request: dict, method: Method, tokenizer) -> str | None:
+    """Why this request cannot be edited by `method`, or None when it can."""
+    prompt, target = request.get("prompt") or "", request.get("target_new") or ""
+    if not prompt.strip():
+        return "empty prompt"
+    if not target.strip():
+        return "empty target_new"
+    if not tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]:
+        return f"target_new {target!r} tokenises to nothing"
+    if method.needs_subject:
+        subject = request.get("subject") or ""
+        if not subject.strip():
+            return f"method '{method.name}' needs a subject and the request has none"
+        if subject not in prompt:
+            return f"subject {subject!r} does not occur in the prompt {prompt!r}"
+    return None
+
+
+def method_request(request: dict, tokenizer, chat_template: bool) -> dict:
+    """The request as the method sees it: with --chat-template its prompt is wrapped exactly as
+    the evaluation wraps it (the subject stays inside the prompt)."""
+    if not chat_template:
+        return request
+    from editeval.metrics import chat_prompt
+
+    return {**request, "prompt": chat_prompt(tokenizer, request["prompt"])}
+
+
+# --------------------------------------------------------------------------- partial state
+
+
+class Partial:
+    """The append-only progress file of one run (+ the sequential weights file)."""
+
+    def __init__(self, out: Path, header: dict):
+        self.path = out.with_name(out.name + ".partial.jsonl")
+        self.state_path = out.with_name(out.name + ".partial.safetensors")
+        self.header = header
+        self.entries: list[dict] = []
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            try:
+                first = json.loads(lines[0]) if lines else {}
+            except ValueError:
+                first = {}
+            if first.get("header") != header:
+                raise EditevalError(
+                    f"{self.path} holds progress of a different run (other method, hparams, model, data or "
+                    f"mode): delete it to start afresh")
+            for line in lines[1:]:
+                try:
+                    self.entries.append(json.loads(line))
+                except ValueError:
+                    break  # a line cut short by an interruption: everything after it is redone
+            # rewrite without a cut-short tail so later appends stay parseable
+            self._rewrite()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({"header": self.header}) + "\n")
+            for entry in self.entries:
+                fh.write(json.dumps(entry) + "\n")
+        os.replace(tmp, self.path)
+
+    def append(self, entry: dict) -> None:
+        self.entries.append(entry)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(entry, default=_json_default) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def save_state(self, model: torch.nn.Module, names: set[str]) -> None:
+        """The current values of the changed weights, tagged with the indices applied so far
+        (the state file, not the progress lines, says which edits the saved weights hold)."""
+        from safetensors.torch import save_file
+
+        tensors = {n: model.get_parameter(n).detach().to("cpu").contiguous() for n in sorted(names)}
+        applied = sorted(e["index"] for e in self.entries if not e.get("skipped"))
+        metadata = {"applied": json.dumps(applied)}
+        fd, tmp = tempfile.mkstemp(dir=self.state_path.parent, prefix=f".{self.state_path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, self.state_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_state(self, model: torch.nn.Module) -> set[str]:
+        """Load the saved weights into `model`; progress lines of edits they do not hold are
+        dropped (they are redone)."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        applied: set[int] = set()
+        if self.state_path.exists():
+            with safe_open(str(self.state_path), framework="pt") as fh:
+                applied = set(json.loads((fh.metadata() or {}).get("applied", "[]")))
+        kept = [e for e in self.entries if e.get("skipped") or e["index"] in applied]
+        if len(kept) != len(self.entries):
+            self.entries = kept
+            self._rewrite()
+        if not self.state_path.exists():
+            return set()
+        tensors = load_file(self.state_path)
+        with torch.no_grad():
+            for name, value in tensors.items():
+                model.get_parameter(name).copy_(value)
+        return set(tensors)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+
+
+def _json_default(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _clean_row(row: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def _restore_nan(row: dict) -> dict:
+    return {k: (float("nan") if v is None and k != "case_id" else v) for k, v in row.items()}
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer, directory: str | os.PathLike) -> Path:
+    """Write the model + tokenizer as a normal Hugging Face safetensors folder (temp, then rename)."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    old = None
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists():
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def load_requests(opts: EditOptions) -> tuple[list[dict], str]:
+    """The first `limit` requests of the benchmark split and their fingerprint (as `editeval score`)."""
+    from editeval.scoring import dataset_fingerprint
+    from editeval.scoring import load_requests as load_split
+
+    if opts.datasets_root:
+        os.environ["EDITEVAL_DATASETS"] = str(opts.datasets_root)
+    records = load_split(opts.benchmark, opts.split, opts.config, opts.limit)
+    return records, dataset_fingerprint(records)
+
+
+def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = None,
+              dataset_fingerprint: str = "") -> EditSummary:
+    """Apply and evaluate the edits described by `opts`; write the record. `loaded` (a
+    `LoadedModel`) and `requests` may be given directly instead of being loaded by name."""
+    from tqdm.auto import tqdm
+
+    from editeval import results as R
+    from editeval.evaluate import Evaluator
+    from editeval.models import load
+
+    wall0 = time.perf_counter()
+    method = get_method(opts.method)
+    check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint)
+    if opts.hparams_path is not None and not Path(opts.hparams_path).exists():
+        raise EditevalError(f"hyper-parameter file not found: {opts.hparams_path}")
+    if requests is None:
+        requests, dataset_fingerprint = load_requests(opts)
+    if not requests:
+        raise EditevalError(f"no edit requests in {opts.benchmark}/{opts.split}")
+    check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint, len(requests))
+    if loaded is None:
+        loaded = load(opts.model, device=opts.device, dtype=opts.dtype)
+    if loaded.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model, tok = loaded.model, loaded.tokenizer
+    hparams = method.load_hparams(model, opts.model if opts.hparams_path is None else None, opts.hparams_path)
+    check_hparams_layers(model, hparams)
+    torch.manual_seed(opts.seed)
+
+    # bad requests: reported and skipped
+    skipped: list[dict] = []
+    valid: list[int] = []
+    for i, r in enumerate(requests):
+        problem = request_problem(r, method, tok)
+        if problem:
+            skipped.append({"index": i, "case_id": r.get("case_id"), "reason": problem})
+            log.warning("skipping request %d (case_id %s): %s", i, r.get("case_id"), problem)
+        else:
+            valid.append(i)
+    if not valid:
+        raise EditevalError(f"none of the {len(requests)} requests can be edited by '{method.name}' "
+                            f"(first problem: {skipped[0]['reason']})")
+
+    out = opts.out_path()
+    if out.suffix != ".json":
+        raise EditevalError(f"--out {out}: the results record must be a .json path")
+    mode = opts.mode
+    k = opts.edit_batch_size or (len(valid) if mode == "batch" else 1)
+    base_fp = loaded.fingerprint()
+    hp_dict = hparams.to_dict()
+    hp_hash = R.hparams_hash(hp_dict)
+    header = {"method": method.name, "hparams_hash": hp_hash, "model": str(opts.model), "base_fingerprint": base_fp,
+              "benchmark": opts.benchmark, "config": opts.config, "split": opts.split,
+              "dataset_fingerprint": dataset_fingerprint, "n_requests": len(requests), "mode": mode,
+              "edit_batch_size": k, "chat_template": opts.chat_template, "eval_every_edit": opts.eval_every_edit}
+    partial = Partial(out, header)
+
+    ev_requests = [requests[i] for i in valid]
+    ev_index = {i: j for j, i in enumerate(valid)}
+    from editeval.scoring import COUNTERFACT_BENCHMARKS
+
+    try:
+        evaluator = Evaluator(loaded, ev_requests, batch_size=opts.eval_batch_size, chat_template=opts.chat_template,
+                              generation=opts.generation, dataset_fingerprint=dataset_fingerprint, progress=False,
+                              counterfact=True if opts.benchmark in COUNTERFACT_BENCHMARKS else None)
+    except ValueError as err:  # bad records, a tokenizer without a chat template
+        raise EditevalError(f"cannot evaluate {opts.benchmark}/{opts.split}: {err}") from None
+    edit_requests = {i: method_request(requests[i], tok, opts.chat_template) for i in valid}
+
+    changed: set[str] = set()
+    if mode == "sequential":
+        changed = partial.load_state(model)
+        if changed:
+            log.info("resuming sequential run from %s", partial.state_path)
+    done = {e["index"]: e for e in partial.entries}
+    groups = [valid[s: s + k] for s in range(0, len(valid), k)]
+
+    bar = tqdm(total=len(valid), initial=sum(1 for i in valid if i in done), unit="edit",
+               desc=f"{method.name} {mode}", disable=not opts.progress, dynamic_ncols=True)
+    try:
+        for group in groups:
+            todo = [i for i in group if i not in done]
+            if not todo:
+                continue
+            reqs = [edit_requests[i] for i in todo]
+            t0 = time.perf_counter()
+            try:
+                backup = method.apply(model, tok, reqs, hparams)
+            except EditevalError as err:
+                if len(todo) > 1:
+                    raise EditevalError(f"edit of requests {todo[0]}..{todo[-1]} failed: {err}") from None
+                # one bad request: report, skip, go on (the method restored nothing: undo defensively)
+                log.warning("skipping request %d (case_id %s): %s", todo[0], requests[todo[0]].get("case_id"), err)
+                partial.append({"index": todo[0], "case_id": requests[todo[0]].get("case_id"),
+                                "skipped": True, "reason": str(err)})
+                bar.update(1)
+                continue
+            if loaded.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            per_edit = seconds / len(todo)
+            if mode == "sequential":
+                changed |= set(backup)
+                row_now = None
+                if opts.eval_every_edit:
+                    row_now = evaluator.evaluate(model, [ev_index[i] for i in todo])
+                for n, i in enumerate(todo):
+                    partial.append({"index": i, "case_id": requests[i].get("case_id"), "edit_seconds": per_edit,
+                                    "row_after_each": _clean_row(row_now[n]) if row_now else None})
+                partial.save_state(model, changed)
+            else:
+                rows = evaluator.evaluate(model, [ev_index[i] for i in todo])
+                restore(model, backup)
+                for i, row in zip(todo, rows):
+                    partial.append({"index": i, "case_id": requests[i].get("case_id"), "edit_seconds": per_edit,
+                                    "row": _clean_row(row)})
+            for i in todo:
+                done[i] = partial.entries[-1]
+            bar.update(len(todo))
+    finally:
+        bar.close()
+
+    entries = {e["index"]: e for e in partial.entries}
+    failed = [{"index": e["index"], "case_id": e.get("case_id"), "reason": e.get("reason", "")}
+              for e in entries.values() if e.get("skipped")]
+    skipped += failed
+    edited = [i for i in valid if i in entries and not entries[i].get("skipped")]
+    if not edited:
+        raise EditevalError(f"no request could be edited by '{method.name}' (first problem: {skipped[0]['reason']})")
+
+    checkpoint = None
+    after_each_path = None
+    if mode == "sequential":
+        rows = evaluator.evaluate(model, [ev_index[i] for i in edited])
+        edited_fp = loaded.fingerprint()
+    else:
+        rows = [_restore_nan(entries[i]["row"]) for i in edited]
+        edited_fp = ""
+    if opts.save_checkpoint:
+        if mode == "batch":
+            # the one batch was undone after its evaluation: apply it again for the checkpoint
+            method.apply(model, tok, [edit_requests[i] for i in edited], hparams)
+            edited_fp = loaded.fingerprint()
+        checkpoint = save_checkpoint(model, tok, opts.save_checkpoint)
+
+    edit_seconds = sum(entries[i]["edit_seconds"] for i in edited)
+    mem = R.peak_memory(str(loaded.device))
+    meta = {
+        "benchmark": opts.benchmark, "config": opts.config, "split": opts.split,
+        "dataset_fingerprint": dataset_fingerprint, "n_edits": len(rows), "limit": opts.limit,
+        "base_model": str(opts.model), "base_fingerprint": base_fp,
+        "edited_model": str(checkpoint) if checkpoint else f"{opts.model} + {method.name} ({mode})",
+        "edited_fingerprint": edited_fp, "device": str(loaded.device), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "batch_size": opts.eval_batch_size, "chat_template": opts.chat_template, "generation": opts.generation,
+        "wall_time_s": round(time.perf_counter() - wall0, 2), **mem,
+        "method": method.name, "hparams": hp_dict, "hparams_hash": hp_hash, "mode": mode,
+        "edit_batch_size": k, "seconds_per_edit": edit_seconds / len(edited),
+        "edit_seconds_total": round(edit_seconds, 3), "n_requests": len(requests),
+        "n_skipped": len(skipped), "skipped": skipped,
+        "evaluated": "after all edits" if mode == "sequential" else f"after each {'edit' if mode == 'single' else 'batch'}, then undone",
+    }
+    record = R.build_record(rows, meta)
+    R.write_record(record, rows, out)
+    if mode == "sequential" and opts.eval_every_edit:
+        each_rows = [_restore_nan(entries[i]["row_after_each"]) for i in edited]
+        each_meta = {**meta, "evaluated": "each edit right after it was applied"}
+        after_each_path = out.with_name(out.name[: -len(".json")] + ".after-each.json")
+        R.write_record(R.build_record(each_rows, each_meta), each_rows, after_each_path)
+    partial.remove()
+    if skipped:
+        log.warning("%d of %d requests skipped (see meta.skipped in %s)", len(skipped), len(requests), out)
+    return EditSummary(out=out, n_requests=len(requests), n_edited=len(edited), skipped=skipped,
+                       seconds_per_edit=edit_seconds / len(edited), checkpoint=checkpoint,
+                       after_each=after_each_path, record=record)
+
+
+def options_dict(opts: EditOptions) -> dict:
+    return asdict(opts)

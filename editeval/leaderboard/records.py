@@ -1,0 +1,218 @@
+"""A read-only view of one results record (`editeval.results`), shaped for the site.
+
+The record is validated with the results schema; a record of another schema version is refused
+with one line (the site lists the entry as invalid). Metrics are flattened to
+`{name: Stat}` with the protocol names of `editeval.metrics` (`reliability.teacher_forced`,
+`portability.one_hop.teacher_forced`, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from editeval.errors import EditevalError
+
+MAX_RECORD_BYTES = 32 * 1024 * 1024
+KIND_FAMILIES = ("locality", "portability")
+PERCENT_FAMILIES = ("reliability", "generalization", "locality", "portability", "efficacy", "paraphrase",
+                    "neighborhood", "other_task", "overall")
+
+
+@dataclass(frozen=True)
+class Stat:
+    name: str
+    mean: float | None
+    lo: float | None = None
+    hi: float | None = None
+    count: int | None = None
+
+    @property
+    def percent(self) -> bool:
+        return self.name.split(".")[0].split("_")[0] in PERCENT_FAMILIES and "magnitude" not in self.name
+
+    def _fmt(self, v: float | None) -> str:
+        if v is None or math.isnan(v):
+            return "—"
+        return f"{100 * v:.1f}" if self.percent else f"{v:.3f}"
+
+    @property
+    def display(self) -> str:
+        return self._fmt(self.mean)
+
+    @property
+    def ci_display(self) -> str:
+        return "—" if self.lo is None or self.hi is None else f"{self._fmt(self.lo)} – {self._fmt(self.hi)}"
+
+
+def _num(v) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+@dataclass
+class RecordView:
+    raw: dict
+    stats: dict[str, Stat]
+    meta: dict
+
+    # -- metrics
+    def stat(self, name: str) -> Stat | None:
+        s = self.stats.get(name)
+        return s if s is not None and s.mean is not None else None
+
+    def value(self, name: str) -> float | None:
+        s = self.stat(name)
+        return s.mean if s else None
+
+    def kinds(self, family: str) -> list[str]:
+        return sorted({n.split(".")[1] for n in self.stats if n.startswith(family + ".") and n.count(".") == 2})
+
+    def headline_stats(self) -> list[tuple[str, Stat]]:
+        return [(n, s) for n, s in sorted(self.stats.items(), key=lambda kv: _order(kv[0]))
+                if not (n.split(".")[0] in KIND_FAMILIES and n.count(".") == 2)]
+
+    def breakdown(self) -> list[tuple[str, list[tuple[str, str, Stat]]]]:
+        out = []
+        for family in KIND_FAMILIES:
+            rows = [(n.split(".")[1], n, s) for n, s in sorted(self.stats.items())
+                    if n.startswith(family + ".") and n.count(".") == 2]
+            if rows:
+                out.append((family, rows))
+        return out
+
+    # -- metadata
+    def _get(self, *keys, default=None):
+        for key in keys:
+            if self.meta.get(key) not in (None, ""):
+                return self.meta[key]
+        return default
+
+    @property
+    def benchmark(self) -> str:
+        return str(self._get("benchmark", default="?"))
+
+    @property
+    def config(self) -> str | None:
+        return self._get("config")
+
+    @property
+    def split(self) -> str:
+        return str(self._get("split", default="?"))
+
+    @property
+    def benchmark_label(self) -> str:
+        return f"{self.benchmark}/{self.config}" if self.config and self.config not in ("default", self.benchmark) else self.benchmark
+
+    @property
+    def batch_size(self) -> int | None:
+        return self._get("edit_batch_size") if self._get("mode") == "batch" else None
+
+    @property
+    def num_edits(self) -> int | None:
+        return self._get("n_edits")
+
+    @property
+    def method(self) -> str | None:
+        return self._get("method")
+
+    @property
+    def hparams(self) -> dict | None:
+        return self._get("hparams")
+
+    @property
+    def hparams_hash(self) -> str | None:
+        return self._get("hparams_hash")
+
+    @property
+    def base_model(self) -> str:
+        return str(self._get("base_model", default="?"))
+
+    @property
+    def base_fingerprint(self) -> str | None:
+        return self._get("base_fingerprint")
+
+    @property
+    def dataset_fingerprint(self) -> str | None:
+        return self._get("dataset_fingerprint")
+
+    @property
+    def metric_version(self) -> str | None:
+        v = self._get("metric_version")
+        return None if v is None else str(v)
+
+    @property
+    def base_size(self) -> str | None:
+        n = self._get("base_num_parameters")
+        if not n:
+            return None
+        n = float(n)
+        return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+    @property
+    def seconds_per_edit(self) -> float | None:
+        return _num(self._get("seconds_per_edit"))
+
+    @property
+    def peak_memory_mib(self) -> float | None:
+        """Peak GPU memory on CUDA runs, else the process's peak resident memory (MiB)."""
+        return _num(self._get("peak_cuda_mb", "peak_rss_mb"))
+
+    def meta_items(self) -> list[tuple[str, str]]:
+        items = []
+        for key, value in sorted(self.meta.items()):
+            if key == "hparams" or value in (None, "", {}, []):
+                continue
+            items.append((key, value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)))
+        return items
+
+
+def _order(name: str) -> tuple:
+    families = ["reliability", "generalization", "locality", "portability", "fluency"]
+    head = name.split(".")[0]
+    return (families.index(head) if head in families else len(families), name)
+
+
+def from_record(data: dict) -> RecordView:
+    """Validate a results record (as parsed JSON) with `editeval.results` and flatten it."""
+    from pydantic import ValidationError
+
+    from editeval.results import SCHEMA_VERSION, ResultsRecord
+
+    version = data.get("schema_version")
+    if str(version) != SCHEMA_VERSION:
+        raise EditevalError(f"results schema version {version!r}, this editeval reads version {SCHEMA_VERSION!r} "
+                            "(score it again)")
+    try:
+        record = ResultsRecord.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise EditevalError(f"not a valid results record ({err.error_count()} problem(s); first: {loc}: {first['msg']})") from None
+    stats = {name: Stat(name, _num(m.mean), _num(m.ci_low), _num(m.ci_high), m.count)
+             for name, m in record.metrics.items()}
+    for name, value in record.aggregates.items():
+        stats.setdefault(name, Stat(name, _num(value)))
+    return RecordView(raw=data, stats=stats, meta=record.meta.model_dump())
+
+
+def read(path: str | Path) -> RecordView:
+    """Read and validate `results.json`; one-line `EditevalError` when it cannot be used."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_RECORD_BYTES:
+        raise EditevalError(f"{size:,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EditevalError(f"not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise EditevalError("not a results record (expected a JSON object)")
+    return from_record(data)

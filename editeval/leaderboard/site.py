@@ -1,0 +1,268 @@
+"""Collect the scored submissions, group them into tables, render the static site."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from editeval.errors import EditevalError
+from editeval.leaderboard import records
+from editeval.submissions import MANIFEST, RESULTS, SLUG_RE, Submission, SubmissionError, load_submission
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+SITE_MARKER = ".editeval-site"  # only folders holding this marker (or empty ones) are replaced
+
+# headline columns: (key, label, metric name); portability kinds are added per table
+HEADLINE = [
+    ("reliability", "Reliability", "reliability.teacher_forced"),
+    ("generalization", "Generalization", "generalization.teacher_forced"),
+    ("locality", "Locality", "locality.teacher_forced"),
+    ("portability", "Portability", "portability.teacher_forced"),
+]
+# shown when a table's entries have them (not part of the average)
+EXTRA = [("cf_score", "CF score", "counterfact.score")]
+AVERAGE_OF = ("reliability", "generalization", "locality", "portability")
+AVERAGE_DEFINITION = (
+    "Average = the arithmetic mean of Reliability, Generalization, Locality and Portability "
+    "(teacher-forced token accuracy, ×100), over those of the four that the table's benchmark "
+    "measures; an entry missing one of them gets no average. Tables are ranked by it."
+)
+FLUENCY = "fluency.ngram_entropy"
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#7f7f7f", "#bcbd22"]
+
+
+@dataclass
+class Entry:
+    slug: str
+    submission: Submission
+    manifest_text: str
+    record: records.RecordView
+    average: float | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.record.meta.get("mode") or self.submission.mode
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        return self.record.benchmark_label, self.record.split, self.mode
+
+    @property
+    def method(self) -> str:
+        return self.record.method or self.submission.method.name
+
+
+@dataclass
+class Invalid:
+    slug: str
+    reason: str
+
+
+@dataclass
+class Table:
+    benchmark: str
+    split: str
+    mode: str
+    entries: list[Entry]
+    columns: list[dict]  # {key, label, metric}
+    scatter: dict | None = None
+
+    @property
+    def anchor(self) -> str:
+        return "t-" + "-".join(part.replace("/", "-") for part in (self.benchmark, self.split, self.mode))
+
+
+@dataclass
+class SiteReport:
+    out_dir: Path
+    entries: list[Entry] = field(default_factory=list)
+    invalid: list[Invalid] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- collecting
+
+
+def collect(submissions_dir: Path) -> tuple[list[Entry], list[Invalid]]:
+    """Every submission folder: a valid scored entry, or an invalid one with its reason."""
+    entries: list[Entry] = []
+    invalid: list[Invalid] = []
+    if not submissions_dir.is_dir():
+        raise EditevalError(f"submissions folder not found: {submissions_dir}")
+    for folder in sorted(p for p in submissions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        slug = folder.name
+        if not SLUG_RE.match(slug):
+            invalid.append(Invalid(slug, "folder name is not a valid slug"))
+            continue
+        try:
+            submission = load_submission(folder)
+        except SubmissionError as err:
+            invalid.append(Invalid(slug, "; ".join(err.problems)))
+            continue
+        results = folder / RESULTS
+        if not results.is_file():
+            invalid.append(Invalid(slug, f"not scored yet (no {RESULTS}; run: editeval score submissions/{slug})"))
+            continue
+        try:
+            view = records.read(results)
+        except EditevalError as err:
+            invalid.append(Invalid(slug, f"{RESULTS}: {err}"))
+            continue
+        entries.append(Entry(slug, submission, (folder / MANIFEST).read_text(encoding="utf-8"), view))
+    return entries, invalid
+
+
+def _scatter(entries: list[Entry]) -> dict | None:
+    """Reliability (y) vs locality (x), both 0-100, one coloured point per entry, colour per method."""
+    points = [e for e in entries if e.record.value("locality.teacher_forced") is not None
+              and e.record.value("reliability.teacher_forced") is not None]
+    if not points:
+        return None
+    width, height, pad = 420, 320, 44
+    plot_w, plot_h = width - pad - 16, height - pad - 16
+    methods = sorted({e.method for e in points})
+    colour = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
+
+    def x(v: float) -> float:
+        return round(pad + v * plot_w, 1)
+
+    def y(v: float) -> float:
+        return round(16 + (1 - v) * plot_h, 1)
+
+    ticks = [{"v": t, "label": f"{round(t * 100)}", "x": x(t), "y": y(t)} for t in (0, 0.25, 0.5, 0.75, 1)]
+    dots = [
+        {"x": x(e.record.value("locality.teacher_forced")), "y": y(e.record.value("reliability.teacher_forced")),
+         "colour": colour[e.method], "slug": e.slug, "method": e.method, "title": e.submission.title,
+         "rel": 100 * e.record.value("reliability.teacher_forced"), "loc": 100 * e.record.value("locality.teacher_forced")}
+        for e in points
+    ]
+    return {"width": width, "height": height, "pad": pad, "left": x(0), "right": x(1), "top": y(1), "bottom": y(0),
+            "ticks": ticks, "dots": dots, "legend": [{"method": m, "colour": colour[m]} for m in methods]}
+
+
+def make_tables(entries: list[Entry]) -> list[Table]:
+    groups: dict[tuple[str, str, str], list[Entry]] = {}
+    for entry in entries:
+        groups.setdefault(entry.group, []).append(entry)
+    tables = []
+    for (benchmark, split, mode), members in sorted(groups.items()):
+        measured = [key for key, _, metric in HEADLINE if any(e.record.value(metric) is not None for e in members)]
+        columns = [{"key": key, "label": label, "metric": metric} for key, label, metric in HEADLINE if key in measured]
+        kinds = sorted({k for e in members for k in e.record.kinds("portability")})
+        insert_at = next((i + 1 for i, c in enumerate(columns) if c["key"] == "portability"), len(columns))
+        columns[insert_at:insert_at] = [
+            {"key": f"portability.{k}", "label": f"Port. {k.replace('_', ' ')}", "metric": f"portability.{k}.teacher_forced"}
+            for k in kinds
+        ]
+        columns += [{"key": key, "label": label, "metric": metric} for key, label, metric in EXTRA
+                    if any(e.record.value(metric) is not None for e in members)]
+        averaged = [metric for key, _, metric in HEADLINE if key in measured and key in AVERAGE_OF]
+        for e in members:
+            values = [e.record.value(m) for m in averaged]
+            e.average = None if not values or any(v is None for v in values) else sum(values) / len(values)
+        members.sort(key=lambda e: (e.average is None, -(e.average or 0.0), e.slug))
+        tables.append(Table(benchmark, split, mode, members, columns, _scatter(members)))
+    return tables
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,  # every template, whatever its name: submitted strings are untrusted
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+    env.filters["num"] = _num
+    env.filters["sortval"] = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
+    env.filters["yaml"] = lambda v: yaml.safe_dump(v, sort_keys=False, allow_unicode=True).rstrip()
+    return env
+
+
+def _num(v, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:,.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / SITE_MARKER).exists()):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise EditevalError(f"--out {out}: exists and is not a leaderboard site built by editeval; not replacing it")
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def build_site(submissions_dir: str | os.PathLike, out_dir: str | os.PathLike) -> SiteReport:
+    """Render the leaderboard from `submissions_dir/*/results.json` into `out_dir` (replaced whole)."""
+    submissions_dir, out_dir = Path(submissions_dir), Path(out_dir)
+    entries, invalid = collect(submissions_dir)
+    tables = make_tables(entries)
+    env = _environment()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        (tmp / "entries").mkdir()
+        shutil.copytree(HERE / "static", tmp / "static")
+        common = {"average_definition": AVERAGE_DEFINITION, "fluency_metric": FLUENCY}
+        (tmp / "index.html").write_text(
+            env.get_template("index.html").render(tables=tables, invalid=invalid, n_entries=len(entries),
+                                                  root="", **common),
+            encoding="utf-8")
+        for table in tables:
+            for rank, entry in enumerate(table.entries, 1):
+                html = env.get_template("entry.html").render(
+                    entry=entry, table=table, rank=rank, root="../", **common)
+                (tmp / "entries" / f"{entry.slug}.html").write_text(html, encoding="utf-8")
+        (tmp / SITE_MARKER).write_text("built by editeval leaderboard build\n")
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return SiteReport(out_dir, entries, invalid, tables)
+
+
+def make_server(site_dir: str | os.PathLike, port: int = 8000, host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:
+    """An HTTP server for a built site (localhost only by default); `serve` runs it."""
+    site_dir = Path(site_dir)
+    if not (site_dir / "index.html").is_file():
+        raise EditevalError(f"no site in {site_dir} (run: editeval leaderboard build --out {site_dir})")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site_dir))
+    try:
+        return http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as err:
+        raise EditevalError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+def serve(site_dir: str | os.PathLike, port: int = 8000, host: str = "127.0.0.1") -> None:
+    """Serve a built site on localhost until interrupted."""
+    server = make_server(site_dir, port, host)
+    print(f"serving {site_dir} at http://{host}:{server.server_address[1]}/ (Ctrl-C to stop)", flush=True)
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass

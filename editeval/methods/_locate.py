@@ -1,0 +1,344 @@
+"""What ROME and MEMIT share: context templates, locating the subject, keys and value vectors.
+
+Named after the papers' steps (Meng et al. 2022, "Locating and Editing Factual Associations in
+GPT"; Meng et al. 2023, "Mass-Editing Memory in a Transformer"):
+
+- `compute_keys`: k* = mean over context-template prefixes of the subject's last-token input to
+  the MLP output projection (ROME's compute_u before the C⁻¹ step; MEMIT's compute_ks).
+- `compute_delta`: the vector δ that, added at the subject's last token to the output of a module
+  (ROME: the MLP output projection of the edited layer; MEMIT: the last edited block), makes the
+  model produce the new target: minimise the target NLL over the context-template prompts +
+  kl_factor · KL on "{subject} is a" + weight decay, Adam, δ clamped to clamp_norm_factor·‖v‖
+  (ROME's compute_v / MEMIT's compute_z).
+
+Context templates. The original code samples its prefixes from the model being edited (top-k
+with a fixed seed); for SmolLM2 these come out odd ('The-I-A. {}', FIELD.md), and they differ
+per model, which makes results harder to compare. We use a fixed list of natural English
+sentence openings instead — ten of about 5 tokens and ten of about 10 tokens, the lengths the
+original samples — formatted like the original as "{prefix}. {prompt}", plus the bare prompt.
+ROME uses the bare prompt + 10 short + 10 long (21, as the original); MEMIT the bare prompt +
+5 long (6, as the MEMIT code).
+
+Exactness shortcut in `compute_delta`: tokens before the subject's last token do not depend on δ
+(causal attention), so their keys/values are computed once and cached; each optimisation step
+runs only the tokens from the subject's last token on. The loss and gradient are those of the
+full forward pass (a test checks this); only the work is smaller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from editeval.architectures import layer_module_name
+from editeval.errors import EditevalError
+from editeval.nethooks import Trace, no_grad_eval
+
+SHORT_PREFIXES = [  # ~5 tokens each
+    "The following is true",
+    "It is well known that",
+    "According to the records",
+    "In a recent interview",
+    "As a matter of fact",
+    "Here is what we know",
+    "I was surprised to learn",
+    "Many people wonder about",
+    "The history of the region",
+    "This article is about",
+]
+LONG_PREFIXES = [  # ~10 tokens each
+    "The first thing I noticed when I arrived was the",
+    "According to a report published by the local newspaper",
+    "In the early years of the twentieth century, the town",
+    "After a long discussion with my friends about the",
+    "The museum has a large collection of paintings from the",
+    "Scientists have recently discovered a new species of bird",
+    "When I was a child, my grandmother used to tell",
+    "The company announced on Monday that it would expand",
+    "One of the most important questions in modern history",
+    "The book describes the life of a young woman who",
+]
+KL_TEMPLATE = "{} is a"
+
+
+def context_prefixes(n_short: int, n_long: int) -> list[str]:
+    """Text put before the prompt: "" (the bare prompt) first, then "{prefix}. " for each prefix."""
+    if not (0 <= n_short <= len(SHORT_PREFIXES) and 0 <= n_long <= len(LONG_PREFIXES)):
+        raise EditevalError(f"context templates: at most {len(SHORT_PREFIXES)} short and "
+                            f"{len(LONG_PREFIXES)} long prefixes (asked {n_short}, {n_long})")
+    return [""] + [p + ". " for p in SHORT_PREFIXES[:n_short] + LONG_PREFIXES[:n_long]]
+
+
+def _describe(request: dict) -> str:
+    return f"request {request.get('case_id', '?')} ({request.get('prompt', '')[:60]!r})"
+
+
+def subject_span(request: dict) -> tuple[int, int]:
+    """Character span of the subject in the prompt (exact match first, then case-insensitive)."""
+    subject, prompt = (request.get("subject") or "").strip(), request.get("prompt") or ""
+    if not subject:
+        raise EditevalError(f"{_describe(request)}: no subject (ROME/MEMIT need the subject)")
+    start = prompt.rfind(subject)
+    if start < 0:
+        start = prompt.lower().rfind(subject.lower())
+    if start < 0:
+        raise EditevalError(f"{_describe(request)}: subject {subject!r} does not occur in the prompt")
+    return start, start + len(subject)
+
+
+def last_token_index(tokenizer, text: str, char_end: int) -> tuple[list[int], int]:
+    """Token ids of `text` and the index of the token holding character char_end - 1."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, return_offsets_mapping=True)
+        idx = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < char_end]
+        if idx:
+            return list(enc["input_ids"]), idx[-1]
+    ids = list(tokenizer(text)["input_ids"])
+    return ids, len(tokenizer(text[:char_end])["input_ids"]) - 1
+
+
+def target_ids(tokenizer, request: dict) -> list[int]:
+    """Token ids of " " + target_new as they follow the prompt (the evaluation's split)."""
+    target = (request.get("target_new") or "").strip()
+    prompt = request["prompt"]
+    full = tokenizer(prompt + " " + target)["input_ids"]
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    ids = list(full[n_prompt:])
+    if not target or not ids:
+        raise EditevalError(f"{_describe(request)}: target_new {request.get('target_new')!r} tokenises to nothing")
+    return ids
+
+
+def check_request(tokenizer, request: dict) -> None:
+    """Raise EditevalError if ROME/MEMIT cannot edit with this request."""
+    for field in ("prompt", "subject", "target_new"):
+        if not isinstance(request.get(field), str):
+            raise EditevalError(f"{_describe(request)}: field {field!r} missing or not text")
+    subject_span(request)
+    target_ids(tokenizer, request)
+
+
+@dataclass
+class Located:
+    ids: list[int]
+    index: int  # subject's last token
+
+
+def locate(tokenizer, request: dict, prefix: str = "") -> Located:
+    start, end = subject_span(request)
+    ids, index = last_token_index(tokenizer, prefix + request["prompt"], len(prefix) + end)
+    return Located(ids, index)
+
+
+def _pad_right(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(r) for r in rows)
+    ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def gather_at_subject(model, tokenizer, located: list[Located], module_names: list[str], *,
+                      inputs: bool, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Input (inputs=True) or output of each module at each text's subject-last token, float32,
+    (len(located), dim) per module. The forward pass stops after the deepest module."""
+    device = next(model.parameters()).device
+    chunks: dict[str, list[torch.Tensor]] = {n: [] for n in module_names}
+    with no_grad_eval(model):
+        for start in range(0, len(located), batch_size):
+            part = located[start:start + batch_size]
+            ids, mask = _pad_right([p.ids for p in part], _pad_id(tokenizer), device)
+            rows = torch.arange(len(part), device=device)
+            cols = torch.tensor([p.index for p in part], device=device)
+            with Trace(model, module_names, retain_input=inputs, retain_output=not inputs, stop=True) as tr:
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+            for name in module_names:
+                h = tr.inputs[name] if inputs else _first(tr.outputs[name])
+                chunks[name].append(h[rows, cols].float())
+    return {n: torch.cat(c) for n, c in chunks.items()}
+
+
+def compute_keys(model, tokenizer, requests: list[dict], layers: list[int], prefixes: list[str],
+                 batch_size: int = 32, *, per_prefix: bool = False) -> dict[int, torch.Tensor]:
+    """k* per request and layer: (len(requests), d_in) float32, mean over the context prefixes
+    (per_prefix=True: (len(requests), len(prefixes), d_in), not averaged)."""
+    located = [locate(tokenizer, r, p) for r in requests for p in prefixes]
+    names = {layer: layer_module_name(model, layer, "mlp_out") for layer in layers}
+    order = sorted(layers)
+    got = gather_at_subject(model, tokenizer, located, [names[l] for l in order], inputs=True,
+                            batch_size=batch_size)
+    keys = {layer: got[names[layer]].view(len(requests), len(prefixes), -1) for layer in layers}
+    return keys if per_prefix else {layer: k.mean(1) for layer, k in keys.items()}
+
+
+@contextlib.contextmanager
+def _frozen(model):
+    """No parameter gradients during the δ optimisation; flags restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+@dataclass
+class DeltaResult:
+    delta: torch.Tensor  # float32 (d_out,)
+    init: torch.Tensor  # the module's output at the bare prompt's subject-last token, float32
+    steps: int
+    loss: float
+    nll: float
+
+
+def _aligned_batch(tokenizer, rows: list[Located], device):
+    """Left-pad rows so every subject-last token sits in one column P; right-pad the suffixes."""
+    P = max(r.index for r in rows)
+    S = max(len(r.ids) - r.index for r in rows)
+    pad = _pad_id(tokenizer)
+    ids = torch.full((len(rows), P + S), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), P + S), dtype=torch.long)
+    for i, r in enumerate(rows):
+        left = P - r.index
+        ids[i, left:left + len(r.ids)] = torch.tensor(r.ids)
+        mask[i, left:left + len(r.ids)] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device), P
+
+
+def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: list[str], hp,
+                  *, prefix_cache: bool = True) -> DeltaResult:
+    """Optimise δ added to `module_name`'s output at the subject's last token (see module doc).
+
+    hp provides v_num_grad_steps, v_lr, v_loss_stop, v_weight_decay, clamp_norm_factor, kl_factor.
+    """
+    device = next(model.parameters()).device
+    tgt = target_ids(tokenizer, request)
+    rewrite = []
+    for prefix in prefixes:
+        loc = locate(tokenizer, request, prefix)
+        n_prompt = len(loc.ids)
+        rewrite.append((Located(loc.ids + tgt[:-1], loc.index), n_prompt))
+    subject = request["prompt"][slice(*subject_span(request))]
+    kl_request = {"prompt": KL_TEMPLATE.format(subject), "subject": subject}
+    kl_rows = [locate(tokenizer, kl_request)] if hp.kl_factor > 0 else []
+    rows = [r for r, _ in rewrite] + kl_rows
+    ids, mask, pos, P = _aligned_batch(tokenizer, rows, device)
+    if not prefix_cache:
+        P = 0
+
+    # (row, column in the suffix) of each logit the loss reads, and the token it must predict
+    t_rows, t_cols, t_tok = [], [], []
+    aligned = max(x.index for x in rows)  # column of every subject-last token in `ids`
+    for i, (r, n_prompt) in enumerate(rewrite):
+        left = aligned - r.index  # left padding of row i
+        for j, tok in enumerate(tgt):
+            t_rows.append(i)
+            t_cols.append(left + n_prompt - 1 + j - P)
+            t_tok.append(tok)
+    t_rows = torch.tensor(t_rows, device=device)
+    t_cols = torch.tensor(t_cols, device=device)
+    t_tok = torch.tensor(t_tok, device=device)
+    subj_col = aligned - P  # the subject-last column, in suffix coordinates
+    kl_row_ids = torch.arange(len(rewrite), len(rows), device=device)
+
+    cache = None
+    if P > 0:
+        with torch.no_grad():
+            out = model(input_ids=ids[:, :P], attention_mask=mask[:, :P], position_ids=pos[:, :P],
+                        use_cache=True)
+        cache = out[_CACHE_KW]
+
+    delta = torch.zeros(_module_out_dim(model, module_name), device=device, dtype=torch.float32,
+                        requires_grad=True)
+    state = {"init": None}
+
+    def add_delta(name, output):
+        h = _first(output)
+        if state["init"] is None:
+            state["init"] = h[0, subj_col].detach().float().clone()
+        h = h.clone()
+        h[:, subj_col] = h[:, subj_col] + delta.to(h.dtype)
+        return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    kl_init = None
+    steps, loss_value, nll_value = 0, float("nan"), float("nan")
+    with _frozen(model):
+        for step in range(hp.v_num_grad_steps):
+            opt.zero_grad()
+            with Trace(model, [module_name], retain_output=False, edit_output=add_delta):
+                logits = model(input_ids=ids[:, P:], attention_mask=mask, position_ids=pos[:, P:],
+                               use_cache=cache is not None, **{_CACHE_KW: cache}).logits
+            if cache is not None:
+                _reset_cache(cache, P)
+            logp = torch.log_softmax(logits[t_rows, t_cols].float(), dim=-1)
+            tok_logp = logp.gather(1, t_tok[:, None]).squeeze(1)
+            nll = -torch.zeros(len(rewrite), device=device).index_add(0, t_rows, tok_logp) / len(tgt)
+            nll = nll.mean()
+            loss = nll
+            if kl_rows:
+                kl_logp = torch.log_softmax(logits[kl_row_ids, subj_col].float(), dim=-1)
+                if kl_init is None:
+                    kl_init = kl_logp.detach().clone()
+                loss = loss + hp.kl_factor * F.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
+            init = state["init"]
+            loss = loss + hp.v_weight_decay * (delta.norm() / init.norm() ** 2)
+            steps, loss_value, nll_value = step + 1, loss.item(), nll.item()
+            if loss_value < hp.v_loss_stop or step == hp.v_num_grad_steps - 1:
+                break
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                max_norm = hp.clamp_norm_factor * init.norm()
+                if delta.norm() > max_norm:
+                    delta.mul_(max_norm / delta.norm())
+    return DeltaResult(delta.detach(), state["init"], steps, loss_value, nll_value)
+
+
+def _reset_cache(cache, length: int) -> None:
+    """Cut the cache back to the cached prefix, without the autograd history of the step."""
+    cache.crop(length - cache.get_seq_length())
+    for layer in getattr(cache, "layers", []):
+        for attr in ("keys", "values"):
+            value = getattr(layer, attr, None)
+            if isinstance(value, torch.Tensor):
+                setattr(layer, attr, value.detach())
+
+
+def _cache_keyword() -> str:
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+_CACHE_KW = _cache_keyword()
+
+
+def _module_out_dim(model, module_name: str) -> int:
+    module = model.get_submodule(module_name)
+    weight = getattr(module, "weight", None)
+    if weight is not None and weight.dim() == 2:
+        # Linear: (out, in); GPT-2 Conv1D: (in, out)
+        return weight.shape[1] if type(module).__name__ == "Conv1D" else weight.shape[0]
+    return model.config.hidden_size  # a block: its output is the residual stream

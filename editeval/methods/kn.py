@@ -1,0 +1,189 @@
+"""KN: knowledge neurons (Dai et al. 2022, "Knowledge Neurons in Pretrained Transformers").
+
+1. **Attribution.** For each prompt (the edit prompt and its rephrasings) and each token of the
+   answer (the ground truth; the target when there is none), integrated gradients over every MLP
+   intermediate neuron of every layer (the input of the MLP output projection, at the last
+   position): the neuron's activation `a` is scaled from 0 to `a` in `steps` steps (Riemann sum),
+   and attribution = a · mean_k ∂P(answer token | prompt)/∂(k/m · a). Scores are averaged over the
+   answer's tokens (each scored after the tokens before it, as in the reference implementation).
+2. **Selection.** Per prompt, the neurons above `adaptive_threshold` × the prompt's largest
+   attribution (the paper's adaptive threshold, 0.2); then the neurons shared by more than a
+   fraction `p` of the prompts (if none is, the edit prompt's own neurons). At most `max_neurons`
+   (highest total attribution first) when set.
+3. **Edit.** Each selected neuron's value vector (its column of the MLP output projection,
+   out × in) gets `- scale · E[erased token] + scale · E[first token of " " + target_new]`, with E the
+   input word embeddings (the reference implementation's "edit" mode uses scale 2). The erased
+   token is the first token of the ground truth (the model's current prediction when there is no
+   ground truth, or with `erase: prediction`).
+
+Efficiency: the prefix's keys/values are computed once per prompt; every (layer, step) pair is one
+row of a single batched one-token forward/backward (a hook scales only its own layer's neurons in
+its own rows), so a prompt-token costs one pass over `num_layers × steps` single tokens.
+Single edits only (the method's selection is per fact).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from editeval.architectures import architecture, layer_module_name, mlp_out_as_out_in, mlp_out_weight, num_layers
+from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+
+
+@dataclass
+class KNHParams(HParams):
+    steps: int = 20  # integrated-gradients steps (m)
+    adaptive_threshold: float = 0.2  # keep neurons above this fraction of the largest attribution
+    p: float = 0.5  # keep neurons shared by more than this fraction of the prompts
+    use_rephrases: bool = True  # the prompts are the edit prompt and its rephrasings
+    max_prompts: int = 4
+    max_neurons: int | None = None
+    layers: list[int] | None = None  # layers searched (None = all)
+    scale: float = 2.0  # value-vector edit: -scale * E[erased] + scale * E[target]
+    erase: str = "ground_truth"  # "ground_truth" or "prediction"
+    attribution_target: str = "ground_truth"  # "ground_truth" or "target_new"
+    max_answer_tokens: int = 4  # answer tokens scored by attribution
+
+
+def _cache_kwargs(model, cache) -> dict:
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+def _result_cache(res):
+    cache = getattr(res, "cache", None)
+    return cache if cache is not None else getattr(res, "past_key_values", None)
+
+
+def _first_token(tokenizer, text: str) -> int | None:
+    ids = tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"]
+    return ids[0] if ids else None
+
+
+def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[int], hparams: KNHParams) -> torch.Tensor:
+    """(len(layers), intermediate) integrated-gradients attributions, averaged over answer tokens."""
+    device = next(model.parameters()).device
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    answer_ids = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"][: hparams.max_answer_tokens]
+    if not answer_ids:
+        raise EditevalError(f"answer {answer!r} tokenises to nothing")
+    m = hparams.steps
+    alphas = torch.arange(1, m + 1, device=device, dtype=torch.float32) / m
+    modules = [model.get_submodule(layer_module_name(model, layer, "mlp_out")) for layer in layers]
+    rows = len(layers) * m
+    total = None
+    for t, target in enumerate(answer_ids):
+        ids = prompt_ids + answer_ids[:t]
+        prefix, last = ids[:-1], ids[-1]
+        cache = None
+        if prefix:
+            with torch.no_grad():
+                res = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+            cache = _result_cache(res)
+            cache.batch_repeat_interleave(rows)
+        acts: dict[int, torch.Tensor] = {}
+        leaves: dict[int, torch.Tensor] = {}
+
+        def make_hook(g: int):
+            def hook(module, args):
+                x = args[0]  # (rows, 1, intermediate)
+                natural = x[g * m].detach()  # every row of group g is unscaled below layer g
+                scaled = (alphas[:, None, None] * natural.float()).to(x.dtype).requires_grad_(True)
+                acts[g], leaves[g] = natural, scaled
+                x = torch.cat([x[: g * m], scaled, x[(g + 1) * m:]], 0)
+                return (x,) + tuple(args[1:])
+            return hook
+
+        handles = [mod.register_forward_pre_hook(make_hook(g)) for g, mod in enumerate(modules)]
+        try:
+            with torch.enable_grad():
+                kwargs = _cache_kwargs(model, cache) if cache is not None else {}
+                out = model(input_ids=torch.full((rows, 1), last, device=device),
+                            attention_mask=torch.ones((rows, len(ids)), dtype=torch.long, device=device),
+                            position_ids=torch.full((rows, 1), len(ids) - 1, device=device),
+                            use_cache=cache is not None, **kwargs)
+                probs = torch.softmax(out.logits[:, -1].float(), -1)[:, target]
+                grads = torch.autograd.grad(probs.sum(), [leaves[g] for g in range(len(modules))])
+        finally:
+            for h in handles:
+                h.remove()
+        scores = torch.stack([acts[g].float().reshape(-1) * grads[g].float().reshape(m, -1).mean(0)
+                              for g in range(len(modules))])
+        total = scores if total is None else total + scores
+    return total / len(answer_ids)
+
+
+def select_neurons(scores_per_prompt: list[torch.Tensor], layers: list[int], hparams: KNHParams) -> list[tuple[int, int]]:
+    """The paper's thresholds: adaptive per prompt, then shared by more than p of the prompts."""
+    counts: dict[tuple[int, int], int] = {}
+    strength: dict[tuple[int, int], float] = {}
+    coarse_first: list[tuple[int, int]] = []
+    for k, scores in enumerate(scores_per_prompt):
+        threshold = hparams.adaptive_threshold * scores.max()
+        picked = (scores > threshold).nonzero().tolist()
+        for g, n in picked:
+            key = (layers[g], n)
+            counts[key] = counts.get(key, 0) + 1
+            strength[key] = strength.get(key, 0.0) + float(scores[g, n])
+            if k == 0:
+                coarse_first.append(key)
+    need = hparams.p * len(scores_per_prompt)
+    neurons = [key for key, c in counts.items() if c > need] or coarse_first
+    neurons.sort(key=lambda key: -strength[key])
+    if hparams.max_neurons:
+        neurons = neurons[: hparams.max_neurons]
+    return neurons
+
+
+@register_method("kn", hparams=KNHParams, batch=False, sequential=True)
+def apply_kn(model, tokenizer, requests, hparams: KNHParams) -> Backup:
+    if len(requests) != 1:
+        raise EditevalError("KN edits one request at a time")
+    request = requests[0]
+    n = num_layers(model)
+    layers = list(range(n)) if hparams.layers is None else [hparams.scale_layer(layer, n) for layer in hparams.layers]
+    layers = sorted({layer % n for layer in layers})
+    architecture(model)
+    target_id = _first_token(tokenizer, request["target_new"])
+    if target_id is None:
+        raise EditevalError(f"target_new {request['target_new']!r} tokenises to nothing")
+    truth = request.get("ground_truth") or ""
+    answer = truth if hparams.attribution_target == "ground_truth" and truth.strip() else request["target_new"]
+    prompts = [request["prompt"]]
+    if hparams.use_rephrases:
+        prompts += list(request.get("rephrase_prompts") or [])
+    prompts = prompts[: max(1, hparams.max_prompts)]
+
+    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        scores = [attribution_scores(model, tokenizer, prompt, answer, layers, hparams) for prompt in prompts]
+        if hparams.erase == "ground_truth" and truth.strip():
+            erase_id = _first_token(tokenizer, truth)
+        else:
+            with torch.no_grad():
+                ids = torch.tensor([tokenizer(request["prompt"])["input_ids"]], device=next(model.parameters()).device)
+                erase_id = int(model(input_ids=ids).logits[0, -1].argmax())
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(grad_flags[name])
+        model.train(was_training)
+
+    neurons = select_neurons(scores, layers, hparams)
+    names = sorted({mlp_out_weight(model, layer)[0] for layer, _ in neurons})
+    backup = backup_parameters(model, names)
+    embeddings = model.get_input_embeddings().weight
+    delta = hparams.scale * (embeddings[target_id].float() - embeddings[erase_id].float())
+    with torch.no_grad():
+        for layer, neuron in neurons:
+            _, weight = mlp_out_weight(model, layer)
+            w = mlp_out_as_out_in(model, weight)  # (hidden, intermediate) view
+            w[:, neuron] = (w[:, neuron].float() + delta.to(w.device)).to(w.dtype)
+    return backup

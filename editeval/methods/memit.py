@@ -1,0 +1,106 @@
+"""MEMIT — Mass-Editing Memory in a Transformer (Meng et al. 2023).
+
+Many edits at once, spread over the MLP output projections of a range of layers L = [l₁..l_R]:
+
+1. for each request, z = h + δ at the last edited layer's block output (subject's last token of
+   the bare prompt), δ optimised as in ROME (`_locate.compute_delta`, placed at the block);
+2. for each layer l_i in order (lowest first): K = the requests' keys at l_i (mean over context
+   templates, `_locate.compute_keys`, computed with the layers below already updated),
+   R = (z − h_current) / (R − i) the residual still missing at the last layer, shared out over
+   the layers left, and
+       ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹,  C = E[k kᵀ] at l_i (`editeval.stats`), λ = mom2_update_weight
+   computed as a solve, never an explicit inverse: ΔW = R · solve(λC + KKᵀ, K)ᵀ.
+
+Memory grows as (d_in + d_out) × N for N edits (10,000 edits of SmolLM2: ~90 MB) plus one
+d_in × d_in system; keys and residuals are gathered in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from editeval.architectures import check_layer, layer_module_name, mlp_out_as_out_in, mlp_out_weight, num_layers
+from editeval.errors import EditevalError
+from editeval.methods import _locate
+from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+from editeval.stats import second_moments
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MEMITHParams(HParams):
+    layers: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    context_short: int = 0
+    context_long: int = 5
+    v_num_grad_steps: int = 25
+    v_lr: float = 0.5
+    v_loss_stop: float = 0.05
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    mom2_update_weight: float = 15000.0
+    mom2_tokens: int = 100_000
+    mom2_max_len: int = 1024
+    batch_size: int = 32  # texts per forward when gathering keys / outputs
+
+    def edit_layers(self, model) -> list[int]:
+        n = num_layers(model)
+        out: list[int] = []
+        for layer in self.layers:
+            try:
+                scaled = check_layer(model, self.scale_layer(layer, n))
+            except EditevalError as err:
+                raise EditevalError(f"MEMIT preset: {err}") from None
+            if scaled not in out:
+                out.append(scaled)
+        if not out:
+            raise EditevalError("MEMIT preset: no layers given")
+        return sorted(out)
+
+
+def layer_update(keys: torch.Tensor, resid: torch.Tensor, mom2: torch.Tensor, weight: float) -> torch.Tensor:
+    """ΔW = resid · solve(λC + KKᵀ, K)ᵀ for keys (N, d_in) and residuals (N, d_out): (d_out, d_in)."""
+    K = keys.T  # (d_in, N)
+    A = weight * mom2 + K @ K.T
+    adj = torch.linalg.solve(A, K)  # (d_in, N)
+    return resid.T @ adj.T
+
+
+@register_method("memit", hparams=MEMITHParams, batch=True, sequential=True, needs_subject=True)
+def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -> Backup:
+    """Edit `model` in place with all `requests` at once; returns the original weights."""
+    if not requests:
+        return {}
+    for request in requests:
+        _locate.check_request(tokenizer, request)
+    layers = hparams.edit_layers(model)
+    z_layer = layers[-1]
+    z_module = layer_module_name(model, z_layer, "")
+    prefixes = _locate.context_prefixes(hparams.context_short, hparams.context_long)
+    mom2 = second_moments(model, tokenizer, layers, tokens=hparams.mom2_tokens, max_len=hparams.mom2_max_len)
+
+    # 1. target z per request at the last layer's output
+    deltas = []
+    for request in tqdm(requests, desc="MEMIT values", unit="edit", leave=False, disable=len(requests) < 2):
+        deltas.append(_locate.compute_delta(model, tokenizer, request, z_module, prefixes, hparams))
+    z = torch.stack([d.init + d.delta for d in deltas])  # (N, d_model)
+    bare = [_locate.locate(tokenizer, r) for r in requests]
+
+    backup: Backup = {}
+    backup_parameters(model, [mlp_out_weight(model, layer)[0] for layer in layers], backup)
+    for i, layer in enumerate(layers):
+        name, param = mlp_out_weight(model, layer)
+        keys = _locate.compute_keys(model, tokenizer, requests, [layer], prefixes, hparams.batch_size)[layer]
+        cur = _locate.gather_at_subject(model, tokenizer, bare, [z_module], inputs=False,
+                                        batch_size=hparams.batch_size)[z_module]
+        resid = (z.to(cur.device) - cur) / (len(layers) - i)
+        upd = layer_update(keys, resid, mom2[layer].to(keys.device), hparams.mom2_update_weight)
+        with torch.no_grad():
+            mlp_out_as_out_in(model, param).add_(upd.to(param.dtype))
+        log.debug("MEMIT layer %d: |resid| %.3f |upd| %.3f", layer, resid.norm(dim=1).mean(), upd.norm())
+    return backup

@@ -1,0 +1,95 @@
+"""ROME — Rank-One Model Editing (Meng et al. 2022, "Locating and Editing Factual Associations
+in GPT").
+
+One edit = one rank-one update of the MLP output projection W (out × in) of one layer:
+
+1. key k* (`_locate.compute_keys`): mean over the context templates of the subject's last-token
+   input to W;
+2. value (`_locate.compute_delta`): δ added to W's output at the subject's last token, optimised
+   so the model gives target_new (NLL over the templated prompts + KL on "{subject} is a" +
+   weight decay; Adam, lr 0.5, ≤ 25 steps, stop when the loss < 0.05, ‖δ‖ ≤ 4‖W k‖);
+3. update (as the reference code): u = C⁻¹k* / ‖C⁻¹k*‖ with C = E[k kᵀ] from Wikipedia
+   (`editeval.stats`); W += (v* − W k)·uᵀ / (uᵀ k), where k is the bare prompt's key and
+   v* = W k + δ, so W k becomes exactly v*. C's scale cancels. With mom2_adjustment off, C = I.
+
+Requests are applied one after the other (each on the already edited model).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from editeval.architectures import check_layer, layer_module_name, mlp_out_as_out_in, mlp_out_weight, num_layers
+from editeval.errors import EditevalError
+from editeval.methods import _locate
+from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+from editeval.stats import second_moment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ROMEHParams(HParams):
+    layer: int = 4
+    # context templates: the bare prompt + this many short (~5 tokens) and long (~10 tokens) prefixes
+    context_short: int = 10
+    context_long: int = 10
+    # value optimisation (compute_v)
+    v_num_grad_steps: int = 25
+    v_lr: float = 0.5
+    v_loss_stop: float = 0.05
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    # key second moments (editeval.stats)
+    mom2_adjustment: bool = True
+    mom2_tokens: int = 100_000
+    mom2_max_len: int = 1024
+
+    def edit_layer(self, model) -> int:
+        layer = self.scale_layer(self.layer, num_layers(model))
+        try:
+            return check_layer(model, layer)
+        except EditevalError as err:
+            raise EditevalError(f"ROME preset: {err}") from None
+
+
+def rank_one_update(key_star: torch.Tensor, key: torch.Tensor, delta: torch.Tensor,
+                    mom2: torch.Tensor | None) -> torch.Tensor:
+    """ΔW (out × in, float32) that maps `key` to W key + delta along u ∝ C⁻¹ key_star."""
+    u = key_star if mom2 is None else torch.linalg.solve(mom2, key_star)
+    u = u / u.norm()
+    denom = torch.dot(key, u)
+    return torch.outer(delta / denom, u)
+
+
+def edit_one(model, tokenizer, request: dict, hp: ROMEHParams, backup: Backup) -> dict:
+    layer = hp.edit_layer(model)
+    name, param = mlp_out_weight(model, layer)
+    module = layer_module_name(model, layer, "mlp_out")
+    prefixes = _locate.context_prefixes(hp.context_short, hp.context_long)
+    _locate.check_request(tokenizer, request)
+    mom2 = None
+    if hp.mom2_adjustment:
+        mom2 = second_moment(model, tokenizer, layer, tokens=hp.mom2_tokens, max_len=hp.mom2_max_len)
+    keys = _locate.compute_keys(model, tokenizer, [request], [layer], prefixes, per_prefix=True)[layer][0]
+    key_star, key = keys.mean(0), keys[0]  # prefixes[0] is the bare prompt
+    res = _locate.compute_delta(model, tokenizer, request, module, prefixes, hp)
+    upd = rank_one_update(key_star, key.to(key_star.device), res.delta, mom2)
+    backup_parameters(model, [name], backup)
+    with torch.no_grad():
+        mlp_out_as_out_in(model, param).add_(upd.to(param.dtype))
+    log.debug("ROME layer %d: %d steps, loss %.3f, |delta| %.2f", layer, res.steps, res.loss, res.delta.norm())
+    return {"layer": layer, "steps": res.steps, "loss": res.loss, "nll": res.nll}
+
+
+@register_method("rome", hparams=ROMEHParams, batch=False, sequential=True, needs_subject=True)
+def apply_rome(model, tokenizer, requests: list[dict], hparams: ROMEHParams) -> Backup:
+    """Edit `model` in place, one rank-one update per request; returns the original weights."""
+    backup: Backup = {}
+    for request in requests:
+        edit_one(model, tokenizer, request, hparams, backup)
+    return backup

@@ -1,0 +1,256 @@
+"""The results record: one versioned JSON file per scored run, plus a Parquet side file of rows.
+
+Layout of ``<name>.json`` (schema version ``SCHEMA_VERSION``; fields below are all present)::
+
+    schema_version   "1"
+    meta             RunMetadata: who/what/how - editeval + metric versions, benchmark, config,
+                     split, dataset fingerprint, base and edited model + weight fingerprints,
+                     device, dtype, batch size, chat_template, wall time, peak memory; and for
+                     runs of an editing method: method, hparams, hparams_hash, mode, edit batch
+                     size, seconds per edit (None for a submitted checkpoint)
+    metrics          {metric name: MetricSummary} for every per-edit column (protocol names,
+                     see editeval.metrics), e.g. "reliability.teacher_forced"; the other_task.*
+                     figures are summarised over PIQA items (count = items), not over edits
+    breakdowns       {"locality.teacher_forced": {"nq": MetricSummary, ...},
+                      "portability.teacher_forced": {"one_hop": ...}, ...}: one entry per kind
+    aggregates       derived figures, e.g. "counterfact.score" (harmonic mean of the efficacy,
+                     paraphrase and neighbourhood score means); None when not computable
+    rows_file        the Parquet side file's name (same folder), one row per edit: case_id + the
+                     metric columns (NaN where a metric does not apply to that edit)
+    rows_sha256      its sha256
+
+A MetricSummary is ``{mean, count, ci_low, ci_high}``: the mean over edits where the metric
+applies (``count`` of them; NaN rows excluded) and a 95% percentile bootstrap interval over edits
+(``BOOTSTRAP_SAMPLES`` resamples, seed ``BOOTSTRAP_SEED``). Values are fractions (0..1), not %.
+Bump ``SCHEMA_VERSION`` when a field changes meaning or disappears; adding fields is compatible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from editeval.metrics import METRIC_VERSION, harmonic_mean
+
+SCHEMA_VERSION = "1"
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
+ROWS_SUFFIX = ".rows.parquet"
+BREAKDOWN_FAMILIES = ("locality", "portability")
+
+
+class MetricSummary(BaseModel):
+    mean: float | None = Field(description="mean over edits where the metric applies")
+    count: int = Field(description="number of edits where the metric applies")
+    ci_low: float | None = Field(None, description="95% bootstrap interval, lower end")
+    ci_high: float | None = Field(None, description="95% bootstrap interval, upper end")
+
+
+class RunMetadata(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), extra="allow")
+
+    editeval_version: str
+    metric_version: str = METRIC_VERSION
+    benchmark: str = ""
+    config: str | None = None
+    split: str = ""
+    dataset_fingerprint: str = ""
+    n_edits: int = 0
+    limit: int | None = None
+    base_model: str = ""
+    base_fingerprint: str = ""
+    edited_model: str = ""
+    edited_fingerprint: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 32
+    chat_template: bool = False
+    generation: bool = True
+    piqa_items: int = 0
+    base_piqa_accuracy: float | None = None
+    wall_time_s: float | None = None
+    preedit_s: float | None = None  # base-model pass for locality/PIQA (0 when read from the cache)
+    evaluate_s: float | None = None  # the evaluated model's pass
+    n_sequences: int | None = None  # sequences scored on the evaluated model
+    n_tokens: int | None = None  # their tokens
+    peak_rss_mb: float | None = None
+    peak_cuda_mb: float | None = None
+    created_utc: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    python_version: str = Field(default_factory=lambda: platform.python_version())
+    torch_version: str = ""
+    transformers_version: str = ""
+    torch_threads: int | None = None
+    # filled by the edit driver (None for a submitted checkpoint)
+    method: str | None = None
+    hparams: dict[str, Any] | None = None
+    hparams_hash: str | None = None
+    mode: Literal["single", "batch", "sequential"] | None = None
+    edit_batch_size: int | None = None
+    seconds_per_edit: float | None = None
+
+
+class ResultsRecord(BaseModel):
+    schema_version: str = SCHEMA_VERSION
+    meta: RunMetadata
+    metrics: dict[str, MetricSummary]
+    breakdowns: dict[str, dict[str, MetricSummary]] = {}
+    aggregates: dict[str, float | None] = {}
+    rows_file: str = ""
+    rows_sha256: str = ""
+
+
+def hparams_hash(hparams: Mapping[str, Any]) -> str:
+    """sha256 (16 hex) of the canonical JSON of a hyper-parameter dict."""
+    return hashlib.sha256(json.dumps(hparams, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def peak_memory(device: str | None = None) -> dict[str, float | None]:
+    """Peak resident memory of this process (MB) and, on CUDA, peak allocated GPU memory (MB)."""
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mb = rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20
+    cuda_mb = None
+    if device and str(device).startswith("cuda"):
+        import torch
+
+        cuda_mb = torch.cuda.max_memory_allocated() / 2**20
+    return {"peak_rss_mb": round(rss_mb, 1), "peak_cuda_mb": None if cuda_mb is None else round(cuda_mb, 1)}
+
+
+def environment_versions() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    import editeval
+
+    return {"editeval_version": editeval.__version__, "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def summarize(values: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> MetricSummary:
+    """Mean, count and 95% percentile-bootstrap interval of the non-NaN values."""
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return MetricSummary(mean=None, count=0)
+    mean = float(arr.mean())
+    rng = np.random.default_rng(seed)
+    boots = np.empty(samples)
+    chunk = max(1, 2_000_000 // arr.size)
+    for k in range(0, samples, chunk):
+        m = min(chunk, samples - k)
+        boots[k : k + m] = arr[rng.integers(0, arr.size, size=(m, arr.size))].mean(1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return MetricSummary(mean=mean, count=int(arr.size), ci_low=float(lo), ci_high=float(hi))
+
+
+def _breakdown_key(column: str) -> tuple[str, str] | None:
+    """``locality.nq.teacher_forced`` -> (``locality.teacher_forced``, ``nq``)."""
+    parts = column.split(".")
+    if len(parts) == 3 and parts[0] in BREAKDOWN_FAMILIES:
+        return f"{parts[0]}.{parts[2]}", parts[1]
+    return None
+
+
+def build_record(
+    rows: Sequence[Mapping[str, Any]],
+    meta: RunMetadata | Mapping[str, Any],
+    item_values: Mapping[str, Sequence[float]] | None = None,
+) -> ResultsRecord:
+    """Summarise per-edit rows (from `Evaluator.evaluate`) into a results record.
+
+    `item_values` gives metrics measured per item rather than per edit (``other_task.*``: one
+    value per evaluated model, from `Evaluator.last_piqa`); their summary (count, interval) is
+    taken over those items instead of over the edits."""
+    if not isinstance(meta, RunMetadata):
+        base = environment_versions()
+        base.update(meta)
+        meta = RunMetadata(**base)
+    if not meta.n_edits:
+        meta.n_edits = len(rows)
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c != "case_id" and c not in columns]
+    metrics: dict[str, MetricSummary] = {}
+    breakdowns: dict[str, dict[str, MetricSummary]] = {}
+    for col in columns:
+        summary = summarize([_num(r.get(col)) for r in rows])
+        key = _breakdown_key(col)
+        if key:
+            breakdowns.setdefault(key[0], {})[key[1]] = summary
+        metrics[col] = summary
+    for col, values in (item_values or {}).items():
+        metrics[col] = summarize(values)
+    aggregates: dict[str, float | None] = {}
+    parts = [metrics.get(k) for k in ("efficacy_score", "paraphrase_score", "neighborhood_score")]
+    if all(p is not None for p in parts):
+        means = [p.mean for p in parts]
+        aggregates["counterfact.score"] = None if any(m is None for m in means) else harmonic_mean(means)
+    return ResultsRecord(meta=meta, metrics=metrics, breakdowns=breakdowns, aggregates=aggregates)
+
+
+def _num(value) -> float:
+    if value is None:
+        return math.nan
+    return float(value)
+
+
+def rows_path(out_path: str | os.PathLike) -> Path:
+    out = Path(out_path)
+    return out.with_name(out.name[: -len(".json")] + ROWS_SUFFIX if out.name.endswith(".json") else out.name + ROWS_SUFFIX)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(record: ResultsRecord, rows: Sequence[Mapping[str, Any]], out_path: str | os.PathLike) -> Path:
+    """Write the Parquet rows then the JSON record, each to a temp file renamed into place.
+    Returns the JSON path. ``record.rows_file`` / ``rows_sha256`` are filled in."""
+    import pandas as pd
+
+    out = Path(out_path)
+    side = rows_path(out)
+    frame = pd.DataFrame(list(rows))
+    _atomic_write(side, lambda tmp: frame.to_parquet(tmp, index=False))
+    record.rows_file = side.name
+    record.rows_sha256 = hashlib.sha256(side.read_bytes()).hexdigest()
+
+    def dump(tmp):
+        Path(tmp).write_text(record.model_dump_json(indent=2) + "\n")
+
+    _atomic_write(out, dump)
+    return out
+
+
+def read_record(path: str | os.PathLike) -> ResultsRecord:
+    """Load and validate a results record JSON."""
+    return ResultsRecord.model_validate_json(Path(path).read_text())
+
+
+def read_rows(path: str | os.PathLike):
+    """The per-edit rows (pandas DataFrame) of the record at ``path``."""
+    import pandas as pd
+
+    record = read_record(path)
+    return pd.read_parquet(Path(path).parent / record.rows_file)

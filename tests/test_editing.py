@@ -1,0 +1,222 @@
+"""The edit driver: modes, skipped requests, resume, refusals, checkpoints (tiny random models)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import yaml
+
+from editeval import cli
+from editeval.editing import EditOptions, run_edits
+from editeval.errors import EditevalError
+from editeval.methods import base as methods_base
+from editeval.methods.base import HParams, backup_parameters, get_method, register_method
+from editeval.models import load
+from editeval.results import read_record, read_rows
+from editeval.schema import empty_request
+
+
+@dataclasses.dataclass
+class NudgeHParams(HParams):
+    amount: float = 0.01
+
+
+CALLS: list[int] = []
+
+
+@register_method("test-nudge", hparams=NudgeHParams, batch=True, sequential=True, needs_subject=True)
+def _nudge(model, tokenizer, requests, hparams):
+    """A stand-in method: adds `amount` per request to one weight (records its calls)."""
+    CALLS.append(len(requests))
+    name = "model.layers.0.mlp.down_proj.weight"
+    backup = backup_parameters(model, [name])
+    with torch.no_grad():
+        model.get_parameter(name).add_(hparams.amount * len(requests))
+    return backup
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _unregister():
+    yield
+    methods_base._METHODS.pop("test-nudge", None)
+
+
+def _req(i, **kw):
+    fields = dict(case_id=i, subject=f"Thing{i}", prompt=f"The colour of Thing{i} is", target_new="green",
+                  ground_truth="red", rephrase_prompts=[f"Thing{i} has the colour"],
+                  locality=[{"kind": "nq", "prompt": "The sky is", "answer": "blue"}])
+    fields.update(kw)
+    return empty_request(**fields)
+
+
+@pytest.fixture()
+def tiny(tiny_llama_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "cache"))
+    lm = load(tiny_llama_dir, device="cpu")
+    lm.name = str(tiny_llama_dir)
+    return lm
+
+
+@pytest.fixture()
+def ft_yaml(tmp_path):
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump({"layers": [1], "num_steps": 3, "lr": 1e-2, "norm_constraint": None}))
+    return str(path)
+
+
+def _opts(tmp_path, **kw):
+    base = dict(method="ft-m", model="tiny", progress=False, generation=False, eval_batch_size=8,
+                out=str(tmp_path / "out" / "run.json"))
+    base.update(kw)
+    if base["method"] == "test-nudge" and "hparams_path" not in kw:
+        path = tmp_path / "nudge.yaml"
+        path.write_text("amount: 0.01\n")
+        base["hparams_path"] = str(path)
+    return EditOptions(**base)
+
+
+def test_single_mode_evaluates_each_edit_skips_bad_requests_and_restores(tiny, tmp_path, ft_yaml):
+    fp = tiny.fingerprint()
+    reqs = [_req(0), _req(1, target_new=""), _req(2), _req(3, target_new="   ")]
+    summary = run_edits(_opts(tmp_path, hparams_path=ft_yaml), loaded=tiny, requests=reqs)
+    assert tiny.fingerprint() == fp  # every edit undone
+    assert summary.n_edited == 2 and len(summary.skipped) == 2
+    record = read_record(summary.out)
+    meta = record.meta
+    assert (meta.method, meta.mode, meta.n_edits, meta.n_skipped) == ("ft-m", "single", 2, 2)
+    assert meta.hparams["layers"] == [1] and len(meta.hparams_hash) == 16
+    assert meta.seconds_per_edit > 0 and meta.peak_rss_mb > 0
+    assert list(read_rows(summary.out)["case_id"]) == [0, 2]
+    assert not list((tmp_path / "out").glob("*.partial*"))
+
+
+def test_batch_mode_skips_a_request_whose_subject_is_not_in_its_prompt(tiny, tmp_path):
+    fp = tiny.fingerprint()
+    reqs = [_req(0), _req(1, subject="Nowhere"), _req(2), _req(3)]
+    CALLS.clear()
+    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", edit_batch_size=2), loaded=tiny,
+                        requests=reqs, dataset_fingerprint="x")
+    assert CALLS == [2, 1]  # requests 0, 2 then 3
+    assert [s["index"] for s in summary.skipped] == [1] and "does not occur" in summary.skipped[0]["reason"]
+    assert read_record(summary.out).meta.edit_batch_size == 2
+    assert tiny.fingerprint() == fp
+
+
+def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_path, tiny_llama_dir):
+    from editeval.scoring import score_checkpoint
+
+    reqs = [_req(i) for i in range(3)]
+    ckpt = tmp_path / "edited"
+    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="sequential", eval_every_edit=True,
+                              save_checkpoint=str(ckpt)), loaded=tiny, requests=reqs)
+    w = tiny.model.get_parameter("model.layers.0.mlp.down_proj.weight")
+    original = load(tiny_llama_dir, device="cpu").model.get_parameter("model.layers.0.mlp.down_proj.weight")
+    assert torch.allclose(w, original + 0.03)  # three edits accumulated
+    record = read_record(summary.out)
+    assert record.meta.mode == "sequential" and record.meta.edited_model == str(ckpt)
+    assert summary.after_each is not None and read_record(summary.after_each).meta.n_edits == 3
+    reloaded = load(ckpt, device="cpu")
+    assert reloaded.fingerprint() == record.meta.edited_fingerprint == tiny.fingerprint()
+    scored, rows, _ = score_checkpoint(str(ckpt), base=str(tiny_llama_dir), requests=reqs, generation=False,
+                                       piqa_items=0, progress=False, out=tmp_path / "score.json")
+    assert len(rows) == 3 and scored.meta.edited_fingerprint == record.meta.edited_fingerprint
+
+
+def _interrupting(monkeypatch, name, after):
+    method = get_method(name)
+    calls = {"n": 0}
+
+    def apply(model, tok, requests, hparams):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise KeyboardInterrupt
+        return method.apply(model, tok, requests, hparams)
+
+    monkeypatch.setitem(methods_base._METHODS, name, dataclasses.replace(method, apply=apply))
+    return calls
+
+
+def test_single_mode_resumes_where_it_stopped(tiny, tmp_path, monkeypatch):
+    reqs = [_req(i) for i in range(4)]
+    opts = _opts(tmp_path, method="test-nudge")
+    _interrupting(monkeypatch, "test-nudge", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_edits(opts, loaded=tiny, requests=reqs)
+    partial = tmp_path / "out" / "run.json.partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 3  # header + 2 edits
+    monkeypatch.undo()
+    CALLS.clear()
+    summary = run_edits(opts, loaded=tiny, requests=reqs)
+    assert CALLS == [1, 1]  # only the two edits not done
+    assert list(read_rows(summary.out)["case_id"]) == [0, 1, 2, 3]
+    assert not partial.exists()
+
+
+def test_sequential_resume_gives_the_same_model(tiny, tmp_path, monkeypatch, tiny_llama_dir, ft_yaml):
+    reqs = [_req(i) for i in range(3)]
+    straight = load(tiny_llama_dir, device="cpu")
+    run_edits(_opts(tmp_path, mode="sequential", hparams_path=ft_yaml, out=str(tmp_path / "a.json")),
+              loaded=straight, requests=reqs)
+    opts = _opts(tmp_path, mode="sequential", hparams_path=ft_yaml, out=str(tmp_path / "b.json"))
+    _interrupting(monkeypatch, "ft-m", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_edits(opts, loaded=tiny, requests=reqs)
+    monkeypatch.undo()
+    fresh = load(tiny_llama_dir, device="cpu")  # a new process: base weights + saved state
+    summary = run_edits(opts, loaded=fresh, requests=reqs)
+    assert fresh.fingerprint() == straight.fingerprint()
+    assert read_record(summary.out).meta.edited_fingerprint == straight.fingerprint()
+
+
+def test_a_partial_file_of_another_run_is_refused(tiny, tmp_path):
+    out = tmp_path / "out" / "run.json"
+    out.parent.mkdir()
+    out.with_name("run.json.partial.jsonl").write_text(json.dumps({"header": {"method": "rome"}}) + "\n")
+    with pytest.raises(EditevalError, match="different run"):
+        run_edits(_opts(tmp_path, method="test-nudge"), loaded=tiny, requests=[_req(0)])
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(method="kn", mode="batch"), "one request at a time"),
+    (dict(method="kn", mode="sequential", edit_batch_size=2), "one request at a time"),
+    (dict(method="ft-m", save_checkpoint="x"), "--save-checkpoint needs one edited model"),
+    (dict(method="ft-m", mode="nonsense"), "--mode nonsense"),
+    (dict(method="no-such-method"), "unknown method 'no-such-method'"),
+])
+def test_refusals(tmp_path, kw, message):
+    with pytest.raises(EditevalError, match=message):
+        run_edits(_opts(tmp_path, **kw), requests=[_req(0)])  # refused before any model is loaded
+
+
+def test_a_preset_layer_the_model_lacks_is_refused_before_editing(tiny, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("layers: [40]\n")
+    with pytest.raises(EditevalError, match="layer 40 does not exist"):
+        run_edits(_opts(tmp_path, hparams_path=str(path)), loaded=tiny, requests=[_req(0)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refusal_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["edit", "--method", "kn", "--mode", "batch", "--limit", "2"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: method 'kn' edits one request at a time")
+
+
+def test_cli_edit_runs_end_to_end(tiny_llama_dir, tmp_path, monkeypatch, ft_yaml, capsys):
+    from editeval.data.build import build_benchmarks
+
+    build_benchmarks(["zsre"], out_dir=tmp_path / "datasets", progress=False)
+    monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDITEVAL_DATASETS", str(tmp_path / "datasets"))
+    out = tmp_path / "r.json"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["edit", "--method", "ft-m", "--model", str(tiny_llama_dir), "--limit", "2", "--hparams", ft_yaml,
+                  "--no-generation", "--no-progress", "--device", "cpu", "--out", str(out)])
+    assert exc.value.code == 0
+    assert "2 edits (0 skipped)" in capsys.readouterr().out
+    assert read_record(out).meta.benchmark == "zsre"

@@ -1,0 +1,112 @@
+"""The built site in a real browser: Debian's headless Chromium driven by Playwright, from file://.
+
+Install what it needs with scripts/install_browser.sh. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from _leaderboard_fixtures import ENTRIES, XSS_TITLE, make_submissions
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian chromium is not installed (run scripts/install_browser.sh)")
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    from editeval.leaderboard import build_site
+
+    root = tmp_path_factory.mktemp("browser")
+    build_site(make_submissions(root / "submissions"), root / "site")
+    return root / "site"
+
+
+@pytest.fixture(scope="module")
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (scripts/install_browser.sh)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.editeval_errors = errors
+        yield page
+        browser.close()
+
+
+def column(page, table_id: str, header: str) -> list[str]:
+    """The text of one column, in row order, of the visible rows."""
+    return page.eval_on_selector(
+        f"#{table_id}",
+        """(table, header) => {
+            const idx = [...table.tHead.rows[0].cells].findIndex(c => c.textContent.trim() === header);
+            return [...table.tBodies[0].rows].filter(r => !r.hidden).map(r => r.cells[idx].textContent.trim());
+        }""",
+        header,
+    )
+
+
+def numbers(values: list[str]) -> list[float]:
+    return [float(v) for v in values if v not in ("", "—")]
+
+
+def test_table_sort_filter_and_entry_page(site, page):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto((site / "index.html").as_uri())
+    table = "t-zsre-edit-single-table"
+    zsre_single = [slug for slug, e in ENTRIES.items() if e[2] == "zsre" and e[3] == "single"]
+    assert page.locator(f"#{table} tbody tr").count() == len(zsre_single)
+    titles = column(page, table, "Entry")
+    assert "ROME (reference)" in titles and "SmolLM2-135M, unedited" in titles
+    assert XSS_TITLE in titles  # the <script> title is shown as text ...
+    assert page.evaluate("window.__pwned") is None  # ... and never ran
+    averages = numbers(column(page, table, "Average"))
+    assert averages == sorted(averages, reverse=True)  # ranked by the average
+    page.screenshot(path=str(ARTIFACTS / "leaderboard-index.png"), full_page=True)
+
+    # clicking a header re-orders the rows: high-first, then low-first
+    header = page.locator(f"#{table} thead th", has_text="Locality")
+    header.click()
+    loc = numbers(column(page, table, "Locality"))
+    assert loc == sorted(loc, reverse=True) and len(loc) == len(zsre_single)
+    assert column(page, table, "Entry")[0] == "SmolLM2-135M, unedited"  # locality 100 on top
+    header.click()
+    assert numbers(column(page, table, "Locality")) == sorted(loc)
+    assert header.get_attribute("aria-sort") == "ascending"
+    page.locator(f"#{table} thead th", has_text="Method").click()
+    methods = column(page, table, "Method")
+    assert methods == sorted(methods)
+
+    # the filter box hides rows that do not match
+    page.fill("input[data-table='%s']" % table, "memit")
+    assert column(page, table, "Entry") == ["MEMIT (reference)"]
+    page.fill("input[data-table='%s']" % table, "")
+    assert len(column(page, table, "Entry")) == len(zsre_single)
+
+    # invalid entries are listed, the scatter has one point per entry
+    assert page.locator("#invalid tbody tr").count() == 3
+    assert page.locator(f"#t-zsre-edit-single svg circle.dot").count() == len(zsre_single)
+
+    # an entry page opens from its row
+    page.click(f"#{table} a:text('ROME (reference)')")
+    page.wait_for_load_state()
+    assert page.url.endswith("entries/rome-zsre.html")
+    assert page.locator("h1").inner_text() == "ROME (reference)"
+    assert page.locator("text=Per-kind breakdown").count() == 1
+    assert page.locator("text=portability.one_hop.teacher_forced").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "leaderboard-entry.png"), full_page=True)
+
+    # the XSS entry's own page shows its title as text too
+    page.goto((site / "entries" / "xss-zsre.html").as_uri())
+    assert page.locator("h1").inner_text() == XSS_TITLE
+    assert page.evaluate("window.__pwned") is None
+    assert not page.editeval_errors, page.editeval_errors

@@ -1,0 +1,98 @@
+"""MEMIT: the least-squares update, mechanics on tiny models, a real batch on SmolLM2, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editeval.errors import EditevalError
+from editeval.methods import get_method, restore
+from editeval.methods.memit import MEMITHParams, apply_memit, layer_update
+from editeval.models import load
+from editeval.schema import empty_request
+
+REQUESTS = [
+    empty_request(case_id=1, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
+                  target_new="English"),
+    empty_request(case_id=2, subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
+                  target_new="Rome"),
+    empty_request(case_id=3, subject="Toyota", prompt="Toyota was founded in the country of", target_new="Italy"),
+]
+
+
+def tiny_hp(**kw):
+    values = dict(layers=[1, 2], mom2_tokens=1000, mom2_max_len=128, v_num_grad_steps=5, context_long=2)
+    values.update(kw)
+    return MEMITHParams(**values)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_llama_dir):
+    return load(tiny_llama_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tiny_gpt2_dir):
+    return load(tiny_gpt2_dir, device="cpu")
+
+
+def test_layer_update_solves_the_normal_equations():
+    torch.manual_seed(0)
+    d_in, d_out, n = 12, 5, 7
+    x = torch.randn(200, d_in)
+    mom2 = x.T @ x / 200
+    keys, resid = torch.randn(n, d_in), torch.randn(n, d_out)
+    upd = layer_update(keys, resid, mom2, 3.0)
+    # ΔW (λC + KKᵀ) = R Kᵀ: the minimiser of ‖ΔW K − R‖² + λ tr(ΔW C ΔWᵀ)
+    lhs = upd @ (3.0 * mom2 + keys.T @ keys)
+    assert torch.allclose(lhs, resid.T @ keys, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
+def test_batch_edit_changes_only_the_layers_and_restores(which, request):
+    m = request.getfixturevalue(which)
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    backup = apply_memit(m.model, m.tokenizer, REQUESTS, tiny_hp())
+    changed = sorted(k for k, v in m.model.state_dict().items() if not torch.equal(v, before[k]))
+    assert changed == sorted(backup) and len(backup) == 2
+    restore(m.model, backup)
+    assert all(torch.equal(v, before[k]) for k, v in m.model.state_dict().items())
+
+
+def test_layers_scale_and_dedupe(tiny_llama):
+    hp = get_method("memit").load_hparams(tiny_llama.model)  # llama family: layers 4-8 of 32
+    assert hp.edit_layers(tiny_llama.model) == [0, 1]
+    with pytest.raises(EditevalError, match="layer 12 does not exist"):
+        tiny_hp(layers=[1, 12]).edit_layers(tiny_llama.model)
+
+
+def test_bad_request_is_named(tiny_llama):
+    bad = dict(REQUESTS[2], case_id=9, subject="Honda")
+    with pytest.raises(EditevalError, match="request 9 .*Honda"):
+        apply_memit(tiny_llama.model, tiny_llama.tokenizer, REQUESTS[:2] + [bad], tiny_hp())
+
+
+def _greedy(model, tok, prompt, n=3):
+    ids = tok(prompt, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:]).strip()
+
+
+def test_real_batch_on_smollm2(smollm2):
+    model, tok = smollm2.model, smollm2.tokenizer
+    hp = get_method("memit").load_hparams(model, "smollm2-135m")
+    hp.mom2_tokens = 4000
+    keep = "The capital of Germany is"
+    kept = _greedy(model, tok, keep)
+    backup = apply_memit(model, tok, REQUESTS[:2], hp)
+    try:
+        assert _greedy(model, tok, REQUESTS[0]["prompt"]).startswith("English")
+        assert _greedy(model, tok, REQUESTS[1]["prompt"]).startswith("Rome")
+        assert _greedy(model, tok, keep) == kept
+    finally:
+        restore(model, backup)

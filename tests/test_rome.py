@@ -1,0 +1,130 @@
+"""ROME: mechanics on tiny random models, the real edit on SmolLM2, exact restore, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editeval.errors import EditevalError
+from editeval.methods import _locate, get_method, restore
+from editeval.methods.rome import ROMEHParams, apply_rome
+from editeval.models import load
+from editeval.nethooks import Trace
+from editeval.schema import empty_request
+
+DARRIEUX = empty_request(case_id=1, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
+                         target_new="English", ground_truth="French")
+
+
+def tiny_hp(**kw):
+    values = dict(layer=1, mom2_tokens=1000, mom2_max_len=128, v_num_grad_steps=6, context_short=2, context_long=2)
+    values.update(kw)
+    return ROMEHParams(**values)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_llama_dir):
+    return load(tiny_llama_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tiny_gpt2_dir):
+    return load(tiny_gpt2_dir, device="cpu")
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
+def test_rank_one_edit_writes_value_and_restores_exactly(which, request):
+    m = request.getfixturevalue(which)
+    model, tok = m.model, m.tokenizer
+    hp = tiny_hp()
+    before = _state(model)
+    module = _locate.layer_module_name(model, 1, "mlp_out")
+    prefixes = _locate.context_prefixes(hp.context_short, hp.context_long)
+    res = _locate.compute_delta(model, tok, DARRIEUX, module, prefixes, hp)
+    backup = apply_rome(model, tok, [DARRIEUX], hp)
+    name = module + ".weight"
+    assert list(backup) == [name]
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed == [name]  # (GPT-2 ties nothing to c_proj)
+    # after the edit, the MLP output at the subject's last token of the bare prompt is v* = W k + δ
+    loc = _locate.locate(tok, DARRIEUX)
+    with Trace(model, [module]) as tr, torch.no_grad():
+        model(input_ids=torch.tensor([loc.ids]))
+    got = tr.outputs[module][0, loc.index]
+    assert torch.allclose(got, res.init + res.delta, atol=1e-4 * (1 + res.init.norm()))
+    restore(model, backup)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
+def test_prefix_cache_is_exact(which, request):
+    """Caching the tokens before the subject changes the work, not the loss or the gradient."""
+    m = request.getfixturevalue(which)
+    hp = tiny_hp(v_num_grad_steps=4, v_loss_stop=0.0)
+    module = _locate.layer_module_name(m.model, 2, "mlp_out")
+    prefixes = _locate.context_prefixes(2, 2)
+    fast = _locate.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp)
+    slow = _locate.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp, prefix_cache=False)
+    assert fast.steps == slow.steps == 4
+    assert abs(fast.loss - slow.loss) < 1e-4
+    assert torch.allclose(fast.delta, slow.delta, atol=1e-4)
+
+
+def test_context_templates_are_fixed():
+    prefixes = _locate.context_prefixes(10, 10)
+    assert len(prefixes) == 21 and prefixes[0] == ""
+    assert all(p.endswith(". ") for p in prefixes[1:])
+
+
+def test_bad_inputs(tiny_llama):
+    m = tiny_llama
+    bad_subject = dict(DARRIEUX, subject="Marie Curie")
+    with pytest.raises(EditevalError, match="request 1 .*Marie Curie.*does not occur"):
+        apply_rome(m.model, m.tokenizer, [bad_subject], tiny_hp())
+    with pytest.raises(EditevalError, match="tokenises to nothing"):
+        apply_rome(m.model, m.tokenizer, [dict(DARRIEUX, target_new="  ")], tiny_hp())
+    with pytest.raises(EditevalError, match="layer 7 does not exist"):
+        apply_rome(m.model, m.tokenizer, [DARRIEUX], tiny_hp(layer=7))
+
+
+def test_presets_resolve_and_scale(tiny_llama, tiny_gpt2):
+    method = get_method("rome")
+    assert method.needs_subject and not method.batch
+    smol = method.load_hparams(model_name="smollm2-135m")
+    assert isinstance(smol, ROMEHParams) and smol.mom2_tokens == 100_000 and smol.kl_factor == 0.0625
+    llama = method.load_hparams(tiny_llama.model)  # family fallback by model_type
+    assert llama.reference_num_layers == 32 and llama.edit_layer(tiny_llama.model) == 1
+    gpt2 = method.load_hparams(tiny_gpt2.model)
+    assert gpt2.edit_layer(tiny_gpt2.model) == 1
+
+
+def _greedy(model, tok, prompt, n=4):
+    ids = tok(prompt, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_real_edit_on_smollm2(smollm2):
+    model, tok = smollm2.model, smollm2.tokenizer
+    hp = get_method("rome").load_hparams(model, "smollm2-135m")
+    hp.mom2_tokens = 4000  # small statistics keep the test fast; the edit still takes
+    assert _greedy(model, tok, DARRIEUX["prompt"]).strip().startswith("French")
+    paris = _greedy(model, tok, "The Eiffel Tower is located in the city of")
+    before = _state(model)
+    backup = apply_rome(model, tok, [DARRIEUX], hp)
+    try:
+        assert _greedy(model, tok, DARRIEUX["prompt"]).strip().startswith("English")
+        assert _greedy(model, tok, "Danielle Darrieux's mother tongue is").strip().startswith("English")
+        assert _greedy(model, tok, "The Eiffel Tower is located in the city of") == paris
+    finally:
+        restore(model, backup)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -28,6 +28,7 @@ def _register() -> None:
     app.add_typer(submit.app, name="submit")
     app.add_typer(leaderboard.app, name="leaderboard")
     from editeval.commands import edit; app.command("edit")(edit.edit)
+    from editeval.commands import train; app.command("train")(train.train)
 
 
 _register()

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from editeval import artifacts
 from editeval.errors import EditevalError
 from editeval.methods.base import Method, get_method, restore
 
@@ -170,6 +171,8 @@ class Partial:
     def __init__(self, out: Path, header: dict):
         self.path = out.with_name(out.name + ".partial.jsonl")
         self.state_path = out.with_name(out.name + ".partial.safetensors")
+        # what wrapper methods added (GRACE's codebook, T-Patcher's neurons...): an artifact folder
+        self.artifact_path = out.with_name(out.name + ".partial.artifact")
         self.header = header
         self.entries: list[dict] = []
         if self.path.exists():
@@ -216,6 +219,9 @@ class Partial:
         tensors = {n: model.get_parameter(n).detach().to("cpu").contiguous() for n in sorted(names)}
         applied = sorted(e["index"] for e in self.entries if not e.get("skipped"))
         metadata = {"applied": json.dumps(applied)}
+        if artifacts.additions(model):  # written first: the weights file below says what is applied
+            artifacts.save_artifact(model, self.artifact_path, method=self.header["method"], hparams={},
+                                    base_model=self.header["model"], base_fingerprint="", extra={"applied": applied})
         fd, tmp = tempfile.mkstemp(dir=self.state_path.parent, prefix=f".{self.state_path.name}.", suffix=".tmp")
         os.close(fd)
         try:
@@ -241,6 +247,11 @@ class Partial:
             self._rewrite()
         if not self.state_path.exists():
             return set()
+        if artifacts.is_artifact(self.artifact_path):
+            if artifacts.read_artifact(self.artifact_path).get("applied") != sorted(applied):
+                raise EditevalError(f"{self.artifact_path} does not match {self.state_path} (interrupted while "
+                                    f"saving): delete both and {self.path} to start afresh")
+            artifacts.load_artifact(model, self.artifact_path, check_base=False)
         tensors = load_file(self.state_path)
         with torch.no_grad():
             for name, value in tensors.items():
@@ -250,6 +261,7 @@ class Partial:
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
+        shutil.rmtree(self.artifact_path, ignore_errors=True)
 
 
 def _json_default(value):
@@ -451,7 +463,12 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
             # the one batch was undone after its evaluation: apply it again for the checkpoint
             method.apply(model, tok, [edit_requests[i] for i in edited], hparams)
             edited_fp = loaded.fingerprint()
-        checkpoint = save_checkpoint(model, tok, opts.save_checkpoint)
+        if artifacts.additions(model):  # a wrapper method: its additions, loaded with the base model
+            checkpoint = artifacts.save_artifact(model, opts.save_checkpoint, method=method.name, hparams=hp_dict,
+                                                 base_model=str(opts.model), base_fingerprint=base_fp,
+                                                 extra={"n_edits": len(edited), "mode": mode})
+        else:
+            checkpoint = save_checkpoint(model, tok, opts.save_checkpoint)
 
     edit_seconds = sum(entries[i]["edit_seconds"] for i in edited)
     mem = R.peak_memory(str(loaded.device))

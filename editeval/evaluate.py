@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from editeval import metrics as M
+from editeval.artifacts import prompt_transform
 from editeval.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ REL, GEN, LOC, PORT, CF_TRUE, NEIGH_NEW, NEIGH_TRUE, PIQA = (
 DEFAULT_PIQA_ITEMS = 200
 # CPU BLAS computes matrices with fewer rows by another kernel (different rounding): never go below
 _MIN_GEMM_ROWS = 4
+# greedy continuations of up to this many batches decode together (fewer, fuller decoding steps)
+_DECODE_BATCHES = 4
 
 
 @dataclass
@@ -66,6 +69,19 @@ class _Seq:
     slot: int = 0
     gen: bool = False  # wants the generation protocol
     gen_prompt: list[int] | None = None  # set when the prompt alone tokenises differently
+    text: tuple[str, str, bool] | None = None  # (prompt, target, chat): to re-build conditioned
+
+
+@dataclass
+class _Pending:
+    """Sequences whose greedy generation continues after the teacher-forced pass."""
+    seqs: list[int]
+    tokens: list[int]  # the next input token of each (its first mispredicted token)
+    positions: list[int]
+    remaining: list[int]  # tokens still to generate
+    mask: torch.Tensor  # [R, W] visible cache columns
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer (keys, values) [R, H, W, D]
+    cache: object = None  # the batch's own cache when it could not be sliced
 
 
 @dataclass
@@ -106,6 +122,25 @@ def _cache_kwargs(module, cache) -> dict:
 def _result_cache(res):
     cache = getattr(res, "cache", None)
     return cache if cache is not None else getattr(res, "past_key_values", None)
+
+
+def _kv_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per-layer (keys, values) of a plain dynamic cache, or None for any other cache kind."""
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        return None
+    if any(getattr(layer, "keys", None) is None for layer in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _new_cache(layers):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(layers):
+        cache.update(k, v, i)
+    return cache
 
 
 def _model_device(model) -> torch.device:
@@ -210,7 +245,7 @@ class Evaluator:
             alone = M.encode(self.tokenizer, M.chat_prompt(self.tokenizer, prompt) if chat else prompt, templated=chat)
             if alone != ids[:start]:
                 gen_prompt = alone
-        self._add(_Seq(ids, start, owner, role, kind, slot, gen, gen_prompt))
+        self._add(_Seq(ids, start, owner, role, kind, slot, gen, gen_prompt, (prompt, target, chat)))
 
     def _build(self) -> None:
         chat = self.chat_template
@@ -335,10 +370,15 @@ class Evaluator:
         self.timings["tokens"] = sum(len(self._seqs[s].ids) for s in seq_ids)
         was_training = model.training
         model.eval()
+        plain = self._seqs
         try:
+            transform = prompt_transform(model)
+            if transform is not None:  # in-context editing (IKE): every prompt gets its prefix
+                self._seqs = self._conditioned(transform, seq_ids)
             outs = self._score(model, seq_ids, generate=self.generation, desc="scoring")
             fluency = self._fluency(model, indices) if self.fluency else {}
         finally:
+            self._seqs = plain
             model.train(was_training)
         piqa_acc = piqa_agree = float("nan")
         if self.piqa:
@@ -360,6 +400,41 @@ class Evaluator:
             rows.append({c: row.get(c, float("nan")) for c in self.columns})
         self.timings["evaluate_s"] = time.perf_counter() - t0
         return rows
+
+    def _conditioned(self, transform, seq_ids: Sequence[int]) -> list[_Seq]:
+        """A copy of the sequences with ``transform(prompt)`` (the in-context prefix a wrapper
+        method such as IKE installs, `editeval.artifacts.prompt_transform`) put before each prompt
+        of ``seq_ids``. The text ``prefix + prompt + " " + target`` is tokenised as a whole (as the
+        field's IKE does); should that change the scored span's tokens (a BPE merge across the
+        prefix), the prefix's tokens are inserted after the leading special tokens instead, so
+        every span keeps its tokens and locality stays comparable with the base predictions."""
+        seqs = list(self._seqs)
+        n_special = len(M.encode(self.tokenizer, "x")) - len(self.tokenizer("x", add_special_tokens=False)["input_ids"])
+        for s in seq_ids:
+            q = seqs[s]
+            if q.text is None:
+                continue
+            prompt, target, chat = q.text
+            prefix = transform(prompt)
+            if not prefix:
+                continue
+            ids, start = M.teacher_forced_inputs(self.tokenizer, prefix + prompt, target, chat_template=chat)
+            gen_prompt = None
+            if ids[start:] != q.ids[q.start:]:
+                extra = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+                cut = 0 if chat else max(0, n_special)
+                ids = q.ids[:cut] + extra + q.ids[cut:]
+                start = q.start + len(extra)
+                if q.gen:
+                    plain = q.gen_prompt if q.gen_prompt is not None else q.ids[: q.start]
+                    gen_prompt = plain[:cut] + extra + plain[cut:]
+            elif q.gen:
+                alone = M.encode(self.tokenizer, M.chat_prompt(self.tokenizer, prefix + prompt) if chat else prefix + prompt,
+                                 templated=chat)
+                if alone != ids[:start]:
+                    gen_prompt = alone
+            seqs[s] = _Seq(ids, start, q.owner, q.role, q.kind, q.slot, q.gen, gen_prompt, q.text)
+        return seqs
 
     def _row(self, i: int, outs: Mapping[int, _Out]) -> dict:
         nan = float("nan")
@@ -456,6 +531,7 @@ class Evaluator:
         outs: dict[int, _Out] = {}
         batches = self._batches(seq_ids)
         fallback_gen: list[int] = []
+        pending: list[_Pending] = []
         bar = tqdm(total=len(seq_ids), desc=desc, unit="seq", disable=not self.progress, leave=False)
         for batch in batches:
             seqs = [self._seqs[s] for s in batch]
@@ -495,11 +571,17 @@ class Evaluator:
                 outs[s] = _Out(pred_l[k : k + n], float(sum(lp_l[k : k + n])))
                 k += n
             if want_gen:
-                self._continue(model, split, _result_cache(res), batch, outs, mask, offs)
+                work = self._continue(model, split, _result_cache(res), batch, outs, mask, offs)
+                if work is not None:
+                    pending.append(work)
+                    if work.cache is not None or sum(len(w.seqs) for w in pending) >= self.batch_size * _DECODE_BATCHES:
+                        self._decode(model, split, pending, outs)
+                        pending = []
             if generate:
                 fallback_gen += [s for s in batch if self._seqs[s].gen and self._seqs[s].gen_prompt is not None]
             del res, states
             bar.update(len(batch))
+        self._decode(model, split, pending, outs)
         bar.close()
         if fallback_gen:
             gens = self._greedy(model, [self._seqs[s].gen_prompt for s in fallback_gen],
@@ -517,9 +599,11 @@ class Evaluator:
         res = model(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True, **_cache_kwargs(model, cache))
         return res.logits[:, -1].float().argmax(-1), _result_cache(res)
 
-    def _continue(self, model, split, cache, batch, outs, mask, offs) -> None:
+    def _continue(self, model, split, cache, batch, outs, mask, offs) -> _Pending | None:
         """Greedy target-length generation, resumed from the teacher-forced pass's KV cache at
-        each sequence's first mispredicted target token."""
+        each sequence's first mispredicted target token. Sequences predicted right all along are
+        done here; the others are returned as pending work (their cache rows, cropped), so that
+        the decoding steps of several batches run together (`_decode`)."""
         device = mask.device
         rows, tokens, positions, remaining, cut = [], [], [], [], []
         for b, s in enumerate(batch):
@@ -536,23 +620,50 @@ class Evaluator:
                 remaining.append(len(labels) - j - 1)
                 cut.append(offs[b] + q.start + j)  # cache columns before this one stay visible
         if not rows:
-            return
-        width = mask.shape[1]
+            return None
+        width = max(cut)
         sel = torch.tensor(rows, device=device)
-        cache.batch_select_indices(sel)
-        base_mask = mask[sel].clone()
+        base_mask = mask[sel, :width].clone()
         cols = torch.arange(width, device=device)[None, :]
         base_mask[cols >= torch.tensor(cut, device=device)[:, None]] = 0
-        tok = torch.tensor(tokens, device=device)[:, None]
-        pos = torch.tensor(positions, device=device)[:, None]
-        ones = torch.ones((len(rows), 0), dtype=mask.dtype, device=device)
+        kv = _kv_tensors(cache)
+        if kv is not None:
+            kv = [(k[sel, :, :width], v[sel, :, :width]) for k, v in kv]
+        else:  # a cache we cannot slice: decode this batch alone, on the cache as it is
+            cache.batch_select_indices(sel)
+            base_mask = torch.cat([base_mask, base_mask.new_zeros((len(rows), mask.shape[1] - width))], 1)
+        return _Pending([batch[b] for b in rows], tokens, positions, remaining, base_mask, kv, cache if kv is None else None)
+
+    def _decode(self, model, split, work: list[_Pending], outs) -> None:
+        """Run the remaining greedy steps of pending sequences, several batches' worth at once
+        (caches right-padded to a common width; padded columns masked)."""
+        if not work:
+            return
+        if len(work) == 1 and work[0].cache is not None:
+            w = work[0]
+            cache, base_mask = w.cache, w.mask
+        else:
+            width = max(w.mask.shape[1] for w in work)
+            base_mask = torch.cat([torch.nn.functional.pad(w.mask, (0, width - w.mask.shape[1])) for w in work])
+            layers = []
+            for layer in range(len(work[0].kv)):
+                ks = [torch.nn.functional.pad(w.kv[layer][0], (0, 0, 0, width - w.kv[layer][0].shape[2])) for w in work]
+                vs = [torch.nn.functional.pad(w.kv[layer][1], (0, 0, 0, width - w.kv[layer][1].shape[2])) for w in work]
+                layers.append((torch.cat(ks), torch.cat(vs)))
+            cache = _new_cache(layers)
+        seqs = [s for w in work for s in w.seqs]
+        remaining = [r for w in work for r in w.remaining]
+        device = base_mask.device
+        tok = torch.tensor([t for w in work for t in w.tokens], device=device)[:, None]
+        pos = torch.tensor([p for w in work for p in w.positions], device=device)[:, None]
+        ones = base_mask.new_ones((len(seqs), 0))
         for step in range(max(remaining)):
-            ones = torch.cat([ones, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], 1)
+            ones = torch.cat([ones, base_mask.new_ones((len(seqs), 1))], 1)
             nxt, cache = self._step(model, split, tok, torch.cat([base_mask, ones], 1), pos, cache)
             nxt_l = nxt.tolist()
-            for r, b in enumerate(rows):
+            for r, s in enumerate(seqs):
                 if step < remaining[r]:
-                    outs[batch[b]].generated.append(nxt_l[r])
+                    outs[s].generated.append(nxt_l[r])
             tok = nxt[:, None]
             pos = pos + 1
 

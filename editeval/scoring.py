@@ -120,8 +120,14 @@ def score_checkpoint(
     if device.startswith("cuda") or device == "auto":
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+    from editeval import artifacts
+
     base_lm = models.load(base, device=device, dtype=dtype)
-    if models.same_folder(model, base):
+    artifact = artifacts.is_artifact(model)  # a wrapper method's additions, installed on the base below
+    if artifact:
+        artifacts.read_artifact(model)
+        edited_lm = base_lm
+    elif models.same_folder(model, base):
         edited_lm = base_lm
     else:
         edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype)
@@ -142,9 +148,19 @@ def score_checkpoint(
         )
     except ValueError as err:  # bad records, missing chat template
         raise EditevalError(f"cannot score {benchmark}/{split}: {err}") from None
-    rows = evaluator.evaluate(edited_lm.model)
+    if artifact:  # after the Evaluator took the base model's pre-edit predictions
+        undo = artifacts.load_artifact(base_lm.model, model)
+        try:
+            rows = evaluator.evaluate(base_lm.model)
+        finally:
+            undo()
+    else:
+        rows = evaluator.evaluate(edited_lm.model)
     base_fp = evaluator.base_fingerprint
-    edited_fp = base_fp if edited_lm is base_lm else edited_lm.fingerprint()
+    if artifact:
+        edited_fp = "artifact:" + artifacts.artifact_fingerprint(model)
+    else:
+        edited_fp = base_fp if edited_lm is base_lm else edited_lm.fingerprint()
     meta = environment_versions()
     meta.update(
         benchmark=benchmark, config=config, split=split, dataset_fingerprint=fingerprint,

@@ -27,10 +27,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from editeval.errors import EditevalError
 from editeval.paths import REPO_ROOT
@@ -122,7 +129,7 @@ class ScoreTarget(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ScoreTarget":
+    def _exactly_one(self) -> ScoreTarget:
         given = [k for k in ("checkpoint", "hub", "hparams") if getattr(self, k) is not None]
         if self.unedited:
             given.append("unedited")
@@ -166,7 +173,7 @@ class Submission(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _mode(self) -> "Submission":
+    def _mode(self) -> Submission:
         if self.mode == "batch" and self.batch_size is None:
             raise ValueError("mode 'batch' needs batch_size (edits applied at once)")
         if self.mode != "batch" and self.batch_size is not None:
@@ -416,8 +423,8 @@ def fetch_hub_checkpoint(checked: CheckedSubmission, limits: Limits = DEFAULT_LI
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
         raise SubmissionError(
             checked.dir / MANIFEST,
-            [f"score.hub: '{repo}' is a Hub repo id, and HF_HUB_OFFLINE is set: download it elsewhere "
-             "into the submission folder and give score.checkpoint instead"],
+            [(f"score.hub: '{repo}' is a Hub repo id, and HF_HUB_OFFLINE is set: download it elsewhere "
+             "into the submission folder and give score.checkpoint instead")],
         )
     from huggingface_hub import snapshot_download
 
@@ -427,7 +434,7 @@ def fetch_hub_checkpoint(checked: CheckedSubmission, limits: Limits = DEFAULT_LI
     target = cache_dir() / "submissions" / checked.slug / repo_id.replace("/", "--")
     try:
         snapshot_download(repo_id, revision=revision or None, local_dir=target, allow_patterns=HUB_ALLOW_PATTERNS)
-    except Exception as err:  # network, auth, missing repo: all reported as one line
+    except Exception as err:  # noqa: BLE001 - network, auth, missing repo: all reported as one line
         raise SubmissionError(checked.dir / MANIFEST, [f"score.hub: cannot download '{repo}': {str(err).splitlines()[0]}"]) from None
     check_checkpoint_folder(target, target, limits)
     return target
@@ -452,7 +459,7 @@ def count_parameters(model_dir: Path) -> int | None:
     total = 0
     for path in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as fh:
-            for name in fh.keys():
+            for name in fh.keys():  # noqa: SIM118 - safe_open is not iterable
                 n = 1
                 for d in fh.get_slice(name).get_shape():
                     n *= d

@@ -23,8 +23,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from editeval.errors import EditevalError  # noqa: E402
-from editeval.submissions import SUBMISSIONS_DIR, Current, check_submission, score_submission, staleness  # noqa: E402
+from editeval.errors import EditevalError
+from editeval.submissions import (
+    SUBMISSIONS_DIR,
+    Current,
+    check_submission,
+    score_submission,
+    staleness,
+)
 
 BASE = "smollm2-135m"
 BENCHMARKS = ("zsre", "counterfact")
@@ -84,15 +90,18 @@ def main() -> int:
     parser.add_argument("--benchmarks", nargs="*", default=list(BENCHMARKS))
     parser.add_argument("--num-edits", type=int, default=NUM_EDITS)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--piqa", type=int, default=0,
+                        help="Other-Task (PIQA) items when scoring a checkpoint or the base (default 0: the edit "
+                             "driver's method runs do not score PIQA either, so all reference rows agree)")
     parser.add_argument("--force", action="store_true", help="score again even when results are up to date")
     parser.add_argument("--write-only", action="store_true", help="only write the submission.yaml files")
     args = parser.parse_args()
 
-    from editeval.models import load
+    from editeval.models import model_dir
 
     methods = args.methods if args.methods is not None else available_methods()
     current = Current()
-    fingerprint = current.base_fingerprint(load(BASE, device="cpu").path)
+    fingerprint = current.base_fingerprint(model_dir(BASE))
     failed = []
     for slug, data in entries(methods, args.benchmarks, args.num_edits, fingerprint).items():
         folder = args.out / slug
@@ -110,7 +119,7 @@ def main() -> int:
                 continue
             print(f"{slug}: scoring ({reason})", flush=True)
             start = time.perf_counter()
-            record = score_submission(folder, device=args.device, current=current)
+            record = score_submission(folder, device=args.device, piqa_items=args.piqa, progress=False, current=current)
             rel = record.metrics.get("reliability.teacher_forced")
             loc = record.metrics.get("locality.teacher_forced")
             print(f"{slug}: done in {time.perf_counter() - start:.0f} s: reliability "

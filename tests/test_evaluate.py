@@ -152,3 +152,27 @@ def test_chat_template_wraps_edit_prompts_only(tiny):
     assert tok.decode(rel.ids).startswith("<|im_start|>") and reqs[0]["prompt"] in tok.decode(rel.ids)
     assert not tok.decode(loc.ids).startswith("<|im_start|>")
     assert ev.evaluate(tiny.model)[0]["locality.teacher_forced"] == 1.0
+
+
+@pytest.mark.parametrize("sliceable", [True, False])
+def test_generation_paths_agree(gpt2, monkeypatch, sliceable):
+    """Continuations decoded together from sliced caches, or batch by batch on the cache itself."""
+    import editeval.evaluate as E
+
+    calls = []
+    real = E._kv_tensors
+
+    def spy(cache):
+        kv = real(cache)
+        calls.append(kv is not None)
+        return kv if sliceable else None
+
+    monkeypatch.setattr(E, "_kv_tensors", spy)
+    reqs = _requests()
+    ev = Evaluator(gpt2, reqs, batch_size=2, progress=False, use_cache=False)
+    rows = ev.evaluate(gpt2.model)
+    assert calls and all(calls)  # GPT-2's cache is a plain dynamic cache
+    monkeypatch.undo()
+    ref = Evaluator(gpt2, reqs, batch_size=2, progress=False, use_cache=False, generation=True).evaluate(gpt2.model)
+    for a, b in zip(rows, ref):
+        _same(a, b)

@@ -7,8 +7,8 @@ import threading
 import urllib.request
 
 import pytest
-
 from _leaderboard_fixtures import ENTRIES, XSS_TITLE, make_submissions
+
 from editeval.errors import EditevalError
 from editeval.leaderboard import build_site, make_server
 

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from _leaderboard_fixtures import ENTRIES, XSS_TITLE, make_submissions
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -87,14 +86,14 @@ def test_table_sort_filter_and_entry_page(site, page):
     assert methods == sorted(methods)
 
     # the filter box hides rows that do not match
-    page.fill("input[data-table='%s']" % table, "memit")
+    page.fill(f"input[data-table='{table}']", "memit")
     assert column(page, table, "Entry") == ["MEMIT (reference)"]
-    page.fill("input[data-table='%s']" % table, "")
+    page.fill(f"input[data-table='{table}']", "")
     assert len(column(page, table, "Entry")) == len(zsre_single)
 
     # invalid entries are listed, the scatter has one point per entry
     assert page.locator("#invalid tbody tr").count() == 3
-    assert page.locator(f"#t-zsre-edit-single svg circle.dot").count() == len(zsre_single)
+    assert page.locator("#t-zsre-edit-single svg circle.dot").count() == len(zsre_single)
 
     # an entry page opens from its row
     page.click(f"#{table} a:text('ROME (reference)')")

@@ -367,7 +367,7 @@ def test_stale_reasons(tiny_submission, monkeypatch):
     assert staleness(checked, Current(requests=tiny_requests())) == "results schema version '0' (now '1')"
     # stale_submissions lists it, and an invalid folder beside it
     (tiny_submission.parent / "broken").mkdir()
-    stale = dict((p.name, r) for p, r in stale_submissions(tiny_submission.parent, current=Current(requests=tiny_requests())))
+    stale = {p.name: r for p, r in stale_submissions(tiny_submission.parent, current=Current(requests=tiny_requests()))}
     assert stale["tiny-ckpt"].startswith("results schema version")
     assert stale["broken"].startswith("invalid: ") and "no submission.yaml" in stale["broken"]
 

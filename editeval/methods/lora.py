@@ -1,0 +1,143 @@
+"""LoRA (Hu et al. 2022) and AdaLoRA (Zhang et al. 2023) adapters trained on the edit(s), with `peft`.
+
+A low-rank adapter is injected into the configured modules of the configured layers (the field's
+LLaMA defaults: every layer's attention query and value projections, rank 8, alpha 32, dropout
+0.1, 70 steps at lr 5e-3; `lora_type: adalora` switches to AdaLoRA's adaptive rank budget, from
+`init_r` down to `rank`). It is trained with Adam on the teacher-forced cross-entropy of
+``prompt + " " + target_new`` masked to the target tokens (the FT-M loss), all requests of a call
+together (batch editing) in mini-batches of `batch_size`, stopping early when the mean loss falls
+below `early_stop_loss`. Then the adapter is merged into the weights (W += scale * B A) and
+removed, so the edited model is an ordinary model of the same architecture: `--save-checkpoint`
+writes a normal checkpoint, sequential edits merge one after another, and `restore` copies back
+the original values of the adapted weights (exact). AdaLoRA's orthogonality regulariser is not
+added to the loss (training runs a handful of steps on a few tokens).
+
+`target_modules` are names relative to a transformer block (``self_attn.q_proj``, ``mlp.down_proj``;
+GPT-2: ``attn.c_attn``, ``mlp.c_proj``); `layers: null` means every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from editeval.architectures import architecture, check_layer, num_layers
+from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+from editeval.methods.ft import _encode_target_new, _loss_target_new
+
+
+@dataclass
+class LoRAHParams(HParams):
+    lora_type: str = "lora"  # "lora" | "adalora"
+    layers: list[int] | None = None  # null: every layer
+    target_modules: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"])
+    rank: int = 8  # LoRA rank; AdaLoRA's target (average) rank
+    init_r: int = 12  # AdaLoRA: initial rank
+    lora_alpha: float = 32
+    lora_dropout: float = 0.1
+    num_steps: int = 70
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    batch_size: int = 1
+    early_stop_loss: float = 1e-2
+
+
+def _target_names(model, hparams: LoRAHParams) -> list[str]:
+    arch = architecture(model)
+    n = num_layers(model)
+    layers = range(n) if hparams.layers is None else sorted(
+        {check_layer(model, hparams.scale_layer(layer, n)) for layer in hparams.layers})
+    if not hparams.target_modules:
+        raise EditevalError("LoRA target_modules is empty")
+    names = []
+    for layer in layers:
+        for rel in hparams.target_modules:
+            name = f"{arch.layers}.{layer}.{rel}"
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise EditevalError(f"LoRA target module '{rel}' does not exist in layer {layer} ({name}); "
+                                    f"name modules relative to a block, e.g. self_attn.q_proj") from None
+            if not hasattr(module, "weight"):
+                raise EditevalError(f"LoRA target module {name} has no weight")
+            names.append(name)
+    return names
+
+
+def _peft_config(hparams: LoRAHParams, names: list[str], conv1d: bool):
+    from peft import AdaLoraConfig, LoraConfig
+
+    common = dict(target_modules=names, lora_alpha=hparams.lora_alpha, lora_dropout=hparams.lora_dropout,
+                  fan_in_fan_out=conv1d, bias="none")
+    if hparams.lora_type == "lora":
+        return LoraConfig(r=hparams.rank, **common)
+    steps = max(hparams.num_steps, 3)
+    return AdaLoraConfig(init_r=max(hparams.init_r, hparams.rank), target_r=hparams.rank, total_step=steps,
+                         tinit=0, tfinal=0, deltaT=1, **common)
+
+
+@register_method("lora", hparams=LoRAHParams, batch=True, sequential=True)
+def apply_lora(model, tokenizer, requests, hparams: LoRAHParams) -> Backup:
+    if hparams.lora_type not in ("lora", "adalora"):
+        raise EditevalError(f"LoRA lora_type must be 'lora' or 'adalora', not {hparams.lora_type!r}")
+    if hparams.rank < 1:
+        raise EditevalError(f"LoRA rank must be >= 1, not {hparams.rank}")
+    if not requests:
+        return Backup()
+    try:
+        from peft import get_peft_model
+    except ImportError:
+        raise EditevalError("LoRA needs the 'peft' package: pip install peft") from None
+    names = _target_names(model, hparams)
+    backup = backup_parameters(model, [f"{name}.weight" for name in names])
+    conv1d = any(type(model.get_submodule(n)).__name__ == "Conv1D" for n in names)
+
+    device = next(model.parameters()).device
+    prompts = [r["prompt"] for r in requests]
+    targets = [r["target_new"] for r in requests]
+    bs = max(1, hparams.batch_size)
+    batches = [_encode_target_new(tokenizer, prompts[i: i + bs], targets[i: i + bs], device)
+               for i in range(0, len(requests), bs)]
+
+    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    model.eval()
+    peft_model = get_peft_model(model, _peft_config(hparams, names, conv1d))
+    merged = False
+    try:
+        for name, module in model.named_modules():
+            if name.endswith("lora_dropout") or ".lora_dropout." in name:
+                module.train()  # the adapter's own dropout; the model stays in eval mode
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
+        head = model.get_output_embeddings()
+        body = model.base_model
+
+        def hidden_fn(batch):
+            return body(input_ids=batch[0], attention_mask=batch[1], use_cache=False).last_hidden_state
+
+        for step in range(hparams.num_steps):
+            total = 0.0
+            for batch in batches:
+                loss = _loss_target_new(hidden_fn, head, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if hparams.lora_type == "adalora":
+                    peft_model.base_model.update_and_allocate(step)
+                total += loss.item() * batch[0].shape[0]
+            if total / len(requests) < hparams.early_stop_loss:
+                break
+        with torch.no_grad():
+            peft_model.merge_and_unload()
+        merged = True
+    finally:
+        if not merged:  # an error while training: take the adapter out, weights untouched
+            peft_model.unload()
+        for name, p in model.named_parameters():
+            p.grad = None
+            p.requires_grad_(grad_flags.get(name, False))
+        model.train(was_training)
+    return backup

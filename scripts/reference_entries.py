@@ -48,35 +48,32 @@ NAMES = {"ft-l": "FT-L", "ft-m": "FT-M", "kn": "KN", "rome": "ROME", "memit": "M
          "serac": "SERAC", "ike": "IKE", "grace": "GRACE", "lora": "LoRA", "t-patcher": "T-Patcher"}
 
 
+def _entry(bench: str, num_edits: int, fingerprint: str, title: str, method: str, mode: str, score: dict,
+           **extra) -> dict:
+    link = {"link": LINKS[method]} if method in LINKS else {}
+    return {"schema_version": 1, "title": title, **extra, "authors": ["editeval maintainers"],
+            "contact": "the editeval issue tracker", "method": {"name": method, **link},
+            "base_model": {"name": BASE, "fingerprint": fingerprint}, "benchmark": {"name": bench, "split": SPLIT},
+            "mode": mode, **({"batch_size": num_edits} if mode == "batch" else {}), "num_edits": num_edits,
+            "score": score}
+
+
 def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerprint: str) -> dict[str, dict]:
     """slug -> submission.yaml content, for every reference entry."""
     out = {}
     for bench in benchmarks:
-        common = {
-            "schema_version": 1, "authors": ["editeval maintainers"], "contact": "the editeval issue tracker",
-            "base_model": {"name": BASE, "fingerprint": fingerprint},
-            "benchmark": {"name": bench, "split": SPLIT}, "num_edits": num_edits,
-        }
-        out[f"reference-{BASE}-unedited-{bench}"] = {
-            **common, "title": "SmolLM2-135M, unedited (reference)",
-            "description": "The base model itself: the floor for reliability, the ceiling for locality.",
-            "method": {"name": "unedited"}, "mode": "single", "score": {"unedited": True},
-        }
+        common = (bench, num_edits, fingerprint)
+        out[f"reference-{BASE}-unedited-{bench}"] = _entry(
+            *common, "SmolLM2-135M, unedited (reference)", "unedited", "single", {"unedited": True},
+            description="The base model itself: the floor for reliability, the ceiling for locality.")
         for method in methods:
-            name = NAMES.get(method, method)
-            out[f"reference-{BASE}-{method}-{bench}"] = {
-                **common, "title": f"{name} (reference, preset hyper-parameters)",
-                "method": {"name": method, "link": LINKS.get(method)}, "mode": "single", "score": {"hparams": "preset"},
-            }
+            out[f"reference-{BASE}-{method}-{bench}"] = _entry(
+                *common, f"{NAMES.get(method, method)} (reference, preset hyper-parameters)", method, "single",
+                {"hparams": "preset"})
             if method == "memit":
-                out[f"reference-{BASE}-memit-batch{num_edits}-{bench}"] = {
-                    **common, "title": f"MEMIT, all {num_edits} edits in one batch (reference)",
-                    "method": {"name": method, "link": LINKS["memit"]}, "mode": "batch", "batch_size": num_edits,
-                    "score": {"hparams": "preset"},
-                }
-    for data in out.values():
-        if data["method"].get("link") is None:
-            data["method"].pop("link", None)
+                out[f"reference-{BASE}-memit-batch{num_edits}-{bench}"] = _entry(
+                    *common, f"MEMIT, all {num_edits} edits in one batch (reference)", method, "batch",
+                    {"hparams": "preset"})
     return out
 
 

@@ -134,3 +134,27 @@ def test_real_model_knows_paris_and_locality_is_one(smollm2_dir, tmp_path):
     assert [r["reliability.generation"] for r in rows] == [1.0, 1.0, 0.0]
     assert record.metrics["locality.teacher_forced"].mean == 1.0
     assert math.isnan(rows[2]["locality.teacher_forced"])
+
+
+def test_build_record_summaries_and_metadata(tmp_path):
+    from editeval.results import build_record, hparams_hash, read_record, rows_path, summarize, write_record
+
+    rows = [{"case_id": i, "reliability.teacher_forced": float(i % 2), "locality.nq.teacher_forced": 1.0,
+             "locality.teacher_forced": 1.0, "efficacy_score": 1.0, "paraphrase_score": 0.5,
+             "neighborhood_score": float("nan") if i == 0 else 1.0} for i in range(10)]
+    meta = {"benchmark": "toy", "split": "edit", "method": "ROME", "hparams": {"layer": 5},
+            "hparams_hash": hparams_hash({"layer": 5}), "mode": "single", "seconds_per_edit": 1.5}
+    rec = build_record(rows, meta, item_values={"other_task.piqa_accuracy": [1.0, 0.0, 1.0, 1.0]})
+    assert rec.metrics["reliability.teacher_forced"].mean == 0.5 and rec.metrics["reliability.teacher_forced"].count == 10
+    assert rec.metrics["neighborhood_score"].count == 9  # NaN = not applicable
+    assert rec.metrics["other_task.piqa_accuracy"].count == 4 and rec.metrics["other_task.piqa_accuracy"].mean == 0.75
+    assert rec.breakdowns == {"locality.teacher_forced": {"nq": rec.metrics["locality.nq.teacher_forced"]}}
+    assert rec.aggregates["counterfact.score"] == pytest.approx(3 / (1 + 2 + 1))
+    assert rec.meta.n_edits == 10 and rec.meta.editeval_version and rec.meta.mode == "single"
+    assert hparams_hash({"a": 1, "b": 2}) == hparams_hash({"b": 2, "a": 1})
+    a, b = summarize([0.0, 1.0] * 50), summarize([0.0, 1.0] * 50)
+    assert a == b and a.ci_low < 0.5 < a.ci_high  # fixed seed: reproducible intervals
+    path = write_record(rec, rows, tmp_path / "x.json")
+    assert rows_path(path).name == "x.rows.parquet" and read_record(path).rows_sha256 == rec.rows_sha256
+    with pytest.raises(Exception):
+        build_record(rows, {"mode": "nonsense"})

@@ -231,6 +231,7 @@ def build_site(submissions_dir: str | os.PathLike, out_dir: str | os.PathLike) -
     env = _environment()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a site is public
     try:
         (tmp / "entries").mkdir()
         shutil.copytree(HERE / "static", tmp / "static")

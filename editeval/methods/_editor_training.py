@@ -474,7 +474,9 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
     rng.shuffle(order)
     step, elapsed = 0, 0.0
     ckpt_path = folder / CHECKPOINT_FILE
-    header = {"method": method, "fingerprint": fingerprint, "benchmark": benchmark, "hparams": hparams.to_dict(),
+    # a rerun with more steps or another time limit continues the same run
+    same_run = {k: v for k, v in hparams.to_dict().items() if k not in ("train_steps", "max_minutes", "editor_path")}
+    header = {"method": method, "fingerprint": fingerprint, "benchmark": benchmark, "hparams": same_run,
               "n_items": len(items)}
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -567,7 +569,7 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
     elapsed = time.perf_counter() - t_start
     checkpoint()
     window = {k: sum(v[-100:]) / max(1, len(v[-100:])) for k, v in running.items()}
-    config = {**header, "steps": step, "train_seconds": round(elapsed, 1), "finished": finished,
+    config = {**header, "hparams": hparams.to_dict(), "steps": step, "train_seconds": round(elapsed, 1), "finished": finished,
               "model": loaded.name, "last_100": window, "editor": editor.config(),
               "torch_threads": torch.get_num_threads()}
     save_editor(editor, folder, config)

@@ -189,7 +189,7 @@ def fine_tune(model: torch.nn.Module, tokenizer, requests: list[dict], hparams: 
     if hparams.objective not in OBJECTIVES:
         raise EditevalError(f"FT objective must be one of {', '.join(OBJECTIVES)}, not {hparams.objective!r}")
     if not requests:
-        return {}
+        return Backup()
     n = num_layers(model)
     layers = sorted({check_layer(model, hparams.scale_layer(layer, n)) for layer in hparams.layers})
     names_params = [mlp_out_weight(model, layer) for layer in layers]

@@ -5,7 +5,7 @@ floor: a plain `model(x)` loop (and a body-only loop, no LM head) over exactly t
 in the same batches.
 
     python benchmarks/score_bench.py                       # both benchmarks, defaults
-    python benchmarks/score_bench.py --only zsre --threads 2 --batch-size 32 --piqa 200
+    python benchmarks/score_bench.py --only zsre --threads 1 --batch-size 32 --piqa 100
 
 Prints one block per benchmark: sequences/s, tokens/s, wall time (total, pre-edit pass,
 scoring pass), peak RSS, the floor loops' times, and the machine load while it ran.
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(BENCHES), action="append")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--piqa", type=int, default=200)
+    parser.add_argument("--piqa", type=int, default=100)
     parser.add_argument("--limit", type=int, help="fewer edits (a quick check)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -38,10 +38,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
-    "phi3": Architecture(
-        layers="model.layers", mlp="mlp", mlp_out="mlp.down_proj", attn="self_attn",
-        embed="model.embed_tokens", final_norm="model.norm", lm_head="lm_head",
-    ),
+    "phi3": _LLAMA_LIKE,
     "gpt2": Architecture(
         layers="transformer.h", mlp="mlp", mlp_out="mlp.c_proj", attn="attn",
         embed="transformer.wte", final_norm="transformer.ln_f", lm_head="lm_head",

@@ -390,6 +390,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     edit_requests = {i: method_request(requests[i], tok, opts.chat_template) for i in valid}
 
     changed: set[str] = set()
+    kept_batch = False  # batch mode + checkpoint: the one batch stays applied for saving
     if mode == "sequential":
         changed = partial.load_state(model)
         if changed:
@@ -432,7 +433,10 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
                 partial.save_state(model, changed)
             else:
                 rows = evaluator.evaluate(model, [ev_index[i] for i in todo])
-                restore(model, backup)
+                if opts.save_checkpoint and mode == "batch":
+                    kept_batch = True
+                else:
+                    restore(model, backup)
                 for i, row in zip(todo, rows):
                     partial.append({"index": i, "case_id": requests[i].get("case_id"), "edit_seconds": per_edit,
                                     "row": _clean_row(row)})
@@ -459,9 +463,10 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
         rows = [_restore_nan(entries[i]["row"]) for i in edited]
         edited_fp = ""
     if opts.save_checkpoint:
-        if mode == "batch":
-            # the one batch was undone after its evaluation: apply it again for the checkpoint
+        if mode == "batch" and not kept_batch:
+            # the batch was evaluated in an earlier (interrupted) run: apply it again for the checkpoint
             method.apply(model, tok, [edit_requests[i] for i in edited], hparams)
+        if mode == "batch":
             edited_fp = loaded.fingerprint()
         if artifacts.additions(model):  # a wrapper method: its additions, loaded with the base model
             checkpoint = artifacts.save_artifact(model, opts.save_checkpoint, method=method.name, hparams=hp_dict,

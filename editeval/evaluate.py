@@ -52,7 +52,7 @@ REL, GEN, LOC, PORT, CF_TRUE, NEIGH_NEW, NEIGH_TRUE, PIQA = (
     "neigh_true", "piqa",
 )
 
-DEFAULT_PIQA_ITEMS = 200
+
 # CPU BLAS computes matrices with fewer rows by another kernel (different rounding): never go below
 _MIN_GEMM_ROWS = 4
 # greedy continuations of up to this many batches decode together (fewer, fuller decoding steps)

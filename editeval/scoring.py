@@ -20,7 +20,7 @@ from editeval.errors import EditevalError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PIQA_ITEMS = 200  # Other-Task locality: the first 200 PIQA validation items, in file order
+DEFAULT_PIQA_ITEMS = 100  # Other-Task locality: the first 100 PIQA validation items, in file order
 COUNTERFACT_BENCHMARKS = ("counterfact",)
 
 

@@ -310,7 +310,6 @@ class CheckedSubmission:
     checkpoint_dir: Path | None = None  # score.checkpoint (or a downloaded hub snapshot)
     hparams_path: Path | None = None  # score.hparams unless 'preset'
     hparams: dict | None = None  # the parsed hyper-parameter file
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def results_path(self) -> Path:
@@ -663,11 +662,12 @@ class ScoreAllReport:
 
 def score_all(
     submissions_dir: str | os.PathLike = SUBMISSIONS_DIR, *, force: bool = False, device: str = "auto",
-    dtype: str = "float32", fluency: bool = False, progress: bool = True, echo=print,
+    dtype: str = "float32", fluency: bool = False, piqa_items: int | None = None, progress: bool = True,
+    echo=print, current: Current | None = None,
 ) -> ScoreAllReport:
     """Score every submission whose results are missing or stale (all of them with `force`).
     A submission that fails is reported and the others still run."""
-    current = Current()
+    current = current or Current()
     stale = {p: r for p, r in stale_submissions(submissions_dir, current=current)}
     report = ScoreAllReport()
     for folder in list_submissions(submissions_dir):
@@ -681,7 +681,8 @@ def score_all(
             continue
         echo(f"{folder.name}: scoring ({reason})")
         try:
-            score_submission(folder, device=device, dtype=dtype, fluency=fluency, progress=progress, current=current)
+            score_submission(folder, device=device, dtype=dtype, fluency=fluency, piqa_items=piqa_items,
+                             progress=progress, current=current)
             report.scored.append(folder)
         except EditevalError as err:
             report.failed.append((folder, str(err).splitlines()[0]))
@@ -744,16 +745,16 @@ def write_template(
         raise EditevalError(f"{path} exists (pass --force to overwrite)")
     if not SLUG_RE.match(directory.resolve().name):
         raise EditevalError(f"folder name '{directory.resolve().name}' is not a valid slug (lowercase letters, digits, '.', '_', '-')")
-    print_value = "0" * 16
+    fingerprint_value = "0" * 16
     if fingerprint:
         from editeval.models import load
 
-        print_value = load(base, device="cpu").fingerprint()
+        fingerprint_value = load(base, device="cpu").fingerprint()
     from editeval.methods import available_methods
 
     text = TEMPLATE.format(
         directory=directory.as_posix(), title=f"{method} on {base} ({benchmark}/{split})", method=method,
-        methods=", ".join(available_methods()) or "none yet", base=base, fingerprint=print_value,
+        methods=", ".join(available_methods()) or "none yet", base=base, fingerprint=fingerprint_value,
         benchmark=benchmark, split=split, score=SCORE_LINES[kind].format(directory=directory.as_posix()),
         mode="sequential" if kind in ("checkpoint", "hub") else "single",
         mode_note=("; a checkpoint holds every edit: sequential, or batch with batch_size = num_edits"

@@ -125,6 +125,21 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
     assert len(rows) == 3 and scored.meta.edited_fingerprint == record.meta.edited_fingerprint
 
 
+def test_batch_mode_checkpoint_holds_the_one_batch(tiny, tmp_path, tiny_llama_dir):
+    reqs = [_req(i) for i in range(3)]
+    CALLS.clear()
+    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", save_checkpoint=str(tmp_path / "ck")),
+                        loaded=tiny, requests=reqs)
+    assert CALLS == [3]  # applied once, kept for the checkpoint
+    original = load(tiny_llama_dir, device="cpu").model.get_parameter("model.layers.0.mlp.down_proj.weight")
+    saved = load(tmp_path / "ck", device="cpu")
+    assert torch.allclose(saved.model.get_parameter("model.layers.0.mlp.down_proj.weight"), original + 0.03)
+    assert read_record(summary.out).meta.edited_fingerprint == saved.fingerprint()
+    with pytest.raises(EditevalError, match="one batch holding every edit"):
+        run_edits(_opts(tmp_path, method="test-nudge", mode="batch", edit_batch_size=2,
+                        save_checkpoint=str(tmp_path / "ck2")), loaded=tiny, requests=reqs)
+
+
 def _interrupting(monkeypatch, name, after):
     method = get_method(name)
     calls = {"n": 0}

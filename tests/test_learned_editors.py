@@ -185,3 +185,17 @@ def test_train_command_refuses_a_method_without_training(tmp_path):
     result = CliRunner().invoke(app, ["train", "rome"])
     assert result.exit_code != 0
     assert "nothing to train" in str(result.exception)
+
+
+def test_mend_on_gpt2_edits_the_transposed_projection(tiny_gpt2_dir, tmp_path):
+    loaded = load(tiny_gpt2_dir, device="cpu")
+    torch.manual_seed(0)
+    _train("mend", loaded, [REC] * 3, _hp("mend"), tmp_path / "editor")
+    model, tok = loaded.model, loaded.tokenizer
+    ev = Evaluator(loaded, [REC], generation=False, progress=False, use_cache=False)
+    before = _state(model)
+    backup = get_method("mend").apply(model, tok, [REC], _hp("mend", editor_path=str(tmp_path / "editor")))
+    assert sorted(backup) == ["transformer.h.2.mlp.c_proj.weight", "transformer.h.3.mlp.c_proj.weight"]
+    assert ev.evaluate(model)[0]["reliability.teacher_forced"] == 1.0
+    restore(model, backup)
+    assert _same(before, model.state_dict())

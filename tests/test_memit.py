@@ -21,7 +21,7 @@ REQUESTS = [
 
 
 def tiny_hp(**kw):
-    values = dict(layers=[1, 2], mom2_tokens=1000, mom2_max_len=128, v_num_grad_steps=5, context_long=2)
+    values = {"layers": [1, 2], "mom2_tokens": 1000, "mom2_max_len": 128, "v_num_grad_steps": 5, "context_long": 2}
     values.update(kw)
     return MEMITHParams(**values)
 

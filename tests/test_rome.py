@@ -17,7 +17,7 @@ DARRIEUX = empty_request(case_id=1, subject="Danielle Darrieux", prompt="The mot
 
 
 def tiny_hp(**kw):
-    values = dict(layer=1, mom2_tokens=1000, mom2_max_len=128, v_num_grad_steps=6, context_short=2, context_long=2)
+    values = {"layer": 1, "mom2_tokens": 1000, "mom2_max_len": 128, "v_num_grad_steps": 6, "context_short": 2, "context_long": 2}
     values.update(kw)
     return ROMEHParams(**values)
 

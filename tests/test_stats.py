@@ -10,7 +10,7 @@ from editeval.errors import EditevalError
 from editeval.models import load
 
 TOKENS = 1500
-KW = dict(tokens=TOKENS, max_len=128, progress=False)
+KW = {"tokens": TOKENS, "max_len": 128, "progress": False}
 
 
 @pytest.fixture

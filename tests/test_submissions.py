@@ -421,3 +421,22 @@ def test_score_unedited_and_method_run(tmp_path, tiny_llama_dir):
     assert staleness(check_submission(run), Current(requests=tiny_requests(2))) is None
     (run / "hparams.yaml").write_text("layers: [1]\nnum_steps: 3\nlr: 0.01\n")
     assert staleness(check_submission(run), Current(requests=tiny_requests(2))).startswith("hyper-parameters changed")
+
+
+def test_score_all_scores_only_what_is_stale(tiny_submission):
+    import shutil
+
+    from editeval.submissions import Current, score_all
+
+    root = tiny_submission.parent
+    shutil.copytree(tiny_submission, root / "tiny-two")
+    (root / "broken").mkdir()
+    (root / "broken" / "submission.yaml").write_text("title: x\n")
+    current = Current(requests=tiny_requests())
+    lines: list[str] = []
+    report = score_all(root, device="cpu", piqa_items=0, progress=False, echo=lines.append, current=current)
+    assert sorted(p.name for p in report.scored) == ["tiny-ckpt", "tiny-two"]
+    assert [p.name for p, _ in report.failed] == ["broken"]
+    assert any(line.startswith("tiny-two: scoring (no results.json)") for line in lines)
+    report = score_all(root, device="cpu", piqa_items=0, progress=False, echo=lines.append, current=current)
+    assert report.scored == [] and sorted(p.name for p in report.up_to_date) == ["tiny-ckpt", "tiny-two"]

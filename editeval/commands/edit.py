@@ -29,8 +29,14 @@ def edit(
     out: Optional[Path] = typer.Option(None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"),
     datasets_dir: Optional[Path] = typer.Option(None, help="folder of built datasets (default ./datasets)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice; 1 is "
+                                                           "fastest on a busy machine)"),
 ) -> None:
     """Apply the edits of a benchmark split with METHOD and write a results record."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from editeval.editing import EditOptions, run_edits
 
     opts = EditOptions(

@@ -20,7 +20,7 @@ def score(
     chat_template: bool = typer.Option(False, "--chat-template", help="wrap edit prompts with the chat template"),
     generation: bool = typer.Option(True, "--generation/--no-generation", help="also the greedy-generation protocol"),
     fluency: bool = typer.Option(False, "--fluency", help="fluency of 100-token greedy generations (slow)"),
-    piqa: int = typer.Option(200, "--piqa", min=0, help="Other-Task locality: first N PIQA items (0 = off)"),
+    piqa: int = typer.Option(100, "--piqa", min=0, help="Other-Task locality: first N PIQA items (0 = off)"),
     out: Path = typer.Option(None, "--out", help="results JSON path (default results/<benchmark>-<split>-<model>.json)"),
     threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),

@@ -177,7 +177,7 @@ class RecordView:
 def _order(name: str) -> tuple:
     families = ["reliability", "generalization", "locality", "portability", "fluency"]
     head = name.split(".")[0]
-    return (families.index(head) if head in families else len(families), name)
+    return (families.index(head) if head in families else len(families), not name.endswith(".teacher_forced"), name)
 
 
 def from_record(data: dict) -> RecordView:

@@ -128,7 +128,7 @@ class Located:
 
 
 def locate(tokenizer, request: dict, prefix: str = "") -> Located:
-    start, end = subject_span(request)
+    _start, end = subject_span(request)
     ids, index = last_token_index(tokenizer, prefix + request["prompt"], len(prefix) + end)
     return Located(ids, index)
 

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from editeval.architectures import check_layer, layer_module_name, mlp_out_as_out_in, mlp_out_weight, num_layers
+from editeval.architectures import (
+    check_layer,
+    layer_module_name,
+    mlp_out_as_out_in,
+    mlp_out_weight,
+    num_layers,
+)
 from editeval.errors import EditevalError
 from editeval.methods import _locate
 from editeval.methods.base import Backup, HParams, backup_parameters, register_method
@@ -94,7 +100,7 @@ def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -
     backup: Backup = {}
     backup_parameters(model, [mlp_out_weight(model, layer)[0] for layer in layers], backup)
     for i, layer in enumerate(layers):
-        name, param = mlp_out_weight(model, layer)
+        _name, param = mlp_out_weight(model, layer)
         keys = _locate.compute_keys(model, tokenizer, requests, [layer], prefixes, hparams.batch_size)[layer]
         cur = _locate.gather_at_subject(model, tokenizer, bare, [z_module], inputs=False,
                                         batch_size=hparams.batch_size)[z_module]

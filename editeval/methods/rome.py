@@ -22,7 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-from editeval.architectures import check_layer, layer_module_name, mlp_out_as_out_in, mlp_out_weight, num_layers
+from editeval.architectures import (
+    check_layer,
+    layer_module_name,
+    mlp_out_as_out_in,
+    mlp_out_weight,
+    num_layers,
+)
 from editeval.errors import EditevalError
 from editeval.methods import _locate
 from editeval.methods.base import Backup, HParams, backup_parameters, register_method

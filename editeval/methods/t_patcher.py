@@ -40,8 +40,8 @@ from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStac
 class TPatcherHParams(HParams):
     layer: int = -1  # the last FFN layer
     activation: str = "relu"
-    num_steps: int = 100
-    lr: float = 1e-2
+    num_steps: int = 60
+    lr: float = 1e-1
     act_weight: float = 1.0  # a
     mem_weight: float = 1.0  # m
     mem_threshold: float = -1.0  # beta: memory pre-activations should stay below

@@ -309,6 +309,17 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, directory: str | os.PathL
 # --------------------------------------------------------------------------- the driver
 
 
+def _find_bad(method: Method, model, tokenizer, hparams, indices: list[int], requests: dict) -> dict[int, str]:
+    """The requests of a failed batch that fail alone (each tried and undone), with the reason."""
+    bad = {}
+    for i in indices:
+        try:
+            restore(model, method.apply(model, tokenizer, [requests[i]], hparams))
+        except EditevalError as err:
+            bad[i] = str(err)
+    return bad
+
+
 def load_requests(opts: EditOptions) -> tuple[list[dict], str]:
     """The first `limit` requests of the benchmark split and their fingerprint (as `editeval score`)."""
     from editeval.scoring import dataset_fingerprint
@@ -410,14 +421,22 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
             try:
                 backup = method.apply(model, tok, reqs, hparams)
             except EditevalError as err:
-                if len(todo) > 1:
+                # find the bad request(s) of the group alone, report and skip them, edit the rest
+                bad = {todo[0]: str(err)} if len(todo) == 1 else _find_bad(method, model, tok, hparams, todo, edit_requests)
+                if not bad:
                     raise EditevalError(f"edit of requests {todo[0]}..{todo[-1]} failed: {err}") from None
-                # one bad request: report, skip, go on (the method restored nothing: undo defensively)
-                log.warning("skipping request %d (case_id %s): %s", todo[0], requests[todo[0]].get("case_id"), err)
-                partial.append({"index": todo[0], "case_id": requests[todo[0]].get("case_id"),
-                                "skipped": True, "reason": str(err)})
-                bar.update(1)
-                continue
+                for i, reason in bad.items():
+                    log.warning("skipping request %d (case_id %s): %s", i, requests[i].get("case_id"), reason)
+                    partial.append({"index": i, "case_id": requests[i].get("case_id"), "skipped": True,
+                                    "reason": reason})
+                    done[i] = partial.entries[-1]
+                bar.update(len(bad))
+                todo = [i for i in todo if i not in bad]
+                if not todo:
+                    continue
+                reqs = [edit_requests[i] for i in todo]
+                t0 = time.perf_counter()
+                backup = method.apply(model, tok, reqs, hparams)
             if loaded.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0

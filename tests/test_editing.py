@@ -30,6 +30,8 @@ CALLS: list[int] = []
 @register_method("test-nudge", hparams=NudgeHParams, batch=True, sequential=True, needs_subject=True)
 def _nudge(model, tokenizer, requests, hparams):
     """A stand-in method: adds `amount` per request to one weight (records its calls)."""
+    if any(r["target_new"] == "bad" for r in requests):
+        raise EditevalError("refused: bad")
     CALLS.append(len(requests))
     name = "model.layers.0.mlp.down_proj.weight"
     backup = backup_parameters(model, [name])
@@ -123,6 +125,14 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
     scored, rows, _ = score_checkpoint(str(ckpt), base=str(tiny_llama_dir), requests=reqs, generation=False,
                                        piqa_items=0, progress=False, out=tmp_path / "score.json")
     assert len(rows) == 3 and scored.meta.edited_fingerprint == record.meta.edited_fingerprint
+
+
+def test_batch_mode_skips_a_request_the_method_rejects(tiny, tmp_path):
+    reqs = [_req(0), _req(1, target_new="bad"), _req(2)]
+    CALLS.clear()
+    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch"), loaded=tiny, requests=reqs)
+    assert [s["reason"] for s in summary.skipped] == ["refused: bad"]
+    assert summary.n_edited == 2 and CALLS[-1] == 2
 
 
 def test_batch_mode_checkpoint_holds_the_one_batch(tiny, tmp_path, tiny_llama_dir):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from editeval.architectures import layer_module_name
+from editeval.architectures import architecture, layer_module_name
 from editeval.errors import EditevalError
 from editeval.nethooks import Trace, no_grad_eval
 
@@ -225,10 +225,12 @@ def _aligned_batch(tokenizer, rows: list[Located], device):
 
 
 def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: list[str], hp,
-                  *, prefix_cache: bool = True) -> DeltaResult:
+                  *, fast: bool = True) -> DeltaResult:
     """Optimise δ added to `module_name`'s output at the subject's last token (see module doc).
 
     hp provides v_num_grad_steps, v_lr, v_loss_stop, v_weight_decay, clamp_norm_factor, kl_factor.
+    fast=False runs the naive computation (every step a full forward over every token, logits
+    everywhere); the fast path gives the same loss and δ up to float rounding (a test checks it).
     """
     device = next(model.parameters()).device
     tgt = target_ids(tokenizer, request)
@@ -241,13 +243,11 @@ def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: l
     kl_request = {"prompt": KL_TEMPLATE.format(subject), "subject": subject}
     kl_rows = [locate(tokenizer, kl_request)] if hp.kl_factor > 0 else []
     rows = [r for r, _ in rewrite] + kl_rows
-    ids, mask, pos, P = _aligned_batch(tokenizer, rows, device)
-    if not prefix_cache:
-        P = 0
+    ids, mask, pos, aligned = _aligned_batch(tokenizer, rows, device)
+    P = aligned if fast else 0  # columns before the subject-last column: cached once (fast path)
 
     # (row, column in the suffix) of each logit the loss reads, and the token it must predict
     t_rows, t_cols, t_tok = [], [], []
-    aligned = max(x.index for x in rows)  # column of every subject-last token in `ids`
     for i, (r, n_prompt) in enumerate(rewrite):
         left = aligned - r.index  # left padding of row i
         for j, tok in enumerate(tgt):
@@ -259,13 +259,7 @@ def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: l
     t_tok = torch.tensor(t_tok, device=device)
     subj_col = aligned - P  # the subject-last column, in suffix coordinates
     kl_row_ids = torch.arange(len(rewrite), len(rows), device=device)
-
-    cache = None
-    if P > 0:
-        with torch.no_grad():
-            out = model(input_ids=ids[:, :P], attention_mask=mask[:, :P], position_ids=pos[:, :P],
-                        use_cache=True)
-        cache = out[_CACHE_KW]
+    n_t = len(t_rows)
 
     delta = torch.zeros(_module_out_dim(model, module_name), device=device, dtype=torch.float32,
                         requires_grad=True)
@@ -279,49 +273,154 @@ def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: l
         h[:, subj_col] = h[:, subj_col] + delta.to(h.dtype)
         return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
 
+    if fast:
+        runner = _FastRunner(model, module_name, ids, mask, pos, P, add_delta)
+        positions = (torch.cat([t_rows, kl_row_ids]),
+                     torch.cat([t_cols, torch.full_like(kl_row_ids, subj_col)]))
+    else:
+        def runner(_positions=None):
+            with Trace(model, [module_name], retain_output=False, edit_output=add_delta):
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            return torch.cat([logits[t_rows, t_cols], logits[kl_row_ids, subj_col]])
+        positions = None
+
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     kl_init = None
     steps, loss_value, nll_value = 0, float("nan"), float("nan")
     with _frozen(model):
-        for step in range(hp.v_num_grad_steps):
-            opt.zero_grad()
-            with Trace(model, [module_name], retain_output=False, edit_output=add_delta):
-                logits = model(input_ids=ids[:, P:], attention_mask=mask, position_ids=pos[:, P:],
-                               use_cache=cache is not None, **{_CACHE_KW: cache}).logits
-            if cache is not None:
-                _reset_cache(cache, P)
-            logp = torch.log_softmax(logits[t_rows, t_cols].float(), dim=-1)
-            tok_logp = logp.gather(1, t_tok[:, None]).squeeze(1)
-            nll = -torch.zeros(len(rewrite), device=device).index_add(0, t_rows, tok_logp) / len(tgt)
-            nll = nll.mean()
-            loss = nll
-            if kl_rows:
-                kl_logp = torch.log_softmax(logits[kl_row_ids, subj_col].float(), dim=-1)
-                if kl_init is None:
-                    kl_init = kl_logp.detach().clone()
-                loss = loss + hp.kl_factor * F.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
-            init = state["init"]
-            loss = loss + hp.v_weight_decay * (delta.norm() / init.norm() ** 2)
-            steps, loss_value, nll_value = step + 1, loss.item(), nll.item()
-            if loss_value < hp.v_loss_stop or step == hp.v_num_grad_steps - 1:
-                break
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                max_norm = hp.clamp_norm_factor * init.norm()
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
+        try:
+            if fast:
+                runner.prepare()
+            for step in range(hp.v_num_grad_steps):
+                opt.zero_grad()
+                logits = runner(positions)  # (targets + KL rows, vocab)
+                logp = torch.log_softmax(logits[:n_t].float(), dim=-1)
+                tok_logp = logp.gather(1, t_tok[:, None]).squeeze(1)
+                nll = -torch.zeros(len(rewrite), device=device).index_add(0, t_rows, tok_logp) / len(tgt)
+                nll = nll.mean()
+                loss = nll
+                if kl_rows:
+                    kl_logp = torch.log_softmax(logits[n_t:].float(), dim=-1)
+                    if kl_init is None:
+                        kl_init = kl_logp.detach().clone()
+                    loss = loss + hp.kl_factor * F.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
+                init = state["init"]
+                loss = loss + hp.v_weight_decay * (delta.norm() / init.norm() ** 2)
+                steps, loss_value, nll_value = step + 1, loss.item(), nll.item()
+                if loss_value < hp.v_loss_stop or step == hp.v_num_grad_steps - 1:
+                    break
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    max_norm = hp.clamp_norm_factor * init.norm()
+                    if delta.norm() > max_norm:
+                        delta.mul_(max_norm / delta.norm())
+        finally:
+            if fast:
+                runner.close()
     return DeltaResult(delta.detach(), state["init"], steps, loss_value, nll_value)
 
 
-def _reset_cache(cache, length: int) -> None:
-    """Cut the cache back to the cached prefix, without the autograd history of the step."""
-    cache.crop(length - cache.get_seq_length())
-    for layer in getattr(cache, "layers", []):
-        for attr in ("keys", "values"):
-            value = getattr(layer, attr, None)
-            if isinstance(value, torch.Tensor):
-                setattr(layer, attr, value.detach())
+class _Replay(torch.nn.Module):
+    """Stands in for a frozen block below the edited one: the last one returns a precomputed
+    output (with δ added when δ sits at that block's output), the others their input unchanged."""
+
+    def __init__(self, original, output=None, edit=None):
+        super().__init__()
+        self.output, self.edit = output, edit
+        if hasattr(original, "attention_type"):  # read by some models' layer loops
+            self.attention_type = original.attention_type
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.output is None:
+            return hidden_states
+        return self.output if self.edit is None else self.edit("replay", self.output)
+
+
+class _FastRunner:
+    """The δ-dependent part of the forward pass, and only that (see the module doc):
+
+    - columns before the subject-last column P never depend on δ: their keys/values at every
+      layer are computed once (KV cache) and each step runs only columns ≥ P;
+    - blocks below the one holding the edited module never depend on δ either: their output at
+      columns ≥ P is computed once and replayed (the blocks are swapped for `_Replay` stubs while
+      δ is optimised, and put back after), so each step runs only blocks ≥ L (≥ L+1 when δ is
+      added at block L's output, as MEMIT does);
+    - the LM head runs only at the positions the loss reads, not over the whole sequence.
+    """
+
+    def __init__(self, model, module_name, ids, mask, pos, P, add_delta):
+        self.model, self.module_name = model, module_name
+        self.ids, self.mask, self.pos, self.P = ids, mask, pos, P
+        self.add_delta = add_delta
+        self.layers_name = architecture(model).layers
+        self.blocks = model.get_submodule(self.layers_name)
+        rest = module_name[len(self.layers_name) + 1:] if module_name.startswith(self.layers_name + ".") else ""
+        head, _, tail = rest.partition(".")
+        if not head.isdigit():
+            raise EditevalError(f"compute_delta: {module_name} is not inside a block of {self.layers_name}")
+        block = int(head)
+        at_block = tail == ""
+        # first block that runs every step; δ at the last block's output: that block runs (hooked)
+        self.live = block + 1 if at_block and block + 1 < len(self.blocks) else block
+        self.hook = not (at_block and self.live == block + 1)
+        self.base = model.base_model
+        self.head = model.get_output_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.cache, self.saved = None, []
+
+    def _base(self, ids, pos, use_cache):
+        kw = {_CACHE_KW: self.cache} if self.cache is not None else {}
+        return self.base(input_ids=ids, attention_mask=self.mask[:, :self.P + ids.shape[1]], position_ids=pos,
+                         use_cache=use_cache, **kw)
+
+    def prepare(self):
+        P = self.P
+        with torch.no_grad():
+            if P > 0:
+                out = self.base(input_ids=self.ids[:, :P], attention_mask=self.mask[:, :P],
+                                position_ids=self.pos[:, :P], use_cache=True)
+                self.cache = out[_CACHE_KW] if _CACHE_KW in out else out.past_key_values
+            replay = None
+            if self.live > 0:
+                name = f"{self.layers_name}.{self.live}"
+                with Trace(self.model, [name], retain_input=True, retain_output=False, stop=True) as tr:
+                    self._base(self.ids[:, P:], self.pos[:, P:], self.cache is not None)
+                replay = tr.inputs[name]
+                self._crop()
+        if self.live > 0:
+            edit = None if self.hook else self.add_delta
+            self.saved = [(i, self.blocks[i]) for i in range(self.live)]
+            for i, original in self.saved:
+                last = i == self.live - 1
+                self.blocks[i] = _Replay(original, replay if last else None, edit if last else None)
+
+    def close(self):
+        for i, original in self.saved:
+            self.blocks[i] = original
+        self.saved = []
+        self.cache = None
+
+    def _crop(self):
+        """Cut every layer of the cache back to the P cached columns, without autograd history."""
+        if self.cache is None:
+            return
+        for layer in getattr(self.cache, "layers", []):
+            for attr in ("keys", "values"):
+                value = getattr(layer, attr, None)
+                if isinstance(value, torch.Tensor):
+                    setattr(layer, attr, value[..., :self.P, :].detach())
+
+    def __call__(self, positions):
+        rows, cols = positions
+        names = [self.module_name] if self.hook else []
+        with Trace(self.model, names, retain_output=False, edit_output=self.add_delta):
+            hidden = self._base(self.ids[:, self.P:], self.pos[:, self.P:], self.cache is not None)[0]
+        self._crop()
+        logits = self.head(hidden[rows, cols])
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
 
 def _cache_keyword() -> str:

@@ -60,12 +60,20 @@ def _with_space(target: str) -> str:
     return target if target.startswith(" ") else " " + target
 
 
+def _special(tokenizer, prompt: str) -> bool:
+    """Add the tokenizer's special tokens unless the prompt already carries them (a chat-templated
+    prompt starts with its BOS), as the evaluation does."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and prompt.startswith(bos))
+
+
 def _encode_target_new(tokenizer, prompts: list[str], targets: list[str], device):
     """Right-padded `prompt + " " + target` with labels = target tokens only (-100 elsewhere)."""
     ids, labels = [], []
     for prompt, target in zip(prompts, targets):
-        full = tokenizer(prompt + _with_space(target))["input_ids"]
-        n_prompt = len(tokenizer(prompt)["input_ids"])
+        special = _special(tokenizer, prompt)
+        full = tokenizer(prompt + _with_space(target), add_special_tokens=special)["input_ids"]
+        n_prompt = len(tokenizer(prompt, add_special_tokens=special)["input_ids"])
         if n_prompt >= len(full):
             raise EditevalError(f"target {target!r} adds no tokens after prompt {prompt!r}")
         ids.append(full)
@@ -102,7 +110,7 @@ def _encode_prompt_last(tokenizer, prompts: list[str], targets: list[str], devic
     """Right-padded prompts, the index of each prompt's last token, and the target token ids."""
     ids, target_ids = [], []
     for prompt, target in zip(prompts, targets):
-        ids.append(tokenizer(prompt)["input_ids"])
+        ids.append(tokenizer(prompt, add_special_tokens=_special(tokenizer, prompt))["input_ids"])
         tgt = tokenizer(_with_space(target), add_special_tokens=False)["input_ids"]
         if not tgt:
             raise EditevalError(f"target {target!r} tokenises to nothing")

@@ -13,7 +13,12 @@ from editeval import cli
 from editeval.editing import EditOptions, run_edits
 from editeval.errors import EditevalError
 from editeval.methods import base as methods_base
-from editeval.methods.base import HParams, backup_parameters, get_method, register_method
+from editeval.methods.base import (
+    HParams,
+    backup_parameters,
+    get_method,
+    register_method,
+)
 from editeval.models import load
 from editeval.results import read_record, read_rows
 from editeval.schema import empty_request

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,24 +11,24 @@ def edit(
     method: str = typer.Option("rome", help="editing method (ft-l, ft-m, kn, rome, memit, ...)"),
     model: str = typer.Option("smollm2-135m", help="registered model name or a local HF model folder"),
     benchmark: str = typer.Option("zsre", help="benchmark name"),
-    config: Optional[str] = typer.Option(None, help="benchmark config (default: the benchmark's default)"),
+    config: str | None = typer.Option(None, help="benchmark config (default: the benchmark's default)"),
     split: str = typer.Option("edit", help="split of the benchmark"),
-    limit: Optional[int] = typer.Option(None, help="only the first N requests"),
+    limit: int | None = typer.Option(None, help="only the first N requests"),
     mode: str = typer.Option("single", help="single | batch | sequential"),
-    batch_size: Optional[int] = typer.Option(
+    batch_size: int | None = typer.Option(
         None, "--batch-size", help="edits applied at once (batch: default all in one batch; sequential: 1)"),
-    hparams: Optional[Path] = typer.Option(None, help="hyper-parameter YAML (default: the method's preset)"),
+    hparams: Path | None = typer.Option(None, help="hyper-parameter YAML (default: the method's preset)"),
     eval_every_edit: bool = typer.Option(False, help="sequential: also evaluate each edit right after it"),
-    save_checkpoint: Optional[Path] = typer.Option(None, help="write the edited model as an HF folder here"),
+    save_checkpoint: Path | None = typer.Option(None, help="write the edited model as an HF folder here"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
     chat_template: bool = typer.Option(False, help="wrap edit and evaluation prompts with the chat template"),
     eval_batch_size: int = typer.Option(32, help="sequences per forward pass in evaluation"),
     generation: bool = typer.Option(True, help="also compute the generation-protocol metrics"),
-    out: Optional[Path] = typer.Option(None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"),
-    datasets_dir: Optional[Path] = typer.Option(None, help="folder of built datasets (default ./datasets)"),
+    out: Path | None = typer.Option(None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"),
+    datasets_dir: Path | None = typer.Option(None, help="folder of built datasets (default ./datasets)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice; 1 is "
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice; 1 is "
                                                            "fastest on a busy machine)"),
 ) -> None:
     """Apply the edits of a benchmark split with METHOD and write a results record."""

@@ -95,7 +95,7 @@ def _pad(tokenizer, ids, labels, device):
 
 
 def _loss_target_new(hidden_fn, head, batch) -> torch.Tensor:
-    input_ids, mask, labels = batch
+    _, _, labels = batch
     hidden = hidden_fn(batch)[:, :-1]
     labels = labels[:, 1:]
     keep = labels != -100
@@ -127,7 +127,7 @@ def _encode_prompt_last(tokenizer, prompts: list[str], targets: list[str], devic
 
 
 def _loss_prompt_last(hidden_fn, head, batch) -> torch.Tensor:
-    input_ids, mask, last, tgt, tgt_mask = batch
+    _, _, last, tgt, tgt_mask = batch
     hidden = hidden_fn(batch)
     logp = torch.log_softmax(head(hidden[torch.arange(len(last), device=last.device), last]).float(), dim=-1)
     nll = -logp.gather(-1, tgt) * tgt_mask

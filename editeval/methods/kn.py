@@ -29,7 +29,13 @@ from dataclasses import dataclass
 
 import torch
 
-from editeval.architectures import architecture, layer_module_name, mlp_out_as_out_in, mlp_out_weight, num_layers
+from editeval.architectures import (
+    architecture,
+    layer_module_name,
+    mlp_out_as_out_in,
+    mlp_out_weight,
+    num_layers,
+)
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, backup_parameters, register_method
 

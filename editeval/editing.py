@@ -25,6 +25,11 @@ sequential mode the current values of every changed weight are also saved after 
 ``<out>.partial.safetensors``, so a rerun continues from the same edited model. Both partial files
 are removed when the record is written. Records, checkpoints and partial state are written to a
 temporary name and renamed into place.
+
+Saving (``--save-checkpoint``): a model whose edit changed weights only is written as a normal
+Hugging Face checkpoint; a model carrying additions of a wrapper method (IKE's prompt, GRACE's
+codebook, T-Patcher's / CaliNET's neurons; `editeval.artifacts`) is written as a method artifact
+folder that `editeval score --model DIR --base MODEL` installs on the base model (docs/artifacts.md).
 """
 
 from __future__ import annotations

@@ -225,3 +225,19 @@ def test_bad_artifacts_and_hparams_fail_with_one_line(tmp_path, tiny_llama, tiny
     with pytest.raises(EditevalError, match="base weights"):
         artifacts.load_artifact(model, folder)
     assert artifacts.additions(model) == []
+
+
+@pytest.mark.real_model
+def test_ike_edits_smollm2_in_context(smollm2):
+    req = empty_request(case_id=0, prompt="The Eiffel Tower is located in the city of", target_new="Rome",
+                        rephrase_prompts=["Where is the Eiffel Tower? In the city of"])
+    ev = Evaluator(smollm2, [req], generation=True, use_cache=False, progress=False)
+    before = ev.evaluate(smollm2.model)[0]
+    backup = get_method("ike").apply(smollm2.model, smollm2.tokenizer, [req], _ike_hp(k=4, train_limit=200))
+    try:
+        after = ev.evaluate(smollm2.model)[0]
+    finally:
+        restore(smollm2.model, backup)
+    assert before["reliability.teacher_forced"] == 0.0
+    assert after["reliability.teacher_forced"] == 1.0 and after["reliability.generation"] == 1.0
+    assert after["generalization.teacher_forced"] == 1.0

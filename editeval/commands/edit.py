@@ -19,7 +19,7 @@ def edit(
         None, "--batch-size", help="edits applied at once (batch: default all in one batch; sequential: 1)"),
     hparams: Path | None = typer.Option(None, help="hyper-parameter YAML (default: the method's preset)"),
     eval_every_edit: bool = typer.Option(False, help="sequential: also evaluate each edit right after it"),
-    save_checkpoint: Path | None = typer.Option(None, help="write the edited model as an HF folder here"),
+    save_checkpoint: Path | None = typer.Option(None, help="write the edited model as an HF folder here (IKE, GRACE, T-Patcher, CaliNET: a method artifact folder, docs/artifacts.md)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
     chat_template: bool = typer.Option(False, help="wrap edit and evaluation prompts with the chat template"),

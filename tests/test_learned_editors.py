@@ -43,7 +43,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def _hp(method, **kw):
-    base = dict(layers=[-2, -1], train_steps=40, checkpoint_every=10, lr=1e-3)
+    base = {"layers": [-2, -1], "train_steps": 40, "checkpoint_every": 10, "lr": 1e-3}
     if method == "mend":
         base.update(rank=32, edit_lr=1e-2, lr_lr=1e-2)
     base.update(kw)

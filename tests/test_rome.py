@@ -71,19 +71,20 @@ def test_fast_delta_equals_naive(which, layer, place, request):
     """The fast path (prefix KV cache, frozen blocks replayed, LM head only where the loss reads)
     changes the work, not the loss, the steps or δ; the model's blocks are put back after."""
     m = request.getfixturevalue(which)
-    hp = tiny_hp(v_num_grad_steps=4, v_loss_stop=0.0)
+    # at the last block of these random models the gradient is ~1e-9, inside Adam's eps, so rounding
+    # noise steers δ after one update: there, only the forward pass (loss, init) is compared
+    steps = 1 if layer == 3 else 4
+    hp = tiny_hp(v_num_grad_steps=steps, v_loss_stop=0.0)
     module = _locate.layer_module_name(m.model, layer, place)  # place "": block output (MEMIT)
     prefixes = _locate.context_prefixes(2, 2)
     blocks = list(m.model.base_model.modules())
     fast = _locate.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp)
     assert list(m.model.base_model.modules()) == blocks
     slow = _locate.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp, fast=False)
-    assert fast.steps == slow.steps == 4
+    assert fast.steps == slow.steps == steps
     assert abs(fast.loss - slow.loss) < 1e-4 and abs(fast.nll - slow.nll) < 1e-4
     assert torch.allclose(fast.init, slow.init, atol=1e-5)
-    if layer != 3:  # at the last block of these random models the gradient is ~1e-9, inside
-        # Adam's eps, so rounding noise steers δ; the losses above still agree
-        assert torch.allclose(fast.delta, slow.delta, atol=1e-4)
+    assert torch.allclose(fast.delta, slow.delta, atol=1e-4)
 
 
 def test_context_templates_are_fixed():

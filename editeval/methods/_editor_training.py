@@ -48,7 +48,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from editeval.architectures import architecture, check_layer, layer_module_name, mlp_out_as_out_in, num_layers
+from editeval.architectures import (
+    architecture,
+    check_layer,
+    layer_module_name,
+    mlp_out_as_out_in,
+    num_layers,
+)
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, backup_parameters
 from editeval.paths import cache_dir

@@ -19,10 +19,21 @@ original samples — formatted like the original as "{prefix}. {prompt}", plus t
 ROME uses the bare prompt + 10 short + 10 long (21, as the original); MEMIT the bare prompt +
 5 long (6, as the MEMIT code).
 
-Exactness shortcut in `compute_delta`: tokens before the subject's last token do not depend on δ
-(causal attention), so their keys/values are computed once and cached; each optimisation step
-runs only the tokens from the subject's last token on. The loss and gradient are those of the
-full forward pass (a test checks this); only the work is smaller.
+Exact shortcuts in `compute_delta` (`_FastRunner`; `fast=False` runs the naive computation and a
+test checks that both give the same loss, steps and δ). Only the work that depends on δ is redone
+at each of the ≤ 25 steps:
+- columns before the subject's last token do not depend on δ (causal attention): their keys and
+  values at every layer are computed once (KV cache), each step runs the columns from the
+  subject's last token on;
+- blocks below the edited one do not depend on δ either: their output at those columns is
+  computed once and replayed (the blocks are swapped for stubs while δ is optimised and put back
+  after, also on error), each step runs blocks L..N-1 only (L+1..N-1 when δ sits at block L's
+  output, as in MEMIT);
+- the LM head runs only at the positions the loss reads (the target tokens and the KL position),
+  not over the whole sequence; all templates + the KL prompt go in one batch; no parameter
+  gradients (requires_grad off while optimising).
+On SmolLM2-135M (ROME, layer 7, 22 rows) a step is ~50 GFLOP instead of ~300 for the naive pass,
+and 81 % of its time is matrix products, ~1.3x the single-thread matmul floor.
 """
 
 from __future__ import annotations

@@ -44,7 +44,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from editeval.artifacts import Addition, find_addition, install, register_addition, unique_name
+from editeval.artifacts import (
+    Addition,
+    find_addition,
+    install,
+    register_addition,
+    unique_name,
+)
 from editeval.errors import EditevalError
 from editeval.methods import _editor_training as T
 from editeval.methods.base import Backup, HParams, register_method

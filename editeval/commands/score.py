@@ -8,7 +8,11 @@ import typer
 
 
 def score(
-    model: str = typer.Option(..., "--model", help="edited checkpoint: a registered name or a local HF model folder"),
+    submission: Path = typer.Argument(None, help="a submission folder (submissions/<slug>): score it as it declares"),
+    all_submissions: bool = typer.Option(False, "--all", help="score every submission whose results are missing or stale"),
+    force: bool = typer.Option(False, "--force", help="with --all: rescore every submission"),
+    submissions_dir: Path = typer.Option(Path("submissions"), "--submissions", help="with --all: the submissions folder"),
+    model: str = typer.Option(None, "--model", help="edited checkpoint: a registered name or a local HF model folder"),
     base: str = typer.Option("smollm2-135m", "--base", help="the unedited base model (name or folder)"),
     benchmark: str = typer.Option("zsre", "--benchmark", help="built benchmark name (datasets/<name>)"),
     config: str = typer.Option(None, "--config", help="benchmark config (default: the benchmark's default)"),
@@ -25,13 +29,20 @@ def score(
     threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
-    """Score an edited checkpoint on every edit of a benchmark split (locality vs. the base model)."""
+    """Score an edited checkpoint on every edit of a benchmark split (locality vs. the base model),
+    or a submission folder (`editeval score submissions/<slug>`), or all stale ones (`--all`)."""
     import torch
 
+    from editeval.errors import EditevalError
     from editeval.scoring import headline, score_checkpoint
 
     if threads:
         torch.set_num_threads(threads)
+    if sum(x is not None and x is not False for x in (submission, model, all_submissions or None)) != 1:
+        raise EditevalError("give exactly one of: a submission folder, --model PATH_OR_NAME, or --all")
+    if submission is not None or all_submissions:
+        _score_submissions(submission, all_submissions, force, submissions_dir, device, dtype, fluency, piqa, progress)
+        return
     record, _rows, path = score_checkpoint(
         model, base=base, benchmark=benchmark, split=split, config=config, limit=limit,
         batch_size=batch_size, device=device, dtype=dtype, chat_template=chat_template,
@@ -43,3 +54,23 @@ def score(
     for line in headline(record):
         typer.echo(line)
     typer.echo(f"wrote {path} (+ {record.rows_file})")
+
+
+def _score_submissions(submission, all_submissions, force, submissions_dir, device, dtype, fluency, piqa, progress):
+    from editeval import submissions
+    from editeval.errors import EditevalError
+    from editeval.scoring import headline
+
+    if submission is not None:
+        record = submissions.score_submission(submission, device=device, dtype=dtype, fluency=fluency,
+                                              piqa_items=piqa, progress=progress)
+        for line in headline(record):
+            typer.echo(line)
+        typer.echo(f"wrote {Path(submission) / 'results.json'}")
+        return
+    report = submissions.score_all(submissions_dir, force=force, device=device, dtype=dtype, fluency=fluency,
+                                   piqa_items=piqa, progress=progress, echo=typer.echo)
+    typer.echo(f"{len(report.scored)} scored, {len(report.up_to_date)} up to date, {len(report.failed)} failed")
+    if report.failed:
+        raise EditevalError(f"{len(report.failed)} submission(s) failed: "
+                            + "; ".join(f"{p.name}: {why}" for p, why in report.failed))

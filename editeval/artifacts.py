@@ -23,8 +23,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -36,10 +37,10 @@ ARTIFACT_FORMAT = "editeval-method-artifact"
 ARTIFACT_VERSION = 1
 _ATTR = "_editeval_additions"
 
-_KINDS: dict[str, type["Addition"]] = {}
+_KINDS: dict[str, type[Addition]] = {}
 
 
-def register_addition(cls: type["Addition"]) -> type["Addition"]:
+def register_addition(cls: type[Addition]) -> type[Addition]:
     """Class decorator: make an addition kind loadable from an artifact."""
     _KINDS[cls.kind] = cls
     return cls
@@ -73,7 +74,7 @@ class Addition:
 
     @classmethod
     def from_state(cls, name: str, config: dict, tensors: dict[str, torch.Tensor],
-                   model: torch.nn.Module) -> "Addition":
+                   model: torch.nn.Module) -> Addition:
         raise NotImplementedError
 
 

@@ -109,7 +109,7 @@ def score_checkpoint(
     """
     import torch
 
-    from editeval import models
+    from editeval import artifacts, models
     from editeval.evaluate import Evaluator
     from editeval.results import build_record, environment_versions, peak_memory, write_record
 
@@ -120,8 +120,6 @@ def score_checkpoint(
     if device.startswith("cuda") or device == "auto":
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-    from editeval import artifacts
-
     base_lm = models.load(base, device=device, dtype=dtype)
     artifact = artifacts.is_artifact(model)  # a wrapper method's additions, installed on the base below
     if artifact:

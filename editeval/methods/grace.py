@@ -32,7 +32,13 @@ from dataclasses import dataclass
 import torch
 
 from editeval.architectures import check_layer, layer_module_name, num_layers
-from editeval.artifacts import Addition, find_addition, install, register_addition, unique_name
+from editeval.artifacts import (
+    Addition,
+    find_addition,
+    install,
+    register_addition,
+    unique_name,
+)
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, register_method
 from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
@@ -112,11 +118,11 @@ def _codebook(model, hparams: GRACEHParams, backup: Backup) -> GRACECodebook:
     """The model's codebook at the configured layer (grown in place), or a new one."""
     layer = check_layer(model, hparams.scale_layer(hparams.layer, num_layers(model)))
     module = layer_module_name(model, layer, "mlp_out")
-    for book in [find_addition(model, GRACECodebook.kind)]:
-        if book is not None and book.module == module:
-            snap = book.snapshot()
-            backup.undo.append(lambda: book.load_snapshot(snap))
-            return book
+    existing = find_addition(model, GRACECodebook.kind)
+    if existing is not None and existing.module == module:
+        snap = existing.snapshot()
+        backup.undo.append(lambda: existing.load_snapshot(snap))
+        return existing
     proj = model.get_submodule(module)
     weight = proj.weight
     in_dim, out_dim = (weight.shape[0], weight.shape[1]) if type(proj).__name__ == "Conv1D" else (weight.shape[1], weight.shape[0])

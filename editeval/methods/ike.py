@@ -37,7 +37,13 @@ from pathlib import Path
 
 import torch
 
-from editeval.artifacts import Addition, find_addition, install, register_addition, unique_name
+from editeval.artifacts import (
+    Addition,
+    find_addition,
+    install,
+    register_addition,
+    unique_name,
+)
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, register_method
 from editeval.paths import cache_dir
@@ -160,7 +166,7 @@ def demonstration_pool(benchmark: str, hparams: IKEHParams) -> tuple[list[str], 
     if path.exists():
         try:
             emb = torch.load(path, weights_only=True)
-        except Exception:  # an unreadable cache file is recomputed
+        except (OSError, RuntimeError, ValueError, EOFError):  # an unreadable cache file is recomputed
             emb = None
     if emb is None or emb.shape[0] != len(sentences):
         emb = get_encoder(hparams.encoder).encode(sentences)

@@ -69,8 +69,8 @@ def _target_names(model, hparams: LoRAHParams) -> list[str]:
 def _peft_config(hparams: LoRAHParams, names: list[str], conv1d: bool):
     from peft import AdaLoraConfig, LoraConfig
 
-    common = dict(target_modules=names, lora_alpha=hparams.lora_alpha, lora_dropout=hparams.lora_dropout,
-                  fan_in_fan_out=conv1d, bias="none")
+    common = {"target_modules": names, "lora_alpha": hparams.lora_alpha, "lora_dropout": hparams.lora_dropout,
+              "fan_in_fan_out": conv1d, "bias": "none"}
     if hparams.lora_type == "lora":
         return LoraConfig(r=hparams.rank, **common)
     steps = max(hparams.num_steps, 3)

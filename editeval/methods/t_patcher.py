@@ -39,7 +39,7 @@ from editeval.methods._neurons import (
     mlp_inputs,
     mlp_module,
 )
-from editeval.methods.base import Backup, HParams, register_method
+from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method
 from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
 
 
@@ -133,12 +133,7 @@ def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams) -> Bac
     layer = check_layer(model, hparams.scale_layer(hparams.layer, num_layers(model)))
     module = mlp_module(model, layer)
     device = next(model.parameters()).device
-    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()
+    with frozen_for_editing(model, backup):
         neurons = find_addition(model, MLPNeurons.kind)
         if neurons is not None and neurons.module == module and neurons.name.startswith("t-patcher"):
             snap = neurons.snapshot()
@@ -154,13 +149,4 @@ def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams) -> Bac
             # the other edits of this call are memory too: each patch fires on its own edit only
             others = [q for j, q in enumerate(queries) if j != i]
             _patch_one(model, neurons, batch, queries[i], torch.cat([memory, *others]), hparams, layer)
-    except BaseException:
-        for undo in reversed(backup.undo):
-            undo()
-        raise
-    finally:
-        for name, p in model.named_parameters():
-            p.grad = None
-            p.requires_grad_(grad_flags[name])
-        model.train(was_training)
     return backup

@@ -113,12 +113,15 @@ def last_token_index(tokenizer, text: str, char_end: int) -> tuple[list[int], in
 
 def target_ids(tokenizer, request: dict) -> list[int]:
     """Token ids of " " + target_new as they follow the prompt (the evaluation's split)."""
-    target = (request.get("target_new") or "").strip()
+    target = request.get("target_new") or ""
     prompt = request["prompt"]
+    # the target exactly as the evaluation joins it (a target stored with a leading space, e.g.
+    # ' species' in zsre, is scored as prompt + "  species"; stripping it here edited toward
+    # other tokens than the ones scored: reliability 0 on such requests)
     full = tokenizer(prompt + " " + target)["input_ids"]
     n_prompt = len(tokenizer(prompt)["input_ids"])
     ids = list(full[n_prompt:])
-    if not target or not ids:
+    if not target.strip() or not ids:
         raise EditevalError(f"{_describe(request)}: target_new {request.get('target_new')!r} tokenises to nothing")
     return ids
 

@@ -69,3 +69,19 @@ def tiny_gpt2_dir(tmp_path_factory, tokenizer):
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=4, n_head=4, n_positions=256,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     return _save_tiny(GPT2LMHeadModel(config), tokenizer, tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_llama_dir):
+    """The tiny LLaMA loaded (a fresh copy per test module, so edits cannot leak across modules)."""
+    from editeval.models import load
+
+    return load(tiny_llama_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tiny_gpt2_dir):
+    """The tiny GPT-2 loaded (a fresh copy per test module)."""
+    from editeval.models import load
+
+    return load(tiny_gpt2_dir, device="cpu")

@@ -26,16 +26,6 @@ REQS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
-    return load(tiny_llama_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tiny_gpt2_dir):
-    return load(tiny_gpt2_dir, device="cpu")
-
-
 @pytest.mark.parametrize("name", ["ft-m", "ft-l"])
 def test_ft_changes_one_layer_within_the_bound_and_restores_exactly(tiny_llama, name):
     model, tok = tiny_llama.model, tiny_llama.tokenizer

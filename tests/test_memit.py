@@ -31,16 +31,6 @@ def cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
-    return load(tiny_llama_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tiny_gpt2_dir):
-    return load(tiny_gpt2_dir, device="cpu")
-
-
 def test_layer_update_solves_the_normal_equations():
     torch.manual_seed(0)
     d_in, d_out, n = 12, 5, 7

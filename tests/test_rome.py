@@ -27,16 +27,6 @@ def cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
-    return load(tiny_llama_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tiny_gpt2_dir):
-    return load(tiny_gpt2_dir, device="cpu")
-
-
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 

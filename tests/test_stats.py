@@ -19,16 +19,6 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
-    return load(tiny_llama_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tiny_gpt2_dir):
-    return load(tiny_gpt2_dir, device="cpu")
-
-
 def test_second_moments_one_pass_and_cache(tiny_llama, cache, monkeypatch):
     m = tiny_llama
     both = stats.second_moments(m.model, m.tokenizer, [3, 1], **KW)

@@ -23,16 +23,6 @@ REQ2 = empty_request(case_id=1, prompt="Water boils at a temperature of", target
                      subject="Water", rephrase_prompts=["The boiling point of water is"])
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
-    return load(tiny_llama_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tiny_gpt2_dir):
-    return load(tiny_gpt2_dir, device="cpu")
-
-
 def _reliability(loaded, requests, model=None):
     ev = Evaluator(loaded, requests, generation=False, use_cache=False, progress=False)
     return [row["reliability.teacher_forced"] for row in ev.evaluate(model or loaded.model)]

@@ -140,7 +140,8 @@ def main() -> int:
                 print(f"{slug}: adopted from {args.adopt}", flush=True)
                 continue
             if args.only_adopted:
-                shutil.rmtree(folder)
+                if not (folder / "results.json").exists():
+                    shutil.rmtree(folder)  # a folder this run created for an entry it cannot fill
                 continue
         try:
             reason = "forced" if args.force else staleness(check_submission(folder), current)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
@@ -30,6 +28,7 @@ from typing import ClassVar
 import torch
 
 from editeval.errors import EditevalError
+from editeval.paths import atomic_dir
 
 ARTIFACT_FILE = "editeval_artifact.json"
 TENSORS_FILE = "additions.safetensors"
@@ -163,17 +162,9 @@ def save_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, metho
         "tensors": TENSORS_FILE, **(extra or {}),
     }
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         save_file(tensors, str(tmp / TENSORS_FILE))
         (tmp / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

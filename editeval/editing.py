@@ -49,6 +49,7 @@ import torch
 
 from editeval import artifacts
 from editeval.errors import EditevalError
+from editeval.paths import atomic_dir
 from editeval.methods.base import Method, get_method, restore
 
 log = logging.getLogger(__name__)
@@ -291,23 +292,9 @@ def _restore_nan(row: dict) -> dict:
 def save_checkpoint(model: torch.nn.Module, tokenizer, directory: str | os.PathLike) -> Path:
     """Write the model + tokenizer as a normal Hugging Face safetensors folder (temp, then rename)."""
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    old = None
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not target.exists():
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import platformdirs
@@ -34,3 +37,26 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("EDITEVAL_CACHE") or platformdirs.user_cache_dir("editeval"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike):
+    """Yield a temp folder beside `target`; on success it replaces `target` (an existing one is
+    moved aside first and restored if the swap fails), on error it is removed: no half-written folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    old = None
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists():
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -41,7 +41,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,16 @@ def method_request(request: dict, tokenizer, chat_template: bool) -> dict:
 # --------------------------------------------------------------------------- partial state
 
 
+def _same_run(saved: dict | None, header: dict) -> bool:
+    """Whether saved progress belongs to this run. In single mode every edit is applied to the
+    untouched model, so its rows do not depend on how many requests the run has (--limit)."""
+    if not saved:
+        return False
+    if header["mode"] == "single":
+        return {**saved, "n_requests": 0} == {**header, "n_requests": 0}
+    return saved == header
+
+
 class Partial:
     """The append-only progress file of one run (+ the sequential weights file)."""
 
@@ -187,7 +197,7 @@ class Partial:
                 first = json.loads(lines[0]) if lines else {}
             except ValueError:
                 first = {}
-            if first.get("header") != header:
+            if not _same_run(first.get("header"), header):
                 raise EditevalError(
                     f"{self.path} holds progress of a different run (other method, hparams, model, data or "
                     f"mode): delete it to start afresh")
@@ -196,6 +206,8 @@ class Partial:
                     self.entries.append(json.loads(line))
                 except ValueError:
                     break  # a line cut short by an interruption: everything after it is redone
+            # a single-mode run may be continued with a longer or shorter --limit: edits are independent
+            self.entries = [e for e in self.entries if e["index"] < header["n_requests"]]
             # rewrite without a cut-short tail so later appends stay parseable
             self._rewrite()
         else:
@@ -338,8 +350,12 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint)
     if opts.hparams_path is not None and not Path(opts.hparams_path).exists():
         raise EditevalError(f"hyper-parameter file not found: {opts.hparams_path}")
+    run_fingerprint = dataset_fingerprint  # what the progress file is tied to
     if requests is None:
         requests, dataset_fingerprint = load_requests(opts)
+        run_fingerprint = dataset_fingerprint
+        if opts.mode == "single":  # progress rows stay valid for another --limit of the same split
+            run_fingerprint = load_requests(replace(opts, limit=None))[1]
     if not requests:
         raise EditevalError(f"no edit requests in {opts.benchmark}/{opts.split}")
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint, len(requests))
@@ -376,7 +392,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     hp_hash = R.hparams_hash(hp_dict)
     header = {"method": method.name, "hparams_hash": hp_hash, "model": str(opts.model), "base_fingerprint": base_fp,
               "benchmark": opts.benchmark, "config": opts.config, "split": opts.split,
-              "dataset_fingerprint": dataset_fingerprint, "n_requests": len(requests), "mode": mode,
+              "dataset_fingerprint": run_fingerprint, "n_requests": len(requests), "mode": mode,
               "edit_batch_size": k, "chat_template": opts.chat_template, "eval_every_edit": opts.eval_every_edit}
     partial = Partial(out, header)
 

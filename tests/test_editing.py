@@ -185,6 +185,20 @@ def test_single_mode_resumes_where_it_stopped(tiny, tmp_path, monkeypatch):
     assert not partial.exists()
 
 
+def test_single_mode_progress_carries_over_to_another_limit(tiny, tmp_path, monkeypatch):
+    """Single-mode edits are independent, so a run with a larger --limit reuses a smaller one's rows."""
+    reqs = [_req(i) for i in range(4)]
+    opts = _opts(tmp_path, method="test-nudge")
+    _interrupting(monkeypatch, "test-nudge", after=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_edits(opts, loaded=tiny, requests=reqs[:3])
+    monkeypatch.undo()
+    CALLS.clear()
+    summary = run_edits(opts, loaded=tiny, requests=reqs)
+    assert CALLS == [1, 1]
+    assert list(read_rows(summary.out)["case_id"]) == [0, 1, 2, 3]
+
+
 def test_sequential_resume_gives_the_same_model(tiny, tmp_path, monkeypatch, tiny_llama_dir, ft_yaml):
     reqs = [_req(i) for i in range(3)]
     straight = load(tiny_llama_dir, device="cpu")

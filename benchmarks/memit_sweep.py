@@ -1,0 +1,73 @@
+"""MEMIT hyper-parameter sweep on one batch: the value vectors z are optimised once and reused for
+every λ (mom2_update_weight) — they do not depend on it — so a sweep costs one MEMIT run plus one
+evaluation per value. Prints reliability / generalization / locality / portability per λ.
+
+    python benchmarks/memit_sweep.py --limit 100 --weights 150 300 600 1200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from editeval.editing import EditOptions, run_edits
+from editeval.methods import _locate
+from editeval.models import load
+
+METRICS = ["reliability.teacher_forced", "generalization.teacher_forced", "locality.teacher_forced",
+           "portability.teacher_forced"]
+
+
+def memoize_values():
+    """Cache `_locate.compute_delta` by request and module: the z of a request is the same for every λ."""
+    original = _locate.compute_delta
+    cache: dict = {}
+
+    def cached(model, tokenizer, request, module_name, prefixes, hp, **kw):
+        key = (json.dumps(request, sort_keys=True, default=str), module_name, tuple(prefixes))
+        if key not in cache:
+            cache[key] = original(model, tokenizer, request, module_name, prefixes, hp, **kw)
+        return cache[key]
+
+    _locate.compute_delta = cached
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--benchmark", default="zsre")
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--weights", type=float, nargs="+", default=[150, 300, 600, 1200])
+    ap.add_argument("--layers", type=int, nargs="*", help="override the preset's layers")
+    ap.add_argument("--out-dir", default="results/memit-sweep")
+    args = ap.parse_args()
+
+    preset = Path(__file__).resolve().parents[1] / "editeval" / "hparams" / "memit" / f"{args.model}.yaml"
+    base = yaml.safe_load(preset.read_text())
+    if args.layers:
+        base["layers"] = args.layers
+    memoize_values()
+    loaded = load(args.model)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print("lambda  " + "  ".join(m.split(".")[0][:12] for m in METRICS))
+    for weight in args.weights:
+        hp = dict(base, mom2_update_weight=weight)
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+            yaml.safe_dump(hp, fh)
+        layers = "-".join(map(str, hp["layers"]))
+        opts = EditOptions(method="memit", model=args.model, benchmark=args.benchmark, limit=args.limit,
+                           mode="batch", hparams_path=fh.name, progress=False,
+                           out=str(out_dir / f"memit-{args.benchmark}-{args.limit}-L{layers}-w{weight:g}.json"))
+        summary = run_edits(opts, loaded=loaded)
+        metrics = summary.record.metrics
+        print(f"{weight:6g}  " + "  ".join(f"{metrics[m].mean:.3f}".rjust(12) if m in metrics else "-".rjust(12)
+                                          for m in METRICS), flush=True)
+
+
+if __name__ == "__main__":
+    main()

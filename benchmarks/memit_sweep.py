@@ -1,6 +1,6 @@
-"""MEMIT hyper-parameter sweep on one batch: the value vectors z are optimised once and reused for
-every λ (mom2_update_weight) — they do not depend on it — so a sweep costs one MEMIT run plus one
-evaluation per value. Prints reliability / generalization / locality / portability per λ.
+"""MEMIT hyper-parameter sweep on one batch: the value vectors z do not depend on λ
+(mom2_update_weight) and MEMIT caches them per request (`editeval.methods.memit.ValueStore`), so a
+sweep costs one MEMIT run plus one evaluation per value. Prints reliability / generalization / locality / portability per λ.
 
     python benchmarks/memit_sweep.py --limit 100 --weights 150 300 600 1200
 """
@@ -8,32 +8,16 @@ evaluation per value. Prints reliability / generalization / locality / portabili
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import yaml
 
 from editeval.editing import EditOptions, run_edits
-from editeval.methods import _locate
 from editeval.models import load
 
 METRICS = ["reliability.teacher_forced", "generalization.teacher_forced", "locality.teacher_forced",
            "portability.teacher_forced"]
-
-
-def memoize_values():
-    """Cache `_locate.compute_delta` by request and module: the z of a request is the same for every λ."""
-    original = _locate.compute_delta
-    cache: dict = {}
-
-    def cached(model, tokenizer, request, module_name, prefixes, hp, **kw):
-        key = (json.dumps(request, sort_keys=True, default=str), module_name, tuple(prefixes))
-        if key not in cache:
-            cache[key] = original(model, tokenizer, request, module_name, prefixes, hp, **kw)
-        return cache[key]
-
-    _locate.compute_delta = cached
 
 
 def main() -> None:
@@ -50,7 +34,6 @@ def main() -> None:
     base = yaml.safe_load(preset.read_text())
     if args.layers:
         base["layers"] = args.layers
-    memoize_values()
     loaded = load(args.model)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

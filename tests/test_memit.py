@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 from editeval.errors import EditevalError
-from editeval.methods import get_method, restore
+from editeval.methods import _locate, get_method, restore
 from editeval.methods.memit import MEMITHParams, apply_memit, layer_update
 from editeval.models import load
+from editeval.paths import cache_dir
 from editeval.schema import empty_request
 
 REQUESTS = [
@@ -52,6 +55,39 @@ def test_batch_edit_changes_only_the_layers_and_restores(which, request):
     assert changed == sorted(backup) and len(backup) == 2
     restore(m.model, backup)
     assert all(torch.equal(v, before[k]) for k, v in m.model.state_dict().items())
+
+
+def test_interrupted_batch_resumes_from_cached_values(tiny_llama, monkeypatch):
+    """Each request's z is cached as found: a rerun after an interruption optimises only the rest,
+    and the edit equals an uninterrupted one bit for bit."""
+    m = tiny_llama
+    hp = tiny_hp(v_lr=0.37)  # settings of their own: no values cached by other tests
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    original, calls = _locate.compute_delta, []
+
+    def failing_third(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kw)
+
+    monkeypatch.setattr(_locate, "compute_delta", failing_third)
+    with pytest.raises(KeyboardInterrupt):
+        apply_memit(m.model, m.tokenizer, REQUESTS, hp)
+    assert all(torch.equal(v, before[k]) for k, v in m.model.state_dict().items())  # nothing applied yet
+    calls.clear()
+    monkeypatch.setattr(_locate, "compute_delta", lambda *a, **kw: (calls.append(1), original(*a, **kw))[1])
+    backup = apply_memit(m.model, m.tokenizer, REQUESTS, hp)
+    assert len(calls) == 1  # only the third request's value was optimised
+    resumed = {k: v.clone() for k, v in m.model.state_dict().items()}
+    restore(m.model, backup)
+    monkeypatch.setattr(_locate, "compute_delta", original)
+    shutil.rmtree(cache_dir() / "memit-values")
+    backup = apply_memit(m.model, m.tokenizer, REQUESTS, hp)  # from scratch
+    try:
+        assert all(torch.equal(v, resumed[k]) for k, v in m.model.state_dict().items())
+    finally:
+        restore(m.model, backup)
 
 
 def test_layers_scale_and_dedupe(tiny_llama):

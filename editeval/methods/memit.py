@@ -13,12 +13,23 @@ Many edits at once, spread over the MLP output projections of a range of layers 
 
 Memory grows as (d_in + d_out) × N for N edits (10,000 edits of SmolLM2: ~90 MB) plus one
 d_in × d_in system; keys and residuals are gathered in batches.
+
+Mass edits are resumable: step 1 dominates the cost (one δ optimisation per request), so each z of a
+batch is written to the cache (`<cache>/memit-values/<weights fingerprint>-<settings>/`) as soon as it
+is found; an interrupted 10,000-edit batch, or a λ sweep over the same requests, starts from them.
+The key holds the fingerprint of the weights being edited, so a sequential run's later batches
+(edited weights) never reuse values found on other weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -33,6 +44,7 @@ from editeval.architectures import (
 from editeval.errors import EditevalError
 from editeval.methods import _locate
 from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+from editeval.paths import cache_dir
 from editeval.stats import second_moments
 
 log = logging.getLogger(__name__)
@@ -69,6 +81,44 @@ class MEMITHParams(HParams):
         return sorted(out)
 
 
+VALUE_SETTINGS = ("context_short", "context_long", "v_num_grad_steps", "v_lr", "v_loss_stop", "v_weight_decay",
+                  "clamp_norm_factor", "kl_factor")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ValueStore:
+    """The z (init + δ) of each request on one set of weights, one small safetensors file each."""
+
+    def __init__(self, model, z_module: str, prefixes: list[str], hparams: MEMITHParams):
+        from editeval.models import weights_fingerprint
+
+        settings = {k: getattr(hparams, k) for k in VALUE_SETTINGS}
+        key = _digest({"module": z_module, "prefixes": prefixes, "settings": settings})
+        self.folder = cache_dir() / "memit-values" / f"{weights_fingerprint(model)}-{key}"
+
+    def _path(self, request: dict) -> Path:
+        fields = {k: request.get(k) for k in ("prompt", "subject", "target_new")}
+        return self.folder / f"{_digest(fields)}.safetensors"
+
+    def get(self, request: dict) -> torch.Tensor | None:
+        from safetensors.torch import load_file
+
+        path = self._path(request)
+        return load_file(path)["z"] if path.exists() else None
+
+    def put(self, request: dict, z: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        os.close(fd)
+        save_file({"z": z.detach().float().cpu().contiguous()}, tmp)
+        os.replace(tmp, self._path(request))
+
+
 def layer_update(keys: torch.Tensor, resid: torch.Tensor, mom2: torch.Tensor, weight: float) -> torch.Tensor:
     """ΔW = resid · solve(λC + KKᵀ, K)ᵀ for keys (N, d_in) and residuals (N, d_out): (d_out, d_in)."""
     K = keys.T  # (d_in, N)
@@ -90,11 +140,18 @@ def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -
     prefixes = _locate.context_prefixes(hparams.context_short, hparams.context_long)
     mom2 = second_moments(model, tokenizer, layers, tokens=hparams.mom2_tokens, max_len=hparams.mom2_max_len)
 
-    # 1. target z per request at the last layer's output
-    deltas = []
+    # 1. target z per request at the last layer's output (cached: the costly, resumable part)
+    store = ValueStore(model, z_module, prefixes, hparams) if len(requests) > 1 else None
+    zs = []
     for request in tqdm(requests, desc="MEMIT values", unit="edit", leave=False, disable=len(requests) < 2):
-        deltas.append(_locate.compute_delta(model, tokenizer, request, z_module, prefixes, hparams))
-    z = torch.stack([d.init + d.delta for d in deltas])  # (N, d_model)
+        z_one = store.get(request) if store else None
+        if z_one is None:
+            d = _locate.compute_delta(model, tokenizer, request, z_module, prefixes, hparams)
+            z_one = d.init + d.delta
+            if store:
+                store.put(request, z_one)
+        zs.append(z_one.float())
+    z = torch.stack(zs)  # (N, d_model), moved to each layer's device below
     bare = [_locate.locate(tokenizer, r) for r in requests]
 
     backup: Backup = {}

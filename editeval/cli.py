@@ -29,6 +29,7 @@ def _register() -> None:
     app.add_typer(leaderboard.app, name="leaderboard")
     from editeval.commands import edit; app.command("edit")(edit.edit)
     from editeval.commands import train; app.command("train")(train.train)
+    from editeval.commands import stats; app.add_typer(stats.app, name="stats")
 
 
 _register()
@@ -39,7 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except EditevalError as err:
-        print(f"error: {err}", file=sys.stderr)
+        from editeval.distributed import reports_errors
+
+        if reports_errors():  # in a data-parallel run, an error every process meets is printed once
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
 

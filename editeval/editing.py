@@ -26,6 +26,13 @@ sequential mode the current values of every changed weight are also saved after 
 are removed when the record is written. Records, checkpoints and partial state are written to a
 temporary name and renamed into place.
 
+Data-parallel (single mode only): launched in several processes (`editeval.distributed`, e.g.
+``accelerate launch --multi_gpu --num_processes N -m editeval edit --mode single ...``) each
+process edits its block of the edits still to do on its own model replica and appends to its own
+``<out>.partial.rank<R>.jsonl``; every process reads all progress files of the run at the start,
+so a rerun resumes whatever the number of processes. The main process gathers the rows and writes
+the same record as one process. Batch and sequential modes are refused under several processes.
+
 Saving (``--save-checkpoint``): a model whose edit changed weights only is written as a normal
 Hugging Face checkpoint; a model carrying additions of a wrapper method (IKE's prompt, GRACE's
 codebook, T-Patcher's / CaliNET's neurons; `editeval.artifacts`) is written as a method artifact
@@ -34,10 +41,12 @@ folder that `editeval score --model DIR --base MODEL` installs on the base model
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -72,6 +81,7 @@ class EditOptions:
     save_checkpoint: str | None = None
     device: str = "auto"
     dtype: str = "float32"
+    device_map: str | None = None  # accelerate big-model placement (models.load), e.g. "auto"
     chat_template: bool = False
     out: str | None = None
     eval_batch_size: int = 32
@@ -182,37 +192,61 @@ def _same_run(saved: dict | None, header: dict) -> bool:
 
 
 class Partial:
-    """The append-only progress file of one run (+ the sequential weights file)."""
+    """The append-only progress file of one run (+ the sequential weights file).
 
-    def __init__(self, out: Path, header: dict):
-        self.path = out.with_name(out.name + ".partial.jsonl")
+    A data-parallel single-mode run (`editeval.distributed`) gives each process its own file,
+    ``<out>.partial.rank<R>.jsonl`` (`rank`); in single mode every process also reads the other
+    progress files of the same run (`foreign`), so a rerun with another number of processes
+    resumes too. `remove` then removes them all."""
+
+    def __init__(self, out: Path, header: dict, rank: int | None = None):
+        suffix = ".partial.jsonl" if rank is None else f".partial.rank{rank}.jsonl"
+        self.path = out.with_name(out.name + suffix)
         self.state_path = out.with_name(out.name + ".partial.safetensors")
         # what wrapper methods added (GRACE's codebook, T-Patcher's neurons...): an artifact folder
         self.artifact_path = out.with_name(out.name + ".partial.artifact")
+        self.out = out
         self.header = header
         self.entries: list[dict] = []
+        self.foreign: list[dict] = []  # single mode: entries of the run's other progress files
         if self.path.exists():
-            lines = self.path.read_text().splitlines()
-            try:
-                first = json.loads(lines[0]) if lines else {}
-            except ValueError:
-                first = {}
-            if not _same_run(first.get("header"), header):
-                raise EditevalError(
-                    f"{self.path} holds progress of a different run (other method, hparams, model, data or "
-                    f"mode): delete it to start afresh")
-            for line in lines[1:]:
-                try:
-                    self.entries.append(json.loads(line))
-                except ValueError:
-                    break  # a line cut short by an interruption: everything after it is redone
-            # a single-mode run may be continued with a longer or shorter --limit: edits are independent
-            self.entries = [e for e in self.entries if e["index"] < header["n_requests"]]
+            self.entries = self._read(self.path)
             # rewrite without a cut-short tail so later appends stay parseable
             self._rewrite()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._rewrite()
+        if header["mode"] == "single":
+            for path in self._siblings():
+                if path != self.path:
+                    self.foreign += self._read(path)
+
+    def _siblings(self) -> list[Path]:
+        """Every progress file of this output path (one process's or one per process)."""
+        return sorted(self.path.parent.glob(glob.escape(self.out.name) + ".partial*.jsonl"))
+
+    def _read(self, path: Path) -> list[dict]:
+        lines = path.read_text().splitlines()
+        try:
+            first = json.loads(lines[0]) if lines else {}
+        except ValueError:
+            first = {}
+        if not _same_run(first.get("header"), self.header):
+            raise EditevalError(
+                f"{path} holds progress of a different run (other method, hparams, model, data or "
+                f"mode): delete it to start afresh")
+        entries = []
+        for line in lines[1:]:
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                break  # a line cut short by an interruption: everything after it is redone
+        # a single-mode run may be continued with a longer or shorter --limit: edits are independent
+        return [e for e in entries if e["index"] < self.header["n_requests"]]
+
+    def all_entries(self) -> list[dict]:
+        """The other progress files' entries, then this one's."""
+        return self.foreign + self.entries
 
     def _rewrite(self) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
@@ -278,8 +312,20 @@ class Partial:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+        if self.header["mode"] == "single":
+            for path in self._siblings():
+                path.unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
         shutil.rmtree(self.artifact_path, ignore_errors=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (every device's) random generators."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _json_default(value):
@@ -338,16 +384,31 @@ def load_requests(opts: EditOptions) -> tuple[list[dict], str]:
 def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = None,
               dataset_fingerprint: str = "") -> EditSummary:
     """Apply and evaluate the edits described by `opts`; write the record. `loaded` (a
-    `LoadedModel`) and `requests` may be given directly instead of being loaded by name."""
+    `LoadedModel`) and `requests` may be given directly instead of being loaded by name.
+
+    Launched in several processes (`editeval.distributed`; single mode only), each process edits
+    its block of the edits still to do on its own replica, appending to its own progress file;
+    the main process gathers the rows and writes the record one process writes (the others
+    return a summary without ``record``). In single mode the seeds are reset before each edit
+    (``seed + index``), so an edit's row does not depend on which process did it, or when."""
     from tqdm.auto import tqdm
 
+    from editeval import distributed
     from editeval import results as R
-    from editeval.evaluate import Evaluator
+    from editeval.evaluate import Evaluator, evaluation_columns, wants_counterfact
     from editeval.models import load
 
     wall0 = time.perf_counter()
     method = get_method(opts.method)
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint)
+    n_procs = distributed.launched_processes()
+    if n_procs > 1 and opts.mode != "single":
+        raise EditevalError(f"--mode {opts.mode} evaluates one model that carries many edits, which is not "
+                            f"data-parallel: run it in one process (this run has {n_procs}), or use --mode single")
+    dist = distributed.setup(opts.device)
+    if dist is not None and opts.device_map not in (None, "none"):
+        raise EditevalError("--device-map spreads one model over the devices; it does not combine with several processes "
+                            "(each process holds its own replica): launch one process, or leave out --device-map")
     if opts.hparams_path is not None and not Path(opts.hparams_path).exists():
         raise EditevalError(f"hyper-parameter file not found: {opts.hparams_path}")
     run_fingerprint = dataset_fingerprint  # what the progress file is tied to
@@ -359,12 +420,14 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     if not requests:
         raise EditevalError(f"no edit requests in {opts.benchmark}/{opts.split}")
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint, len(requests))
-    if loaded is None:
-        loaded = load(opts.model, device=opts.device, dtype=opts.dtype)
-    if loaded.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    model, tok = loaded.model, loaded.tokenizer
-    hparams = method.load_hparams(model, opts.model if opts.hparams_path is None else None, opts.hparams_path)
+    with distributed.main_first(dist):  # conversions and trained editors are cached by the main process
+        if loaded is None:
+            loaded = load(opts.model, device=distributed.process_device(dist, opts.device), dtype=opts.dtype,
+                          device_map=opts.device_map)
+        if loaded.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        model, tok = loaded.model, loaded.tokenizer
+        hparams = method.load_hparams(model, opts.model if opts.hparams_path is None else None, opts.hparams_path)
     check_hparams_layers(model, hparams)
     torch.manual_seed(opts.seed)
 
@@ -394,16 +457,23 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
               "benchmark": opts.benchmark, "config": opts.config, "split": opts.split,
               "dataset_fingerprint": run_fingerprint, "n_requests": len(requests), "mode": mode,
               "edit_batch_size": k, "chat_template": opts.chat_template, "eval_every_edit": opts.eval_every_edit}
-    partial = Partial(out, header)
+    partial = Partial(out, header, rank=None if dist is None else dist.rank)
 
-    ev_requests = [requests[i] for i in valid]
-    ev_index = {i: j for j, i in enumerate(valid)}
+    mine = valid  # the requests this process edits
+    if dist is not None:
+        dist.barrier()  # every process has read the progress files before any process adds to them
+        finished = {e["index"] for e in partial.all_entries()}
+        mine = dist.shard([i for i in valid if i not in finished])
+    ev_requests = [requests[i] for i in mine]
+    ev_index = {i: j for j, i in enumerate(mine)}
     from editeval.scoring import COUNTERFACT_BENCHMARKS
 
+    # decided on every valid request, so that each process's rows have the same columns
+    counterfact = opts.benchmark in COUNTERFACT_BENCHMARKS or wants_counterfact([requests[i] for i in valid])
     try:
         evaluator = Evaluator(loaded, ev_requests, batch_size=opts.eval_batch_size, chat_template=opts.chat_template,
                               generation=opts.generation, dataset_fingerprint=dataset_fingerprint, progress=False,
-                              counterfact=True if opts.benchmark in COUNTERFACT_BENCHMARKS else None)
+                              counterfact=counterfact)
     except ValueError as err:  # bad records, a tokenizer without a chat template
         raise EditevalError(f"cannot evaluate {opts.benchmark}/{opts.split}: {err}") from None
     edit_requests = {i: method_request(requests[i], tok, opts.chat_template) for i in valid}
@@ -414,17 +484,20 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
         changed = partial.load_state(model)
         if changed:
             log.info("resuming sequential run from %s", partial.state_path)
-    done = {e["index"]: e for e in partial.entries}
-    groups = [valid[s: s + k] for s in range(0, len(valid), k)]
+    done = {e["index"]: e for e in partial.all_entries()}
+    groups = [mine[s: s + k] for s in range(0, len(mine), k)]
 
-    bar = tqdm(total=len(valid), initial=sum(1 for i in valid if i in done), unit="edit",
-               desc=f"{method.name} {mode}", disable=not opts.progress, dynamic_ncols=True)
+    desc = f"{method.name} {mode}" + (f" (process 0 of {dist.world})" if dist is not None else "")
+    bar = tqdm(total=len(mine), initial=sum(1 for i in mine if i in done), unit="edit", desc=desc,
+               disable=not (opts.progress and distributed.is_main_process()), dynamic_ncols=True)
     try:
         for group in groups:
             todo = [i for i in group if i not in done]
             if not todo:
                 continue
             reqs = [edit_requests[i] for i in todo]
+            if mode == "single":  # the edit's randomness depends on it alone, not on what ran before
+                seed_everything(opts.seed + todo[0])
             t0 = time.perf_counter()
             try:
                 backup = method.apply(model, tok, reqs, hparams)
@@ -473,11 +546,16 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     finally:
         bar.close()
 
-    entries = {e["index"]: e for e in partial.entries}
+    entries = {e["index"]: e for e in partial.all_entries()}
+    if dist is not None:  # every process's entries (each has the ones read at the start)
+        for part in dist.gather(partial.entries):
+            entries.update({e["index"]: e for e in part})
     failed = [{"index": e["index"], "case_id": e.get("case_id"), "reason": e.get("reason", "")}
-              for e in entries.values() if e.get("skipped")]
+              for _, e in sorted(entries.items()) if e.get("skipped")]
     skipped += failed
     edited = [i for i in valid if i in entries and not entries[i].get("skipped")]
+    if not distributed.is_main_process():  # the main process writes the record
+        return EditSummary(out=out, n_requests=len(requests), n_edited=len(edited), skipped=skipped)
     if not edited:
         raise EditevalError(f"no request could be edited by '{method.name}' (first problem: {skipped[0]['reason']})")
 
@@ -487,7 +565,11 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
         rows = evaluator.evaluate(model, [ev_index[i] for i in edited])
         edited_fp = loaded.fingerprint()
     else:
-        rows = [_restore_nan(entries[i]["row"]) for i in edited]
+        # in the columns of one evaluator over every valid request (rows may come from evaluators
+        # over parts of them: other processes, or an earlier run with another --limit)
+        columns = evaluation_columns([requests[i] for i in valid], generation=opts.generation,
+                                     counterfact=counterfact)
+        rows = [{c: row.get(c, math.nan) for c in columns} for row in (_restore_nan(entries[i]["row"]) for i in edited)]
         edited_fp = ""
     if opts.save_checkpoint:
         if mode == "batch" and not kept_batch:
@@ -516,6 +598,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
         "edit_batch_size": k, "seconds_per_edit": edit_seconds / len(edited),
         "edit_seconds_total": round(edit_seconds, 3), "n_requests": len(requests),
         "n_skipped": len(skipped), "skipped": skipped,
+        "n_processes": distributed.num_processes(),
         "evaluated": "after all edits" if mode == "sequential" else f"after each {'edit' if mode == 'single' else 'batch'}, then undone",
     }
     record = R.build_record(rows, meta)

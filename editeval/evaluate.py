@@ -147,6 +147,46 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def wants_counterfact(requests: Iterable[Mapping]) -> bool:
+    """Whether the ROME CounterFact scores apply when not said (``counterfact=None``): some
+    request has neighbourhood prompts or a prompt template."""
+    return any(r.get("neighborhood_prompts") or r.get("prompt_template") for r in requests)
+
+
+def evaluation_columns(requests: Iterable[Mapping], *, generation: bool = True, counterfact: bool | None = None,
+                       fluency: bool = False, piqa: bool = False) -> list[str]:
+    """The row columns an `Evaluator` over `requests` gives (without tokenising anything): lets
+    rows of evaluators over parts of the requests (data-parallel shards, resumed runs) be put in
+    the columns of one evaluator over all of them."""
+    requests = [dict(r) for r in requests]
+    if counterfact is None:
+        counterfact = wants_counterfact(requests)
+    loc = sorted({e.get("kind") or "default" for r in requests for e in r.get("locality") or []})
+    port = sorted({e.get("kind") or "default" for r in requests for e in r.get("portability") or []})
+    return _columns_for(loc, port, generation=generation, counterfact=counterfact, fluency=fluency, piqa=piqa)
+
+
+def _columns_for(locality_kinds: Sequence[str], portability_kinds: Sequence[str], *, generation: bool,
+                 counterfact: bool, fluency: bool, piqa: bool) -> list[str]:
+    cols = ["case_id", "reliability.teacher_forced", "generalization.teacher_forced"]
+    if generation:
+        cols += ["reliability.generation", "generalization.generation"]
+    cols.append("locality.teacher_forced")
+    cols += [f"locality.{k}.teacher_forced" for k in locality_kinds]
+    protos = ["teacher_forced"] + (["generation"] if generation else [])
+    for p in protos:
+        cols.append(f"portability.{p}")
+        cols += [f"portability.{k}.{p}" for k in portability_kinds]
+    if counterfact:
+        cols += ["efficacy_score", "efficacy_magnitude", "paraphrase_score", "paraphrase_magnitude",
+                 "neighborhood_score", "neighborhood_magnitude"]
+    if fluency:
+        cols.append("fluency.ngram_entropy")
+    if piqa:
+        cols += ["other_task.piqa_accuracy", "other_task.piqa_agreement"]
+    return cols
+
+
 class Evaluator:
     """Scores edited models on a fixed list of edit requests.
 
@@ -207,7 +247,7 @@ class Evaluator:
         self.mixed_lengths = mixed_lengths
         self.use_cache = use_cache
         if counterfact is None:
-            counterfact = any(r.get("neighborhood_prompts") or r.get("prompt_template") for r in self.requests)
+            counterfact = wants_counterfact(self.requests)
         self.counterfact = counterfact
         if chat_template:
             M.chat_prompt(self.tokenizer, "x")  # fail early when the tokenizer has none
@@ -280,23 +320,13 @@ class Evaluator:
         self._piqa_seqs = self._by_owner.get(-1, [])
 
     def _columns(self) -> list[str]:
-        cols = ["case_id", "reliability.teacher_forced", "generalization.teacher_forced"]
-        if self.generation:
-            cols += ["reliability.generation", "generalization.generation"]
-        cols.append("locality.teacher_forced")
-        cols += [f"locality.{k}.teacher_forced" for k in self.locality_kinds]
-        protos = ["teacher_forced"] + (["generation"] if self.generation else [])
-        for p in protos:
-            cols.append(f"portability.{p}")
-            cols += [f"portability.{k}.{p}" for k in self.portability_kinds]
-        if self.counterfact:
-            cols += ["efficacy_score", "efficacy_magnitude", "paraphrase_score", "paraphrase_magnitude",
-                     "neighborhood_score", "neighborhood_magnitude"]
-        if self.fluency:
-            cols.append("fluency.ngram_entropy")
-        if self.piqa:
-            cols += ["other_task.piqa_accuracy", "other_task.piqa_agreement"]
-        return cols
+        return _columns_for(self.locality_kinds, self.portability_kinds, generation=self.generation,
+                            counterfact=self.counterfact, fluency=self.fluency, piqa=bool(self.piqa))
+
+    @property
+    def base_piqa_correct(self) -> list[float]:
+        """Per PIQA item, whether the base model chose the right solution (1.0 / 0.0)."""
+        return [float(c == int(p["label"])) for c, p in zip(self._pre_piqa, self.piqa)]
 
     @property
     def n_sequences(self) -> int:

@@ -42,7 +42,7 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return input_device(self.model)
 
     def fingerprint(self) -> str:
         return weights_fingerprint(self.model)
@@ -117,37 +117,96 @@ def model_dir(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 def load(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str = "auto",
     dtype: str | torch.dtype = "float32",
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> LoadedModel:
-    """Load model + tokenizer (eval mode) from a registered name or a local HF folder."""
+    """Load model + tokenizer (eval mode) from a registered name or a local HF folder.
+
+    `device_map` (auto | balanced | balanced_low_0 | sequential, or an explicit {module: device}
+    dict) spreads a model larger than one device over the GPUs, then CPU memory, then disk
+    (accelerate big-model inference; `max_memory` caps each device, e.g. {0: "20GiB", "cpu":
+    "60GiB"}; disk-offloaded weights go to `offload_folder`, by default under the cache). `device`
+    is then not used.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = model_dir(name_or_path)
-    torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    placement = {}
+    if device_map is not None and device_map != "none":
+        if not isinstance(device_map, dict) and device_map not in DEVICE_MAPS:
+            raise EditevalError(f"--device-map {device_map}: choose from {', '.join(DEVICE_MAPS)}")
+        if offload_folder is None:
+            offload_folder = cache_dir() / "offload" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": str(offload_folder)}
+    else:
+        torch_device = resolve_device(device)
     has_safetensors = any(path.glob("*.safetensors"))
     if not has_safetensors and any(path.glob("*.bin")):
         log.warning("%s has no safetensors weights; loading .bin with weights_only", path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, trust_remote_code=False, use_safetensors=has_safetensors or None
+            path, dtype=torch_dtype, trust_remote_code=False, use_safetensors=has_safetensors or None, **placement
         )
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as err:
         raise EditevalError(f"cannot load model from {path}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(torch_device).eval()
+    if not placement:
+        model.to(torch_device)
+    model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(name_or_path), path=path)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's inputs go: its first parameter's device, or with a device map whose first
+    weights are offloaded, the device accelerate runs the model on."""
+    device = next(model.parameters()).device
+    if device.type == "meta":
+        hook = getattr(model, "_hf_hook", None)
+        execution = getattr(hook, "execution_device", None)
+        if execution is None:
+            execution = next((h.execution_device for h in (getattr(m, "_hf_hook", None) for m in model.modules())
+                              if getattr(h, "execution_device", None) is not None), "cpu")
+        device = torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+    return device
+
+
+def offloaded_value(model: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The stored value of parameter/buffer `name` where accelerate offloaded it (its tensor is
+    on the meta device; the value lives in the hook's weights map, in CPU memory or on disk)."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        module = model.get_submodule(".".join(parts[:cut])) if cut else model
+        hook = getattr(module, "_hf_hook", None)
+        weights = getattr(hook, "weights_map", None)
+        if getattr(hook, "offload", False) and weights is not None:
+            key = ".".join(parts[cut:])
+            try:
+                return weights[key]
+            except KeyError:
+                return None
+    return None
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over parameter names, dtypes, shapes and bytes, in name order (first 16 hex digits)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if tensor.device.type == "meta":  # offloaded by a device map: read the stored value
+            stored = offloaded_value(model, name)
+            if stored is None:
+                raise EditevalError(f"cannot fingerprint the model: {name} is offloaded and its value is not found")
+            tensor = stored.to(tensor.dtype)
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

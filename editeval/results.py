@@ -5,7 +5,8 @@ Layout of ``<name>.json`` (schema version ``SCHEMA_VERSION``; fields below are a
     schema_version   "1"
     meta             RunMetadata: who/what/how - editeval + metric versions, benchmark, config,
                      split, dataset fingerprint, base and edited model + weight fingerprints,
-                     device, dtype, batch size, chat_template, wall time, peak memory; and for
+                     device, dtype, batch size, chat_template, wall time, peak memory (of the
+                     main process), n_processes (data-parallel processes, 1 unless launched); and for
                      runs of an editing method: method, hparams, hparams_hash, mode, edit batch
                      size, seconds per edit (None for a submitted checkpoint)
     metrics          {metric name: MetricSummary} for every per-edit column (protocol names,
@@ -93,6 +94,7 @@ class RunMetadata(BaseModel):
     torch_version: str = ""
     transformers_version: str = ""
     torch_threads: int | None = None
+    n_processes: int = 1  # data-parallel processes that shared the edits (editeval.distributed)
     # filled by the edit driver (None for a submitted checkpoint)
     method: str | None = None
     hparams: dict[str, Any] | None = None

@@ -92,6 +92,7 @@ def score_checkpoint(
     batch_size: int = 32,
     device: str = "auto",
     dtype: str = "float32",
+    device_map: str | dict | None = None,
     chat_template: bool = False,
     generation: bool = True,
     fluency: bool = False,
@@ -106,30 +107,40 @@ def score_checkpoint(
     `requests` replaces the benchmark split (the benchmark/split names are then only recorded).
     `extra_meta` adds/overrides metadata (e.g. method, hparams, mode for the edit driver).
     Returns ``(record, rows, json_path)``. Raises `EditevalError` on bad input, with one line.
+
+    Launched in several processes (`editeval.distributed`), each process scores its block of the
+    requests (and of the PIQA items) on its own replica; the rows are gathered in order and the
+    main process writes the record a single process writes; the others return ``record`` None.
     """
     import torch
 
-    from editeval import artifacts, models
+    from editeval import artifacts, distributed, models
     from editeval.evaluate import Evaluator
     from editeval.results import build_record, environment_versions, peak_memory, write_record
 
     start = time.perf_counter()
+    group = distributed.setup(device)
+    if group is not None and device_map not in (None, "none"):
+        raise EditevalError("--device-map spreads one model over the devices; it does not combine with several processes "
+                            "(each process holds its own replica): launch one process, or leave out --device-map")
+    device = distributed.process_device(group, device)
     out_path = Path(out) if out else default_out_path(str(model), benchmark, split, config)
     if out_path.suffix != ".json":
         raise EditevalError(f"--out {out_path}: the results record must be a .json path")
     if device.startswith("cuda") or device == "auto":
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-    base_lm = models.load(base, device=device, dtype=dtype)
-    artifact = artifacts.is_artifact(model)  # a wrapper method's additions, installed on the base below
-    if artifact:
-        artifacts.read_artifact(model)
-        edited_lm = base_lm
-    elif models.same_folder(model, base):
-        edited_lm = base_lm
-    else:
-        edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype)
-        models.check_compatible(base_lm, edited_lm)
+    with distributed.main_first(group):  # a registered model is converted once, by the main process
+        base_lm = models.load(base, device=device, dtype=dtype, device_map=device_map)
+        artifact = artifacts.is_artifact(model)  # a wrapper method's additions, installed on the base below
+        if artifact:
+            artifacts.read_artifact(model)
+            edited_lm = base_lm
+        elif models.same_folder(model, base):
+            edited_lm = base_lm
+        else:
+            edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype, device_map=device_map)
+            models.check_compatible(base_lm, edited_lm)
     if requests is None:
         requests = load_requests(benchmark, split, config, limit)
     else:
@@ -138,11 +149,18 @@ def score_checkpoint(
         raise EditevalError(f"benchmark '{benchmark}' split '{split}' has no records")
     fingerprint = dataset_fingerprint(requests)
     piqa = load_piqa(piqa_items)
+    counterfact = True if benchmark in COUNTERFACT_BENCHMARKS else None
+    mine, my_piqa = requests, piqa
+    if group is not None:  # this process's blocks; the CounterFact columns are decided on all requests
+        from editeval.evaluate import wants_counterfact
+
+        counterfact = counterfact or wants_counterfact(requests)
+        mine, my_piqa = group.shard(requests), group.shard(piqa)
     try:
         evaluator = Evaluator(
-            base_lm, requests, batch_size=batch_size, chat_template=chat_template, generation=generation,
-            fluency=fluency, piqa=piqa, dataset_fingerprint=fingerprint, progress=progress,
-            counterfact=True if benchmark in COUNTERFACT_BENCHMARKS else None,
+            base_lm, mine, batch_size=batch_size, chat_template=chat_template, generation=generation,
+            fluency=fluency, piqa=my_piqa, dataset_fingerprint=fingerprint,
+            progress=progress and distributed.is_main_process(), counterfact=counterfact,
         )
     except ValueError as err:  # bad records, missing chat template
         raise EditevalError(f"cannot score {benchmark}/{split}: {err}") from None
@@ -154,6 +172,13 @@ def score_checkpoint(
             undo()
     else:
         rows = evaluator.evaluate(edited_lm.model)
+    item_values = evaluator.last_piqa
+    base_piqa_accuracy = evaluator.base_piqa_accuracy if piqa else None
+    timings = dict(evaluator.timings)
+    if group is not None:
+        rows, item_values, base_piqa_accuracy, timings = _gather_scores(
+            group, evaluator, rows, requests, generation=generation, counterfact=counterfact, fluency=fluency,
+            piqa=bool(piqa))
     base_fp = evaluator.base_fingerprint
     if artifact:
         edited_fp = "artifact:" + artifacts.artifact_fingerprint(model)
@@ -166,15 +191,45 @@ def score_checkpoint(
         edited_model=str(model), edited_fingerprint=edited_fp, device=str(base_lm.device),
         dtype=str(models.resolve_dtype(dtype)).replace("torch.", ""), batch_size=batch_size,
         chat_template=chat_template, generation=generation, piqa_items=len(piqa),
-        base_piqa_accuracy=evaluator.base_piqa_accuracy if piqa else None,
+        base_piqa_accuracy=base_piqa_accuracy,
         wall_time_s=round(time.perf_counter() - start, 2), **peak_memory(str(base_lm.device)),
-        preedit_s=round(evaluator.timings["preedit_s"], 2), evaluate_s=round(evaluator.timings["evaluate_s"], 2),
-        n_sequences=evaluator.timings["sequences"], n_tokens=evaluator.timings["tokens"],
+        preedit_s=round(timings["preedit_s"], 2), evaluate_s=round(timings["evaluate_s"], 2),
+        n_sequences=timings["sequences"], n_tokens=timings["tokens"], n_processes=distributed.num_processes(),
     )
     meta.update(extra_meta or {})
-    record = build_record(rows, meta, item_values=evaluator.last_piqa)
+    if group is not None and not group.is_main:
+        return None, rows, out_path
+    record = build_record(rows, meta, item_values=item_values)
     path = write_record(record, rows, out_path)
     return record, rows, path
+
+
+def _gather_scores(group, evaluator, rows, requests, *, generation, counterfact, fluency, piqa):
+    """Every process's rows and PIQA items, in order, as one process over all of them has them:
+    ``(rows, item_values, base_piqa_accuracy, timings)``."""
+    from editeval import metrics as M
+    from editeval.evaluate import evaluation_columns
+
+    parts = group.gather({"rows": rows, "piqa": evaluator.last_piqa if piqa else {},
+                          "base_piqa": evaluator.base_piqa_correct, "timings": dict(evaluator.timings)})
+    columns = evaluation_columns(requests, generation=generation, counterfact=counterfact, fluency=fluency, piqa=piqa)
+    nan = float("nan")
+    rows = [{c: row.get(c, nan) for c in columns} for part in parts for row in part["rows"]]
+    item_values: dict[str, list[float]] = {}
+    base_piqa_accuracy = None
+    if piqa:
+        for part in parts:
+            for name, values in part["piqa"].items():
+                item_values.setdefault(name, []).extend(values)
+        for row in rows:  # every row carries the means over all items (as in one process)
+            for name, values in item_values.items():
+                row[name] = M.mean(values)
+        base_piqa_accuracy = M.mean([v for part in parts for v in part["base_piqa"]])
+    timings = {"preedit_s": max(p["timings"].get("preedit_s", 0.0) for p in parts),
+               "evaluate_s": max(p["timings"].get("evaluate_s", 0.0) for p in parts),
+               "sequences": sum(p["timings"].get("sequences", 0) for p in parts),
+               "tokens": sum(p["timings"].get("tokens", 0) for p in parts)}
+    return rows, item_values, base_piqa_accuracy, timings
 
 
 def headline(record) -> list[str]:

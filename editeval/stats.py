@@ -10,7 +10,17 @@ layers are gathered in one pass (MEMIT), and the sums are accumulated in float32
 
 Results are cached as safetensors under `cache_dir()/stats/`, content-addressed by the model's
 weight fingerprint, the module, the token count, the window length and the corpus sha256, and
-written atomically (temp file + rename), so the cost is paid once and the files can be shared.
+written atomically (temp file + rename), so the cost is paid once and the files can be shared
+(`editeval stats publish / pull`). Each file's safetensors metadata says what it holds (format,
+model fingerprint / name / type / dtype, layer, module, tokens, window length, corpus name and
+sha256, dtype, number of processes, editeval version); a cached file is used only if its key
+fields match the request and its matrix checks out, otherwise it is recomputed (with a warning).
+
+Sharded over processes (`shard=True` under `accelerate launch` / torchrun, as `editeval stats
+build` does; see `editeval.distributed`):
+every process reads the same token stream and runs every N-th window of it (window i → process
+i mod N), the float32 sums and token counts are all-reduced, and the main process writes the file.
+The same tokens are counted as in one process, so the matrix is the same up to float rounding.
 
 The fingerprint of a model object is computed once and remembered on the object
 (`model._editeval_fingerprint`), so statistics keep describing the model as it was first seen
@@ -21,10 +31,13 @@ does, instead of recomputing them after every edit).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import random
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -44,6 +57,13 @@ DEFAULT_TOKENS = 100_000
 DEFAULT_MAX_LEN = 1024
 MIN_ARTICLE_CHARS = 200  # stubs / disambiguation remnants are skipped
 SHUFFLE_SEED = 0
+FORMAT = "editeval-mom2/1"
+# a cached file is used only if these metadata fields match the request (they also make its name)
+KEY_FIELDS = ("model_fingerprint", "module", "tokens", "max_len", "corpus_sha256")
+REQUIRED_FIELDS = KEY_FIELDS + ("layer",)
+FIELD_PATTERNS = {"model_fingerprint": r"[0-9a-f]{16}", "module": r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*",
+                  "tokens": r"[1-9][0-9]*", "max_len": r"[1-9][0-9]*", "corpus_sha256": r"[0-9a-f]{64}",
+                  "layer": r"[0-9]+"}
 
 
 def corpus_path(override: str | os.PathLike | None = None) -> Path:
@@ -135,15 +155,178 @@ def _save_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         raise
 
 
-def _load(path: Path) -> torch.Tensor | None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _load(path: Path, expected: dict[str, str] | None = None, dim: int | None = None) -> torch.Tensor | None:
+    """The cached matrix, or None (with a warning) when the file is unreadable or describes
+    something else than `expected`: the caller then recomputes it."""
+    try:
+        return check_file(path, expected, dim)[1]
+    except EditevalError as err:
+        log.warning("ignoring statistics file %s: %s (recomputing)", path, err)
+        return None
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata header of a statistics file (no tensor is read)."""
+    from safetensors import safe_open
 
     try:
-        return load_file(path)["mom2"]
-    except (SafetensorError, KeyError, OSError) as err:
-        log.warning("ignoring unreadable statistics file %s (%s)", path, err)
-        return None
+        with safe_open(str(path), "pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as err:  # SafetensorError, OSError, a truncated header...
+        raise EditevalError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def check_file(path: str | os.PathLike, expected: dict[str, str] | None = None,
+               dim: int | None = None) -> tuple[dict[str, str], torch.Tensor]:
+    """Read a statistics file and check it is complete and consistent (metadata fields, count =
+    tokens, a finite square float32 matrix of side `dim`) and that each `expected` metadata field
+    matches. Returns (metadata, matrix); raises EditevalError naming the first problem."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    absent = [k for k in REQUIRED_FIELDS if k not in meta]
+    if absent:
+        raise EditevalError(f"{path}: not an editeval statistics file (metadata lacks {', '.join(absent)})")
+    for key, pattern in FIELD_PATTERNS.items():  # they make the cache file name: nothing else
+        if key in meta and not re.fullmatch(pattern, meta[key]):
+            raise EditevalError(f"{path}: malformed metadata {key}={meta[key][:80]!r}")
+    for key, want in (expected or {}).items():
+        if meta.get(key) != str(want):
+            raise EditevalError(f"{path}: metadata {key}={meta.get(key)!r}, expected {str(want)!r}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:
+        raise EditevalError(f"{path}: unreadable tensors ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    mom2, count = tensors.get("mom2"), tensors.get("count")
+    if mom2 is None or count is None:
+        raise EditevalError(f"{path}: lacks the 'mom2' or 'count' tensor")
+    if count.numel() != 1 or int(count.reshape(-1)[0]) != int(meta["tokens"]):
+        raise EditevalError(f"{path}: token count {count.reshape(-1).tolist()} does not match metadata tokens={meta['tokens']}")
+    if mom2.dtype != torch.float32 or mom2.dim() != 2 or mom2.shape[0] != mom2.shape[1]:
+        raise EditevalError(f"{path}: mom2 is not a square float32 matrix ({mom2.dtype}, {tuple(mom2.shape)})")
+    if dim is not None and mom2.shape[0] != dim:
+        raise EditevalError(f"{path}: mom2 is {mom2.shape[0]}×{mom2.shape[0]}, the module's keys have {dim} dimensions")
+    if not bool(torch.isfinite(mom2).all()):
+        raise EditevalError(f"{path}: mom2 has non-finite values")
+    return meta, mom2
+
+
+def cached_files() -> list[tuple[Path, dict[str, str] | None]]:
+    """Every statistics file in the cache with its metadata (None where unreadable)."""
+    out = []
+    for path in sorted((cache_dir() / "stats").glob("*.safetensors")):
+        try:
+            out.append((path, read_metadata(path)))
+        except EditevalError:
+            out.append((path, None))
+    return out
+
+
+def cache_name(meta: dict[str, str]) -> Path:
+    """Where a file with this metadata belongs in the cache."""
+    return stats_path(meta["model_fingerprint"], meta["module"], int(meta["tokens"]), int(meta["max_len"]),
+                      meta["corpus_sha256"])
+
+
+def import_file(src: str | os.PathLike, model: torch.nn.Module | None = None) -> tuple[bool, Path]:
+    """Check a statistics file (from the Hub or a folder) and copy it into the cache under the name
+    its metadata gives. With `model`, refuse one computed on other weights or not fitting its
+    modules. Returns (copied, cache path); copied is False when a valid copy was already there."""
+    meta = read_metadata(src)
+    expected, dim = {}, None
+    if model is not None and "model_fingerprint" in meta:
+        expected["model_fingerprint"] = model_fingerprint(model)
+        if meta["model_fingerprint"] != expected["model_fingerprint"]:
+            raise EditevalError(f"computed on model weights {meta['model_fingerprint']}, "
+                                f"not on this model's ({expected['model_fingerprint']})")
+        try:
+            dim = key_dim(model, meta.get("module", ""))
+        except (AttributeError, EditevalError):
+            raise EditevalError(f"module {meta.get('module')!r} is not in this model") from None
+    meta, _ = check_file(src, expected, dim)
+    dest = cache_name(meta)
+    if dest.exists() and _load(dest, {k: meta[k] for k in KEY_FIELDS}, dim) is not None:
+        return False, dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True, dest
+
+
+def key_dim(model: torch.nn.Module, module_name: str) -> int:
+    """Dimension of the keys: the input width of `module_name` (Linear, or GPT-2's Conv1D)."""
+    module = model.get_submodule(module_name)
+    dim = getattr(module, "in_features", None) or getattr(module, "nx", None)
+    if dim is None:
+        raise EditevalError(f"{module_name} is neither a Linear nor a Conv1D layer")
+    return int(dim)
+
+
+def _result_device(model: torch.nn.Module, module_name: str, fallback: torch.device) -> torch.device:
+    """The device of the module's weight (several with a device map), or `fallback` if offloaded."""
+    weight = getattr(model.get_submodule(module_name), "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+        return weight.device
+    return fallback
+
+
+def _metadata(model, fingerprint: str, layer: int, module: str, seen: int, max_len: int, corpus: Path,
+              sha: str, processes: int) -> dict[str, str]:
+    from editeval import __version__
+
+    config = getattr(model, "config", None)
+    name = Path(str(getattr(config, "_name_or_path", "") or "")).name
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return {"format": FORMAT, "statistic": "E[k k^T] of the module input",
+            "model_fingerprint": fingerprint, "model_name": name, "model_type": str(getattr(config, "model_type", "")),
+            "model_dtype": dtype, "layer": str(layer), "module": module, "tokens": str(seen),
+            "max_len": str(max_len), "corpus": corpus.name, "corpus_sha256": sha, "dtype": "float32",
+            "accumulation": "float32", "shuffle_seed": str(SHUFFLE_SEED), "min_article_chars": str(MIN_ARTICLE_CHARS),
+            "processes": str(processes), "editeval_version": __version__}
+
+
+class _Counted:
+    """Passes windows through, counting their tokens (progress over the whole stream)."""
+
+    def __init__(self, windows):
+        self.windows, self.tokens = windows, 0
+
+    def __iter__(self):
+        for window in self.windows:
+            self.tokens += len(window)
+            yield window
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, number of processes) under a launcher (`accelerate launch`, torchrun: the group is
+    joined through `editeval.distributed.setup`) or an initialised torch.distributed; (0, 1) alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    from editeval import distributed
+
+    group = distributed.setup()
+    return (0, 1) if group is None else (group.rank, group.world)
+
+
+def _all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    """Sum / max of `tensor` over the process group (on CPU for gloo, on CUDA for NCCL)."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        comm = tensor.device if tensor.device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+    else:
+        comm = torch.device("cpu")
+    buf = tensor.to(comm, copy=True)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return buf.to(tensor.device)
 
 
 def second_moments(
@@ -158,11 +341,17 @@ def second_moments(
     corpus: str | os.PathLike | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    shard: bool = False,
+    refresh: bool = False,
 ) -> dict[int, torch.Tensor]:
     """E[k kᵀ] (float32, on the weight's device) of the input of `place` at each of `layers`.
 
-    Cached layers are read from disk; all missing ones are computed in one forward pass over the
-    corpus that stops after the deepest of them.
+    Cached layers are read from disk (a file whose metadata does not match is recomputed); all
+    missing ones are computed in one forward pass over the corpus that stops after the deepest of
+    them. With `shard=True` under `accelerate launch` / torch.distributed, every process of the
+    group must make the same call: each runs every N-th window of the same token stream, the sums
+    are all-reduced, the main process writes the files, and all get the same result.
+    `refresh=True` recomputes and rewrites cached files.
     """
     if tokens <= 0 or max_len <= 0:
         raise EditevalError(f"statistics need a positive token count and window length (got {tokens}, {max_len})")
@@ -171,17 +360,28 @@ def second_moments(
     path = corpus_path(corpus)
     sha = file_sha256(path)
     fingerprint = model_fingerprint(model)
-    device = next(model.parameters()).device
+    from editeval.models import input_device
+
+    device = input_device(model)
+    rank, world = process_group() if shard else (0, 1)
     names = {layer: layer_module_name(model, layer, place) for layer in layers}
     paths = {layer: stats_path(fingerprint, names[layer], tokens, max_len, sha) for layer in layers}
 
     result: dict[int, torch.Tensor] = {}
-    if use_cache:
+    if use_cache and not refresh:
         for layer in layers:
             if paths[layer].exists():
-                mom2 = _load(paths[layer])
+                expected = {"model_fingerprint": fingerprint, "module": names[layer], "tokens": str(tokens),
+                            "max_len": str(max_len), "corpus_sha256": sha}
+                mom2 = _load(paths[layer], expected, key_dim(model, names[layer]))
                 if mom2 is not None:
-                    result[layer] = mom2.to(device)
+                    result[layer] = mom2.to(_result_device(model, names[layer], device))
+    if world > 1:  # every process must take part in the pass if any one lacks a layer
+        flags = torch.tensor([float(layer not in result) for layer in layers])
+        flags = _all_reduce(flags, "max")
+        for layer, flag in zip(layers, flags.tolist()):
+            if flag:
+                result.pop(layer, None)
     missing = [layer for layer in layers if layer not in result]
     if not missing:
         return result
@@ -190,10 +390,12 @@ def second_moments(
     sums: dict[str, torch.Tensor] = {}
     seen = 0
     texts = _read_articles(path)
-    bar = tqdm(total=tokens, unit="tok", desc=f"key statistics, layers {missing}", disable=not progress,
-               leave=False)
+    stream = _Counted(_windows(tokenizer, texts, tokens, max_len))
+    mine = itertools.islice(stream, rank, None, world)  # window i goes to process i mod N
+    desc = f"key statistics, layers {missing}" + (f", {world} processes" if world > 1 else "")
+    bar = tqdm(total=tokens, unit="tok", desc=desc, disable=not progress or rank != 0, leave=False)
     with no_grad_eval(model):
-        for batch in _batches(_windows(tokenizer, texts, tokens, max_len), batch_tokens):
+        for batch in _batches(mine, batch_tokens):
             longest = max(len(w) for w in batch)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             ids = torch.full((len(batch), longest), pad, dtype=torch.long)
@@ -206,24 +408,47 @@ def second_moments(
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
             keep = mask.reshape(-1).bool()
             for name in module_names:
-                keys = tr.inputs[name].reshape(-1, tr.inputs[name].shape[-1])[keep].float()
+                x = tr.inputs[name]
+                keys = x.reshape(-1, x.shape[-1])[keep.to(x.device)].float()
                 prod = keys.T @ keys
                 sums[name] = prod if name not in sums else sums[name].add_(prod)
-            n = int(keep.sum())
-            seen += n
-            bar.update(n)
+            seen += int(keep.sum())
+            bar.update(stream.tokens - bar.n)  # the whole stream's progress (all processes)
+    bar.update(stream.tokens - bar.n)
     bar.close()
+
+    for name in module_names:  # a process may have had no window at all
+        if name not in sums:
+            d = key_dim(model, name)
+            sums[name] = torch.zeros((d, d), device=_result_device(model, name, device))
+    if world > 1:
+        seen = int(_all_reduce(torch.tensor([seen], dtype=torch.float64), "sum").item())
+        for name in module_names:
+            sums[name] = _all_reduce(sums[name], "sum")
+    if seen != tokens:  # cannot happen unless the stream and the sharding disagree
+        raise EditevalError(f"key statistics saw {seen} tokens instead of {tokens}")
 
     for layer in missing:
         mom2 = sums[names[layer]] / seen
-        if use_cache:
-            meta = {"model_fingerprint": fingerprint, "layer": str(layer), "module": names[layer],
-                    "statistic": "E[k k^T] of the module input", "tokens": str(seen),
-                    "max_len": str(max_len), "corpus": path.name, "corpus_sha256": sha,
-                    "dtype": "float32", "shuffle_seed": str(SHUFFLE_SEED)}
+        if use_cache and rank == 0:
+            meta = _metadata(model, fingerprint, layer, names[layer], seen, max_len, path, sha, world)
             _save_atomic(paths[layer], {"mom2": mom2, "count": torch.tensor([seen])}, meta)
-        result[layer] = mom2
+        result[layer] = mom2.to(_result_device(model, names[layer], device))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the files exist for every process once this returns
     return result
+
+
+def cache_paths(model: torch.nn.Module, layers: list[int], *, tokens: int = DEFAULT_TOKENS,
+                max_len: int = DEFAULT_MAX_LEN, place: str = "mlp_out",
+                corpus: str | os.PathLike | None = None) -> dict[int, Path]:
+    """The cache file of each layer's statistics (whether or not it exists yet)."""
+    sha = file_sha256(corpus_path(corpus))
+    fingerprint = model_fingerprint(model)
+    return {check_layer(model, layer): stats_path(fingerprint, layer_module_name(model, layer, place), tokens,
+                                                  max_len, sha) for layer in layers}
 
 
 def second_moment(model, tokenizer, layer: int, **kwargs) -> torch.Tensor:

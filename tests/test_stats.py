@@ -67,3 +67,149 @@ def test_bad_inputs(tiny_llama, cache, tmp_path):
     bad.write_text("not json\n")
     with pytest.raises(EditevalError, match="bad.jsonl:1"):
         stats.second_moments(m.model, m.tokenizer, [1], corpus=bad, **KW)
+
+
+# ---------------------------------------------------------------------------- metadata, sharding, CLI
+
+def _rewrite(path, out=None, **changes):
+    """Copy a statistics file with some metadata fields (or the 'count' tensor) changed."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as fh:
+        meta = dict(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    if "count" in changes:
+        tensors["count"] = torch.tensor([changes.pop("count")])
+    meta.update({k: str(v) for k, v in changes.items()})
+    save_file(tensors, str(out or path), metadata=meta)
+    return out or path
+
+
+def run_cli(capsys, *argv):
+    from editeval.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+def test_metadata_header_and_mismatch_recomputes(tiny_llama, cache, caplog):
+    import editeval
+
+    m = tiny_llama
+    first = stats.second_moment(m.model, m.tokenizer, 2, **KW)
+    path = stats.cache_paths(m.model, [2], tokens=TOKENS, max_len=128)[2]
+    meta = stats.read_metadata(path)
+    assert meta == {**meta, "format": stats.FORMAT, "model_fingerprint": m.fingerprint(), "model_type": "llama",
+                    "model_dtype": "float32", "layer": "2", "module": "model.layers.2.mlp.down_proj",
+                    "tokens": str(TOKENS), "max_len": "128", "corpus": "enwiki2015_wikiextractor_50shards.jsonl",
+                    "corpus_sha256": stats.CORPUS_SHA256, "dtype": "float32", "processes": "1",
+                    "editeval_version": editeval.__version__}
+    assert torch.equal(stats.check_file(path)[1], first)
+
+    # a file under this name whose metadata or contents say otherwise is not used: recomputed, rewritten
+    for bad in ({"tokens": TOKENS + 1}, {"model_fingerprint": "0" * 16}, {"count": 7}):
+        _rewrite(path, **bad)
+        again = stats.second_moment(m.model, m.tokenizer, 2, **KW)
+        assert torch.equal(again, first)
+        assert stats.check_file(path)[0]["tokens"] == str(TOKENS)
+    assert "ignoring statistics file" in caplog.text and "recomputing" in caplog.text
+
+    with pytest.raises(EditevalError, match=r"malformed metadata module='\.\./x'"):
+        stats.check_file(_rewrite(path, cache / "evil.safetensors", module="../x"))
+    with pytest.raises(EditevalError, match="expected '64'"):
+        stats.check_file(path, {"max_len": 64})
+
+
+def test_sharded_build_equals_one_process(tiny_llama_dir, tiny_llama, cache):
+    """`accelerate launch` with 2 processes (CPU, gloo): each runs every other window of the same
+    1,500 tokens; the reduced matrix is the one-process one and the main process writes it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "EDITEVAL_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # (`--cpu` alone starts one process unless MPI is set up; `--multi_gpu` on a CPU machine starts N)
+    proc = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+         "-m", "editeval", "stats", "build", "--model", str(tiny_llama_dir), "--layers", "1,3",
+         "--tokens", str(TOKENS), "--max-len", "128", "--device", "cpu", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("built (2 processes)") == 2  # printed once, by the main process
+
+    m = tiny_llama
+    one = stats.second_moments(m.model, m.tokenizer, [1, 3], use_cache=False, **KW)
+    for layer, path in stats.cache_paths(m.model, [1, 3], tokens=TOKENS, max_len=128).items():
+        meta, mom2 = stats.check_file(path)
+        assert meta["processes"] == "2" and meta["tokens"] == str(TOKENS)
+        assert torch.allclose(mom2, one[layer], rtol=1e-5, atol=1e-8)
+
+
+def test_cli_build_list_publish_pull(tiny_llama_dir, tiny_llama, cache, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import huggingface_hub
+
+    code, out, _ = run_cli(capsys, "stats", "build", "--model", tiny_llama_dir, "--layers", "0-1",
+                           "--tokens", TOKENS, "--max-len", 128, "--device", "cpu", "--no-progress")
+    assert code == 0 and out.count("built (1 process)") == 2
+    code, out, _ = run_cli(capsys, "stats", "list")
+    fp = tiny_llama.fingerprint()
+    rows = [line.split() for line in out.splitlines() if line.startswith(fp)]
+    assert [r[2:5] for r in rows] == [["0", "model.layers.0.mlp.down_proj", "1,500"],
+                                      ["1", "model.layers.1.mlp.down_proj", "1,500"]]
+    files = sorted((cache / "stats").glob("*.safetensors"))
+
+    code, out, _ = run_cli(capsys, "stats", "publish", "--repo-id", "editeval/key-stats", "--dry-run")
+    assert code == 0
+    assert out.startswith("dry run: would upload 2 files to https://huggingface.co/datasets/editeval/key-stats")
+    for f in files:
+        assert f"stats/{f.name}" in out and f"{f.stat().st_size:,}" in out
+    assert f"total: 2 files, {sum(f.stat().st_size for f in files):,} bytes" in out
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    code, _, err = run_cli(capsys, "stats", "publish", "--repo-id", "editeval/key-stats")
+    assert code == 2 and err.strip().splitlines() == [
+        "error: no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again (--dry-run needs none)"]
+    code, _, err = run_cli(capsys, "stats", "publish", "--repo-id", "not a repo", "--dry-run")
+    assert code == 2 and err.strip().splitlines() == ["error: --repo-id must look like ORG/NAME, got 'not a repo'"]
+
+    # a "Hub snapshot": this model's two files, one of another model's weights, one broken
+    hub = tmp_path / "hub"
+    (hub / "stats").mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, hub / "stats" / f.name)
+    _rewrite(files[0], hub / "stats" / "other.safetensors", model_fingerprint="f" * 16)
+    _rewrite(files[1], hub / "stats" / "broken.safetensors", count=3)
+    shutil.rmtree(cache / "stats")
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: calls.append(kw) or str(hub))
+    code, out, _ = run_cli(capsys, "stats", "pull", "--repo-id", "editeval/key-stats", "--model", tiny_llama_dir)
+    assert code == 0, out
+    assert calls[0]["repo_id"] == "editeval/key-stats" and calls[0]["repo_type"] == "dataset"
+    assert f"skipped other.safetensors: computed on model weights {'f' * 16}, not on this model's ({fp})" in out
+    assert "skipped broken.safetensors: token count [3] does not match metadata tokens=1500" in out
+    assert out.strip().splitlines()[-1] == "2 pulled, 0 already cached, 2 skipped"
+    assert sorted(p.name for p in (cache / "stats").glob("*.safetensors")) == [f.name for f in files]
+    mom2 = stats.second_moments(tiny_llama.model, tiny_llama.tokenizer, [0, 1], **KW)  # used as they are
+    assert torch.equal(mom2[0], stats.check_file(files[0])[1])
+
+    code, out, _ = run_cli(capsys, "stats", "pull", "--from-dir", hub, "--model", tiny_llama_dir)
+    assert code == 0 and out.strip().splitlines()[-1] == "0 pulled, 2 already cached, 2 skipped"
+    (hub / "stats" / files[0].name).unlink()
+    (hub / "stats" / files[1].name).unlink()
+    code, _, err = run_cli(capsys, "stats", "pull", "--from-dir", hub, "--model", tiny_llama_dir)
+    assert code == 2 and err.strip().splitlines()[-1] == (  # (after transformers' loading bar)
+        f"error: no key statistics for {tiny_llama_dir} (weights {fp}) in {hub}: 2 file(s) skipped")
+    code, _, err = run_cli(capsys, "stats", "pull", "--model", tiny_llama_dir)
+    assert code == 2 and err.strip() == "error: give exactly one of --repo-id ORG/NAME or --from-dir FOLDER"

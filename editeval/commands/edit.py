@@ -22,6 +22,8 @@ def edit(
     save_checkpoint: Path | None = typer.Option(None, help="write the edited model as an HF folder here (IKE, GRACE, T-Patcher, CaliNET: a method artifact folder, docs/artifacts.md)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
+    device_map: str | None = typer.Option(None, "--device-map", help="auto | balanced | sequential: spread a model "
+                                          "too large for one device over GPUs, CPU and disk (edited layers must stay on a device)"),
     chat_template: bool = typer.Option(False, help="wrap edit and evaluation prompts with the chat template"),
     eval_batch_size: int = typer.Option(32, help="sequences per forward pass in evaluation"),
     generation: bool = typer.Option(True, help="also compute the generation-protocol metrics"),
@@ -42,11 +44,13 @@ def edit(
         method=method, model=model, benchmark=benchmark, config=config, split=split, limit=limit, mode=mode,
         edit_batch_size=batch_size, hparams_path=str(hparams) if hparams else None,
         eval_every_edit=eval_every_edit, save_checkpoint=str(save_checkpoint) if save_checkpoint else None,
-        device=device, dtype=dtype, chat_template=chat_template, out=str(out) if out else None,
+        device=device, dtype=dtype, device_map=device_map, chat_template=chat_template, out=str(out) if out else None,
         eval_batch_size=eval_batch_size, generation=generation, progress=progress,
         datasets_root=str(datasets_dir) if datasets_dir else None,
     )
     summary = run_edits(opts)
+    if summary.record is None:  # another process of a data-parallel run: the main process reports
+        return
     metrics = summary.record.metrics
     figures = []
     for key, label in (("reliability.teacher_forced", "reliability"), ("generalization.teacher_forced", "generalization"),

@@ -21,6 +21,8 @@ def score(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="sequences per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    device_map: str = typer.Option(None, "--device-map", help="auto | balanced | sequential: spread a model too "
+                                   "large for one device over the GPUs, CPU memory and disk (accelerate)"),
     chat_template: bool = typer.Option(False, "--chat-template", help="wrap edit prompts with the chat template"),
     generation: bool = typer.Option(True, "--generation/--no-generation", help="also the greedy-generation protocol"),
     fluency: bool = typer.Option(False, "--fluency", help="fluency of 100-token greedy generations (slow)"),
@@ -41,19 +43,27 @@ def score(
     if sum(x is not None and x is not False for x in (submission, model, all_submissions or None)) != 1:
         raise EditevalError("give exactly one of: a submission folder, --model PATH_OR_NAME, or --all")
     if submission is not None or all_submissions:
+        from editeval.distributed import launched_processes
+
+        if launched_processes() > 1:
+            raise EditevalError("scoring submission folders runs in one process: launch `editeval score "
+                                "--model ...` to score in several processes")
         _score_submissions(submission, all_submissions, force, submissions_dir, device, dtype, fluency, piqa, progress)
         return
     record, _rows, path = score_checkpoint(
         model, base=base, benchmark=benchmark, split=split, config=config, limit=limit,
-        batch_size=batch_size, device=device, dtype=dtype, chat_template=chat_template,
+        batch_size=batch_size, device=device, dtype=dtype, device_map=device_map, chat_template=chat_template,
         generation=generation, fluency=fluency, piqa_items=piqa, out=out, progress=progress,
     )
+    if record is None:  # another process of a data-parallel run: the main process reports
+        return
     meta = record.meta
     typer.echo(f"{meta.benchmark}/{meta.split}: {meta.n_edits} edits, {meta.edited_model} vs base {meta.base_model}"
                f" on {meta.device}, {meta.wall_time_s:.1f} s, peak RSS {meta.peak_rss_mb:.0f} MB")
     for line in headline(record):
         typer.echo(line)
-    typer.echo(f"wrote {path} (+ {record.rows_file})")
+    procs = f" ({meta.n_processes} processes)" if meta.n_processes > 1 else ""
+    typer.echo(f"wrote {path} (+ {record.rows_file}){procs}")
 
 
 def _score_submissions(submission, all_submissions, force, submissions_dir, device, dtype, fluency, piqa, progress):

@@ -181,7 +181,7 @@ def gather_at_subject(model, tokenizer, located: list[Located], module_names: li
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
             for name in module_names:
                 h = tr.inputs[name] if inputs else _first(tr.outputs[name])
-                chunks[name].append(h[rows, cols].float())
+                chunks[name].append(h[rows.to(h.device), cols.to(h.device)].float())
     return {n: torch.cat(c) for n, c in chunks.items()}
 
 
@@ -282,9 +282,9 @@ def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: l
     def add_delta(name, output):
         h = _first(output)
         if state["init"] is None:
-            state["init"] = h[0, subj_col].detach().float().clone()
+            state["init"] = h[0, subj_col].detach().float().to(delta.device, copy=True)
         h = h.clone()
-        h[:, subj_col] = h[:, subj_col] + delta.to(h.dtype)
+        h[:, subj_col] = h[:, subj_col] + delta.to(h.device, h.dtype)
         return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
 
     if fast:
@@ -431,7 +431,7 @@ class _FastRunner:
         with Trace(self.model, names, retain_output=False, edit_output=self.add_delta):
             hidden = self._base(self.ids[:, self.P:], self.pos[:, self.P:], self.cache is not None)[0]
         self._crop()
-        logits = self.head(hidden[rows, cols])
+        logits = self.head(hidden[rows.to(hidden.device), cols.to(hidden.device)]).to(rows.device)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -168,8 +168,19 @@ def preset_path(method: str, model: torch.nn.Module | None = None, model_name: s
     )
 
 
+def check_editable(model: torch.nn.Module, names: list[str]) -> None:
+    """Refuse (one line) to edit a parameter that a device map offloaded to CPU or disk: accelerate
+    keeps only a meta placeholder in the model, so there is no weight in memory to change."""
+    for name in names:
+        if model.get_parameter(name).device.type == "meta":
+            raise EditevalError(
+                f"cannot edit {name}: the device map offloaded it to CPU or disk, so no device holds its "
+                f"weights; edit a layer kept on a device, or give the devices more memory (max_memory)")
+
+
 def backup_parameters(model: torch.nn.Module, names: list[str], backup: Backup | None = None) -> Backup:
     """Copy the current value of each named parameter into `backup` (first copy wins)."""
+    check_editable(model, names)
     backup = Backup() if backup is None else backup
     for name in names:
         if name not in backup:

@@ -43,7 +43,7 @@ from editeval.architectures import (
 )
 from editeval.errors import EditevalError
 from editeval.methods import _locate
-from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
 from editeval.paths import cache_dir
 from editeval.stats import second_moments
 
@@ -135,6 +135,7 @@ def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -
     for request in requests:
         _locate.check_request(tokenizer, request)
     layers = hparams.edit_layers(model)
+    check_editable(model, [mlp_out_weight(model, layer)[0] for layer in layers])
     z_layer = layers[-1]
     z_module = layer_module_name(model, z_layer, "")
     prefixes = _locate.context_prefixes(hparams.context_short, hparams.context_long)
@@ -150,7 +151,7 @@ def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -
             z_one = d.init + d.delta
             if store:
                 store.put(request, z_one)
-        zs.append(z_one.float())
+        zs.append(z_one.float().cpu())  # cached ones are read on the CPU
     z = torch.stack(zs)  # (N, d_model), moved to each layer's device below
     bare = [_locate.locate(tokenizer, r) for r in requests]
 
@@ -161,8 +162,10 @@ def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -
         keys = _locate.compute_keys(model, tokenizer, requests, [layer], prefixes, hparams.batch_size)[layer]
         cur = _locate.gather_at_subject(model, tokenizer, bare, [z_module], inputs=False,
                                         batch_size=hparams.batch_size)[z_module]
-        resid = (z.to(cur.device) - cur) / (len(layers) - i)
-        upd = layer_update(keys, resid, mom2[layer].to(keys.device), hparams.mom2_update_weight)
+        dev = param.device  # float32 algebra where the layer lives (a device map may spread layers)
+        resid = (z.to(dev, torch.float32) - cur.to(dev, torch.float32)) / (len(layers) - i)
+        upd = layer_update(keys.to(dev, torch.float32), resid, mom2[layer].to(dev, torch.float32),
+                           hparams.mom2_update_weight)
         with torch.no_grad():
             mlp_out_as_out_in(model, param).add_(upd.to(param.dtype))
         log.debug("MEMIT layer %d: |resid| %.3f |upd| %.3f", layer, resid.norm(dim=1).mean(), upd.norm())

@@ -31,7 +31,7 @@ from editeval.architectures import (
 )
 from editeval.errors import EditevalError
 from editeval.methods import _locate
-from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
 from editeval.stats import second_moment
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def rank_one_update(key_star: torch.Tensor, key: torch.Tensor, delta: torch.Tens
 def edit_one(model, tokenizer, request: dict, hp: ROMEHParams, backup: Backup) -> dict:
     layer = hp.edit_layer(model)
     name, param = mlp_out_weight(model, layer)
+    check_editable(model, [name])
     module = layer_module_name(model, layer, "mlp_out")
     prefixes = _locate.context_prefixes(hp.context_short, hp.context_long)
     _locate.check_request(tokenizer, request)
@@ -84,7 +85,9 @@ def edit_one(model, tokenizer, request: dict, hp: ROMEHParams, backup: Backup) -
     keys = _locate.compute_keys(model, tokenizer, [request], [layer], prefixes, per_prefix=True)[layer][0]
     key_star, key = keys.mean(0), keys[0]  # prefixes[0] is the bare prompt
     res = _locate.compute_delta(model, tokenizer, request, module, prefixes, hp)
-    upd = rank_one_update(key_star, key.to(key_star.device), res.delta, mom2)
+    dev = param.device  # float32 algebra where the layer lives (a device map may spread layers)
+    upd = rank_one_update(key_star.to(dev, torch.float32), key.to(dev, torch.float32),
+                          res.delta.to(dev, torch.float32), None if mom2 is None else mom2.to(dev, torch.float32))
     backup_parameters(model, [name], backup)
     with torch.no_grad():
         mlp_out_as_out_in(model, param).add_(upd.to(param.dtype))

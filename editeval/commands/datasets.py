@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from editeval.errors import EditevalError
+from editeval.hub import authenticated_api, check_repo_id, upload_errors
 
 app = typer.Typer(help="The benchmarks as Hugging Face datasets: build, list, show, publish.", no_args_is_help=True)
 
@@ -118,8 +118,7 @@ def publish(
     from editeval.paths import datasets_dir as resolve
 
     bench = get(name)
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo_id):
-        raise EditevalError(f"--repo-id must look like ORG/NAME, got '{repo_id}'")
+    check_repo_id(repo_id)
     folder = resolve(datasets_dir) / name
     expected = ["README.md"] + [data_file(c.name, s.name) for c in bench.configs for s in c.splits]
     missing = [p for p in expected if not (folder / p).is_file()]
@@ -134,18 +133,10 @@ def publish(
         typer.echo(f"total: {len(files)} files, {total:,} bytes ({_mb(total)})")
         return
 
-    import huggingface_hub
-
-    token = huggingface_hub.get_token()
-    if not token:
-        raise EditevalError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again (--dry-run needs none)")
-    api = huggingface_hub.HfApi(token=token)
-    try:
+    api = authenticated_api()
+    with upload_errors(f"{folder} to {repo_id}"):
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
                                    allow_patterns=["README.md", "data/**"],
                                    commit_message=f"editeval datasets publish {name}")
-    except Exception as err:  # network, auth, offline mode: one line, no traceback
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise EditevalError(f"upload of {folder} to {repo_id} failed: {first}") from None
     typer.echo(f"published {name}: {len(files)} files -> {getattr(commit, 'commit_url', repo_id)}")

@@ -9,12 +9,12 @@ from typing import Optional
 import typer
 
 from editeval.errors import EditevalError
+from editeval.hub import authenticated_api, check_repo_id, upload_errors
 
 app = typer.Typer(help="Key statistics for ROME / MEMIT (E[k k^T] over Wikipedia): build, list, publish, pull.",
                   no_args_is_help=True)
 
 MODEL = typer.Option("smollm2-135m", "--model", help="Registered model name or a local HF model folder.")
-REPO_ID = r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*"
 HUB_FOLDER = "stats"  # where the files go in the Hub dataset repo
 
 
@@ -135,8 +135,7 @@ def publish(
     from editeval import stats as S
     from editeval.paths import cache_dir
 
-    if not re.fullmatch(REPO_ID, repo_id):
-        raise EditevalError(f"--repo-id must look like ORG/NAME, got '{repo_id}'")
+    check_repo_id(repo_id)
     files = []
     for path, _meta in _selected(model):
         try:
@@ -158,19 +157,13 @@ def publish(
 
     import huggingface_hub
 
-    token = huggingface_hub.get_token()
-    if not token:
-        raise EditevalError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again (--dry-run needs none)")
-    api = huggingface_hub.HfApi(token=token)
+    api = authenticated_api()
     operations = [huggingface_hub.CommitOperationAdd(path_in_repo=f"{HUB_FOLDER}/{p.name}", path_or_fileobj=str(p))
                   for p, _ in files]
-    try:
+    with upload_errors(f"{len(files)} statistics files to {repo_id}"):
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         commit = api.create_commit(repo_id, operations, repo_type="dataset",
                                    commit_message=f"editeval stats publish: {len(files)} key statistics files")
-    except Exception as err:  # network, auth, offline mode: one line, no traceback
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise EditevalError(f"upload of {len(files)} statistics files to {repo_id} failed: {first}") from None
     typer.echo(f"published {len(files)} files ({total / 1e6:.2f} MB) -> {getattr(commit, 'commit_url', repo_id)}")
 
 
@@ -193,8 +186,7 @@ def pull(
             raise EditevalError(f"--from-dir {from_dir}: not a folder")
         source, folder = str(from_dir), from_dir
     else:
-        if not re.fullmatch(REPO_ID, repo_id):
-            raise EditevalError(f"--repo-id must look like ORG/NAME, got '{repo_id}'")
+        check_repo_id(repo_id)
         import huggingface_hub
 
         source = repo_id

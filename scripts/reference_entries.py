@@ -92,7 +92,11 @@ def adopt(source: Path, folder: Path, data: dict) -> bool:
     record = read_record(path)
     if record.meta.n_edits != data["num_edits"] or (method != "unedited" and record.meta.method != method):
         return False
-    record.meta = record.meta.model_copy(update={"submission": folder.name, "limit": data["num_edits"]})
+    update = {"submission": folder.name, "limit": data["num_edits"],
+              "submission_kind": "unedited" if method == "unedited" else "method"}
+    if method == "unedited":  # `editeval score` records no editing mode; the entry declares one
+        update["mode"] = data["mode"]
+    record.meta = record.meta.model_copy(update=update)
     write_record(record, read_rows(path).to_dict("records"), folder / "results.json")
     return True
 

@@ -20,7 +20,7 @@ from editeval.architectures import check_layer, num_layers
 from editeval.artifacts import install, unique_name
 from editeval.errors import EditevalError
 from editeval.methods._neurons import ACTIVATIONS, MLPNeurons, mlp_dims, mlp_module
-from editeval.methods.base import Backup, HParams, register_method
+from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method
 from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
 
 
@@ -55,49 +55,38 @@ def apply_calinet(model, tokenizer, requests, hparams: CaliNETHParams) -> Backup
     batches = [_encode_target_new(tokenizer, [r["prompt"] for r in requests[i: i + bs]],
                                   [r["target_new"] for r in requests[i: i + bs]], device)
                for i in range(0, len(requests), bs)]
-    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
     slots, params = [], []
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()
-        for layer in layers:
-            module = mlp_module(model, layer)
-            d_in, d_out = mlp_dims(model, module)
-            neurons = MLPNeurons(unique_name(model, "calinet"), module, d_in, d_out, hparams.activation, device)
-            backup.undo.append(install(model, neurons))
-            k = (torch.randn((hparams.num_slots, d_in), device=device) * hparams.init_std).requires_grad_(True)
-            b = torch.zeros((hparams.num_slots,), device=device, requires_grad=True)
-            v = torch.zeros((hparams.num_slots, d_out), device=device, requires_grad=True)
-            neurons.extra = (k, b, v)
-            slots.append(neurons)
-            params += [k, v]
-        opt = torch.optim.Adam(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
-        hidden_fn = _UpperStack(model, layers[0])
-        head = model.get_output_embeddings()
-        for _ in range(hparams.num_steps):
-            total = 0.0
-            for batch in batches:
-                loss = _loss_target_new(hidden_fn, head, batch)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * batch[0].shape[0]
-            if total / len(requests) < hparams.early_stop_loss:
-                break
-        for neurons in slots:
-            neurons.append(*neurons.extra)
-            neurons.extra = None
-    except BaseException:
-        for neurons in slots:
-            neurons.extra = None
-        for undo in reversed(backup.undo):
-            undo()
-        raise
-    finally:
-        for name, p in model.named_parameters():
-            p.grad = None
-            p.requires_grad_(grad_flags[name])
-        model.train(was_training)
+    with frozen_for_editing(model, backup):  # on failure: drop the slots, then undo the installs
+        try:
+            for layer in layers:
+                module = mlp_module(model, layer)
+                d_in, d_out = mlp_dims(model, module)
+                neurons = MLPNeurons(unique_name(model, "calinet"), module, d_in, d_out, hparams.activation, device)
+                backup.undo.append(install(model, neurons))
+                k = (torch.randn((hparams.num_slots, d_in), device=device) * hparams.init_std).requires_grad_(True)
+                b = torch.zeros((hparams.num_slots,), device=device, requires_grad=True)
+                v = torch.zeros((hparams.num_slots, d_out), device=device, requires_grad=True)
+                neurons.extra = (k, b, v)
+                slots.append(neurons)
+                params += [k, v]
+            opt = torch.optim.Adam(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
+            hidden_fn = _UpperStack(model, layers[0])
+            head = model.get_output_embeddings()
+            for _ in range(hparams.num_steps):
+                total = 0.0
+                for batch in batches:
+                    loss = _loss_target_new(hidden_fn, head, batch)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    total += loss.item() * batch[0].shape[0]
+                if total / len(requests) < hparams.early_stop_loss:
+                    break
+            for neurons in slots:
+                neurons.append(*neurons.extra)
+                neurons.extra = None
+        except BaseException:
+            for neurons in slots:
+                neurons.extra = None
+            raise
     return backup

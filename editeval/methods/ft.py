@@ -27,7 +27,7 @@ import torch
 
 from editeval.architectures import architecture, check_layer, mlp_out_weight, num_layers
 from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+from editeval.methods.base import Backup, HParams, backup_parameters, frozen_for_editing, register_method
 
 
 @dataclass
@@ -225,14 +225,9 @@ def fine_tune(model: torch.nn.Module, tokenizer, requests: list[dict], hparams: 
 
     hidden_fn = _UpperStack(model, layers[0])
     head = model.get_output_embeddings()
-    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen_for_editing(model):  # eval mode: no dropout, the edit is deterministic
         for _, p in names_params:
             p.requires_grad_(True)
-        model.eval()  # no dropout: the edit is deterministic
         for _step in range(hparams.num_steps):
             total = 0.0
             for batch in batches:
@@ -252,11 +247,6 @@ def fine_tune(model: torch.nn.Module, tokenizer, requests: list[dict], hparams: 
                         p.copy_(master.to(p.dtype))
             if total / len(requests) < hparams.early_stop_loss:
                 break
-    finally:
-        for name, p in model.named_parameters():
-            p.grad = None
-            p.requires_grad_(grad_flags[name])
-        model.train(was_training)
     return backup
 
 

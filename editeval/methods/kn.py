@@ -37,7 +37,7 @@ from editeval.architectures import (
     num_layers,
 )
 from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+from editeval.methods.base import Backup, HParams, backup_parameters, frozen_for_editing, register_method
 
 
 @dataclass
@@ -164,12 +164,7 @@ def apply_kn(model, tokenizer, requests, hparams: KNHParams) -> Backup:
         prompts += list(request.get("rephrase_prompts") or [])
     prompts = prompts[: max(1, hparams.max_prompts)]
 
-    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
-    try:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen_for_editing(model):
         scores = [attribution_scores(model, tokenizer, prompt, answer, layers, hparams) for prompt in prompts]
         if hparams.erase == "ground_truth" and truth.strip():
             erase_id = _first_token(tokenizer, truth)
@@ -177,10 +172,6 @@ def apply_kn(model, tokenizer, requests, hparams: KNHParams) -> Backup:
             with torch.no_grad():
                 ids = torch.tensor([tokenizer(request["prompt"])["input_ids"]], device=next(model.parameters()).device)
                 erase_id = int(model(input_ids=ids).logits[0, -1].argmax())
-    finally:
-        for name, p in model.named_parameters():
-            p.requires_grad_(grad_flags[name])
-        model.train(was_training)
 
     neurons = select_neurons(scores, layers, hparams)
     names = sorted({mlp_out_weight(model, layer)[0] for layer, _ in neurons})

@@ -23,7 +23,8 @@ Resuming: every finished edit is appended as one JSON line to ``<out>.partial.js
 a header naming the run; a rerun with other settings is refused). A rerun skips what is done. In
 sequential mode the current values of every changed weight are also saved after each step to
 ``<out>.partial.safetensors``, so a rerun continues from the same edited model. Both partial files
-are removed when the record is written. Records, checkpoints and partial state are written to a
+are removed when the record is written. A finished single-mode record at ``--out`` of the same run
+over fewer requests is continued the same way: ``--limit 200`` after ``--limit 100`` edits 100-199. Records, checkpoints and partial state are written to a
 temporary name and renamed into place.
 
 Data-parallel (single mode only): launched in several processes (`editeval.distributed`, e.g.
@@ -319,6 +320,50 @@ class Partial:
         shutil.rmtree(self.artifact_path, ignore_errors=True)
 
 
+def _carry_over_record(out: Path, header: dict, requests: list[dict], generation: bool) -> int:
+    """Single mode: a finished record at `out` of the same run over fewer requests (an earlier,
+    smaller --limit) becomes the progress of this one, so ``--limit 200`` after ``--limit 100``
+    edits only requests 100-199. Edits are independent of each other in single mode, so the old
+    rows are exactly what this run would compute. Returns how many requests were carried over."""
+    from editeval import results as R
+    from editeval.scoring import dataset_fingerprint
+
+    if not out.exists() or any(out.parent.glob(glob.escape(out.name) + ".partial*.jsonl")):
+        return 0
+    try:
+        record = R.read_record(out)
+        rows = R.read_rows(out).to_dict("records")
+    except Exception:  # not a readable record: this run overwrites it, as before
+        return 0
+    meta = record.meta
+    n_old = getattr(meta, "n_requests", None)
+    same = (meta.metric_version == R.METRIC_VERSION and meta.mode == "single" and meta.method == header["method"] and meta.hparams_hash == header["hparams_hash"]
+            and meta.base_model == header["model"] and meta.base_fingerprint == header["base_fingerprint"]
+            and (meta.benchmark, meta.config, meta.split) == (header["benchmark"], header["config"], header["split"])
+            and meta.chat_template == header["chat_template"] and meta.generation == generation
+            and isinstance(n_old, int) and n_old < len(requests)
+            and meta.dataset_fingerprint == dataset_fingerprint(requests[:n_old]))
+    if not same:
+        return 0
+    skipped = {s["index"]: s for s in getattr(meta, "skipped", None) or []}
+    edited = [i for i in range(n_old) if i not in skipped]
+    if len(edited) != len(rows) or any(str(requests[i].get("case_id")) != str(row.get("case_id"))
+                                       for i, row in zip(edited, rows) if "case_id" in row):
+        return 0
+    entries = [{"index": i, "case_id": requests[i].get("case_id"), "skipped": True, "reason": s.get("reason", "")}
+               for i, s in skipped.items()]
+    entries += [{"index": i, "case_id": requests[i].get("case_id"), "edit_seconds": meta.seconds_per_edit,
+                 "row": _clean_row(row)} for i, row in zip(edited, rows)]
+    lines = [{"header": {**header, "n_requests": n_old}}] + entries
+    path = out.with_name(out.name + ".partial.jsonl")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.writelines(json.dumps(line, default=_json_default) + "\n" for line in lines)
+    os.replace(tmp, path)
+    log.info("continuing the %d finished edits of %s", n_old, out)
+    return n_old
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's (every device's) random generators."""
     import numpy as np
@@ -412,6 +457,10 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     if opts.hparams_path is not None and not Path(opts.hparams_path).exists():
         raise EditevalError(f"hyper-parameter file not found: {opts.hparams_path}")
     run_fingerprint = dataset_fingerprint  # what the progress file is tied to
+    if requests is not None and not dataset_fingerprint:  # the record names its data all the same
+        from editeval.scoring import dataset_fingerprint as fingerprint_of
+
+        dataset_fingerprint = fingerprint_of(requests)
     if requests is None:
         requests, dataset_fingerprint = load_requests(opts)
         run_fingerprint = dataset_fingerprint
@@ -457,6 +506,10 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
               "benchmark": opts.benchmark, "config": opts.config, "split": opts.split,
               "dataset_fingerprint": run_fingerprint, "n_requests": len(requests), "mode": mode,
               "edit_batch_size": k, "chat_template": opts.chat_template, "eval_every_edit": opts.eval_every_edit}
+    if mode == "single" and distributed.is_main_process():
+        _carry_over_record(out, header, requests, opts.generation)
+    if dist is not None:
+        dist.barrier()  # the carried-over progress is written before any process reads it
     partial = Partial(out, header, rank=None if dist is None else dist.rank)
 
     mine = valid  # the requests this process edits

@@ -199,6 +199,27 @@ def test_single_mode_progress_carries_over_to_another_limit(tiny, tmp_path, monk
     assert list(read_rows(summary.out)["case_id"]) == [0, 1, 2, 3]
 
 
+def test_a_finished_single_record_is_extended_by_a_larger_limit(tiny, tmp_path, tiny_llama_dir):
+    """`--limit 4` after a finished `--limit 3` run edits only the fourth request; the first three
+    rows are the finished record's. Another hyper-parameter file starts afresh."""
+    reqs = [_req(i) for i in range(3)] + [_req(3, target_new="bad")] + [_req(4)]
+    opts = _opts(tmp_path, method="test-nudge")
+    first = read_rows(run_edits(opts, loaded=tiny, requests=reqs[:3]).out)
+    CALLS.clear()
+    summary = run_edits(opts, loaded=tiny, requests=reqs)
+    assert CALLS == [1]  # request 3 is refused by the method, 4 is edited; 0-2 carried over
+    rows = read_rows(summary.out)
+    assert list(rows["case_id"]) == [0, 1, 2, 4]
+    assert rows.iloc[:3].equals(first)
+    assert [s["index"] for s in read_record(summary.out).meta.skipped] == [3]
+    assert not list(summary.out.parent.glob("*.partial*"))
+    CALLS.clear()
+    hp = tmp_path / "nudge.yaml"
+    hp.write_text("amount: 0.02\n")
+    run_edits(dataclasses.replace(opts, hparams_path=str(hp)), loaded=tiny, requests=reqs + [_req(5)])
+    assert CALLS == [1, 1, 1, 1, 1]  # the record's hyper-parameters differ: every edit is done
+
+
 def test_sequential_resume_gives_the_same_model(tiny, tmp_path, monkeypatch, tiny_llama_dir, ft_yaml):
     reqs = [_req(i) for i in range(3)]
     straight = load(tiny_llama_dir, device="cpu")

@@ -97,6 +97,15 @@ def test_missing_editor_names_the_command_that_trains_it(tiny_llama, cache, meth
         get_method(method).apply(tiny_llama.model, tiny_llama.tokenizer, [REC], get_method(method).hparams())
 
 
+@pytest.mark.parametrize("method", ["mend", "ke", "serac"])
+def test_counterfact_edits_ask_for_the_counterfact_editor(tiny_llama, cache, method):
+    """With the preset's train_benchmark: auto, a CounterFact-style request (neighbourhood
+    prompts) is edited by the editor trained on counterfact/train, never the zsre one."""
+    cf = {**REC, "neighborhood_prompts": ["Paris is the capital of"]}
+    with pytest.raises(EditevalError, match=rf"editeval train {method} --model \S+ --benchmark counterfact"):
+        get_method(method).apply(tiny_llama.model, tiny_llama.tokenizer, [cf], get_method(method).hparams())
+
+
 def test_editor_cache_is_found_by_apply(tiny_llama, cache):
     hp = _hp("mend", train_steps=2)
     report = _train("mend", tiny_llama, [REC] * 3, hp)

@@ -56,7 +56,7 @@ from editeval.architectures import (
     num_layers,
 )
 from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, backup_parameters
+from editeval.methods.base import Backup, HParams, backup_parameters, train_benchmark_for
 from editeval.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class EditorHParams(HParams):
     """Settings shared by the learned editors (training and use)."""
 
     layers: list[int] = field(default_factory=lambda: [-3, -2, -1])  # MLP output projections edited
-    train_benchmark: str = "zsre"  # whose trained editor `apply` uses
+    train_benchmark: str = "auto"  # whose trained editor `apply` uses (auto: from the look of the edits)
     editor_path: str | None = None  # an editor folder to use instead of the cache
     # meta-training
     train_steps: int = 1000  # edits seen in training (one edit per forward)
@@ -351,12 +351,15 @@ def save_editor(editor: Editor, folder: Path, config: dict) -> None:
             raise
 
 
-def load_editor(build, model: torch.nn.Module, tokenizer, method: str, hparams: EditorHParams) -> Editor:
-    """The trained editor for this model and `hparams.train_benchmark` (cached on the model
-    object), or an EditevalError naming the command that trains it."""
+def load_editor(build, model: torch.nn.Module, tokenizer, method: str, hparams: EditorHParams,
+                requests: list[dict]) -> Editor:
+    """The editor trained for this model on `hparams.train_benchmark` (``auto``: the benchmark the
+    `requests` look like), cached on the model object, or an EditevalError naming the command that
+    trains it."""
     from safetensors.torch import load_file
 
     names = edited_modules(model, editor_layers(model, hparams))
+    benchmark = train_benchmark_for(hparams.train_benchmark, requests)
     if hparams.editor_path:
         folder = Path(hparams.editor_path)
         key = (method, str(folder.resolve()))
@@ -368,7 +371,7 @@ def load_editor(build, model: torch.nn.Module, tokenizer, method: str, hparams: 
         fp_key = tuple(names)
         if fp_key not in cache:
             cache[fp_key] = frozen_fingerprint(model, names)
-        folder = editor_dir(method, cache[fp_key], hparams.train_benchmark)
+        folder = editor_dir(method, cache[fp_key], benchmark)
         key = (method, str(folder))
     loaded = getattr(model, "_editeval_editors", None)
     if loaded is None:
@@ -379,8 +382,8 @@ def load_editor(build, model: torch.nn.Module, tokenizer, method: str, hparams: 
     if not (folder / EDITOR_FILE).exists():
         raise EditevalError(
             f"no trained {method.upper()} editor for model {model_label(model)} and benchmark "
-            f"'{hparams.train_benchmark}' (looked in {folder}): train it with "
-            f"`editeval train {method} --model {model_label(model)} --benchmark {hparams.train_benchmark}`")
+            f"'{benchmark}' (looked in {folder}): train it with "
+            f"`editeval train {method} --model {model_label(model)} --benchmark {benchmark}`")
     config = json.loads((folder / CONFIG_FILE).read_text())
     train_hp = type(hparams).from_dict(config["hparams"], source=str(folder / CONFIG_FILE))
     if editor_layers(model, train_hp) != editor_layers(model, hparams):

@@ -150,6 +150,17 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+def train_benchmark_for(setting: str, requests: list[dict]) -> str:
+    """The benchmark whose train split a learned or retrieval method draws on: `setting` itself,
+    or for ``auto`` counterfact when the edits look like CounterFact (neighbourhood prompts, a
+    prompt template), else zsre."""
+    if setting != "auto":
+        return setting
+    looks_cf = any(r.get("prompt_template") or r.get("neighborhood_prompts")
+                   or any(e.get("kind") == "neighborhood" for e in r.get("locality") or []) for r in requests)
+    return "counterfact" if looks_cf else "zsre"
+
+
 def preset_path(method: str, model: torch.nn.Module | None = None, model_name: str | None = None) -> Path:
     """hparams/<method>/<model name>.yaml if it exists, else the model family's preset."""
     folder = HPARAMS_DIR / method

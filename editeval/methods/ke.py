@@ -128,7 +128,7 @@ def build_editor(model, tokenizer, module_names, hparams: KEHParams) -> KEEditor
 
 @register_method("ke", hparams=KEHParams, batch=False, sequential=True)
 def apply_ke(model, tokenizer, requests, hparams: KEHParams) -> Backup:
-    editor = T.load_editor(build_editor, model, tokenizer, "ke", hparams)
+    editor = T.load_editor(build_editor, model, tokenizer, "ke", hparams, requests)
     return T.apply_editor(model, tokenizer, requests, editor, hparams)
 
 

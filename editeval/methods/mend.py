@@ -150,7 +150,7 @@ def build_editor(model, tokenizer, module_names, hparams: MENDHParams) -> MENDEd
 
 @register_method("mend", hparams=MENDHParams, batch=True, sequential=True)
 def apply_mend(model, tokenizer, requests, hparams: MENDHParams) -> Backup:
-    editor = T.load_editor(build_editor, model, tokenizer, "mend", hparams)
+    editor = T.load_editor(build_editor, model, tokenizer, "mend", hparams, requests)
     return T.apply_editor(model, tokenizer, requests, editor, hparams)
 
 

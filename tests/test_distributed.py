@@ -86,12 +86,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+def launch(args: list[str], processes: int = 2, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`accelerate launch` N CPU processes of `python -m editeval ARGS` (no accelerate config)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), "-m", "editeval", *args]
-    child_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    child_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, check=False, env=child_env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -194,13 +194,32 @@ def test_edit_single_resumes_across_process_counts(env, tiny_llama_dir, ft_yaml,
     assert not list(tmp_path.glob("s.json.partial*"))
 
 
-def test_batch_mode_is_refused_in_several_processes(env, tiny_llama_dir, ft_yaml, tmp_path):
+def test_sequential_mode_is_refused_in_several_processes(env, tiny_llama_dir, ft_yaml, tmp_path):
     out = tmp_path / "b.json"
-    done = launch(_edit_args(tiny_llama_dir, ft_yaml, 4, out, mode="batch"))
+    done = launch(_edit_args(tiny_llama_dir, ft_yaml, 4, out, mode="sequential"))
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--mode batch" in errors[0] and "one process" in errors[0], done.stderr[-3000:]
+    assert len(errors) == 1 and "--mode sequential" in errors[0] and "one process" in errors[0], done.stderr[-3000:]
     assert not list(tmp_path.iterdir())
+
+
+def test_memit_batches_two_processes_write_the_one_process_record(env, tiny_llama_dir, tmp_path):
+    """Batch mode: both processes apply each batch (MEMIT's value vectors shared out between them
+    first, each found once) and evaluate half of its edits; the record is the one-process one."""
+    hp = tmp_path / "memit.yaml"
+    hp.write_text(yaml.safe_dump({"layers": [1, 2], "mom2_tokens": 1000, "mom2_max_len": 128,
+                                  "v_num_grad_steps": 5, "context_long": 2}))
+    args = ["edit", "--method", "memit", "--model", str(tiny_llama_dir), "--benchmark", "toy", "--mode", "batch",
+            "--batch-size", "4", "--limit", "7", "--hparams", str(hp), "--device", "cpu", "--no-progress"]
+    run_one(args + ["--out", str(tmp_path / "one.json")])
+    cache = tmp_path / "cache2"  # values found afresh by the two processes
+    done = launch(args + ["--out", str(tmp_path / "two.json")], env={"EDITEVAL_CACHE": str(cache)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_record(tmp_path / "one.json", tmp_path / "two.json")
+    assert read_record(tmp_path / "two.json").meta.n_edits == 7
+    values = list((cache / "memit-values").glob("*/*.safetensors"))
+    assert len(values) == 7  # every request's z, found by the processes and read from the cache by both
+    assert not list(tmp_path.glob("two.json.partial*"))
 
 
 def _smollm2_available() -> bool:

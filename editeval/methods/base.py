@@ -102,6 +102,7 @@ class Backup(dict):
         self.undo: list[Callable[[], None]] = []
 
 ApplyFn = Callable[[torch.nn.Module, object, list[Request], HParams], Backup]
+PrepareFn = Callable[[torch.nn.Module, object, list[Request], HParams], None]
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class Method:
     batch: bool  # can apply many requests in one call
     sequential: bool  # edits can accumulate on one model
     needs_subject: bool  # the request's subject must occur in its prompt
+    # optional: the costly per-request part of a batch edit, cached where `apply` finds it, so a
+    # data-parallel batch run shares it out over the processes (MEMIT's value vectors)
+    prepare: PrepareFn | None = None
 
     def load_hparams(self, model: torch.nn.Module | None = None, model_name: str | None = None,
                      path: str | Path | None = None) -> HParams:
@@ -122,9 +126,9 @@ _METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, *, hparams: type[HParams], batch: bool, sequential: bool = True,
-                    needs_subject: bool = False):
+                    needs_subject: bool = False, prepare: PrepareFn | None = None):
     def decorator(fn: ApplyFn) -> ApplyFn:
-        _METHODS[name] = Method(name, hparams, fn, batch, sequential, needs_subject)
+        _METHODS[name] = Method(name, hparams, fn, batch, sequential, needs_subject, prepare)
         return fn
 
     return decorator

@@ -127,22 +127,10 @@ def layer_update(keys: torch.Tensor, resid: torch.Tensor, mom2: torch.Tensor, we
     return resid.T @ adj.T
 
 
-@register_method("memit", hparams=MEMITHParams, batch=True, sequential=True, needs_subject=True)
-def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -> Backup:
-    """Edit `model` in place with all `requests` at once; returns the original weights."""
-    if not requests:
-        return {}
-    for request in requests:
-        _locate.check_request(tokenizer, request)
-    layers = hparams.edit_layers(model)
-    check_editable(model, [mlp_out_weight(model, layer)[0] for layer in layers])
-    z_layer = layers[-1]
-    z_module = layer_module_name(model, z_layer, "")
-    prefixes = _locate.context_prefixes(hparams.context_short, hparams.context_long)
-    mom2 = second_moments(model, tokenizer, layers, tokens=hparams.mom2_tokens, max_len=hparams.mom2_max_len)
-
-    # 1. target z per request at the last layer's output (cached: the costly, resumable part)
-    store = ValueStore(model, z_module, prefixes, hparams) if len(requests) > 1 else None
+def _target_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams, store: ValueStore | None,
+                   z_module: str, prefixes: list[str]) -> torch.Tensor:
+    """z = h + δ per request at the last edited layer's output (N, d_model) on the CPU; from the
+    store when it holds it, else optimised (and put there)."""
     zs = []
     for request in tqdm(requests, desc="MEMIT values", unit="edit", leave=False, disable=len(requests) < 2):
         z_one = store.get(request) if store else None
@@ -152,7 +140,45 @@ def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -
             if store:
                 store.put(request, z_one)
         zs.append(z_one.float().cpu())  # cached ones are read on the CPU
-    z = torch.stack(zs)  # (N, d_model), moved to each layer's device below
+    return torch.stack(zs)
+
+
+def _z_site(model, hparams: MEMITHParams) -> tuple[list[int], str, list[str]]:
+    """The edited layers, the module whose output holds z (the last layer's block) and the context prefixes."""
+    layers = hparams.edit_layers(model)
+    return layers, layer_module_name(model, layers[-1], ""), _locate.context_prefixes(hparams.context_short,
+                                                                                      hparams.context_long)
+
+
+def precompute_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -> None:
+    """Find and cache the z of each request (a data-parallel batch run's processes share the
+    requests of a batch out this way before each applies the whole batch from the cache). A request
+    that cannot be edited is left out: `apply_memit` reports it."""
+    _layers, z_module, prefixes = _z_site(model, hparams)
+    store = ValueStore(model, z_module, prefixes, hparams)
+    for request in requests:
+        try:
+            _locate.check_request(tokenizer, request)
+        except EditevalError:
+            continue
+        _target_values(model, tokenizer, [request], hparams, store, z_module, prefixes)
+
+
+@register_method("memit", hparams=MEMITHParams, batch=True, sequential=True, needs_subject=True,
+                 prepare=precompute_values)
+def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -> Backup:
+    """Edit `model` in place with all `requests` at once; returns the original weights."""
+    if not requests:
+        return {}
+    for request in requests:
+        _locate.check_request(tokenizer, request)
+    layers, z_module, prefixes = _z_site(model, hparams)
+    check_editable(model, [mlp_out_weight(model, layer)[0] for layer in layers])
+    mom2 = second_moments(model, tokenizer, layers, tokens=hparams.mom2_tokens, max_len=hparams.mom2_max_len)
+
+    # 1. target z per request at the last layer's output (cached: the costly, resumable part)
+    store = ValueStore(model, z_module, prefixes, hparams) if len(requests) > 1 else None
+    z = _target_values(model, tokenizer, requests, hparams, store, z_module, prefixes)  # moved per layer below
     bare = [_locate.locate(tokenizer, r) for r in requests]
 
     backup: Backup = {}

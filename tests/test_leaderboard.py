@@ -114,3 +114,28 @@ def test_leaderboard_cli(tmp_path):
                                       "--out", str(tmp_path / "site")])
     assert result.exit_code == 0, result.output
     assert f"{len(ENTRIES)} entries in 3 tables, 3 invalid" in result.output
+
+
+def test_markdown_tables_match_the_site(built, tmp_path):
+    """`editeval leaderboard table`: the site's tables, rows and order as Markdown; a submitted
+    title stays one inert cell."""
+    from typer.testing import CliRunner
+
+    from editeval.cli import app
+
+    report, _ = built
+    subs = make_submissions(tmp_path / "subs")
+    result = CliRunner().invoke(app, ["leaderboard", "table", "--submissions", str(subs)])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert text.count("### ") == len(report.tables)
+    section = text.split("### zsre / edit / single\n")[1].split("###")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    single = next(t for t in report.tables if (t.benchmark, t.split, t.mode) == ("zsre", "edit", "single"))
+    assert [r.split(" | ")[2] for r in rows] == [e.method for e in single.entries]
+    assert rows[0].startswith("| 1 | ROME (reference) | rome | ")
+    rel = single.entries[0].record.value("reliability.teacher_forced")
+    assert f" | {100 * rel:.1f} | " in rows[0] and rows[0].endswith(" | 1.90 |")  # 1.9 s per edit
+    xss = next(r for r in rows if " | kn | " in r)
+    assert "<script>" not in xss and "&lt;script&gt;" in xss and xss.count(" | ") == rows[0].count(" | ")
+    assert "Average = the arithmetic mean" in text and "Invalid entries: " in text

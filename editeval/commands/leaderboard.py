@@ -30,6 +30,16 @@ def build(
         typer.echo(f"  invalid: {bad.slug}: {bad.reason}", err=True)
 
 
+@app.command("table")
+def table(
+    submissions: Annotated[Path, typer.Option(help="folder of submission folders")] = DEFAULT_SUBMISSIONS,
+) -> None:
+    """Print the leaderboard's tables as Markdown (same rows, order and average as the site)."""
+    from editeval.leaderboard import markdown_tables
+
+    typer.echo(markdown_tables(submissions), nl=False)
+
+
 @app.command("serve")
 def serve(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0: any free port)")] = 8000,

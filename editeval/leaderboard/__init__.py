@@ -6,6 +6,6 @@ page per entry under `entries/`, and the small CSS/JS under `static/`. No CDN, n
 works from `file://` and offline. Every submitted string goes through jinja2 autoescaping.
 """
 
-from editeval.leaderboard.site import SiteReport, build_site, make_server, serve
+from editeval.leaderboard.site import SiteReport, build_site, make_server, markdown_tables, serve
 
-__all__ = ["SiteReport", "build_site", "make_server", "serve"]
+__all__ = ["SiteReport", "build_site", "make_server", "markdown_tables", "serve"]

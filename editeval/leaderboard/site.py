@@ -188,6 +188,37 @@ def make_tables(entries: list[Entry]) -> list[Table]:
 # ----------------------------------------------------------------------------- rendering
 
 
+def _md_cell(text) -> str:
+    """A submitted string as one Markdown table cell: on one line, pipes and markup escaped."""
+    import html
+
+    return html.escape(" ".join(str(text).split())).replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+
+
+def markdown_tables(submissions_dir: str | os.PathLike) -> str:
+    """The leaderboard's tables as Markdown (the same rows, order and average as the site), for
+    papers and docs: `editeval leaderboard table`."""
+    entries, invalid = collect(Path(submissions_dir))
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    out = []
+    for table in make_tables(entries):
+        out.append(f"### {table.benchmark} / {table.split} / {table.mode}\n")
+        head = ["#", "entry", "method", "edits", *[c["label"] for c in table.columns], "Average", "s/edit"]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "|".join(["---:", "---", "---", "---:"] + ["---:"] * (len(head) - 4)) + "|")
+        for rank, e in enumerate(table.entries, 1):
+            spe = e.record.seconds_per_edit
+            cells = [str(rank), _md_cell(e.submission.title), _md_cell(e.method), str(e.record.num_edits or "–"),
+                     *[pct(e.record.value(c["metric"])) for c in table.columns], pct(e.average),
+                     "–" if spe is None else f"{spe:.2f}"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    out.append(AVERAGE_DEFINITION)
+    if invalid:
+        out.append("\nInvalid entries: " + "; ".join(f"{_md_cell(b.slug)} ({_md_cell(b.reason)})" for b in invalid))
+    return "\n".join(out) + "\n"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),

@@ -82,7 +82,9 @@ def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerpri
 
 def adopt(source: Path, folder: Path, data: dict) -> bool:
     """Copy a finished record for this entry's method / benchmark / mode / edit count into `folder`."""
+    from editeval.models import model_dir
     from editeval.results import read_record, write_record, read_rows
+    from editeval.submissions import count_parameters
 
     method, bench, mode = data["method"]["name"], data["benchmark"]["name"], data["mode"]
     name = f"unedited-{bench}-edit.json" if method == "unedited" else f"{method}-{bench}-edit-{mode}.json"
@@ -92,8 +94,10 @@ def adopt(source: Path, folder: Path, data: dict) -> bool:
     record = read_record(path)
     if record.meta.n_edits != data["num_edits"] or (method != "unedited" and record.meta.method != method):
         return False
+    # what `editeval score` adds to a submission's record (the leaderboard shows the model's size)
     update = {"submission": folder.name, "limit": data["num_edits"],
-              "submission_kind": "unedited" if method == "unedited" else "method"}
+              "submission_kind": "unedited" if method == "unedited" else "method",
+              "base_num_parameters": count_parameters(model_dir(BASE))}
     if method == "unedited":  # `editeval score` records no editing mode; the entry declares one
         update["mode"] = data["mode"]
     record.meta = record.meta.model_copy(update=update)

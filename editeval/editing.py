@@ -662,7 +662,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     meta = {
         "benchmark": opts.benchmark, "config": opts.config, "split": opts.split,
         "dataset_fingerprint": dataset_fingerprint, "n_edits": len(rows), "limit": opts.limit,
-        "base_model": str(opts.model), "base_fingerprint": base_fp,
+        "base_model": str(opts.model), "base_fingerprint": base_fp, "base_num_parameters": loaded.num_parameters(),
         "edited_model": str(checkpoint) if checkpoint else f"{opts.model} + {method.name} ({mode})",
         "edited_fingerprint": edited_fp, "device": str(loaded.device), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "batch_size": opts.eval_batch_size, "chat_template": opts.chat_template, "generation": opts.generation,

@@ -47,6 +47,10 @@ class LoadedModel:
     def fingerprint(self) -> str:
         return weights_fingerprint(self.model)
 
+    def num_parameters(self) -> int:
+        """Parameters of the model (tied ones once): the size the leaderboard shows."""
+        return sum(p.numel() for p in self.model.parameters())
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":

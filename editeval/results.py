@@ -73,6 +73,7 @@ class RunMetadata(BaseModel):
     limit: int | None = None
     base_model: str = ""
     base_fingerprint: str = ""
+    base_num_parameters: int | None = None  # the base model's size (tied parameters once)
     edited_model: str = ""
     edited_fingerprint: str = ""
     device: str = "cpu"

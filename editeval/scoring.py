@@ -188,7 +188,7 @@ def score_checkpoint(
     meta.update(
         benchmark=benchmark, config=config, split=split, dataset_fingerprint=fingerprint,
         n_edits=len(requests), limit=limit, base_model=str(base), base_fingerprint=base_fp,
-        edited_model=str(model), edited_fingerprint=edited_fp, device=str(base_lm.device),
+        base_num_parameters=base_lm.num_parameters(), edited_model=str(model), edited_fingerprint=edited_fp, device=str(base_lm.device),
         dtype=str(models.resolve_dtype(dtype)).replace("torch.", ""), batch_size=batch_size,
         chat_template=chat_template, generation=generation, piqa_items=len(piqa),
         base_piqa_accuracy=base_piqa_accuracy,

@@ -212,6 +212,7 @@ def test_a_finished_single_record_is_extended_by_a_larger_limit(tiny, tmp_path, 
     assert list(rows["case_id"]) == [0, 1, 2, 4]
     assert rows.iloc[:3].equals(first)
     assert [s["index"] for s in read_record(summary.out).meta.skipped] == [3]
+    assert read_record(summary.out).meta.base_num_parameters == sum(p.numel() for p in tiny.model.parameters())
     assert not list(summary.out.parent.glob("*.partial*"))
     CALLS.clear()
     hp = tmp_path / "nudge.yaml"

@@ -64,6 +64,36 @@ def test_batched_attribution_equals_naive_integrated_gradients(tiny_llama):
         assert torch.allclose(scores[layer], naive, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("layers", [None, [1, 3]])
+def test_skipping_clean_rows_gives_the_plain_batched_scores(fixture, layers, request):
+    """Block l runs only the rows of layers <= l (+ one clean row): the same attributions as every
+    row through every block, for all layers and for a subset, with a prefix and after a first
+    answer token."""
+    lm = request.getfixturevalue(fixture)
+    model, tok = lm.model, lm.tokenizer
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = layers or list(range(model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers")
+                                  else model.config.n_layer))
+    hp = kn.KNHParams(steps=4, max_answer_tokens=2)
+    from editeval.methods._neurons import mlp_module
+
+    seen = []  # rows reaching the first block's MLP
+    handle = model.get_submodule(mlp_module(model, 0)).register_forward_pre_hook(
+        lambda mod, args: seen.append(args[0].shape[0]))
+    try:
+        fast = kn.attribution_scores(model, tok, REQ["prompt"], "Paris Hilton", layers, hp)
+    finally:
+        handle.remove()
+    # the prefix pass (1 row), then layer 0's 4 steps (when searched) and the clean row, never all rows
+    assert max(seen) == (4 if layers[0] == 0 else 0) + 1 < 4 * len(layers)
+    plain = kn.attribution_scores(model, tok, REQ["prompt"], "Paris Hilton", layers, hp, skip_clean_rows=False)
+    assert fast.shape == plain.shape == (len(layers), plain.shape[1])
+    assert torch.allclose(fast, plain, atol=1e-7, rtol=1e-4)
+    assert fast.abs().sum() > 0
+
+
 def test_attributions_are_complete(tiny_llama):
     """IG completeness: a layer's attributions sum to P(answer) minus P(answer) with that layer's
     last-position neurons zeroed (up to the Riemann-sum error)."""

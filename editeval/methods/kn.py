@@ -18,7 +18,10 @@
 
 Efficiency: the prefix's keys/values are computed once per prompt; every (layer, step) pair is one
 row of a single batched one-token forward/backward (a hook scales only its own layer's neurons in
-its own rows), so a prompt-token costs one pass over `num_layers × steps` single tokens.
+its own rows), so a prompt-token costs one pass over `num_layers × steps` single tokens. Rows are
+ordered by layer, and below its own layer a row is the clean pass: so block l runs only the rows of
+the layers ≤ l plus one clean row standing for all the others (hooks on the blocks cut the batch
+and broadcast the clean row back out), which halves the blocks' work with the same result.
 Single edits only (the method's selection is per fact).
 """
 
@@ -70,8 +73,50 @@ def _first_token(tokenizer, text: str) -> int | None:
     return ids[0] if ids else None
 
 
-def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[int], hparams: KNHParams) -> torch.Tensor:
-    """(len(layers), intermediate) integrated-gradients attributions, averaged over answer tokens."""
+class _ActiveRows:
+    """Hooks on every block: block l computes only its first `active[l]` rows (the rows of the
+    layers ≤ l, then one clean row); its output is broadcast back to all rows from that clean row,
+    which is what every later row holds at block l (their own layer's scaling comes later)."""
+
+    def __init__(self, blocks, active: list[int], rows: int):
+        self.rows, self.handles = rows, []
+        for block, n in zip(blocks, active):
+            if n < rows:
+                self.handles.append(block.register_forward_pre_hook(self._cut(n), with_kwargs=True))
+                self.handles.append(block.register_forward_hook(self._spread(n)))
+
+    def _cut(self, n: int):
+        def slice_rows(value):
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == self.rows:
+                return value[:n]
+            if isinstance(value, tuple) and any(isinstance(v, torch.Tensor) for v in value):
+                return tuple(slice_rows(v) for v in value)
+            return value
+
+        def hook(module, args, kwargs):
+            return tuple(slice_rows(a) for a in args), {k: slice_rows(v) for k, v in kwargs.items()}
+        return hook
+
+    def _spread(self, n: int):
+        def spread(h):
+            return torch.cat([h, h[n - 1: n].expand(self.rows - n, *h.shape[1:])], 0)
+
+        def hook(module, args, output):
+            if isinstance(output, tuple):
+                return (spread(output[0]),) + tuple(output[1:])
+            return spread(output)
+        return hook
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[int], hparams: KNHParams,
+                       *, skip_clean_rows: bool = True) -> torch.Tensor:
+    """(len(layers), intermediate) integrated-gradients attributions, averaged over answer tokens.
+    `layers` ascending. ``skip_clean_rows=False`` runs every row through every block (the plain
+    batched computation; the same result up to float rounding)."""
     device = next(model.parameters()).device
     prompt_ids = tokenizer(prompt)["input_ids"]
     answer_ids = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"][: hparams.max_answer_tokens]
@@ -81,6 +126,13 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
     alphas = torch.arange(1, m + 1, device=device, dtype=torch.float32) / m
     modules = [model.get_submodule(layer_module_name(model, layer, "mlp_out")) for layer in layers]
     rows = len(layers) * m
+    blocks = list(model.get_submodule(architecture(model).layers))
+    # rows block l computes: those of the layers ≤ l, and one clean row when any layer is above l
+    active = [rows] * len(blocks)
+    if skip_clean_rows:
+        for l in range(len(blocks)):
+            below = sum(1 for layer in layers if layer <= l) * m
+            active[l] = min(rows, below + 1)
     total = None
     for t, target in enumerate(answer_ids):
         ids = prompt_ids + answer_ids[:t]
@@ -90,7 +142,9 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
             with torch.no_grad():
                 res = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
             cache = _result_cache(res)
-            cache.batch_repeat_interleave(rows)
+            for layer_cache, n in zip(cache.layers, active):  # each block's prefix for its rows
+                layer_cache.keys = layer_cache.keys.expand(n, *layer_cache.keys.shape[1:])
+                layer_cache.values = layer_cache.values.expand(n, *layer_cache.values.shape[1:])
         acts: dict[int, torch.Tensor] = {}
         leaves: dict[int, torch.Tensor] = {}
 
@@ -105,6 +159,7 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
             return hook
 
         handles = [mod.register_forward_pre_hook(make_hook(g)) for g, mod in enumerate(modules)]
+        cut = _ActiveRows(blocks, active, rows)
         try:
             with torch.enable_grad():
                 kwargs = _cache_kwargs(model, cache) if cache is not None else {}
@@ -115,6 +170,7 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
                 probs = torch.softmax(out.logits[:, -1].float(), -1)[:, target]
                 grads = torch.autograd.grad(probs.sum(), [leaves[g] for g in range(len(modules))])
         finally:
+            cut.close()
             for h in handles:
                 h.remove()
         scores = torch.stack([acts[g].float().reshape(-1) * grads[g].float().reshape(m, -1).mean(0)

@@ -13,6 +13,9 @@ GPUs the same command runs one process per GPU). Parts:
   each run gets a fresh pre-edit cache), edits/s for 1 and N processes and the ratio;
 - rome: `editeval edit --method rome --mode single` on `--rome-edits` requests, the same;
 - stats: `editeval stats build --layers 7 --tokens --force`, seconds for 1 and N processes;
+- memit-batch: `editeval edit --method memit --mode batch` on `--memit-batch-edits` counterfact
+  requests, 1 vs N processes, each run with no cached value vectors (the N processes share the
+  values out, then each applies the batch and evaluates its block of it);
 - memit: `editeval edit --method memit --mode batch` on the first K counterfact/edit requests for
   each K in `--memit-sizes`: wall seconds, seconds per edit (the edit alone) and peak RSS, read
   from the results record. The value vectors z are cached per request (`memit.ValueStore`), so a
@@ -88,12 +91,13 @@ def memit_sizes(sizes: list[int], root: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", nargs="+", default=["score", "rome", "stats", "memit"],
-                    choices=["score", "rome", "stats", "memit"])
+    ap.add_argument("--parts", nargs="+", default=["score", "rome", "stats", "memit-batch", "memit"],
+                    choices=["score", "rome", "stats", "memit-batch", "memit"])
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--score-edits", type=int, default=64)
     ap.add_argument("--rome-edits", type=int, default=6)
     ap.add_argument("--stats-tokens", type=int, default=20_000)
+    ap.add_argument("--memit-batch-edits", type=int, default=16)
     ap.add_argument("--memit-sizes", type=int, nargs="+", default=[100])
     args = ap.parse_args()
 
@@ -112,6 +116,10 @@ def main() -> None:
                                           "--tokens", str(args.stats_tokens), "--force", "--no-progress",
                                           "--device", "cpu"], args.stats_tokens, "tokens", n, root,
                     shared=("models",))
+        if "memit-batch" in args.parts:
+            compare("memit", lambda out: ["edit", "--method", "memit", "--benchmark", "counterfact", "--mode", "batch",
+                                          "--limit", str(args.memit_batch_edits), "--no-progress", "--out", str(out)],
+                    args.memit_batch_edits, "edits", n, root)
         if "memit" in args.parts:
             memit_sizes(args.memit_sizes, root)
     finally:

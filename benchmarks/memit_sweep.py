@@ -48,8 +48,8 @@ def main() -> None:
                            out=str(out_dir / f"memit-{args.benchmark}-{args.limit}-L{layers}-w{weight:g}.json"))
         summary = run_edits(opts, loaded=loaded)
         metrics = summary.record.metrics
-        print(f"{weight:6g}  " + "  ".join(f"{metrics[m].mean:.3f}".rjust(12) if m in metrics else "-".rjust(12)
-                                          for m in METRICS), flush=True)
+        means = [metrics[m].mean if m in metrics else None for m in METRICS]  # None: not measured (CounterFact portability)
+        print(f"{weight:6g}  " + "  ".join(("-" if v is None else f"{v:.3f}").rjust(12) for v in means), flush=True)
 
 
 if __name__ == "__main__":

@@ -341,7 +341,8 @@ def _carry_over_record(out: Path, header: dict, requests: list[dict], generation
         return 0
     meta = record.meta
     n_old = getattr(meta, "n_requests", None)
-    same = (meta.metric_version == R.METRIC_VERSION and meta.mode == "single" and meta.method == header["method"] and meta.hparams_hash == header["hparams_hash"]
+    same = (meta.metric_version == R.METRIC_VERSION and meta.mode == "single"
+            and meta.method == header["method"] and meta.hparams_hash == header["hparams_hash"]
             and meta.base_model == header["model"] and meta.base_fingerprint == header["base_fingerprint"]
             and (meta.benchmark, meta.config, meta.split) == (header["benchmark"], header["config"], header["split"])
             and meta.chat_template == header["chat_template"] and meta.generation == generation
@@ -558,7 +559,8 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
             todo = [i for i in group if i not in done]  # applied together
             if not todo:
                 continue
-            ours = [i for i in part if i in set(todo)]  # evaluated by this process
+            applied = set(todo)
+            ours = [i for i in part if i in applied]  # evaluated by this process
             if dist is not None and mode == "batch" and method.prepare is not None:
                 # the costly per-request part of the batch (MEMIT's values), shared out over the processes
                 method.prepare(model, tok, [edit_requests[i] for i in ours], hparams)

@@ -154,14 +154,18 @@ def precompute_values(model, tokenizer, requests: list[dict], hparams: MEMITHPar
     """Find and cache the z of each request (a data-parallel batch run's processes share the
     requests of a batch out this way before each applies the whole batch from the cache). A request
     that cannot be edited is left out: `apply_memit` reports it."""
-    _layers, z_module, prefixes = _z_site(model, hparams)
-    store = ValueStore(model, z_module, prefixes, hparams)
-    for request in requests:
+    def editable(request: dict) -> bool:
         try:
             _locate.check_request(tokenizer, request)
+            return True
         except EditevalError:
-            continue
-        _target_values(model, tokenizer, [request], hparams, store, z_module, prefixes)
+            return False
+
+    requests = [r for r in requests if editable(r)]
+    if requests:
+        _layers, z_module, prefixes = _z_site(model, hparams)
+        _target_values(model, tokenizer, requests, hparams, ValueStore(model, z_module, prefixes, hparams),
+                       z_module, prefixes)
 
 
 @register_method("memit", hparams=MEMITHParams, batch=True, sequential=True, needs_subject=True,

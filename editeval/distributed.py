@@ -80,6 +80,12 @@ class Group:
         start = self.rank * size + min(self.rank, extra)
         return list(items[start: start + size + (1 if self.rank < extra else 0)])
 
+    def share(self, items: Sequence) -> list:
+        """`shard` for work the processes list from a shared cache: they all wait until every one has
+        made its list, so that no process's results change another's list."""
+        self.barrier()
+        return self.shard(items)
+
     def gather(self, obj: Any) -> list:
         """`obj` of every process, in rank order, on every process."""
         from accelerate.utils import gather_object

@@ -563,7 +563,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
             ours = [i for i in part if i in applied]  # evaluated by this process
             if dist is not None and mode == "batch" and method.prepare is not None:
                 # the costly per-request part of the batch (MEMIT's values), shared out over the processes
-                method.prepare(model, tok, [edit_requests[i] for i in ours], hparams)
+                method.prepare(model, tok, [edit_requests[i] for i in todo], hparams, dist.share)
                 dist.barrier()
             if not ours:  # nothing of this batch to evaluate here
                 continue

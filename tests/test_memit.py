@@ -90,6 +90,24 @@ def test_interrupted_batch_resumes_from_cached_values(tiny_llama, monkeypatch):
         restore(m.model, backup)
 
 
+def test_prepare_shares_out_only_the_missing_values(tiny_llama, monkeypatch):
+    """A data-parallel batch's processes share out the values not cached yet (a resumed run's
+    processes stay equally busy); a request that cannot be edited is left to `apply_memit`."""
+    m = tiny_llama
+    hp = tiny_hp(v_lr=0.29)  # settings of their own: no values cached by other tests
+    bad = empty_request(case_id=4, subject="nobody", prompt="Paris is the capital of", target_new="Spain")
+    requests = [*REQUESTS, bad]
+    prepare = get_method("memit").prepare
+    prepare(m.model, m.tokenizer, requests[:1], hp, lambda items: items)  # the first value is cached
+    original, found, offered = _locate.compute_delta, [], []
+    monkeypatch.setattr(_locate, "compute_delta",
+                        lambda model, tok, request, *a, **kw: (found.append(request["case_id"]),
+                                                               original(model, tok, request, *a, **kw))[1])
+    prepare(m.model, m.tokenizer, requests, hp, lambda items: (offered.append(items), items[1:])[1])
+    assert [[r["case_id"] for r in items] for items in offered] == [[2, 3]]  # the missing, editable ones
+    assert found == [3]  # this process's share
+
+
 def test_layers_scale_and_dedupe(tiny_llama):
     hp = get_method("memit").load_hparams(tiny_llama.model)  # llama family: layers 4-8 of 32
     assert hp.edit_layers(tiny_llama.model) == [0, 1]

@@ -102,7 +102,9 @@ class Backup(dict):
         self.undo: list[Callable[[], None]] = []
 
 ApplyFn = Callable[[torch.nn.Module, object, list[Request], HParams], Backup]
-PrepareFn = Callable[[torch.nn.Module, object, list[Request], HParams], None]
+# prepare(model, tokenizer, batch, hparams, share): `share(items)` is this process's block of items
+# (called once by every process)
+PrepareFn = Callable[[torch.nn.Module, object, list[Request], HParams, Callable[[list], list]], None]
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ class Method:
     sequential: bool  # edits can accumulate on one model
     needs_subject: bool  # the request's subject must occur in its prompt
     # optional: the costly per-request part of a batch edit, cached where `apply` finds it, so a
-    # data-parallel batch run shares it out over the processes (MEMIT's value vectors)
+    # data-parallel batch run shares it out over the processes (MEMIT's value vectors); it is given
+    # the whole batch and shares out what is still to compute (a resumed run's work stays even)
     prepare: PrepareFn | None = None
 
     def load_hparams(self, model: torch.nn.Module | None = None, model_name: str | None = None,

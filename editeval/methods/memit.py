@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,9 @@ class ValueStore:
         fields = {k: request.get(k) for k in ("prompt", "subject", "target_new")}
         return self.folder / f"{_digest(fields)}.safetensors"
 
+    def has(self, request: dict) -> bool:
+        return self._path(request).exists()
+
     def get(self, request: dict) -> torch.Tensor | None:
         from safetensors.torch import load_file
 
@@ -150,10 +154,12 @@ def _z_site(model, hparams: MEMITHParams) -> tuple[list[int], str, list[str]]:
                                                                                       hparams.context_long)
 
 
-def precompute_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -> None:
-    """Find and cache the z of each request (a data-parallel batch run's processes share the
-    requests of a batch out this way before each applies the whole batch from the cache). A request
-    that cannot be edited is left out: `apply_memit` reports it."""
+def precompute_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams,
+                      share: Callable[[list], list]) -> None:
+    """Find and cache this process's share of the z of a batch not cached yet (a data-parallel batch
+    run's processes share the values out this way before each applies the whole batch from the
+    cache; sharing out only the missing ones keeps a resumed run's processes equally busy). A
+    request that cannot be edited is left out: `apply_memit` reports it."""
     def editable(request: dict) -> bool:
         try:
             _locate.check_request(tokenizer, request)
@@ -161,11 +167,12 @@ def precompute_values(model, tokenizer, requests: list[dict], hparams: MEMITHPar
         except EditevalError:
             return False
 
-    requests = [r for r in requests if editable(r)]
-    if requests:
-        _layers, z_module, prefixes = _z_site(model, hparams)
-        _target_values(model, tokenizer, requests, hparams, ValueStore(model, z_module, prefixes, hparams),
-                       z_module, prefixes)
+    _layers, z_module, prefixes = _z_site(model, hparams)
+    store = ValueStore(model, z_module, prefixes, hparams)
+    missing = [r for r in requests if editable(r) and not store.has(r)]
+    ours = share(missing)
+    if ours:
+        _target_values(model, tokenizer, ours, hparams, store, z_module, prefixes)
 
 
 @register_method("memit", hparams=MEMITHParams, batch=True, sequential=True, needs_subject=True,

@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from editeval import artifacts
+from editeval import artifacts, stats
 from editeval.errors import EditevalError
 from editeval.paths import atomic_dir
 from editeval.methods.base import Method, get_method, restore
@@ -505,6 +505,9 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     mode = opts.mode
     k = opts.edit_batch_size or (len(valid) if mode == "batch" else 1)
     base_fp = loaded.fingerprint()
+    # a sequential run resuming on saved edited weights uses the base model's key statistics, as an
+    # uninterrupted run does
+    stats.pin_fingerprint(model, base_fp)
     hp_dict = hparams.to_dict()
     hp_hash = R.hparams_hash(hp_dict)
     header = {"method": method.name, "hparams_hash": hp_hash, "model": str(opts.model), "base_fingerprint": base_fp,

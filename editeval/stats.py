@@ -92,6 +92,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return fp
 
 
+def pin_fingerprint(model: torch.nn.Module, fingerprint: str) -> None:
+    """Look `model`'s statistics up under `fingerprint` (its base weights', taken before saved edits
+    are loaded into it), unless they are pinned already."""
+    model.__dict__.setdefault("_editeval_fingerprint", fingerprint)
+
+
 def stats_path(fingerprint: str, module_name: str, tokens: int, max_len: int, corpus_sha: str) -> Path:
     return (cache_dir() / "stats"
             / f"{fingerprint}__{module_name}__mom2__t{tokens}__len{max_len}__c{corpus_sha[:12]}.safetensors")

@@ -21,6 +21,7 @@ from editeval.methods.base import (
 )
 from editeval.models import load
 from editeval.results import read_record, read_rows
+from editeval.stats import model_fingerprint
 from editeval.schema import empty_request
 
 
@@ -224,6 +225,7 @@ def test_a_finished_single_record_is_extended_by_a_larger_limit(tiny, tmp_path, 
 def test_sequential_resume_gives_the_same_model(tiny, tmp_path, monkeypatch, tiny_llama_dir, ft_yaml):
     reqs = [_req(i) for i in range(3)]
     straight = load(tiny_llama_dir, device="cpu")
+    base_fp = straight.fingerprint()
     run_edits(_opts(tmp_path, mode="sequential", hparams_path=ft_yaml, out=str(tmp_path / "a.json")),
               loaded=straight, requests=reqs)
     opts = _opts(tmp_path, mode="sequential", hparams_path=ft_yaml, out=str(tmp_path / "b.json"))
@@ -235,6 +237,7 @@ def test_sequential_resume_gives_the_same_model(tiny, tmp_path, monkeypatch, tin
     summary = run_edits(opts, loaded=fresh, requests=reqs)
     assert fresh.fingerprint() == straight.fingerprint()
     assert read_record(summary.out).meta.edited_fingerprint == straight.fingerprint()
+    assert model_fingerprint(fresh.model) == base_fp  # key statistics: the base model's, not the saved state's
 
 
 def test_a_partial_file_of_another_run_is_refused(tiny, tmp_path):

@@ -161,6 +161,7 @@ class Submission(_Strict):
     base_model: BaseModelInfo
     benchmark: BenchmarkInfo
     mode: Literal["single", "batch", "sequential"]
+    # batch: edits applied at once; sequential: edits applied at once, batch after batch (default 1)
     batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
     num_edits: int = Field(ge=1, le=1_000_000, description="the first N edits of the split")
     score: ScoreTarget
@@ -176,8 +177,12 @@ class Submission(_Strict):
     def _mode(self) -> Submission:
         if self.mode == "batch" and self.batch_size is None:
             raise ValueError("mode 'batch' needs batch_size (edits applied at once)")
-        if self.mode != "batch" and self.batch_size is not None:
-            raise ValueError(f"batch_size is only for mode 'batch' (mode is '{self.mode}')")
+        if self.mode == "single" and self.batch_size is not None:
+            raise ValueError("batch_size is only for modes 'batch' and 'sequential' (mode is 'single')")
+        if self.mode == "sequential" and self.batch_size == 1:
+            self.batch_size = None  # one edit at a time: the default
+        if self.mode == "sequential" and self.batch_size is not None and self.score.kind != "method":
+            raise ValueError("batch_size of mode 'sequential' is for method runs (a checkpoint holds its edits already)")
         if self.batch_size is not None and self.batch_size > self.num_edits:
             raise ValueError(f"batch_size {self.batch_size} is larger than num_edits {self.num_edits}")
         if self.score.kind in ("checkpoint", "hub") and self.mode == "single":
@@ -189,7 +194,9 @@ class Submission(_Strict):
 
     @property
     def mode_label(self) -> str:
-        return f"batch of {self.batch_size}" if self.mode == "batch" else self.mode
+        if self.mode == "batch":
+            return f"batch of {self.batch_size}"
+        return f"sequential, batches of {self.batch_size}" if self.batch_size else self.mode
 
 
 def _format_errors(err: ValidationError) -> list[str]:
@@ -390,6 +397,8 @@ def check_submission(
             method = get_method(sub.method.name)
             if sub.mode == "batch" and not method.batch:
                 problems.append(f"method '{method.name}' does not support mode 'batch'")
+            if sub.mode == "sequential" and sub.batch_size and not method.batch:
+                problems.append(f"method '{method.name}' edits one request at a time (no sequential batch_size)")
             if sub.mode == "sequential" and not method.sequential:
                 problems.append(f"method '{method.name}' does not support mode 'sequential'")
         except EditevalError as err:
@@ -538,8 +547,9 @@ def staleness(checked: CheckedSubmission, current: Current) -> str | None:
     if meta.metric_version != METRIC_VERSION:
         return f"metric version {meta.metric_version} (now {METRIC_VERSION})"
     declared = (sub.benchmark.name, sub.benchmark.config, sub.benchmark.split, sub.num_edits, sub.mode, sub.batch_size)
+    grouped = meta.mode == "batch" or (meta.mode == "sequential" and (meta.edit_batch_size or 1) > 1)
     recorded = (meta.benchmark, meta.config, meta.split, meta.limit, meta.mode,
-                meta.edit_batch_size if meta.mode == "batch" else None)
+                meta.edit_batch_size if grouped else None)
     if declared != recorded:
         return f"submission changed: benchmark/config/split/num_edits/mode/batch_size {recorded} -> {declared}"
     if sub.score.kind == "method" and meta.hparams_hash != hparams_hash(current.hparams(checked)):
@@ -712,7 +722,7 @@ benchmark:
   # config: "default"
   split: "{split}"
 mode: {mode}                    # single | batch | sequential{mode_note}
-# batch_size: 200                   # mode batch only: edits applied at once
+# batch_size: 200                   # mode batch: edits applied at once; sequential: per step (default 1)
 num_edits: 200                      # the first N edits of the split are scored
 score:                              # exactly one of the following:
 {score}

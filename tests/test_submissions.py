@@ -91,7 +91,8 @@ def test_missing_and_unknown_fields_one_line_each(tmp_path):
 
 @pytest.mark.parametrize("overrides, expected", [
     ({"mode": "batch"}, "mode 'batch' needs batch_size"),
-    ({"mode": "single", "batch_size": 4}, "batch_size is only for mode 'batch'"),
+    ({"mode": "single", "batch_size": 4}, "batch_size is only for modes 'batch' and 'sequential'"),
+    ({"mode": "sequential", "batch_size": 4}, "batch_size of mode 'sequential' is for method runs"),
     ({"mode": "batch", "batch_size": 50}, "batch_size 50 is larger than num_edits 10"),
     ({"mode": "single"}, "a checkpoint is one edited model holding every edit"),
     ({"score": {"unedited": True}}, "an unedited base-model entry uses mode 'single'"),
@@ -107,6 +108,23 @@ def test_missing_and_unknown_fields_one_line_each(tmp_path):
 def test_schema_errors(tmp_path, overrides, expected):
     lines = problems(make_submission(tmp_path, **overrides))
     assert any(expected in line for line in lines), lines
+
+
+def test_a_sequential_method_run_may_apply_its_edits_in_batches(tmp_path):
+    """Sequential batches (MEMIT's mass-editing protocol: batches of 100, one after another)."""
+    def checked(**kw):
+        return check_submission(make_submission(tmp_path, checkpoint=False, method={"name": "memit"},
+                                                score={"hparams": "preset"}, mode="sequential", **kw)).submission
+
+    assert checked(batch_size=5).mode_label == "sequential, batches of 5"
+    assert checked(batch_size=1).batch_size is None  # one at a time, the default
+    assert checked().mode_label == "sequential"
+    lines = problems(make_submission(tmp_path, checkpoint=False, method={"name": "memit"},
+                                     score={"hparams": "preset"}, mode="sequential", batch_size=50))
+    assert any("batch_size 50 is larger than num_edits 10" in line for line in lines), lines
+    lines = problems(make_submission(tmp_path, checkpoint=False, method={"name": "rome"},
+                                     score={"hparams": "preset"}, mode="sequential", batch_size=5))
+    assert "method 'rome' edits one request at a time (no sequential batch_size)" in lines
 
 
 def test_bad_yaml_and_missing_manifest(tmp_path):
@@ -421,6 +439,18 @@ def test_score_unedited_and_method_run(tmp_path, tiny_llama_dir):
     assert staleness(check_submission(run), Current(requests=tiny_requests(2))) is None
     (run / "hparams.yaml").write_text("layers: [1]\nnum_steps: 3\nlr: 0.01\n")
     assert staleness(check_submission(run), Current(requests=tiny_requests(2))).startswith("hyper-parameters changed")
+
+    # sequential batches: recorded and checked as declared
+    def sequential(batch_size):
+        (run / "submission.yaml").write_text(yaml.safe_dump(manifest(
+            mode="sequential", batch_size=batch_size, num_edits=2, method={"name": "ft-m"},
+            score={"hparams": "hparams.yaml"}, base_model={"name": "base", "fingerprint": fingerprint})))
+
+    sequential(2)
+    assert _score(run, tiny_requests(2)).meta.edit_batch_size == 2
+    assert staleness(check_submission(run), Current(requests=tiny_requests(2))) is None
+    sequential(None)
+    assert staleness(check_submission(run), Current(requests=tiny_requests(2))).startswith("submission changed")
 
 
 def test_score_all_scores_only_what_is_stale(tiny_submission):

@@ -113,7 +113,10 @@ class RecordView:
 
     @property
     def batch_size(self) -> int | None:
-        return self._get("edit_batch_size") if self._get("mode") == "batch" else None
+        size = self._get("edit_batch_size")
+        if self._get("mode") == "batch" or (self._get("mode") == "sequential" and (size or 1) > 1):
+            return size  # edits applied at once (in sequential mode: at each step)
+        return None
 
     @property
     def num_edits(self) -> int | None:

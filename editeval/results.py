@@ -115,6 +115,14 @@ class ResultsRecord(BaseModel):
     rows_sha256: str = ""
 
 
+def grouped_batch_size(mode: str | None, edit_batch_size: int | None) -> int | None:
+    """The edits a run applied at once, when its mode groups them: a batch, or the steps of a
+    sequential run with batches of more than one edit (None otherwise)."""
+    if mode == "batch" or (mode == "sequential" and (edit_batch_size or 1) > 1):
+        return edit_batch_size
+    return None
+
+
 def hparams_hash(hparams: Mapping[str, Any]) -> str:
     """sha256 (16 hex) of the canonical JSON of a hyper-parameter dict."""
     return hashlib.sha256(json.dumps(hparams, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -528,7 +528,7 @@ def staleness(checked: CheckedSubmission, current: Current) -> str | None:
     another results schema or metric version, the submission changed (benchmark, split, edits,
     mode, hyper-parameters), the base model's weights or the dataset changed."""
     from editeval.metrics import METRIC_VERSION
-    from editeval.results import SCHEMA_VERSION, hparams_hash
+    from editeval.results import SCHEMA_VERSION, grouped_batch_size, hparams_hash
 
     path = checked.results_path
     if not path.is_file():
@@ -547,9 +547,8 @@ def staleness(checked: CheckedSubmission, current: Current) -> str | None:
     if meta.metric_version != METRIC_VERSION:
         return f"metric version {meta.metric_version} (now {METRIC_VERSION})"
     declared = (sub.benchmark.name, sub.benchmark.config, sub.benchmark.split, sub.num_edits, sub.mode, sub.batch_size)
-    grouped = meta.mode == "batch" or (meta.mode == "sequential" and (meta.edit_batch_size or 1) > 1)
     recorded = (meta.benchmark, meta.config, meta.split, meta.limit, meta.mode,
-                meta.edit_batch_size if grouped else None)
+                grouped_batch_size(meta.mode, meta.edit_batch_size))
     if declared != recorded:
         return f"submission changed: benchmark/config/split/num_edits/mode/batch_size {recorded} -> {declared}"
     if sub.score.kind == "method" and meta.hparams_hash != hparams_hash(current.hparams(checked)):

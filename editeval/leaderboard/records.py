@@ -113,10 +113,9 @@ class RecordView:
 
     @property
     def batch_size(self) -> int | None:
-        size = self._get("edit_batch_size")
-        if self._get("mode") == "batch" or (self._get("mode") == "sequential" and (size or 1) > 1):
-            return size  # edits applied at once (in sequential mode: at each step)
-        return None
+        from editeval.results import grouped_batch_size
+
+        return grouped_batch_size(self._get("mode"), self._get("edit_batch_size"))
 
     @property
     def num_edits(self) -> int | None:

@@ -103,6 +103,7 @@ class Group:
 
 
 _group: Group | None = None
+_collective: Group | None = None  # set inside a `collective` block
 
 
 def setup(device: str = "auto") -> Group | None:
@@ -158,6 +159,35 @@ def num_processes() -> int:
 
 def is_main_process() -> bool:
     return _group is None or _group.is_main
+
+
+@contextmanager
+def collective(group: Group | None):
+    """Marks work every process of `group` runs alike, on the same inputs (a batch each process
+    applies to its own replica): `split_map` inside it shares its items out. None: one process."""
+    global _collective
+    outer, _collective = _collective, group
+    try:
+        yield
+    finally:
+        _collective = outer
+
+
+def split_map(fn, items: Sequence) -> list:
+    """``[fn(item) for item in items]``. Inside a `collective` block of several processes each
+    process computes every world-th item and the results are gathered, in order, on every process
+    (tensors come back on the CPU); each item is computed alone, so the results are the ones one
+    process computes. Outside such a block, a plain loop."""
+    group = _collective
+    if group is None:
+        return [fn(item) for item in items]
+    from accelerate.utils import send_to_device
+
+    mine = {i: send_to_device(fn(items[i]), "cpu") for i in range(group.rank, len(items), group.world)}
+    merged: dict[int, Any] = {}
+    for part in group.gather(mine):
+        merged.update(part)
+    return [merged[i] for i in range(len(items))]
 
 
 @contextmanager

@@ -33,7 +33,9 @@ process holds its own model replica and appends to its own ``<out>.partial.rank<
 single mode each process edits and evaluates its block of the edits still to do. In batch mode
 every process applies each batch and evaluates its block of the batch's edits; a method's costly
 per-request preparation (MEMIT's value vectors, `Method.prepare`) is shared out the same way
-first, through the method's cache (one machine, or a shared cache folder). Every process reads all
+first, through the method's cache (one machine, or a shared cache folder), and the forward passes
+inside the method's apply over the whole batch (MEMIT's keys) are split between the processes
+(`distributed.split_map`), which apply the batch in step. Every process reads all
 progress files of the run at the start, so a rerun resumes whatever the number of processes. The
 main process gathers the rows and writes the same record as one process. Sequential mode is
 refused under several processes.
@@ -409,12 +411,12 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, directory: str | os.PathL
 # --------------------------------------------------------------------------- the driver
 
 
-def _find_bad(method: Method, model, tokenizer, hparams, indices: list[int], requests: dict) -> dict[int, str]:
-    """The requests of a failed batch that fail alone (each tried and undone), with the reason."""
+def _find_bad(apply, model, indices: list[int], requests: dict) -> dict[int, str]:
+    """The requests of a failed batch that fail alone (each tried with `apply` and undone), with the reason."""
     bad = {}
     for i in indices:
         try:
-            restore(model, method.apply(model, tokenizer, [requests[i]], hparams))
+            restore(model, apply([requests[i]]))
         except EditevalError as err:
             bad[i] = str(err)
     return bad
@@ -436,9 +438,10 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     """Apply and evaluate the edits described by `opts`; write the record. `loaded` (a
     `LoadedModel`) and `requests` may be given directly instead of being loaded by name.
 
-    Launched in several processes (`editeval.distributed`; single mode only), each process edits
-    its block of the edits still to do on its own replica, appending to its own progress file;
-    the main process gathers the rows and writes the record one process writes (the others
+    Launched in several processes (`editeval.distributed`; single and batch mode), each process
+    edits (single) or evaluates (batch) its block of the edits still to do on its own replica,
+    appending to its own progress file; the main process gathers the rows and writes the record
+    one process writes (the others
     return a summary without ``record``). In single mode the seeds are reset before each edit
     (``seed + index``), so an edit's row does not depend on which process did it, or when."""
     from tqdm.auto import tqdm
@@ -554,6 +557,12 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
             log.info("resuming sequential run from %s", partial.state_path)
     done = {e["index"]: e for e in partial.all_entries()}
 
+    def apply(reqs: list[dict]):
+        # in batch mode every process applies each batch alike: the method's gathers over the
+        # batch may be shared out (`distributed.split_map`; MEMIT's keys)
+        with distributed.collective(dist if mode == "batch" else None):
+            return method.apply(model, tok, reqs, hparams)
+
     desc = f"{method.name} {mode}" + (f" (process 0 of {dist.world})" if dist is not None else "")
     bar = tqdm(total=len(mine), initial=sum(1 for i in mine if i in done), unit="edit", desc=desc,
                disable=not (opts.progress and distributed.is_main_process()), dynamic_ncols=True)
@@ -568,17 +577,17 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
                 # the costly per-request part of the batch (MEMIT's values), shared out over the processes
                 method.prepare(model, tok, [edit_requests[i] for i in todo], hparams, dist.share)
                 dist.barrier()
-            if not ours:  # nothing of this batch to evaluate here
+            if not ours and not (dist is not None and mode == "batch"):  # nothing of this group here
                 continue
             reqs = [edit_requests[i] for i in todo]
             if mode == "single":  # the edit's randomness depends on it alone, not on what ran before
                 seed_everything(opts.seed + todo[0])
             t0 = time.perf_counter()
             try:
-                backup = method.apply(model, tok, reqs, hparams)
+                backup = apply(reqs)
             except EditevalError as err:
                 # find the bad request(s) of the group alone, report and skip them, edit the rest
-                bad = {todo[0]: str(err)} if len(todo) == 1 else _find_bad(method, model, tok, hparams, todo, edit_requests)
+                bad = {todo[0]: str(err)} if len(todo) == 1 else _find_bad(apply, model, todo, edit_requests)
                 if not bad:
                     raise EditevalError(f"edit of requests {todo[0]}..{todo[-1]} failed: {err}") from None
                 for i, reason in bad.items():
@@ -595,7 +604,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
                     continue
                 reqs = [edit_requests[i] for i in todo]
                 t0 = time.perf_counter()
-                backup = method.apply(model, tok, reqs, hparams)
+                backup = apply(reqs)
             if loaded.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
@@ -610,7 +619,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
                                     "row_after_each": _clean_row(row_now[n]) if row_now else None})
                 partial.save_state(model, changed)
             else:
-                rows = evaluator.evaluate(model, [ev_index[i] for i in ours])
+                rows = evaluator.evaluate(model, [ev_index[i] for i in ours]) if ours else []
                 if opts.save_checkpoint and mode == "batch":
                     kept_batch = True
                 else:

@@ -1,7 +1,7 @@
 """Data-parallel `score` and `edit --mode single` on accelerate: two real processes (launched with
 `accelerate launch`, CPU, gloo) write the record one process writes; resume across process
-counts; batch mode refused. (`accelerate launch --cpu` starts several processes only through MPI;
-on a CPU-only machine `--multi_gpu` starts them with torchrun.)"""
+counts; MEMIT batches; sequential mode refused. (`accelerate launch --cpu` starts several
+processes only through MPI; on a CPU-only machine `--multi_gpu` starts them with torchrun.)"""
 
 from __future__ import annotations
 
@@ -205,10 +205,12 @@ def test_sequential_mode_is_refused_in_several_processes(env, tiny_llama_dir, ft
 
 def test_memit_batches_two_processes_write_the_one_process_record(env, tiny_llama_dir, tmp_path):
     """Batch mode: both processes apply each batch (MEMIT's value vectors shared out between them
-    first, each found once) and evaluate half of its edits; the record is the one-process one."""
+    first, each found once; the forward passes for the keys split between them) and evaluate half
+    of its edits; the record is the one-process one."""
     hp = tmp_path / "memit.yaml"
     hp.write_text(yaml.safe_dump({"layers": [1, 2], "mom2_tokens": 1000, "mom2_max_len": 128,
-                                  "v_num_grad_steps": 5, "context_long": 2}))
+                                  "v_num_grad_steps": 5, "context_long": 2,
+                                  "batch_size": 5}))  # the keys' 12 / 9 texts: batches shared out
     args = ["edit", "--method", "memit", "--model", str(tiny_llama_dir), "--benchmark", "toy", "--mode", "batch",
             "--batch-size", "4", "--limit", "7", "--hparams", str(hp), "--device", "cpu", "--no-progress"]
     run_one(args + ["--out", str(tmp_path / "one.json")])
@@ -220,6 +222,32 @@ def test_memit_batches_two_processes_write_the_one_process_record(env, tiny_llam
     values = list((cache / "memit-values").glob("*/*.safetensors"))
     assert len(values) == 7  # every request's z, found by the processes and read from the cache by both
     assert not list(tmp_path.glob("two.json.partial*"))
+
+
+def test_split_map_computes_its_share_and_gathers_in_order():
+    """Inside a `collective` block each process computes every world-th item; the gathered results
+    come back in the items' order. (Process 1 of 2 here; process 0's part is what it sends.)"""
+    import torch
+
+    from editeval import distributed
+
+    class Peer:
+        rank, world = 1, 2
+
+        def gather(self, obj):
+            return [{0: torch.tensor(0.0), 2: torch.tensor(20.0), 4: torch.tensor(40.0)}, obj]
+
+    computed = []
+
+    def square(x):
+        computed.append(x)
+        return torch.tensor(float(x * x))
+
+    with distributed.collective(Peer()):
+        got = distributed.split_map(square, [0, 1, 2, 3, 4])
+    assert computed == [1, 3]
+    assert [float(t) for t in got] == [0.0, 1.0, 20.0, 9.0, 40.0]
+    assert [float(t) for t in distributed.split_map(square, [5])] == [25.0]  # outside: a plain loop
 
 
 def _smollm2_available() -> bool:

@@ -77,6 +77,28 @@ def test_fast_delta_equals_naive(which, layer, place, request):
     assert torch.allclose(fast.delta, slow.delta, atol=1e-4)
 
 
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
+def test_gathered_keys_equal_one_text_at_a_time(which, request):
+    """Keys and outputs at the subject's last token, gathered in length-sorted batches cut at that
+    token, are the ones a full forward pass of each text alone gives, in the callers' order."""
+    m = request.getfixturevalue(which)
+    requests = [DARRIEUX, empty_request(case_id=2, subject="Paris", prompt="Paris is the capital city of",
+                                        target_new="Italy", ground_truth="France")]
+    prefixes = _locate.context_prefixes(2, 3)
+    located = [_locate.locate(m.tokenizer, r, p) for r in requests for p in prefixes]
+    assert len({loc.index for loc in located}) > 3 and any(len(loc.ids) > loc.index + 1 for loc in located)
+    names = [_locate.layer_module_name(m.model, 1, "mlp_out"), _locate.layer_module_name(m.model, 2, "")]
+    got_in = _locate.gather_at_subject(m.model, m.tokenizer, located, names[:1], inputs=True, batch_size=3)
+    got_out = _locate.gather_at_subject(m.model, m.tokenizer, located, names[1:], inputs=False, batch_size=4)
+    for row, loc in enumerate(located):
+        with Trace(m.model, names, retain_input=True) as tr, torch.no_grad():
+            m.model(input_ids=torch.tensor([loc.ids]))
+        assert torch.allclose(got_in[names[0]][row], tr.inputs[names[0]][0, loc.index], atol=1e-5)
+        out = tr.outputs[names[1]]
+        out = out[0] if isinstance(out, tuple) else out
+        assert torch.allclose(got_out[names[1]][row], out[0, loc.index], atol=1e-5)
+
+
 def test_context_templates_are_fixed():
     prefixes = _locate.context_prefixes(10, 10)
     assert len(prefixes) == 21 and prefixes[0] == ""

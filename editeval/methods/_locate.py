@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from editeval import distributed
 from editeval.architectures import architecture, layer_module_name
 from editeval.errors import EditevalError
 from editeval.nethooks import Trace, no_grad_eval
@@ -168,21 +169,40 @@ def _first(output):
 def gather_at_subject(model, tokenizer, located: list[Located], module_names: list[str], *,
                       inputs: bool, batch_size: int = 32) -> dict[str, torch.Tensor]:
     """Input (inputs=True) or output of each module at each text's subject-last token, float32,
-    (len(located), dim) per module. The forward pass stops after the deepest module."""
+    (len(located), dim) per module.
+
+    Only what those values depend on is run: each text up to its subject-last token (causal
+    attention: later tokens cannot change it), texts of about the same length batched together
+    (little padding), the forward pass stopped after the deepest module. Inside a batch that every process
+    of a data-parallel run applies (`distributed.collective`) the batches are shared out over the
+    processes (MEMIT's keys of a mass edit)."""
     device = next(model.parameters()).device
-    chunks: dict[str, list[torch.Tensor]] = {n: [] for n in module_names}
+    pad = _pad_id(tokenizer)
+    order = sorted(range(len(located)), key=lambda i: located[i].index)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def run(batch: list[int]) -> dict[str, torch.Tensor]:
+        part = [located[i] for i in batch]
+        ids, mask = _pad_right([p.ids[:p.index + 1] for p in part], pad, device)
+        rows = torch.arange(len(part), device=device)
+        cols = torch.tensor([p.index for p in part], device=device)
+        with Trace(model, module_names, retain_input=inputs, retain_output=not inputs, stop=True) as tr:
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+        got = {}
+        for name in module_names:
+            h = tr.inputs[name] if inputs else _first(tr.outputs[name])
+            got[name] = h[rows.to(h.device), cols.to(h.device)].float()
+        return got
+
     with no_grad_eval(model):
-        for start in range(0, len(located), batch_size):
-            part = located[start:start + batch_size]
-            ids, mask = _pad_right([p.ids for p in part], _pad_id(tokenizer), device)
-            rows = torch.arange(len(part), device=device)
-            cols = torch.tensor([p.index for p in part], device=device)
-            with Trace(model, module_names, retain_input=inputs, retain_output=not inputs, stop=True) as tr:
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
-            for name in module_names:
-                h = tr.inputs[name] if inputs else _first(tr.outputs[name])
-                chunks[name].append(h[rows.to(h.device), cols.to(h.device)].float())
-    return {n: torch.cat(c) for n, c in chunks.items()}
+        parts = distributed.split_map(run, batches)
+    back = torch.empty(len(order), dtype=torch.long)  # row of each text in the sorted order
+    back[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    out = {}
+    for name in module_names:
+        where = parts[0][name].device if parts else device
+        out[name] = torch.cat([p[name].to(where) for p in parts])[back.to(where)] if parts else torch.empty(0)
+    return out
 
 
 def compute_keys(model, tokenizer, requests: list[dict], layers: list[int], prefixes: list[str],

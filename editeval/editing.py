@@ -22,8 +22,11 @@ a saved checkpoint with `editeval score` for it.
 Resuming: every finished edit is appended as one JSON line to ``<out>.partial.jsonl`` (first line:
 a header naming the run; a rerun with other settings is refused). A rerun skips what is done. In
 sequential mode the current values of every changed weight are also saved after each step to
-``<out>.partial.safetensors``, so a rerun continues from the same edited model. Both partial files
-are removed when the record is written. A finished single-mode record at ``--out`` of the same run
+``<out>.partial.safetensors``, so a rerun continues from the same edited model. In batch mode rows
+are saved every `EVAL_CHUNK` edits, and a batch whose edit took more than `SAVE_BATCH_AFTER_S` is
+saved applied to the same file, so an interrupted evaluation of a mass edit (MEMIT's 10,000 edits)
+resumes without editing again; a partly evaluated batch is applied whole again otherwise. The
+partial files are removed when the record is written. A finished single-mode record at ``--out`` of the same run
 over fewer requests is continued the same way: ``--limit 200`` after ``--limit 100`` edits 100-199.
 Records, checkpoints and partial state are written to a temporary name and renamed into place.
 
@@ -66,11 +69,13 @@ import torch
 from editeval import artifacts, stats
 from editeval.errors import EditevalError
 from editeval.paths import atomic_dir
-from editeval.methods.base import Method, get_method, restore
+from editeval.methods.base import Backup, Method, backup_parameters, get_method, restore
 
 log = logging.getLogger(__name__)
 
 MODES = ("single", "batch", "sequential")
+SAVE_BATCH_AFTER_S = 60.0  # a batch whose edit took longer is saved applied (redoing it costs more)
+EVAL_CHUNK = 100  # batch mode: edits evaluated (and their rows saved) at a time
 
 
 @dataclass
@@ -271,16 +276,18 @@ class Partial:
             os.fsync(fh.fileno())
 
     def save_state(self, model: torch.nn.Module, names: set[str]) -> None:
-        """The current values of the changed weights, tagged with the indices applied so far
-        (the state file, not the progress lines, says which edits the saved weights hold)."""
-        from safetensors.torch import save_file
-
-        tensors = {n: model.get_parameter(n).detach().to("cpu").contiguous() for n in sorted(names)}
+        """Sequential mode: the current values of the changed weights, tagged with the indices
+        applied so far (the state file, not the progress lines, says which edits the weights hold)."""
         applied = sorted(e["index"] for e in self.entries if not e.get("skipped"))
-        metadata = {"applied": json.dumps(applied)}
         if artifacts.additions(model):  # written first: the weights file below says what is applied
             artifacts.save_artifact(model, self.artifact_path, method=self.header["method"], hparams={},
                                     base_model=self.header["model"], base_fingerprint="", extra={"applied": applied})
+        self._write_state(model, names, {"applied": json.dumps(applied)})
+
+    def _write_state(self, model: torch.nn.Module, names: set[str], metadata: dict[str, str]) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {n: model.get_parameter(n).detach().to("cpu").contiguous() for n in sorted(names)}
         fd, tmp = tempfile.mkstemp(dir=self.state_path.parent, prefix=f".{self.state_path.name}.", suffix=".tmp")
         os.close(fd)
         try:
@@ -289,6 +296,32 @@ class Partial:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    # batch mode: a batch whose edit took long is saved applied (its changed weights, the indices
+    # it holds, the seconds it took), so that an interrupted evaluation resumes without editing again
+    def save_batch(self, model: torch.nn.Module, names: set[str], indices: list[int], seconds: float) -> None:
+        self._write_state(model, names, {"batch": json.dumps(indices), "seconds": str(seconds)})
+
+    def saved_batch(self) -> tuple[list[int], float] | None:
+        """(indices, edit seconds) of the batch saved by an interrupted run, if any."""
+        from safetensors import safe_open
+
+        if not self.state_path.exists():
+            return None
+        with safe_open(str(self.state_path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return (json.loads(meta["batch"]), float(meta["seconds"])) if "batch" in meta else None
+
+    def load_batch(self, model: torch.nn.Module) -> Backup:
+        """Put the saved batch's weights into `model`; returns the weights they replaced."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(self.state_path)
+        backup = backup_parameters(model, sorted(tensors))
+        with torch.no_grad():
+            for name, value in tensors.items():
+                model.get_parameter(name).copy_(value)
+        return backup
 
     def load_state(self, model: torch.nn.Module) -> set[str]:
         """Load the saved weights into `model`; progress lines of edits they do not hold are
@@ -522,6 +555,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     if dist is not None:
         dist.barrier()  # the carried-over progress is written before any process reads it
     partial = Partial(out, header, rank=None if dist is None else dist.rank)
+    saved_batch = partial.saved_batch() if mode == "batch" else None  # read before any process writes
 
     # the plan: groups of requests applied together, and which of each group this process evaluates
     groups = [valid[s: s + k] for s in range(0, len(valid), k)]
@@ -571,8 +605,10 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
             todo = [i for i in group if i not in done]  # applied together
             if not todo:
                 continue
+            if mode == "batch":  # a batch is applied whole, also when some of its edits were evaluated before
+                todo = [i for i in group if not done.get(i, {}).get("skipped")]
             applied = set(todo)
-            ours = [i for i in part if i in applied]  # evaluated by this process
+            ours = [i for i in part if i in applied and i not in done]  # evaluated by this process
             if dist is not None and mode == "batch" and method.prepare is not None:
                 # the costly per-request part of the batch (MEMIT's values), shared out over the processes
                 method.prepare(model, tok, [edit_requests[i] for i in todo], hparams, dist.share)
@@ -583,31 +619,39 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
             if mode == "single":  # the edit's randomness depends on it alone, not on what ran before
                 seed_everything(opts.seed + todo[0])
             t0 = time.perf_counter()
-            try:
-                backup = apply(reqs)
-            except EditevalError as err:
-                # find the bad request(s) of the group alone, report and skip them, edit the rest
-                bad = {todo[0]: str(err)} if len(todo) == 1 else _find_bad(apply, model, todo, edit_requests)
-                if not bad:
-                    raise EditevalError(f"edit of requests {todo[0]}..{todo[-1]} failed: {err}") from None
-                for i, reason in bad.items():
-                    if i not in ours:  # another process reports it
+            if saved_batch is not None and saved_batch[0] == todo:
+                log.info("batch of %d edits: weights saved by an interrupted run loaded from %s", len(todo),
+                         partial.state_path)
+                backup, seconds = partial.load_batch(model), saved_batch[1]
+            else:
+                try:
+                    backup = apply(reqs)
+                except EditevalError as err:
+                    # find the bad request(s) of the group alone, report and skip them, edit the rest
+                    bad = {todo[0]: str(err)} if len(todo) == 1 else _find_bad(apply, model, todo, edit_requests)
+                    if not bad:
+                        raise EditevalError(f"edit of requests {todo[0]}..{todo[-1]} failed: {err}") from None
+                    for i, reason in bad.items():
+                        if i not in ours:  # another process reports it
+                            continue
+                        log.warning("skipping request %d (case_id %s): %s", i, requests[i].get("case_id"), reason)
+                        partial.append({"index": i, "case_id": requests[i].get("case_id"), "skipped": True,
+                                        "reason": reason})
+                        done[i] = partial.entries[-1]
+                        bar.update(1)
+                    todo = [i for i in todo if i not in bad]
+                    ours = [i for i in ours if i not in bad]
+                    if not todo:
                         continue
-                    log.warning("skipping request %d (case_id %s): %s", i, requests[i].get("case_id"), reason)
-                    partial.append({"index": i, "case_id": requests[i].get("case_id"), "skipped": True,
-                                    "reason": reason})
-                    done[i] = partial.entries[-1]
-                    bar.update(1)
-                todo = [i for i in todo if i not in bad]
-                ours = [i for i in ours if i not in bad]
-                if not todo:
-                    continue
-                reqs = [edit_requests[i] for i in todo]
-                t0 = time.perf_counter()
-                backup = apply(reqs)
-            if loaded.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
+                    reqs = [edit_requests[i] for i in todo]
+                    t0 = time.perf_counter()
+                    backup = apply(reqs)
+                if loaded.device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - t0
+                if (mode == "batch" and seconds >= SAVE_BATCH_AFTER_S and distributed.is_main_process()
+                        and not artifacts.additions(model)):
+                    partial.save_batch(model, set(backup), todo, seconds)
             per_edit = seconds / len(todo)
             if mode == "sequential":  # one process: ours is todo
                 changed |= set(backup)
@@ -617,19 +661,22 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
                 for n, i in enumerate(todo):
                     partial.append({"index": i, "case_id": requests[i].get("case_id"), "edit_seconds": per_edit,
                                     "row_after_each": _clean_row(row_now[n]) if row_now else None})
+                    done[i] = partial.entries[-1]
                 partial.save_state(model, changed)
-            else:
-                rows = evaluator.evaluate(model, [ev_index[i] for i in ours]) if ours else []
-                if opts.save_checkpoint and mode == "batch":
-                    kept_batch = True
-                else:
-                    restore(model, backup)
-                for i, row in zip(ours, rows):
+                bar.update(len(todo))
+                continue
+            for start in range(0, len(ours), EVAL_CHUNK):  # rows saved as they come: a long evaluation resumes
+                chunk = ours[start:start + EVAL_CHUNK]
+                rows = evaluator.evaluate(model, [ev_index[i] for i in chunk])
+                for i, row in zip(chunk, rows):
                     partial.append({"index": i, "case_id": requests[i].get("case_id"), "edit_seconds": per_edit,
                                     "row": _clean_row(row)})
-            for i in ours:
-                done[i] = partial.entries[-1]
-            bar.update(len(ours))
+                    done[i] = partial.entries[-1]
+                bar.update(len(chunk))
+            if opts.save_checkpoint and mode == "batch":
+                kept_batch = True
+            else:
+                restore(model, backup)
     finally:
         bar.close()
 

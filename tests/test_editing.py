@@ -240,6 +240,57 @@ def test_sequential_resume_gives_the_same_model(tiny, tmp_path, monkeypatch, tin
     assert model_fingerprint(fresh.model) == base_fp  # key statistics: the base model's, not the saved state's
 
 
+@pytest.mark.parametrize("long_edit", [True, False])
+def test_an_interrupted_batch_evaluation_resumes(tiny, tmp_path, monkeypatch, tiny_llama_dir, long_edit):
+    """A batch's rows are saved as they are evaluated, and a batch whose edit took long is saved
+    applied: a rerun loads the saved weights (no second edit), evaluates only the rest, and writes
+    the record an uninterrupted run writes, with the edit's seconds of the first run. A quick
+    batch is edited again, whole (its remaining rows are taken on the model the whole batch edits)."""
+    from safetensors import safe_open
+
+    from editeval import editing
+    from editeval.evaluate import Evaluator
+
+    reqs = [_req(i) for i in range(5)]
+    straight = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", out=str(tmp_path / "a.json")),
+                         loaded=tiny, requests=reqs)
+    base_fp = tiny.fingerprint()
+    monkeypatch.setattr(editing, "SAVE_BATCH_AFTER_S", 0.0 if long_edit else 1e9)
+    monkeypatch.setattr(editing, "EVAL_CHUNK", 2)
+    evaluate = Evaluator.evaluate
+    calls = {"n": 0}
+
+    def interrupted(self, model, indices=None):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return evaluate(self, model, indices)
+
+    monkeypatch.setattr(Evaluator, "evaluate", interrupted)
+    opts = _opts(tmp_path, method="test-nudge", mode="batch", out=str(tmp_path / "b.json"))
+    CALLS.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run_edits(opts, loaded=tiny, requests=reqs)
+    assert CALLS == [5]
+    assert len((tmp_path / "b.json.partial.jsonl").read_text().splitlines()) == 1 + 2  # header + first chunk
+    state = tmp_path / "b.json.partial.safetensors"
+    assert state.exists() == long_edit
+    if long_edit:
+        with safe_open(str(state), framework="pt") as fh:
+            saved = fh.metadata()
+        assert json.loads(saved["batch"]) == [0, 1, 2, 3, 4]
+    monkeypatch.setattr(Evaluator, "evaluate", evaluate)
+    fresh = load(tiny_llama_dir, device="cpu")  # a new process
+    CALLS.clear()
+    summary = run_edits(opts, loaded=fresh, requests=reqs)
+    assert CALLS == ([] if long_edit else [5])  # from the saved state, or the whole batch again
+    assert read_rows(summary.out).equals(read_rows(straight.out))
+    if long_edit:
+        assert read_record(summary.out).meta.edit_seconds_total == round(float(saved["seconds"]), 3)
+    assert fresh.fingerprint() == base_fp  # undone after the evaluation, as usual
+    assert not list(tmp_path.glob("b.json.partial*"))
+
+
 def test_a_partial_file_of_another_run_is_refused(tiny, tmp_path):
     out = tmp_path / "out" / "run.json"
     out.parent.mkdir()

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from editeval import distributed
 from editeval.architectures import (
     check_layer,
     layer_module_name,
@@ -136,7 +137,10 @@ def _target_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams
     """z = h + δ per request at the last edited layer's output (N, d_model) on the CPU; from the
     store when it holds it, else optimised (and put there)."""
     zs = []
-    for request in tqdm(requests, desc="MEMIT values", unit="edit", leave=False, disable=len(requests) < 2):
+    # (several processes: the main process's bar stands for all, as for the edits)
+    bar = tqdm(requests, desc="MEMIT values", unit="edit", leave=False,
+               disable=len(requests) < 2 or not distributed.is_main_process())
+    for request in bar:
         z_one = store.get(request) if store else None
         if z_one is None:
             d = _locate.compute_delta(model, tokenizer, request, z_module, prefixes, hparams)

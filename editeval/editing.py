@@ -26,8 +26,9 @@ sequential mode the current values of every changed weight are also saved after 
 are saved every `EVAL_CHUNK` edits, and a batch whose edit took more than `SAVE_BATCH_AFTER_S` is
 saved applied to the same file, so an interrupted evaluation of a mass edit (MEMIT's 10,000 edits)
 resumes without editing again; a partly evaluated batch is applied whole again otherwise. The
-partial files are removed when the record is written. A finished single-mode record at ``--out`` of the same run
-over fewer requests is continued the same way: ``--limit 200`` after ``--limit 100`` edits 100-199.
+partial files are removed when the record is written. A finished single-mode record at ``--out``
+of the same run over fewer requests is continued the same way: ``--limit 200`` after ``--limit
+100`` edits 100-199.
 Records, checkpoints and partial state are written to a temporary name and renamed into place.
 
 Data-parallel: launched in several processes (`editeval.distributed`, e.g.
@@ -38,8 +39,8 @@ every process applies each batch and evaluates its block of the batch's edits; a
 per-request preparation (MEMIT's value vectors, `Method.prepare`) is shared out the same way
 first, through the method's cache (one machine, or a shared cache folder), and the forward passes
 inside the method's apply over the whole batch (MEMIT's keys) are split between the processes
-(`distributed.split_map`), which apply the batch in step. Every process reads all
-progress files of the run at the start, so a rerun resumes whatever the number of processes. The
+(`distributed.split_map`), which apply the batch in step. Every process reads all progress files
+of the run at the start, so a rerun resumes whatever the number of processes. The
 main process gathers the rows and writes the same record as one process. Sequential mode is
 refused under several processes.
 
@@ -474,9 +475,9 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     Launched in several processes (`editeval.distributed`; single and batch mode), each process
     edits (single) or evaluates (batch) its block of the edits still to do on its own replica,
     appending to its own progress file; the main process gathers the rows and writes the record
-    one process writes (the others
-    return a summary without ``record``). In single mode the seeds are reset before each edit
-    (``seed + index``), so an edit's row does not depend on which process did it, or when."""
+    one process writes (the others return a summary without ``record``). In single mode the seeds
+    are reset before each edit (``seed + index``), so an edit's row does not depend on which
+    process did it, or when."""
     from tqdm.auto import tqdm
 
     from editeval import distributed

@@ -610,7 +610,8 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
                 todo = [i for i in group if not done.get(i, {}).get("skipped")]
             applied = set(todo)
             ours = [i for i in part if i in applied and i not in done]  # evaluated by this process
-            if dist is not None and mode == "batch" and method.prepare is not None:
+            from_saved = saved_batch is not None and saved_batch[0] == todo  # applied by an interrupted run
+            if dist is not None and mode == "batch" and method.prepare is not None and not from_saved:
                 # the costly per-request part of the batch (MEMIT's values), shared out over the processes
                 method.prepare(model, tok, [edit_requests[i] for i in todo], hparams, dist.share)
                 dist.barrier()
@@ -620,7 +621,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
             if mode == "single":  # the edit's randomness depends on it alone, not on what ran before
                 seed_everything(opts.seed + todo[0])
             t0 = time.perf_counter()
-            if saved_batch is not None and saved_batch[0] == todo:
+            if from_saved:
                 log.info("batch of %d edits: weights saved by an interrupted run loaded from %s", len(todo),
                          partial.state_path)
                 backup, seconds = partial.load_batch(model), saved_batch[1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from editeval.errors import EditevalError
-from editeval.methods import _locate, get_method, restore
+from editeval.methods import _locate, get_method, memit, restore
 from editeval.methods.memit import MEMITHParams, apply_memit, layer_update
 from editeval.models import load
 from editeval.paths import cache_dir
@@ -58,30 +58,33 @@ def test_batch_edit_changes_only_the_layers_and_restores(which, request):
 
 
 def test_interrupted_batch_resumes_from_cached_values(tiny_llama, monkeypatch):
-    """Each request's z is cached as found: a rerun after an interruption optimises only the rest,
-    and the edit equals an uninterrupted one bit for bit."""
+    """Each group of requests' z is cached as found: a rerun after an interruption optimises only
+    the rest, and the edit equals an uninterrupted one bit for bit."""
     m = tiny_llama
     hp = tiny_hp(v_lr=0.37)  # settings of their own: no values cached by other tests
+    monkeypatch.setattr(memit, "VALUE_BATCH", 2)  # 3 requests: a group of 2, then 1
     before = {k: v.clone() for k, v in m.model.state_dict().items()}
-    original, calls = _locate.compute_delta, []
+    original, found = _locate.compute_deltas, []
 
-    def failing_third(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:
+    def failing_second(model, tok, requests, *args, **kw):
+        if found:
             raise KeyboardInterrupt
-        return original(*args, **kw)
+        found.extend(r["case_id"] for r in requests)
+        return original(model, tok, requests, *args, **kw)
 
-    monkeypatch.setattr(_locate, "compute_delta", failing_third)
+    monkeypatch.setattr(_locate, "compute_deltas", failing_second)
     with pytest.raises(KeyboardInterrupt):
         apply_memit(m.model, m.tokenizer, REQUESTS, hp)
     assert all(torch.equal(v, before[k]) for k, v in m.model.state_dict().items())  # nothing applied yet
-    calls.clear()
-    monkeypatch.setattr(_locate, "compute_delta", lambda *a, **kw: (calls.append(1), original(*a, **kw))[1])
+    first, found = list(found), []
+    monkeypatch.setattr(_locate, "compute_deltas",
+                        lambda model, tok, requests, *a, **kw: (found.extend(r["case_id"] for r in requests),
+                                                                original(model, tok, requests, *a, **kw))[1])
     backup = apply_memit(m.model, m.tokenizer, REQUESTS, hp)
-    assert len(calls) == 1  # only the third request's value was optimised
+    assert len(first) == 2 and sorted(first + found) == [1, 2, 3]  # only the last request's value was optimised
     resumed = {k: v.clone() for k, v in m.model.state_dict().items()}
     restore(m.model, backup)
-    monkeypatch.setattr(_locate, "compute_delta", original)
+    monkeypatch.setattr(_locate, "compute_deltas", original)
     shutil.rmtree(cache_dir() / "memit-values")
     backup = apply_memit(m.model, m.tokenizer, REQUESTS, hp)  # from scratch
     try:
@@ -99,13 +102,39 @@ def test_prepare_shares_out_only_the_missing_values(tiny_llama, monkeypatch):
     requests = [*REQUESTS, bad]
     prepare = get_method("memit").prepare
     prepare(m.model, m.tokenizer, requests[:1], hp, lambda items: items)  # the first value is cached
-    original, found, offered = _locate.compute_delta, [], []
-    monkeypatch.setattr(_locate, "compute_delta",
-                        lambda model, tok, request, *a, **kw: (found.append(request["case_id"]),
-                                                               original(model, tok, request, *a, **kw))[1])
+    original, found, offered = _locate.compute_deltas, [], []
+    monkeypatch.setattr(_locate, "compute_deltas",
+                        lambda model, tok, requests, *a, **kw: (found.extend(r["case_id"] for r in requests),
+                                                                original(model, tok, requests, *a, **kw))[1])
     prepare(m.model, m.tokenizer, requests, hp, lambda items: (offered.append(items), items[1:])[1])
     assert [[r["case_id"] for r in items] for items in offered] == [[2, 3]]  # the missing, editable ones
     assert found == [3]  # this process's share
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
+def test_values_optimised_side_by_side_equal_one_at_a_time(which, request):
+    """`compute_deltas` of several requests gives each the steps, loss and δ it gets alone, also
+    when some stop early (their δ is taken at their own step while the others go on)."""
+    m = request.getfixturevalue(which)
+    requests = [*REQUESTS, empty_request(case_id=4, subject="Paris", prompt="Paris is the capital city of",
+                                         target_new="Italy")]
+    module = _locate.layer_module_name(m.model, 1, "")  # MEMIT's place: a block's output
+    prefixes = _locate.context_prefixes(0, 2)
+
+    def alone(hp):
+        return [_locate.compute_delta(m.model, m.tokenizer, r, module, prefixes, hp) for r in requests]
+
+    # stop between the requests' first losses: some stop at step 1, the others go on
+    first = sorted(d.loss for d in alone(tiny_hp(v_num_grad_steps=1)))
+    hp = tiny_hp(v_num_grad_steps=5, v_loss_stop=(first[1] + first[2]) / 2)
+    singles = alone(hp)
+    together = _locate.compute_deltas(m.model, m.tokenizer, requests, module, prefixes, hp)
+    assert len({d.steps for d in singles}) > 1
+    for one, side in zip(singles, together):
+        assert one.steps == side.steps
+        assert abs(one.loss - side.loss) < 1e-4 and abs(one.nll - side.nll) < 1e-4
+        assert torch.allclose(one.init, side.init, atol=1e-5)
+        assert torch.allclose(one.delta, side.delta, atol=1e-4)
 
 
 def test_layers_scale_and_dedupe(tiny_llama):

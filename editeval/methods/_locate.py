@@ -9,7 +9,8 @@ GPT"; Meng et al. 2023, "Mass-Editing Memory in a Transformer"):
   (ROME: the MLP output projection of the edited layer; MEMIT: the last edited block), makes the
   model produce the new target: minimise the target NLL over the context-template prompts +
   kl_factor · KL on "{subject} is a" + weight decay, Adam, δ clamped to clamp_norm_factor·‖v‖
-  (ROME's compute_v / MEMIT's compute_z).
+  (ROME's compute_v / MEMIT's compute_z). `compute_deltas` optimises several requests' δ side by
+  side in one batch, each with its own loss, steps and result (MEMIT's values of a mass edit).
 
 Context templates. The original code samples its prefixes from the model being edited (top-k
 with a fixed seed); for SmolLM2 these come out odd ('The-I-A. {}', FIELD.md), and they differ
@@ -148,6 +149,13 @@ def locate(tokenizer, request: dict, prefix: str = "") -> Located:
     return Located(ids, index)
 
 
+def suffix_length(tokenizer, request: dict) -> int:
+    """Columns a δ optimisation runs each step for the request's rows: the prompt from the
+    subject's last token on, plus the target (`compute_deltas` pads a batch to its longest)."""
+    loc = locate(tokenizer, request)
+    return len(loc.ids) - loc.index + len(target_ids(tokenizer, request))
+
+
 def _pad_right(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     longest = max(len(r) for r in rows)
     ids = torch.full((len(rows), longest), pad, dtype=torch.long)
@@ -266,23 +274,41 @@ def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: l
     fast=False runs the naive computation (every step a full forward over every token, logits
     everywhere); the fast path gives the same loss and δ up to float rounding (a test checks it).
     """
+    return compute_deltas(model, tokenizer, [request], module_name, prefixes, hp, fast=fast)[0]
+
+
+def compute_deltas(model, tokenizer, requests: list[dict], module_name: str, prefixes: list[str], hp,
+                   *, fast: bool = True) -> list[DeltaResult]:
+    """`compute_delta` of each request, the requests optimised side by side in one batch (MEMIT's
+    values of a mass edit): one forward and backward pass per step for all of them.
+
+    Each request gets the loss, steps and δ it gets alone, up to float rounding (a test checks it):
+    the requests share the passes, never a term of the loss — rows never attend to each other, the
+    gradient of the summed losses with respect to request b's δ is its own loss's gradient, Adam
+    works element by element, and each request stops at its own step (its δ is taken then; the rows
+    of a stopped request ride along until the batch is done, unchanged for the others).
+    """
     device = next(model.parameters()).device
-    tgt = target_ids(tokenizer, request)
-    rewrite = []
-    for prefix in prefixes:
-        loc = locate(tokenizer, request, prefix)
-        n_prompt = len(loc.ids)
-        rewrite.append((Located(loc.ids + tgt[:-1], loc.index), n_prompt))
-    subject = request["prompt"][slice(*subject_span(request))]
-    kl_request = {"prompt": KL_TEMPLATE.format(subject), "subject": subject}
-    kl_rows = [locate(tokenizer, kl_request)] if hp.kl_factor > 0 else []
-    rows = [r for r, _ in rewrite] + kl_rows
+    n_req, n_pre = len(requests), len(prefixes)
+    rewrite, tgts = [], []  # rewrite rows grouped by request: (row, prompt length, target ids)
+    for request in requests:
+        tgt = target_ids(tokenizer, request)
+        tgts.append(tgt)
+        for prefix in prefixes:
+            loc = locate(tokenizer, request, prefix)
+            rewrite.append((Located(loc.ids + tgt[:-1], loc.index), len(loc.ids), tgt))
+    kl_rows = []
+    if hp.kl_factor > 0:
+        for request in requests:
+            subject = request["prompt"][slice(*subject_span(request))]
+            kl_rows.append(locate(tokenizer, {"prompt": KL_TEMPLATE.format(subject), "subject": subject}))
+    rows = [r for r, _, _ in rewrite] + kl_rows
     ids, mask, pos, aligned = _aligned_batch(tokenizer, rows, device)
     P = aligned if fast else 0  # columns before the subject-last column: cached once (fast path)
 
     # (row, column in the suffix) of each logit the loss reads, and the token it must predict
     t_rows, t_cols, t_tok = [], [], []
-    for i, (r, n_prompt) in enumerate(rewrite):
+    for i, (r, n_prompt, tgt) in enumerate(rewrite):
         left = aligned - r.index  # left padding of row i
         for j, tok in enumerate(tgt):
             t_rows.append(i)
@@ -291,20 +317,23 @@ def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: l
     t_rows = torch.tensor(t_rows, device=device)
     t_cols = torch.tensor(t_cols, device=device)
     t_tok = torch.tensor(t_tok, device=device)
+    row_tgt_len = torch.tensor([len(tgt) for _, _, tgt in rewrite], device=device, dtype=torch.float32)
     subj_col = aligned - P  # the subject-last column, in suffix coordinates
     kl_row_ids = torch.arange(len(rewrite), len(rows), device=device)
+    owner = torch.tensor([i // n_pre for i in range(len(rewrite))] + list(range(len(kl_rows))), device=device)
+    bare_rows = torch.arange(0, len(rewrite), n_pre, device=device)  # each request's first prefix: ""
     n_t = len(t_rows)
 
-    delta = torch.zeros(_module_out_dim(model, module_name), device=device, dtype=torch.float32,
+    delta = torch.zeros(n_req, _module_out_dim(model, module_name), device=device, dtype=torch.float32,
                         requires_grad=True)
     state = {"init": None}
 
     def add_delta(name, output):
         h = _first(output)
         if state["init"] is None:
-            state["init"] = h[0, subj_col].detach().float().to(delta.device, copy=True)
+            state["init"] = h[bare_rows.to(h.device), subj_col].detach().float().to(delta.device, copy=True)
         h = h.clone()
-        h[:, subj_col] = h[:, subj_col] + delta.to(h.device, h.dtype)
+        h[:, subj_col] = h[:, subj_col] + delta[owner].to(h.device, h.dtype)
         return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
 
     if fast:
@@ -320,7 +349,8 @@ def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: l
 
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     kl_init = None
-    steps, loss_value, nll_value = 0, float("nan"), float("nan")
+    results: list[DeltaResult | None] = [None] * n_req
+    active = torch.ones(n_req, dtype=torch.bool, device=device)
     with _frozen(model):
         try:
             if fast:
@@ -330,29 +360,36 @@ def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: l
                 logits = runner(positions)  # (targets + KL rows, vocab)
                 logp = torch.log_softmax(logits[:n_t].float(), dim=-1)
                 tok_logp = logp.gather(1, t_tok[:, None]).squeeze(1)
-                nll = -torch.zeros(len(rewrite), device=device).index_add(0, t_rows, tok_logp) / len(tgt)
-                nll = nll.mean()
+                row_nll = -torch.zeros(len(rewrite), device=device).index_add(0, t_rows, tok_logp) / row_tgt_len
+                nll = row_nll.view(n_req, n_pre).mean(1)
                 loss = nll
                 if kl_rows:
                     kl_logp = torch.log_softmax(logits[n_t:].float(), dim=-1)
                     if kl_init is None:
                         kl_init = kl_logp.detach().clone()
-                    loss = loss + hp.kl_factor * F.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
+                    kl = F.kl_div(kl_init, kl_logp, log_target=True, reduction="none").sum(-1)
+                    loss = loss + hp.kl_factor * kl
                 init = state["init"]
-                loss = loss + hp.v_weight_decay * (delta.norm() / init.norm() ** 2)
-                steps, loss_value, nll_value = step + 1, loss.item(), nll.item()
-                if loss_value < hp.v_loss_stop or step == hp.v_num_grad_steps - 1:
+                loss = loss + hp.v_weight_decay * (delta.norm(dim=1) / init.norm(dim=1) ** 2)
+                last = step == hp.v_num_grad_steps - 1
+                loss_values, nll_values = loss.tolist(), nll.tolist()
+                for b in active.nonzero().flatten().tolist():
+                    if loss_values[b] < hp.v_loss_stop or last:
+                        results[b] = DeltaResult(delta[b].detach().clone(), init[b], step + 1, loss_values[b],
+                                                 nll_values[b])
+                        active[b] = False
+                if not active.any():
                     break
-                loss.backward()
+                loss[active].sum().backward()
                 opt.step()
                 with torch.no_grad():
-                    max_norm = hp.clamp_norm_factor * init.norm()
-                    if delta.norm() > max_norm:
-                        delta.mul_(max_norm / delta.norm())
+                    max_norm = hp.clamp_norm_factor * init.norm(dim=1)
+                    norm = delta.norm(dim=1)
+                    delta.mul_(torch.where(norm > max_norm, max_norm / norm, torch.ones_like(norm))[:, None])
         finally:
             if fast:
                 runner.close()
-    return DeltaResult(delta.detach(), state["init"], steps, loss_value, nll_value)
+    return results
 
 
 class _Replay(torch.nn.Module):

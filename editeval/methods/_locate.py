@@ -290,10 +290,9 @@ def compute_deltas(model, tokenizer, requests: list[dict], module_name: str, pre
     """
     device = next(model.parameters()).device
     n_req, n_pre = len(requests), len(prefixes)
-    rewrite, tgts = [], []  # rewrite rows grouped by request: (row, prompt length, target ids)
+    rewrite = []  # rewrite rows grouped by request: (row, prompt length, target ids)
     for request in requests:
         tgt = target_ids(tokenizer, request)
-        tgts.append(tgt)
         for prefix in prefixes:
             loc = locate(tokenizer, request, prefix)
             rewrite.append((Located(loc.ids + tgt[:-1], loc.index), len(loc.ids), tgt))

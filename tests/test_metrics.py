@@ -100,22 +100,54 @@ def test_teacher_forced_matches_hand_values(tiny, padding_side, mixed):
     assert rows[1]["neighborhood_score"] == sum(nb) / len(nb)
 
 
-def test_locality_by_hand_on_a_changed_model(tiny, tiny_llama_dir):
-    edited = load(tiny_llama_dir, device="cpu")
+def _answer_logits(model, tok, prompt, answer):
+    """Logits at the answer positions of the teacher-forced sequence (one unpadded forward)."""
+    ids = tok(prompt + " " + answer)["input_ids"]
+    p = len(tok(prompt)["input_ids"])
     with torch.no_grad():
-        for p in edited.model.model.layers[-1].mlp.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    ev = Evaluator(tiny, REQUESTS, batch_size=4, progress=False, use_cache=False)
-    row = ev.evaluate(edited.model)[1]
-    per_kind = {}
-    for e in REQUESTS[1]["locality"]:
-        _, pre, _ = _hand(tiny.model, tiny.tokenizer, e["prompt"], e["answer"])
-        _, post, _ = _hand(edited.model, tiny.tokenizer, e["prompt"], e["answer"])
-        per_kind[e["kind"]] = sum(a == b for a, b in zip(pre, post)) / len(pre)
-    assert row["locality.nq.teacher_forced"] == per_kind["nq"]
-    assert row["locality.distract.teacher_forced"] == per_kind["distract"]
-    assert row["locality.teacher_forced"] == pytest.approx((per_kind["nq"] + per_kind["distract"]) / 2)
-    assert any(v < 1 for v in per_kind.values()) or True  # the perturbation usually changes something
+        return model(torch.tensor([ids])).logits[0, p - 1 : -1].float()
+
+
+def test_locality_by_hand_on_a_changed_model(tiny, tiny_llama_dir):
+    """Locality = per answer token, does the edited model's argmax equal the base model's argmax.
+
+    The "edit" zeroes the output-embedding rows of two tokens the base model predicts at known
+    answer positions (the first token of the Hamlet answer, the Jean Gabin answer). Every top-2
+    logit there is positive, so the argmax changes exactly at those positions and nowhere else:
+    the expected values are known before evaluating (Hamlet 1/2, Berlin 1, distract 0)."""
+    tok = tiny.tokenizer
+    (hamlet,), (berlin, distract) = REQUESTS[0]["locality"], REQUESTS[1]["locality"]
+    entries = (hamlet, berlin, distract)
+    base_logits = [_answer_logits(tiny.model, tok, e["prompt"], e["answer"]) for e in entries]
+    pre = [lg.argmax(-1).tolist() for lg in base_logits]
+    assert [len(x) for x in pre] == [2, 1, 1]  # "William Shakespeare" is two tokens
+    flat = [t for x in pre for t in x]
+    assert len(set(flat)) == len(flat)  # four different predicted tokens
+    assert all((lg.topk(2, -1).values > 0).all() for lg in base_logits)  # zeroing a row moves the argmax
+    removed = [pre[0][0], pre[2][0]]
+
+    edited = load(tiny_llama_dir, device="cpu")
+    head = edited.model.get_output_embeddings().weight
+    assert head.data_ptr() != edited.model.get_input_embeddings().weight.data_ptr()  # not tied
+    with torch.no_grad():
+        head[removed] = 0.0
+
+    # by hand: the edited model's argmax, compared position by position with the base's
+    post = [_hand(edited.model, tok, e["prompt"], e["answer"])[1] for e in entries]
+    hand = [sum(a == b for a, b in zip(x, y)) / len(x) for x, y in zip(pre, post)]
+    assert hand == [0.5, 1.0, 0.0]
+    assert post[0][1] == pre[0][1] and post[0][0] not in removed and post[2][0] not in removed
+
+    rows = Evaluator(tiny, REQUESTS, batch_size=4, progress=False, use_cache=False).evaluate(edited.model)
+    assert rows[0]["locality.nq.teacher_forced"] == 0.5
+    assert rows[0]["locality.teacher_forced"] == 0.5
+    assert math.isnan(rows[0]["locality.distract.teacher_forced"])  # row 0 has no distract entry
+    assert rows[1]["locality.nq.teacher_forced"] == 1.0
+    assert rows[1]["locality.distract.teacher_forced"] == 0.0
+    assert rows[1]["locality.teacher_forced"] == 0.5  # mean over the kinds
+    # the base model against itself: full agreement, whatever was zeroed in the copy
+    assert [r["locality.teacher_forced"] for r in
+            Evaluator(tiny, REQUESTS, batch_size=4, progress=False, use_cache=False).evaluate(tiny.model)] == [1.0, 1.0]
 
 
 # ----------------------------------------------------------------- a tokenizer merging the space

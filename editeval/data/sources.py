@@ -49,7 +49,7 @@ def _spec(path, fmt, size, sha256, records) -> FileSpec:
     return FileSpec(path, fmt, size, sha256, records)
 
 
-# Derived from ../shared/data/raw/SOURCES.md (kept equal to it by tests/test_datasets_sources.py).
+# Derived from ../shared/data/raw/SOURCES.md (kept equal to it by tests/test_datasets.py).
 SOURCES: dict[str, FileSpec] = {
     s.path: s
     for s in [
@@ -70,18 +70,22 @@ SOURCES: dict[str, FileSpec] = {
         _spec("locality/commonsense_task/piqa_valid.jsonl", "jsonl", 495929, "93503cc97c679e459b065c3d13e848282e44b2a25213985bed3e5d458abef72d", 1838),
         _spec("locality/counterfact_distracting_neighbor.json", "json_list", 3050394, "b3a6ed985620f3db707bf655e3d016a136635999f318e839be8f3b5795a016aa", 804),
         _spec("locality/counterfact_other_attribution.json", "json_list", 3050394, "b3a6ed985620f3db707bf655e3d016a136635999f318e839be8f3b5795a016aa", 804),
+        _spec("mquake/MQuAKE-hard.json", "json_list", 1943567, "fc78dc7bec4625d3ce6e2923acae7f1920691b0b23e663182bf799f2856f2a11", 429),
         _spec("portability/counterfact_portability_gpt4.json", "json_list", 2725930, "fac215b31d9481a33e055ac85145d1d711217dfd20ad3c45e61fc2d6b540c5ed", 1031),
         _spec("portability/counterfact_subject_replace.json", "json_list", 517115, "36a81b8dd513680743347d94acd00fd5f3e25baafbe6ebe951e16ff0f36f9b9d", 213),
         _spec("portability/zsre_inverse_relation.json", "json_list", 193283, "34d07e57e0b8273f9418eb1925c38ba0294d94b986f5b291df41d968b0fe06e3", 385),
         _spec("portability/zsre_mend_eval_portability_gpt4.json", "json_list", 842861, "0cf155da229b2eccae19fcfe5f7a09523363d357f5f15508d1521f495ad5ecd9", 1037),
         _spec("portability/zsre_subject_replace.json", "json_list", 152608, "bcb6d394b390329828898799220916ebc0ae95617c8c94fc60bf527692e41740", 293),
+        _spec("qaedit/QAEdit_inter_1k.json", "json_list", 1117792, "640e1d279759263fdaae543a385680d21a55aa3597ca8b597ffd7937fef07c42", 1000),
+        _spec("rippleedits/gpt-j-popular.json", "json_list", 2829223, "47770e99b9f52e5773c61406ea9c81b9d0e1b147a2423a95fd0f1bd8ddab664c", 710),
         _spec("rome_aux/known_1000.json", "json_list", 343229, "61daca55318bb5260c1e62e133debef9102c7b278bbc7b19dd2ac655543f333a", 1209),
         _spec("zsre/zsre_mend_train-1k.json", "json_list", 537970, "e62596101d8ed551889c26c0d2a5277f92eaef3b14416d8eaee39b04a244ab60", 1000),
     ]
 }
 
-_SECTION = re.compile(r"^### `([^`]+)`\s*$", re.M)
-_FORMAT = re.compile(r"^- format: (.+?); records: \*\*(.+?)\*\*", re.M)
+_SECTION = re.compile(r"^### `([^`]+)`(.*)$", re.M)
+# the format, without a layout note in brackets ("JSON list (indent 4)" is read as a JSON list)
+_FORMAT = re.compile(r"^- format: (.+?)(?: \([^;]*\))?; records(?: \(rows\))?: \*\*(.+?)\*\*", re.M)
 _SIZE = re.compile(r"^- size: ([\d,]+) bytes; sha256: `([0-9a-f]{64})`", re.M)
 
 
@@ -98,6 +102,8 @@ def parse_sources_md(path: str | os.PathLike) -> dict[str, FileSpec]:
     table: dict[str, FileSpec] = {}
     for i, head in enumerate(heads):
         name = head.group(1)
+        if _is_group(name, head.group(2)):
+            continue  # several files in one section (a table of them): not yet read by any builder
         block = text[head.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]
         fmt, size = _FORMAT.search(block), _SIZE.search(block)
         if not fmt or not size:
@@ -107,6 +113,11 @@ def parse_sources_md(path: str | os.PathLike) -> dict[str, FileSpec]:
         table[name] = _spec(name, _FORMATS[fmt.group(1)], int(size.group(1).replace(",", "")), size.group(2),
                             _parse_count(fmt.group(2), path, name))
     return table
+
+
+def _is_group(name: str, rest: str) -> bool:
+    """A section describing several files at once: `dir/` (N files) or `a/{x,y}.json`."""
+    return name.endswith("/") or "{" in name or "files)" in rest
 
 
 def _parse_count(text: str, path: Path, name: str) -> int | dict[str, int]:

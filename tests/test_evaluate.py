@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from editeval.evaluate import Evaluator
+from editeval.evaluate import Evaluator, evaluation_columns
 from editeval.models import load
 from editeval.schema import empty_request
 
@@ -80,20 +80,76 @@ def test_padding_either_side_gives_the_same_token_metrics(which, request):
             _same(a, b)  # token-level metrics are argmax-based: identical across paddings
 
 
-def test_generation_equals_hf_greedy_generate(gpt2):
-    ev = Evaluator(gpt2, _requests(), batch_size=5, progress=False, use_cache=False)
-    outs = ev._score(gpt2.model, list(range(ev.n_sequences)), generate=True, desc="")
-    checked = 0
+def _hf_greedy(lm, prompt_ids, max_new, eos_token_id=None):
+    """The oracle: Hugging Face greedy `generate` on one unpadded prompt (with `eos_token_id`, it
+    stops after that token; the token itself is dropped here, as editeval's fluency does)."""
+    prompt = torch.tensor([list(prompt_ids)])
+    with torch.no_grad():
+        out = lm.model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                max_new_tokens=max_new, min_new_tokens=0, pad_token_id=lm.tokenizer.pad_token_id,
+                                eos_token_id=eos_token_id)
+    new = out[0, prompt.shape[1] :].tolist()
+    if eos_token_id is not None and eos_token_id in new:
+        new = new[: new.index(eos_token_id)]
+    return new
+
+
+@pytest.mark.parametrize("mixed, side", [(False, "right"), (True, "left"), (True, "right")])
+@pytest.mark.parametrize("which", ["tiny", "gpt2"])
+def test_generation_equals_hf_greedy_generate(which, mixed, side, request):
+    """Target-length greedy continuations (resumed from the teacher-forced pass's cache) equal HF
+    `generate` run on each prompt alone: LLaMA (rotary, explicit positions) and GPT-2, with and
+    without padded batches."""
+    lm = request.getfixturevalue(which)
+    ev = Evaluator(lm, _requests(), batch_size=5, progress=False, use_cache=False, mixed_lengths=mixed,
+                   padding_side=side)
+    outs = ev._score(lm.model, list(range(ev.n_sequences)), generate=True, desc="")
+    checked = resumed = 0
     for s, q in enumerate(ev._seqs):
         if not q.gen:
             continue
-        prompt = torch.tensor([q.ids[: q.start]])
-        with torch.no_grad():
-            g = gpt2.model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                    max_new_tokens=len(q.ids) - q.start, pad_token_id=gpt2.tokenizer.pad_token_id)
-        assert outs[s].generated == g[0, q.start :].tolist()
+        n = len(q.ids) - q.start
+        assert outs[s].generated == _hf_greedy(lm, q.ids[: q.start], n), s
         checked += 1
-    assert checked >= 10
+        resumed += outs[s].pred[0] != q.ids[q.start] and n > 1  # decoded beyond the teacher-forced pass
+    assert checked >= 10 and resumed >= 3
+
+
+@pytest.mark.parametrize("which", ["tiny", "gpt2"])
+def test_fluency_greedy_equals_hf_generate_and_stops_at_eos(which, request, monkeypatch):
+    """`_greedy` (fluency's decoder: left padded, explicit positions, per-prompt limits) equals HF
+    `generate`, with and without stopping at EOS; the fluency metric is the n-gram entropy of
+    prompt + that generation."""
+    from editeval import metrics as M
+
+    lm = request.getfixturevalue(which)
+    tok = lm.tokenizer
+    texts = ["The river of", "Paris is famous for its very old", "A king", "Language models often write about"]
+    prompts = [tok(t)["input_ids"] for t in texts]
+    assert len({len(p) for p in prompts}) == len(prompts)  # different lengths: left padding matters
+    limits = [12, 7, 12, 10]
+    ev = Evaluator(lm, _requests(1), batch_size=3, progress=False, use_cache=False)
+    free = [_hf_greedy(lm, p, n) for p, n in zip(prompts, limits)]
+    assert ev._greedy(lm.model, prompts, limits, stop_at_eos=False) == free
+    # a token the model really produces, and follows by other tokens, stands in for EOS: stopping
+    # happens, and a decoder that only dropped the token without stopping would differ
+    # (first occurrences, preferably not the first token of a generation)
+    _, k, i = min((i == 0, k, i) for k, g in enumerate(free) for i, t in enumerate(g)
+                  if t not in g[:i] and any(u != t for u in g[i + 1 :]))
+    ev.eos_id = stop = free[k][i]
+    expected = [_hf_greedy(lm, p, n, eos_token_id=stop) for p, n in zip(prompts, limits)]
+    assert ev._greedy(lm.model, prompts, limits, stop_at_eos=True) == expected
+    assert expected[k] == free[k][:i]  # stopped early, right before the stand-in EOS
+    assert any(len(e) == n for e, n in zip(expected, limits))  # another ran to its limit
+
+    monkeypatch.setattr(M, "FLUENCY_MAX_NEW_TOKENS", 30)  # read when generating; 100 tokens only cost time
+    reqs = _requests(2)  # both carry a generation prompt
+    ev = Evaluator(lm, reqs, batch_size=3, progress=False, use_cache=False, fluency=True, generation=False)
+    rows = ev.evaluate(lm.model)
+    for r, row in zip(reqs, rows):
+        (text,) = r["generation_prompts"]
+        gen = _hf_greedy(lm, tok(text)["input_ids"], M.FLUENCY_MAX_NEW_TOKENS, eos_token_id=tok.eos_token_id)
+        assert row["fluency.ngram_entropy"] == M.ngram_entropy(text + tok.decode(gen, skip_special_tokens=True))
 
 
 def test_preedit_cache_is_written_once_and_reused(tiny, tmp_path, monkeypatch):
@@ -136,8 +192,19 @@ def test_columns_and_options(tiny):
     reqs = _requests(2)
     ev = Evaluator(tiny, reqs, progress=False, use_cache=False, generation=False)
     rows = ev.evaluate(tiny.model)
-    assert list(rows[0]) == ev.columns and "reliability.generation" not in ev.columns
-    assert "efficacy_score" in ev.columns  # auto: neighbourhood prompts present
+    expected = ["case_id", "reliability.teacher_forced", "generalization.teacher_forced",
+                "locality.teacher_forced", "locality.nq.teacher_forced", "locality.other.teacher_forced",
+                "portability.teacher_forced", "portability.one_hop.teacher_forced",
+                # CounterFact scores: on by default because the requests carry neighbourhood prompts
+                "efficacy_score", "efficacy_magnitude", "paraphrase_score", "paraphrase_magnitude",
+                "neighborhood_score", "neighborhood_magnitude"]
+    assert ev.columns == expected and [list(r) for r in rows] == [expected, expected]
+    assert evaluation_columns(reqs, generation=False) == expected  # without tokenising
+    assert math.isnan(rows[0]["portability.teacher_forced"]) and not math.isnan(rows[1]["portability.teacher_forced"])
+    with_all = Evaluator(tiny, reqs, progress=False, use_cache=False, fluency=True, piqa=PIQA).columns
+    assert with_all == (expected[:3] + ["reliability.generation", "generalization.generation"] + expected[3:8]
+                        + ["portability.generation", "portability.one_hop.generation"] + expected[8:]
+                        + ["fluency.ngram_entropy", "other_task.piqa_accuracy", "other_task.piqa_agreement"])
     assert ev.locality_kinds == ["nq", "other"] and ev.portability_kinds == ["one_hop"]
     with pytest.raises(ValueError, match="target_new"):
         Evaluator(tiny, [empty_request(prompt="x")], progress=False, use_cache=False)
@@ -154,25 +221,52 @@ def test_chat_template_wraps_edit_prompts_only(tiny):
     assert ev.evaluate(tiny.model)[0]["locality.teacher_forced"] == 1.0
 
 
-@pytest.mark.parametrize("sliceable", [True, False])
-def test_generation_paths_agree(gpt2, monkeypatch, sliceable):
-    """Continuations decoded together from sliced caches, or batch by batch on the cache itself."""
+@pytest.mark.parametrize("which", ["tiny", "gpt2"])
+def test_generation_paths_agree(which, request, monkeypatch):
+    """Continuations decoded together from sliced caches (the usual path), or batch by batch on the
+    cache itself (a cache that cannot be sliced): each path is forced in turn, checked to be the one
+    taken, and both equal HF greedy `generate`; the rows are identical."""
+    import transformers.cache_utils
+
     import editeval.evaluate as E
 
-    calls = []
-    real = E._kv_tensors
-
-    def spy(cache):
-        kv = real(cache)
-        calls.append(kv is not None)
-        return kv if sliceable else None
-
-    monkeypatch.setattr(E, "_kv_tensors", spy)
+    lm = request.getfixturevalue(which)
     reqs = _requests()
-    ev = Evaluator(gpt2, reqs, batch_size=2, progress=False, use_cache=False)
-    rows = ev.evaluate(gpt2.model)
-    assert calls and all(calls)  # GPT-2's cache is a plain dynamic cache
-    monkeypatch.undo()
-    ref = Evaluator(gpt2, reqs, batch_size=2, progress=False, use_cache=False, generation=True).evaluate(gpt2.model)
-    for a, b in zip(rows, ref):
+    real_kv, real_new, real_select = E._kv_tensors, E._new_cache, transformers.cache_utils.Cache.batch_select_indices
+    gens, rows = {}, {}
+    for sliceable in (True, False):
+        calls = {"kv": [], "joined": 0, "selected": 0}
+
+        def spy_kv(cache):
+            kv = real_kv(cache)
+            calls["kv"].append(kv is not None)
+            return kv if sliceable else None
+
+        def spy_new(layers):
+            calls["joined"] += 1
+            return real_new(layers)
+
+        def spy_select(self, indices):
+            calls["selected"] += 1
+            return real_select(self, indices)
+
+        monkeypatch.setattr(E, "_kv_tensors", spy_kv)
+        monkeypatch.setattr(E, "_new_cache", spy_new)
+        monkeypatch.setattr(transformers.cache_utils.Cache, "batch_select_indices", spy_select)
+        ev = Evaluator(lm, reqs, batch_size=2, progress=False, use_cache=False)
+        outs = ev._score(lm.model, list(range(ev.n_sequences)), generate=True, desc="")
+        gens[sliceable] = {s: outs[s].generated for s, q in enumerate(ev._seqs) if q.gen}
+        rows[sliceable] = ev.evaluate(lm.model)
+        monkeypatch.undo()
+        assert calls["kv"] and all(calls["kv"])  # the model's cache is a plain dynamic cache
+        if sliceable:  # sliced rows of several batches joined into new caches
+            assert calls["joined"] > 0 and calls["selected"] == 0
+        else:  # rows selected in the model's own cache, never joined
+            assert calls["joined"] == 0 and calls["selected"] > 0
+    ev_seqs = Evaluator(lm, reqs, batch_size=2, progress=False, use_cache=False)._seqs
+    for s, generated in gens[True].items():
+        q = ev_seqs[s]
+        assert generated == _hf_greedy(lm, q.ids[: q.start], len(q.ids) - q.start), s
+    assert gens[False] == gens[True] and len(gens[True]) >= 10
+    for a, b in zip(rows[True], rows[False]):
         _same(a, b)

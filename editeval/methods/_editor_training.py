@@ -482,6 +482,7 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
     rng = random.Random(hparams.seed)
     rng.shuffle(order)
     step, elapsed = 0, 0.0
+    running: dict[str, list[float]] = {"edit": [], "loc": [], "pre": []}  # per-step losses (the last 100 are kept)
     ckpt_path = folder / CHECKPOINT_FILE
     # a rerun with more steps or another time limit continues the same run
     same_run = {k: v for k, v in hparams.to_dict().items() if k not in ("train_steps", "max_minutes", "editor_path")}
@@ -495,14 +496,23 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
         editor.load_state_dict(ckpt["editor"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
+        for k, v in (ckpt.get("running") or {}).items():
+            running[k] = [float(x) for x in v]
         log.info("resuming %s training at step %d from %s", method, step, ckpt_path)
     resumed_from = step
+    # The visiting order is a function of the step: the loop below reshuffles `order` (from `rng`)
+    # right after taking the item of every step that is a positive multiple of len(items). A resumed
+    # run replays the reshuffles the interrupted run did before `step`, so it visits the items in the
+    # order the uninterrupted run does.
+    for _ in range(max(0, step - 1) // len(items)):
+        rng.shuffle(order)
 
     def checkpoint():
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint.", suffix=".tmp")
         os.close(fd)
         torch.save({"header": json.dumps(header, default=str), "editor": editor.state_dict(),
-                    "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed}, tmp)
+                    "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+                    "running": {k: v[-100:] for k, v in running.items()}}, tmp)
         os.replace(tmp, ckpt_path)
 
     stack = _TopStack(model, layers[0])
@@ -518,7 +528,6 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
     total = hparams.train_steps
     bar = tqdm(total=total, initial=step, desc=f"train {method}", unit="edit", disable=not progress, dynamic_ncols=True)
     t_start = time.perf_counter() - elapsed
-    running = {"edit": [], "loc": [], "pre": []}
     finished = True
     try:
         with _Hooks(model, names) as hooks:

@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from editeval.cli import main
 from editeval.results import read_record, read_rows
@@ -71,12 +72,22 @@ def test_cli_score_writes_the_record(built_benchmark, tiny_llama_dir, tmp_path, 
         main(["score", "--model", str(tiny_llama_dir), "--base", str(tiny_llama_dir), "--benchmark", "toy",
               "--split", "edit", "--limit", "3", "--batch-size", "2", "--device", "cpu", "--out", str(out),
               "--no-progress", "--piqa", "0"])
-    assert exc.value.code in (0, None)
+    assert exc.value.code == 0
     data = json.loads(out.read_text())
     assert data["schema_version"] == "1" and data["meta"]["n_edits"] == 3 and data["meta"]["limit"] == 3
     assert data["meta"]["batch_size"] == 2 and data["metrics"]["locality.teacher_forced"]["mean"] == 1.0
     assert (tmp_path / "out.rows.parquet").exists()
     assert "locality.teacher_forced" in capsys.readouterr().out
+
+
+def _the_error_line(err: str) -> str:
+    """stderr of a refused command: no traceback, exactly one `error:` line, and it is the last line
+    (model loading may draw a progress bar before it)."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]
 
 
 @pytest.mark.parametrize("other", ["tiny_gpt2_dir"])
@@ -86,10 +97,10 @@ def test_other_architecture_is_refused_in_one_line(built_benchmark, tiny_llama_d
         main(["score", "--model", str(request.getfixturevalue(other)), "--base", str(tiny_llama_dir),
               "--benchmark", "toy", "--device", "cpu", "--out", str(out), "--no-progress"])
     assert exc.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "architecture" in errors[0] and "model_type" in errors[0]
-    assert "Traceback" not in errors[0]
-    assert not out.exists()
+    line = _the_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: model {request.getfixturevalue(other)} does not have the architecture of base {tiny_llama_dir}")
+    assert "model_type" in line and "'gpt2'" in line and "'llama'" in line
+    assert not out.exists() and not list(tmp_path.glob("x.*"))  # no record, no rows, no temp file
 
 
 def test_other_tokenizer_is_refused(tiny_llama_dir, tmp_path):
@@ -110,11 +121,33 @@ def test_other_tokenizer_is_refused(tiny_llama_dir, tmp_path):
     assert not (tmp_path / "y.json").exists()
 
 
-def test_unknown_benchmark_and_bad_out(built_benchmark, tiny_llama_dir, tmp_path, capsys):
+def _files(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*"))
+
+
+def test_unknown_benchmark_is_refused_in_one_line(built_benchmark, tiny_llama_dir, tmp_path, capsys):
+    before = _files(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(["score", "--model", str(tiny_llama_dir), "--base", str(tiny_llama_dir), "--benchmark", "nope",
-              "--device", "cpu", "--out", str(tmp_path / "z.json")])
-    assert exc.value.code == 2 and "nope" in capsys.readouterr().err
+              "--device", "cpu", "--out", str(tmp_path / "z.json"), "--no-progress", "--piqa", "0"])
+    assert exc.value.code == 2
+    line = _the_error_line(capsys.readouterr().err)
+    assert line.startswith("error: ") and "'nope'" in line and "editeval datasets build nope" in line
+    assert _files(tmp_path) == before  # no record, no rows, no cache entry
+
+
+@pytest.mark.parametrize("name", ["x.txt", "x", "x.json.tmp"])
+def test_bad_out_is_refused_in_one_line_and_nothing_written(built_benchmark, tiny_llama_dir, tmp_path, capsys, name):
+    out = tmp_path / "res" / name
+    before = _files(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["score", "--model", str(tiny_llama_dir), "--base", str(tiny_llama_dir), "--benchmark", "toy",
+              "--device", "cpu", "--out", str(out), "--no-progress", "--piqa", "0"])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"error: --out {out}: the results record must be a .json path"]
+    assert captured.out == ""
+    assert _files(tmp_path) == before  # no record, no rows, no folder, no cache entry
 
 
 @pytest.mark.real_model
@@ -153,8 +186,34 @@ def test_build_record_summaries_and_metadata(tmp_path):
     assert rec.meta.n_edits == 10 and rec.meta.editeval_version and rec.meta.mode == "single"
     assert hparams_hash({"a": 1, "b": 2}) == hparams_hash({"b": 2, "a": 1})
     a, b = summarize([0.0, 1.0] * 50), summarize([0.0, 1.0] * 50)
-    assert a == b and a.ci_low < 0.5 < a.ci_high  # fixed seed: reproducible intervals
+    assert a == b  # fixed seed: reproducible intervals
     path = write_record(rec, rows, tmp_path / "x.json")
     assert rows_path(path).name == "x.rows.parquet" and read_record(path).rows_sha256 == rec.rows_sha256
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"mode\n  Input should be 'single', 'batch' or 'sequential'"):
         build_record(rows, {"mode": "nonsense"})
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bootstrap_interval_values():
+    """The 95 % percentile-bootstrap interval of a mean, against the normal approximation
+    mean ± 1.96·sqrt(p(1-p)/n) (bootstrap percentiles move in steps of 1/n)."""
+    from editeval.results import summarize
+
+    half = summarize([0.0, 1.0] * 50)  # p = 0.5, n = 100: 0.5 ± 0.098
+    assert (half.mean, half.count) == (0.5, 100)
+    assert half.ci_low == pytest.approx(0.5 - 0.098, abs=0.02) and half.ci_high == pytest.approx(0.5 + 0.098, abs=0.02)
+    big = summarize([0.0, 1.0] * 500)  # n = 1000: 0.5 ± 0.031, tight enough to tell 95 % from 90 % (± 0.026)
+    assert big.ci_low == pytest.approx(0.469, abs=0.004) and big.ci_high == pytest.approx(0.531, abs=0.004)
+    tenth = summarize([1.0] * 10 + [0.0] * 90)  # p = 0.1, n = 100: 0.1 ± 0.059, not symmetric around 0.5
+    assert tenth.mean == pytest.approx(0.1)
+    assert tenth.ci_low == pytest.approx(0.1 - 0.059, abs=0.02) and tenth.ci_high == pytest.approx(0.1 + 0.059, abs=0.02)
+    wide = summarize([0.0, 1.0] * 5)  # n = 10: 0.5 ± 0.31
+    assert wide.ci_low == pytest.approx(0.19, abs=0.07) and wide.ci_high == pytest.approx(0.81, abs=0.07)
+    for v in (0.0, 1.0, 0.7, 1 / 3):  # constant values: the interval is the value itself
+        c = summarize([v] * 7)
+        assert c.count == 7 and c.ci_low == c.mean == c.ci_high == pytest.approx(v, abs=1e-12)
+    one = summarize([0.25])
+    assert (one.mean, one.count, one.ci_low, one.ci_high) == (0.25, 1, 0.25, 0.25)
+    assert summarize([float("nan"), 0.25, None]) == one  # NaN / None: not applicable, not counted
+    empty = summarize([float("nan")])
+    assert (empty.mean, empty.count, empty.ci_low, empty.ci_high) == (None, 0, None, None)

@@ -1,5 +1,7 @@
 """`--device-map` (accelerate big-model inference): a model spread over devices / offloaded to disk
-scores exactly like a normal load, its fingerprint is the same, and an offloaded layer is not edited."""
+scores exactly like a normal load, its fingerprint is the same, its key statistics equal the hooked
+oracle's, and an offloaded layer is not edited. Key statistics come from a small generated corpus
+(EDITEVAL_RAW_DATA points at it), so no test here needs ../shared/data/raw."""
 
 from __future__ import annotations
 
@@ -24,9 +26,22 @@ REQS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def small_raw(tmp_path_factory):
+    """A raw-data folder holding only a small key-statistics corpus under the name stats.py reads."""
+    from _stats_oracle import write_corpus
+
+    from editeval.stats import CORPUS_FILE
+
+    raw = tmp_path_factory.mktemp("raw")
+    write_corpus(raw / CORPUS_FILE)
+    return raw
+
+
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
+def cache(tmp_path, small_raw, monkeypatch):
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDITEVAL_RAW_DATA", str(small_raw))
     return tmp_path / "cache"
 
 
@@ -57,14 +72,20 @@ def test_scoring_with_a_device_map_equals_the_normal_load(tiny_llama_dir, cache,
     assert {k: m.mean for k, m in plain.metrics.items()} == {k: m.mean for k, m in spread.metrics.items()}
 
 
-def test_key_statistics_of_offloaded_layers(tiny_llama, offloaded, cache):
+def test_key_statistics_of_offloaded_layers(tiny_llama, offloaded, cache, small_raw):
+    """Layer 3's keys are computed from weights accelerate keeps on disk: the matrix equals the
+    oracle's (Σ k kᵀ / n over forward-hooked MLP inputs of the plain model, one window at a time)."""
+    from _stats_oracle import assert_close_to_oracle, documented_windows, hooked_second_moment
+
     from editeval import stats
 
     kw = dict(tokens=600, max_len=64, use_cache=False, progress=False)
     spread = stats.second_moments(offloaded.model, offloaded.tokenizer, [1, 3], **kw)
-    plain = stats.second_moments(tiny_llama.model, tiny_llama.tokenizer, [1, 3], **kw)
+    windows = documented_windows(tiny_llama.tokenizer, small_raw / stats.CORPUS_FILE, 600, 64)
+    oracle, n = hooked_second_moment(tiny_llama.model, windows, [1, 3])
+    assert n == 600
     for layer in (1, 3):
-        assert torch.allclose(spread[layer], plain[layer], rtol=1e-5, atol=1e-8)
+        assert_close_to_oracle(spread[layer], oracle[layer])
 
 
 def test_rome_on_a_device_map_edits_the_kept_layer_and_refuses_an_offloaded_one(tiny_llama, offloaded, cache):

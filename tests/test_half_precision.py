@@ -1,5 +1,7 @@
 """The weight-editing methods in bfloat16 and float16 (CPU, tiny random LLaMA): the edit changes the
-weights it says it changes, keeps their dtype, and `restore` gives the originals bit for bit."""
+weights it says it changes, keeps their dtype, and `restore` gives the originals bit for bit.
+ROME and MEMIT read their key statistics from a small generated corpus (EDITEVAL_RAW_DATA points at
+it), so nothing here needs ../shared/data/raw."""
 
 from __future__ import annotations
 
@@ -23,9 +25,22 @@ TINY = {  # small budgets: the mechanics, not the quality
 }
 
 
+@pytest.fixture(scope="module")
+def small_raw(tmp_path_factory):
+    """A raw-data folder holding only a small key-statistics corpus under the name stats.py reads."""
+    from _stats_oracle import write_corpus
+
+    from editeval.stats import CORPUS_FILE
+
+    raw = tmp_path_factory.mktemp("raw")
+    write_corpus(raw / CORPUS_FILE)
+    return raw
+
+
 @pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
+def cache(small_raw, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("EDITEVAL_RAW_DATA", str(small_raw))
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -1,4 +1,7 @@
-"""MEMIT: the least-squares update, mechanics on tiny models, a real batch on SmolLM2, bad input."""
+"""MEMIT: the least-squares update, mechanics on tiny models, a real batch on SmolLM2, bad input.
+
+The tiny-model tests read their key statistics from a small generated corpus (EDITEVAL_RAW_DATA
+points at it); only the real SmolLM2 batch reads the raw data's Wikipedia text (`needs_raw`)."""
 
 from __future__ import annotations
 
@@ -29,8 +32,22 @@ def tiny_hp(**kw):
     return MEMITHParams(**values)
 
 
+@pytest.fixture(scope="module")
+def small_raw(tmp_path_factory):
+    """A raw-data folder holding only a small key-statistics corpus under the name stats.py reads."""
+    from _stats_oracle import write_corpus
+
+    from editeval.stats import CORPUS_FILE
+
+    raw = tmp_path_factory.mktemp("raw")
+    write_corpus(raw / CORPUS_FILE)
+    return raw
+
+
 @pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
+def cache(request, small_raw, tmp_path_factory, monkeypatch):
+    if request.node.get_closest_marker("needs_raw") is None:
+        monkeypatch.setenv("EDITEVAL_RAW_DATA", str(small_raw))
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
@@ -156,16 +173,29 @@ def _greedy(model, tok, prompt, n=3):
     return tok.decode(out[0, ids["input_ids"].shape[1]:]).strip()
 
 
+@pytest.mark.needs_raw
 def test_real_batch_on_smollm2(smollm2):
+    """Two edits in one batch on the real model: before, the greedy answers are the true ones; after,
+    both prompts and a paraphrase give the new targets while an unrelated prompt is unchanged; and
+    `restore` gives back every tensor of the state dict bit for bit."""
     model, tok = smollm2.model, smollm2.tokenizer
     hp = get_method("memit").load_hparams(model, "smollm2-135m")
-    hp.mom2_tokens = 4000
-    keep = "The capital of Germany is"
+    hp.mom2_tokens = 4000  # small statistics keep the test fast; the edits still take
+    paraphrase, keep = "Danielle Darrieux's mother tongue is", "The capital of Germany is"
+    assert _greedy(model, tok, REQUESTS[0]["prompt"]).startswith("French")
+    assert _greedy(model, tok, REQUESTS[1]["prompt"]).startswith("Paris")
+    assert _greedy(model, tok, paraphrase).startswith("French")
     kept = _greedy(model, tok, keep)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     backup = apply_memit(model, tok, REQUESTS[:2], hp)
     try:
+        assert sorted(backup) == [f"model.layers.{i}.mlp.down_proj.weight" for i in (3, 4, 5, 6, 7)]
         assert _greedy(model, tok, REQUESTS[0]["prompt"]).startswith("English")
         assert _greedy(model, tok, REQUESTS[1]["prompt"]).startswith("Rome")
+        assert _greedy(model, tok, paraphrase).startswith("English")
         assert _greedy(model, tok, keep) == kept
     finally:
         restore(model, backup)
+    after = model.state_dict()
+    assert sorted(after) == sorted(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)

@@ -19,18 +19,23 @@ RAW = raw_data_dir()
 pytestmark = pytest.mark.skipif(not (RAW / "SOURCES.md").is_file(), reason=f"raw benchmark data not found at {RAW}")
 
 
-@pytest.fixture(scope="session")
-def hf_cache(tmp_path_factory):
-    """Keep `datasets`' Arrow cache of these test builds out of the user's cache."""
+@pytest.fixture(scope="module")
+def hf_cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hf-datasets-cache")
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(hf_cache_dir, monkeypatch):
+    """Keep `datasets`' Arrow cache of these test builds out of the user's cache: a folder of this
+    module's, patched in for each test only (the patch is undone after it; no other module sees it)."""
     import datasets
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf-datasets-cache"))
-        yield
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(hf_cache_dir))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(hf_cache_dir))
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory, hf_cache) -> Path:
+def built(tmp_path_factory) -> Path:
     """Every benchmark, built once from the real raw files."""
     from editeval.data.build import build_benchmarks
 
@@ -57,23 +62,73 @@ def run_cli(capsys, *argv):
 
 # ---------------------------------------------------------------------------- sizes and features
 
-EXPECTED = {
-    ("zsre", "default"): {"edit": 1037, "knowedit_test": 1304, "train": 1000},
-    ("counterfact", "default"): {"edit": 10000, "train": 10000, "val": 1919},
-    ("counterfact", "full"): {"edit": 1129},
-    ("portability", "subject_replace"): {"zsre": 293, "counterfact": 213},
-    ("portability", "inverse_relation"): {"zsre": 385},
-    ("portability", "one_hop"): {"zsre": 1037, "counterfact": 1031},
-    ("locality", "other_attribution"): {"counterfact": 804},
-    ("locality", "distracting_neighbor"): {"counterfact": 804},
-    ("locality", "other_task"): {"piqa": 1838},
-    ("knowedit", "wiki_recent"): {"train": 570},
-    ("knowedit", "wiki_counterfact"): {"train": 1428, "test": 885},
-    ("knowedit", "wikibio"): {"train": 464, "test": 306},
-    ("knowedit", "convsent"): {"val": 799, "test": 800},
-    ("knowedit", "sanitation"): {"train": 80, "test": 80},
-    ("knowedit", "zsre"): {"test": 1304},
+# the raw file each split is built from, where one raw record makes one row (SOURCES.md's count is
+# then the split's size); for a JSON dict, the key whose records are the rows
+ONE_TO_ONE = {
+    ("zsre", "default", "edit"): "portability/zsre_mend_eval_portability_gpt4.json",
+    ("zsre", "default", "knowedit_test"): "knowedit/ZsRE/ZsRE-test-all.json",
+    ("zsre", "default", "train"): "zsre/zsre_mend_train-1k.json",
+    ("counterfact", "default", "edit"): "counterfact/counterfact-edit.json",
+    ("counterfact", "default", "train"): "counterfact/counterfact-train.json",
+    ("counterfact", "default", "val"): "counterfact/counterfact-val.json",
+    ("portability", "subject_replace", "zsre"): "portability/zsre_subject_replace.json",
+    ("portability", "subject_replace", "counterfact"): "portability/counterfact_subject_replace.json",
+    ("portability", "inverse_relation", "zsre"): "portability/zsre_inverse_relation.json",
+    ("portability", "one_hop", "zsre"): "portability/zsre_mend_eval_portability_gpt4.json",
+    ("portability", "one_hop", "counterfact"): "portability/counterfact_portability_gpt4.json",
+    ("locality", "other_attribution", "counterfact"): "locality/counterfact_other_attribution.json",
+    ("locality", "distracting_neighbor", "counterfact"): "locality/counterfact_distracting_neighbor.json",
+    ("locality", "other_task", "piqa"): "locality/commonsense_task/piqa_valid.jsonl",
+    ("knowedit", "wiki_recent", "train"): "knowedit/wiki_recent/recent_train.json",
+    ("knowedit", "wiki_counterfact", "train"): "knowedit/wiki_counterfact/train_cf.json",
+    ("knowedit", "wiki_counterfact", "test"): "knowedit/wiki_counterfact/test_cf-generate-10.jsonl",
+    ("knowedit", "wikibio", "train"): "knowedit/WikiBio/wikibio-train-all.json",
+    ("knowedit", "wikibio", "test"): "knowedit/WikiBio/wikibio-test-all.json",
+    ("knowedit", "convsent", "val"): "knowedit/Convsent/blender_val.json",
+    ("knowedit", "convsent", "test"): "knowedit/Convsent/blender_test.json",
+    ("knowedit", "sanitation", "train"): ("knowedit/Sanitation/trivia_qa_train.json", "K_F"),
+    ("knowedit", "sanitation", "test"): ("knowedit/Sanitation/trivia_qa_test.json", "success"),
+    ("knowedit", "zsre", "test"): "knowedit/ZsRE/ZsRE-test-all.json",
 }
+# the splits that merge several files: their sizes as the issue gives them
+MERGED = {("counterfact", "full", "edit"): 1129}  # distinct cases of One-hop ∪ Subject-Replace ∪ locality
+
+
+def _count(source) -> int:
+    from editeval.data.sources import SOURCES
+
+    path, key = source if isinstance(source, tuple) else (source, None)
+    records = SOURCES[path].records
+    return dict(records)[key] if key else records
+
+
+def _expected() -> dict[tuple[str, str], dict[str, int]]:
+    sizes = {**{k: _count(src) for k, src in ONE_TO_ONE.items()}, **MERGED}
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for (name, config, split), n in sizes.items():
+        out.setdefault((name, config), {})[split] = n
+    return out
+
+
+EXPECTED = _expected()
+
+
+def test_expected_sizes_come_from_sources_md():
+    """The derived sizes are the issue's (a spot check) and every one-to-one split names its raw file."""
+    from editeval.data.registry import BENCHMARKS
+
+    assert EXPECTED[("portability", "one_hop")] == {"zsre": 1037, "counterfact": 1031}
+    assert EXPECTED[("counterfact", "default")] == {"edit": 10000, "train": 10000, "val": 1919}
+    assert EXPECTED[("knowedit", "sanitation")] == {"train": 80, "test": 80}
+    assert EXPECTED[("locality", "other_task")] == {"piqa": 1838}
+    for b in BENCHMARKS.values():
+        for c in b.configs:
+            for split in c.splits:
+                key = (b.name, c.name, split.name)
+                assert key in ONE_TO_ONE or key in MERGED, key
+                if key in ONE_TO_ONE:
+                    source = ONE_TO_ONE[key]
+                    assert (source[0] if isinstance(source, tuple) else source) in split.source, (key, split.source)
 
 
 def test_registry_matches_the_issue():

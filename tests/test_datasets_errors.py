@@ -1,6 +1,9 @@
 """Bad input to `editeval datasets build`: one clear error line naming the file / record / key,
 exit code 2, and no half-written dataset folder. Uses small fake raw folders holding copies of the
-three files the zsre benchmark needs (altered where a test says so)."""
+files a benchmark needs (altered where a test says so; the others are symlinks to the real ones).
+Every refusal of the raw-data checks against SOURCES.md is here: sha256, record counts (lists and
+JSON dicts), JSON / JSON Lines / UTF-8 parsing, the container type, a file without an entry, every
+`parse_sources_md` error, and the builder's own row counts (`_check_shape`)."""
 
 from __future__ import annotations
 
@@ -34,14 +37,28 @@ def fake_raw(tmp_path) -> Path:
     return raw
 
 
-def build(capsys, raw: Path, out: Path, *extra: str):
-    """`editeval datasets build zsre` in-process; (exit code, stderr lines)."""
+def build(capsys, raw: Path, out: Path, *extra: str, name: str = "zsre"):
+    """`editeval datasets build NAME` in-process; (exit code, stderr lines)."""
     from editeval.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["datasets", "build", "zsre", "--raw-dir", str(raw), "--out-dir", str(out), "--no-progress", *extra])
+        main(["datasets", "build", name, "--raw-dir", str(raw), "--out-dir", str(out), "--no-progress", *extra])
     _, err = capsys.readouterr()
     return exit_info.value.code, err.strip().splitlines()
+
+
+def linked_raw(tmp_path: Path, name: str, copies: tuple[str, ...] = ()) -> Path:
+    """A raw folder for benchmark NAME: symlinks to the real files, real copies of `copies` (to alter)."""
+    from editeval.data.registry import get
+
+    raw = tmp_path / "raw"
+    for rel in get(name).raw_files:
+        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel in copies:
+            shutil.copyfile(RAW / rel, raw / rel)
+        else:
+            os.symlink(RAW / rel, raw / rel)
+    return raw
 
 
 def sources_md_for(raw: Path, rel: str, dest: Path, records: int | None = None) -> Path:
@@ -118,6 +135,7 @@ def test_record_count_differs(capsys, fake_raw, tmp_path):
     code, err = build(capsys, fake_raw, tmp_path / "out", "--sources", str(sources))
     assert code == 2
     assert err == [f"error: raw file {fake_raw / TRAIN}: 999 records, SOURCES.md says 1000"]
+    assert_nothing_written(tmp_path / "out")
 
 
 def test_failed_rebuild_keeps_the_previous_folder(capsys, fake_raw, tmp_path):
@@ -174,3 +192,150 @@ def test_record_checks_without_sha():
         check_records([good, bad], CF_FULL_REQUIRED, "cf.json")
     with pytest.raises(EditevalError, match=r"^cf\.json record 0: expected an object, got list$"):
         check_records([[]], CF_FULL_REQUIRED, "cf.json")
+
+
+# ---------------------------------------------------------------------------- every SOURCES.md check
+
+SANITATION_TEST = "knowedit/Sanitation/trivia_qa_test.json"
+PIQA = "locality/commonsense_task/piqa_valid.jsonl"
+
+
+def refused(capsys, raw: Path, out: Path, *extra: str, name: str = "zsre") -> str:
+    """Build NAME expecting a refusal: exit 2, exactly one stderr line, nothing under `out`."""
+    code, err = build(capsys, raw, out, *extra, name=name)
+    assert code == 2 and len(err) == 1, (code, err)
+    assert_nothing_written(out)
+    return err[0]
+
+
+def test_json_dict_record_counts_differ(capsys, tmp_path):
+    """Sanitation's test file is a JSON dict of two record lists (success: 80 / locality: 453)."""
+    raw = linked_raw(tmp_path, "knowedit", copies=(SANITATION_TEST,))
+    data = json.loads((raw / SANITATION_TEST).read_text(encoding="utf-8"))
+    assert {k: len(v) for k, v in data.items()} == {"success": 80, "locality": 453}
+    data["locality"].pop()
+    (raw / SANITATION_TEST).write_text(json.dumps(data), encoding="utf-8")
+    sources = sources_md_for(raw, SANITATION_TEST, tmp_path / "SOURCES.md")  # sha fits, counts still 80 / 453
+    line = refused(capsys, raw, tmp_path / "out", "--sources", str(sources), name="knowedit")
+    assert line == (f"error: raw file {raw / SANITATION_TEST}: record counts {{'success': 80, 'locality': 452}} "
+                    "do not match SOURCES.md {'success': 80, 'locality': 453}")
+
+
+def test_json_dict_given_a_list(capsys, tmp_path):
+    raw = linked_raw(tmp_path, "knowedit", copies=(SANITATION_TEST,))
+    data = json.loads((raw / SANITATION_TEST).read_text(encoding="utf-8"))
+    (raw / SANITATION_TEST).write_text(json.dumps(data["success"]), encoding="utf-8")
+    sources = sources_md_for(raw, SANITATION_TEST, tmp_path / "SOURCES.md")
+    line = refused(capsys, raw, tmp_path / "out", "--sources", str(sources), name="knowedit")
+    assert line == f"error: raw file {raw / SANITATION_TEST}: expected a JSON object of record lists, got list"
+
+
+def test_json_list_given_an_object(capsys, fake_raw, tmp_path):
+    records = json.loads((fake_raw / TRAIN).read_text(encoding="utf-8"))
+    (fake_raw / TRAIN).write_text(json.dumps({"data": records}), encoding="utf-8")
+    sources = sources_md_for(fake_raw, TRAIN, tmp_path / "SOURCES.md")
+    line = refused(capsys, fake_raw, tmp_path / "out", "--sources", str(sources))
+    assert line == f"error: raw file {fake_raw / TRAIN}: expected a JSON list of records, got dict"
+
+
+def test_invalid_json(capsys, fake_raw, tmp_path):
+    text = (fake_raw / TRAIN).read_text(encoding="utf-8")
+    (fake_raw / TRAIN).write_text(text[:-1], encoding="utf-8")  # the closing ']' cut off
+    sources = sources_md_for(fake_raw, TRAIN, tmp_path / "SOURCES.md")
+    line = refused(capsys, fake_raw, tmp_path / "out", "--sources", str(sources))
+    lines = text[:-1].split("\n")
+    assert line == (f"error: raw file {fake_raw / TRAIN}: invalid JSON at line {len(lines)} column {len(lines[-1]) + 1} "
+                    "(Expecting ',' delimiter)")
+
+
+def test_invalid_json_lines_line(capsys, tmp_path):
+    raw = linked_raw(tmp_path, "locality", copies=(PIQA,))
+    lines = (raw / PIQA).read_text(encoding="utf-8").split("\n")
+    lines[4] = lines[4][:-1]  # line 5 loses its closing brace
+    (raw / PIQA).write_text("\n".join(lines), encoding="utf-8")
+    sources = sources_md_for(raw, PIQA, tmp_path / "SOURCES.md")
+    line = refused(capsys, raw, tmp_path / "out", "--sources", str(sources), name="locality")
+    assert line == f"error: raw file {raw / PIQA} line 5: invalid JSON (Expecting ',' delimiter)"
+
+
+def test_text_that_is_not_utf8(capsys, fake_raw, tmp_path):
+    data = (fake_raw / TRAIN).read_bytes()
+    at = data.index(b"UniFirst")
+    (fake_raw / TRAIN).write_bytes(data[:at] + b"\xff" + data[at + 1:])
+    sources = sources_md_for(fake_raw, TRAIN, tmp_path / "SOURCES.md")
+    line = refused(capsys, fake_raw, tmp_path / "out", "--sources", str(sources))
+    assert line == f"error: raw file {fake_raw / TRAIN}: not UTF-8 text (invalid start byte at byte {at})"
+
+
+def test_file_without_a_sources_entry(capsys, fake_raw, tmp_path):
+    text = (RAW / "SOURCES.md").read_text(encoding="utf-8")
+    head = text.index(f"### `{TRAIN}`")
+    end = text.find("\n### ", head + 1)
+    (tmp_path / "SOURCES.md").write_text(text[:head] + text[end + 1:], encoding="utf-8")
+    line = refused(capsys, fake_raw, tmp_path / "out", "--sources", str(tmp_path / "SOURCES.md"))
+    assert line == f"error: raw file {TRAIN} has no entry in SOURCES.md, so it cannot be checked"
+
+
+def _section(rel: str) -> tuple[str, int, int]:
+    text = (RAW / "SOURCES.md").read_text(encoding="utf-8")
+    head = text.index(f"### `{rel}`")
+    return text, head, text.find("\n### ", head + 1)
+
+
+@pytest.mark.parametrize("case", ["missing", "no sections", "no format line", "no size line", "unknown format",
+                                  "unreadable count"])
+def test_every_sources_md_error(capsys, fake_raw, tmp_path, case):
+    text, head, end = _section(TRAIN)
+    block = text[head:end]
+    path = tmp_path / "SOURCES.md"
+    lacks = (f"{path}: section for {TRAIN} lacks a '- format: ...; records: **N**' or "
+             "'- size: N bytes; sha256: `...`' line")
+    edits = {
+        "no sections": ("# Raw data\n\nNothing listed here.\n", f"{path}: no '### `file`' sections found; is this a SOURCES.md?"),
+        "no format line": (block.replace("- format: JSON list; records: **1000**", "- format: JSON list"), lacks),
+        "no size line": (re.sub(r"- size: [\d,]+ bytes", "- size: unknown", block), lacks),
+        "unknown format": (block.replace("- format: JSON list;", "- format: YAML;"),
+                           f"{path}: section for {TRAIN} has unknown format 'YAML'"),
+        "unreadable count": (block.replace("records: **1000**", "records: **about 1000**"),
+                             f"{path}: section for {TRAIN} has an unreadable record count 'about 1000'"),
+    }
+    assert "- format: JSON list; records: **1000**" in block  # the real section, as the edits expect
+    if case == "missing":
+        expected = f"cannot read sources file {path}: No such file or directory"
+    elif case == "no sections":
+        path.write_text(edits[case][0], encoding="utf-8")
+        expected = edits[case][1]
+    else:
+        changed, expected = edits[case]
+        assert changed != block
+        path.write_text(text[:head] + changed + text[end:], encoding="utf-8")
+    line = refused(capsys, fake_raw, tmp_path / "out", "--sources", str(path))
+    assert line == f"error: {expected}"
+
+
+def _dropping(bench, config: str, split: str, keep=lambda rows: rows[:-1]):
+    """The benchmark with a builder that loses rows of one split (or, with keep=None, the split)."""
+    import dataclasses
+
+    def build(ctx):
+        built = bench.build(ctx)
+        if keep is None:
+            del built[config][split]
+        else:
+            built[config][split] = keep(built[config][split])
+        return built
+
+    return dataclasses.replace(bench, build=build)
+
+
+def test_builder_row_counts_are_checked(capsys, fake_raw, tmp_path, monkeypatch):
+    """`_check_shape`: a builder that drops a record (or a split) is refused before anything is written."""
+    from editeval.data import registry
+
+    zsre = registry.BENCHMARKS["zsre"]
+    monkeypatch.setitem(registry.BENCHMARKS, "zsre", _dropping(zsre, "default", "train"))
+    line = refused(capsys, fake_raw, tmp_path / "out")
+    assert line == "error: zsre/default/train: 999 rows, expected 1000"
+    monkeypatch.setitem(registry.BENCHMARKS, "zsre", _dropping(zsre, "default", "knowedit_test", keep=None))
+    line = refused(capsys, fake_raw, tmp_path / "out")
+    assert line == "error: zsre: builder produced no split default/knowedit_test"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from editeval.errors import EditevalError
 from editeval.submissions import (
     Limits,
     SubmissionError,
@@ -19,6 +20,13 @@ from editeval.submissions import (
 )
 
 FP = "0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Scoring writes pre-edit predictions and model copies into the cache: this test's own folder."""
+    monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def manifest(**overrides) -> dict:
@@ -262,8 +270,14 @@ def test_template_is_valid(tmp_path, kind):
     sub = load_submission(path.parent)
     assert sub.score.kind == kind
     assert sub.method.name == "ft-m"
-    with pytest.raises(Exception, match="exists"):
+    written = path.read_bytes()
+    with pytest.raises(EditevalError) as info:
         write_template(tmp_path / "new-entry", fingerprint=False)
+    assert type(info.value) is EditevalError  # not a SubmissionError, nor a TypeError or OSError by accident
+    assert str(info.value) == f"{path} exists (pass --force to overwrite)"
+    assert path.read_bytes() == written  # left as it was
+    write_template(tmp_path / "new-entry", kind=kind, method="rome", fingerprint=False, force=True)
+    assert load_submission(path.parent).method.name == "rome"
 
 
 def test_submit_cli(tmp_path):

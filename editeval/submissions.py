@@ -597,8 +597,7 @@ def score_submission(
     from editeval.scoring import DEFAULT_PIQA_ITEMS, dataset_fingerprint
 
     data_fp = dataset_fingerprint(reqs)
-    staging = checked.dir / STAGING
-    staging.mkdir(exist_ok=True)
+    staging = checked.dir / STAGING  # made by the first write into it: a run refused before leaves no folder
     out = staging / RESULTS
     extra = {"submission": checked.slug, "submission_kind": sub.score.kind, "limit": sub.num_edits,
              "base_num_parameters": count_parameters(base_dir)}

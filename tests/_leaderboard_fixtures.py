@@ -91,3 +91,75 @@ def make_submissions(root: Path) -> Path:
     pending.mkdir()
     (pending / "submission.yaml").write_text(yaml.safe_dump(manifest("pending", "rome", "Pending", "zsre", "single", None)))
     return root
+
+
+# ---------------------------------------------------------------------------- hostile strings everywhere
+
+PWN = """<script>self['__pwned']=1</script> <img src=x onerror="self['__pwned']=2">"""
+
+
+def hostile(tag: str, slash: bool = True, short: bool = False) -> str:
+    """A string holding markup and both quote kinds, each right after `tag` (so a test can tell
+    whether that character reached a page raw), then a script and an onerror handler that set
+    `__pwned` if they ever run. No dots (it also names metric kinds); no '/' when `slash` is False
+    (a folder name); under 80 characters when `short` (method.name)."""
+    head = f"{tag}<b>{tag}\"{tag}'{tag}"
+    if short:
+        return head + """ <img src=x onerror=self['__pwned']=4>"""
+    return head + (" " + PWN if slash else """ <img src=x onerror="self['__pwned']=3">""")
+
+
+# field -> tag; where each one must show up (escaped) is in test_leaderboard.HOSTILE_PAGES
+HOSTILE_TAGS = {
+    "title": "Htitle", "description": "Hdescription", "author0": "Hauthorzero", "author1": "Hauthorone",
+    "contact": "Hcontact", "manifest_method": "Hmm", "base_model_name": "Hbasename",
+    "score_hparams": "Hscorehparams",
+    "meta_method": "Hmetamethod", "meta_benchmark": "Hmetabenchmark", "meta_config": "Hmetaconfig",
+    "meta_split": "Hmetasplit", "meta_base_model": "Hmetabasemodel", "meta_edited_model": "Hmetaedited",
+    "meta_extra_key": "Hmetakey", "meta_extra_value": "Hmetavalue", "hparams_key": "Hhpkey",
+    "hparams_value": "Hhpvalue", "hparams_hash": "Hhphash", "portability_kind": "Hportkind",
+    "locality_kind": "Hlockind",
+    "invalid_key": "Hinvalidkey", "invalid_folder": "Hinvalidfolder", "invalid_schema": "Hinvalidschema",
+}
+HOSTILE_SLUG = "hostile-entry"
+
+
+def make_hostile_submissions(root: Path) -> Path:
+    """A submissions folder whose one valid entry carries markup in every free-text field of its
+    manifest and results record, plus invalid entries whose reasons echo hostile strings."""
+    h = {field: hostile(tag, short=field == "manifest_method") for field, tag in HOSTILE_TAGS.items()}
+    assert len(h["manifest_method"]) <= 80
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / HOSTILE_SLUG
+    folder.mkdir()
+    data = {
+        "schema_version": 1, "title": h["title"], "description": h["description"],
+        "authors": [h["author0"], h["author1"]], "contact": h["contact"],
+        "method": {"name": h["manifest_method"], "link": "https://example.org/paper"},
+        "base_model": {"name": h["base_model_name"], "fingerprint": FP},
+        "benchmark": {"name": "zsre", "split": "edit"}, "mode": "single", "num_edits": 20,
+        "score": {"hparams": h["score_hparams"]},
+    }
+    (folder / "submission.yaml").write_text(yaml.safe_dump(data, width=10_000, allow_unicode=True))
+    port, loc = h["portability_kind"], h["locality_kind"]
+    rows = [{**row, f"portability.{port}.teacher_forced": row["portability.teacher_forced"],
+             f"locality.{loc}.teacher_forced": row["locality.teacher_forced"]}
+            for row in _rows(20, 0.8, 0.9, 99, "zsre")]
+    meta = {"benchmark": h["meta_benchmark"], "config": h["meta_config"], "split": h["meta_split"],
+            "dataset_fingerprint": "d" * 16, "base_model": h["meta_base_model"], "base_fingerprint": FP,
+            "edited_model": h["meta_edited_model"], "peak_rss_mb": 900.0, "wall_time_s": 12.0,
+            "base_num_parameters": 134_515_008, "method": h["meta_method"], "mode": "single",
+            "seconds_per_edit": 1.5, "hparams": {h["hparams_key"]: h["hparams_value"], "layers": [4]},
+            "hparams_hash": h["hparams_hash"], h["meta_extra_key"]: h["meta_extra_value"]}
+    write_record(build_record(rows, meta), rows, folder / "results.json")
+
+    unknown = root / "unknown-key"  # the reason echoes the unknown key
+    unknown.mkdir()
+    (unknown / "submission.yaml").write_text(yaml.safe_dump({**data, h["invalid_key"]: 1}, width=10_000))
+    bad_name = root / hostile(HOSTILE_TAGS["invalid_folder"], slash=False)  # listed by its folder name
+    bad_name.mkdir()
+    old = root / "hostile-schema"  # the reason echoes the schema version
+    old.mkdir()
+    (old / "submission.yaml").write_text(yaml.safe_dump(data, width=10_000))
+    (old / "results.json").write_text(json.dumps({"schema_version": h["invalid_schema"], "metrics": {}}))
+    return root

@@ -7,7 +7,15 @@ import threading
 import urllib.request
 
 import pytest
-from _leaderboard_fixtures import ENTRIES, XSS_TITLE, make_submissions
+from _leaderboard_fixtures import (
+    ENTRIES,
+    HOSTILE_SLUG,
+    HOSTILE_TAGS,
+    XSS_TITLE,
+    hostile,
+    make_hostile_submissions,
+    make_submissions,
+)
 
 from editeval.errors import EditevalError
 from editeval.leaderboard import build_site, make_server
@@ -139,3 +147,87 @@ def test_markdown_tables_match_the_site(built, tmp_path):
     xss = next(r for r in rows if " | kn | " in r)
     assert "<script>" not in xss and "&lt;script&gt;" in xss and xss.count(" | ") == rows[0].count(" | ")
     assert "Average = the arithmetic mean" in text and "Invalid entries: " in text
+
+
+# ---------------------------------------------------------------------------- markup in every submitted string
+
+# where each hostile field must be shown (escaped): the index, the entry's own page
+HOSTILE_PAGES = {
+    "title": {"index", "entry"}, "description": {"entry"}, "author0": {"entry"}, "author1": {"entry"},
+    "contact": {"entry"}, "manifest_method": {"entry"}, "base_model_name": {"entry"}, "score_hparams": {"entry"},
+    "meta_method": {"index", "entry"}, "meta_benchmark": {"index", "entry"}, "meta_config": {"index", "entry"},
+    "meta_split": {"index", "entry"}, "meta_base_model": {"index", "entry"}, "meta_edited_model": {"entry"},
+    "meta_extra_key": {"entry"}, "meta_extra_value": {"entry"}, "hparams_key": {"entry"},
+    "hparams_value": {"entry"}, "hparams_hash": {"entry"}, "portability_kind": {"index", "entry"},
+    "locality_kind": {"entry"}, "invalid_key": {"index"}, "invalid_folder": {"index"}, "invalid_schema": {"index"},
+}
+# shown by `editeval leaderboard table`
+HOSTILE_MARKDOWN = {"title", "meta_method", "meta_benchmark", "meta_config", "meta_split", "portability_kind",
+                    "invalid_key", "invalid_folder", "invalid_schema"}
+
+
+def assert_inert(text: str, tags) -> None:
+    """No '<', '"' or "'" that came from a hostile string reaches `text` raw (each is right after its tag)."""
+    for tag in tags:
+        for char in "<\"'":
+            assert tag + char not in text, f"raw {char!r} of {tag} in the output"
+
+
+@pytest.fixture(scope="module")
+def hostile_site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    report = build_site(make_hostile_submissions(root / "submissions"), root / "site")
+    return report, root / "site", root / "submissions"
+
+
+def test_every_submitted_string_is_escaped_on_the_site(hostile_site):
+    from markupsafe import escape
+
+    report, site, _ = hostile_site
+    assert [e.slug for e in report.entries] == [HOSTILE_SLUG] and len(report.invalid) == 3
+    assert set(HOSTILE_PAGES) == set(HOSTILE_TAGS)
+    pages = {"index": (site / "index.html").read_text(), "entry": (site / "entries" / f"{HOSTILE_SLUG}.html").read_text()}
+    for name, html in pages.items():
+        assert_inert(html, HOSTILE_TAGS.values())
+        assert html.count("<script") == 1, name  # only the site's own script tag
+        assert "<img" not in html and "onerror=\"self" not in html, name
+    for field, where in HOSTILE_PAGES.items():
+        tag = HOSTILE_TAGS[field]
+        shown = {name for name, html in pages.items() if f"{tag}&lt;b&gt;{tag}" in html}  # (quotes: YAML, repr)
+        assert where <= shown, (field, shown)
+
+    # the places where a quote would end an attribute: the table's id and the links to it, the
+    # filter box's data-table, the metric column's data-metric; and the scatter point's <title>
+    index = pages["index"]
+    h = {field: hostile(tag, short=field == "manifest_method") for field, tag in HOSTILE_TAGS.items()}
+    anchor = "t-" + "-".join(str(escape(part.replace("/", "-"))) for part in
+                             (f"{h['meta_benchmark']}/{h['meta_config']}", h["meta_split"], "single"))
+    assert f'id="{anchor}"' in index and f'href="#{anchor}"' in index and f'data-table="{anchor}-table"' in index
+    assert f'href="../index.html#{anchor}"' in pages["entry"]
+    assert f'data-metric="portability.{escape(h["portability_kind"])}.teacher_forced"' in index
+    assert f"<title>{escape(h['meta_method'])}: {escape(h['title'])} (reliability" in index
+    assert f"<title>{escape(h['title'])} · editeval leaderboard</title>" in pages["entry"]
+
+
+def test_markdown_table_escapes_every_submitted_string(hostile_site):
+    """`editeval leaderboard table`: markup from a submission stays inert in every cell, heading and
+    column label, and in the invalid-entries line."""
+    from typer.testing import CliRunner
+
+    from editeval.cli import app
+
+    _, _, subs = hostile_site
+    result = CliRunner().invoke(app, ["leaderboard", "table", "--submissions", str(subs)])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert_inert(text, HOSTILE_TAGS.values())
+    assert "<script" not in text and "<img" not in text
+    for field in HOSTILE_MARKDOWN:
+        assert HOSTILE_TAGS[field] in text, field
+    heading = next(line for line in text.splitlines() if line.startswith("### "))
+    assert HOSTILE_TAGS["meta_benchmark"] in heading and HOSTILE_TAGS["meta_split"] in heading
+    row = next(line for line in text.splitlines() if line.startswith("| 1 | "))
+    header = next(line for line in text.splitlines() if line.startswith("| # | "))
+    assert row.count(" | ") == header.count(" | ")  # no cell split by a submitted '|'
+    invalid = next(line for line in text.splitlines() if line.startswith("Invalid entries: "))
+    assert all(HOSTILE_TAGS[f] in invalid for f in ("invalid_key", "invalid_folder", "invalid_schema"))

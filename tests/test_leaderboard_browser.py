@@ -1,20 +1,27 @@
 """The built site in a real browser: Debian's headless Chromium driven by Playwright, from file://.
 
-Install what it needs with scripts/install_browser.sh. Screenshots go to test-artifacts/."""
+Install what it needs with scripts/install_browser.sh. Screenshots go to the test's tmp_path.
+The escaping checks run with the pages' Content-Security-Policy bypassed: the CSP alone would stop
+an injected inline script, so only escaping keeps `window.__pwned` undefined there."""
 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
-
 import pytest
-from _leaderboard_fixtures import ENTRIES, XSS_TITLE, make_submissions
+from _leaderboard_fixtures import (
+    ENTRIES,
+    HOSTILE_SLUG,
+    HOSTILE_TAGS,
+    XSS_TITLE,
+    hostile,
+    make_hostile_submissions,
+    make_submissions,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian chromium is not installed (run scripts/install_browser.sh)")
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -29,17 +36,32 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page():
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (scripts/install_browser.sh)")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.editeval_errors = errors
-        yield page
+        yield browser
         browser.close()
+
+
+def _watched(page):
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.editeval_errors = errors
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    return _watched(browser.new_page(viewport={"width": 1500, "height": 1000}))
+
+
+@pytest.fixture(scope="module")
+def page_without_csp(browser):
+    context = browser.new_context(bypass_csp=True, viewport={"width": 1500, "height": 1000})
+    yield _watched(context.new_page())
+    context.close()
 
 
 def column(page, table_id: str, header: str) -> list[str]:
@@ -58,8 +80,7 @@ def numbers(values: list[str]) -> list[float]:
     return [float(v) for v in values if v not in ("", "—")]
 
 
-def test_table_sort_filter_and_entry_page(site, page):
-    ARTIFACTS.mkdir(exist_ok=True)
+def test_table_sort_filter_and_entry_page(site, page, tmp_path):
     page.goto((site / "index.html").as_uri())
     table = "t-zsre-edit-single-table"
     zsre_single = [slug for slug, e in ENTRIES.items() if e[2] == "zsre" and e[3] == "single"]
@@ -70,7 +91,8 @@ def test_table_sort_filter_and_entry_page(site, page):
     assert page.evaluate("window.__pwned") is None  # ... and never ran
     averages = numbers(column(page, table, "Average"))
     assert averages == sorted(averages, reverse=True)  # ranked by the average
-    page.screenshot(path=str(ARTIFACTS / "leaderboard-index.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "leaderboard-index.png"), full_page=True)
+    assert (tmp_path / "leaderboard-index.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # clicking a header re-orders the rows: high-first, then low-first
     header = page.locator(f"#{table} thead th", has_text="Locality")
@@ -102,10 +124,59 @@ def test_table_sort_filter_and_entry_page(site, page):
     assert page.locator("h1").inner_text() == "ROME (reference)"
     assert page.locator("text=Per-kind breakdown").count() == 1
     assert page.locator("text=portability.one_hop.teacher_forced").count() == 1
-    page.screenshot(path=str(ARTIFACTS / "leaderboard-entry.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "leaderboard-entry.png"), full_page=True)
 
     # the XSS entry's own page shows its title as text too
     page.goto((site / "entries" / "xss-zsre.html").as_uri())
     assert page.locator("h1").inner_text() == XSS_TITLE
     assert page.evaluate("window.__pwned") is None
+    assert not page.editeval_errors, page.editeval_errors
+
+
+@pytest.fixture(scope="module")
+def hostile_site(tmp_path_factory):
+    from editeval.leaderboard import build_site
+
+    root = tmp_path_factory.mktemp("hostile-browser")
+    build_site(make_hostile_submissions(root / "submissions"), root / "site")
+    return root / "site"
+
+
+def test_markup_in_every_submitted_string_never_runs(hostile_site, page_without_csp, tmp_path):
+    page = page_without_csp
+    # the control: with the CSP bypassed, markup that reaches a page does run
+    page.set_content("""<p>x</p><img src=x onerror="self['__pwned']=2">""")
+    page.wait_for_function("self.__pwned === 2")
+    page.evaluate("delete self.__pwned")
+
+    h = {field: hostile(tag, short=field == "manifest_method") for field, tag in HOSTILE_TAGS.items()}
+    page.goto((hostile_site / "index.html").as_uri())
+    page.wait_for_load_state("load")
+    assert page.evaluate("self.__pwned") is None
+    assert page.locator("img").count() == 0 and page.locator("script").count() == 1
+    table = page.locator("table.sortable")
+    assert table.locator("td.method").inner_text() == h["meta_method"]  # shown as text, whole
+    assert table.locator("td.title a").inner_text() == h["title"]
+    assert page.locator("section.board h2").inner_text().startswith(f"{h['meta_benchmark']}/{h['meta_config']}")
+    metrics = page.eval_on_selector_all("th[data-metric]", "ths => ths.map(th => th.getAttribute('data-metric'))")
+    assert f"portability.{h['portability_kind']}.teacher_forced" in metrics  # the attribute holds it whole
+    folders = page.locator("#invalid tbody td:first-child").all_inner_texts()
+    assert hostile(HOSTILE_TAGS["invalid_folder"], slash=False) in folders
+    assert page.evaluate("""() => document.getElementById(document.querySelector('input.filter').dataset.table)
+                                 === document.querySelector('table.sortable')""")  # the hostile id found back
+    page.locator("input.filter").fill(HOSTILE_TAGS["meta_method"])
+    assert table.locator("tbody tr:not([hidden])").count() == 1
+    page.locator("input.filter").fill("no such entry")
+    assert table.locator("tbody tr:not([hidden])").count() == 0
+    page.screenshot(path=str(tmp_path / "hostile-index.png"), full_page=True)
+
+    page.goto((hostile_site / "entries" / f"{HOSTILE_SLUG}.html").as_uri())
+    page.wait_for_load_state("load")
+    assert page.evaluate("self.__pwned") is None
+    assert page.locator("img").count() == 0 and page.locator("script").count() == 1
+    assert page.locator("h1").inner_text() == h["title"] and page.title() == f"{h['title']} · editeval leaderboard"
+    body = page.locator("body").inner_text()
+    for field in ("description", "contact", "author0", "author1", "manifest_method", "base_model_name",
+                  "score_hparams", "meta_edited_model", "meta_extra_key", "meta_extra_value", "hparams_hash"):
+        assert h[field] in body, field
     assert not page.editeval_errors, page.editeval_errors

@@ -202,8 +202,8 @@ def markdown_tables(submissions_dir: str | os.PathLike) -> str:
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     out = []
     for table in make_tables(entries):
-        out.append(f"### {table.benchmark} / {table.split} / {table.mode}\n")
-        head = ["#", "entry", "method", "edits", *[c["label"] for c in table.columns], "Average", "s/edit"]
+        out.append(f"### {_md_cell(table.benchmark)} / {_md_cell(table.split)} / {_md_cell(table.mode)}\n")
+        head = ["#", "entry", "method", "edits", *[_md_cell(c["label"]) for c in table.columns], "Average", "s/edit"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join(["---:", "---", "---", "---:"] + ["---:"] * (len(head) - 4)) + "|")
         for rank, e in enumerate(table.entries, 1):

@@ -475,9 +475,10 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     Launched in several processes (`editeval.distributed`; single and batch mode), each process
     edits (single) or evaluates (batch) its block of the edits still to do on its own replica,
     appending to its own progress file; the main process gathers the rows and writes the record
-    one process writes (the others return a summary without ``record``). In single mode the seeds
-    are reset before each edit (``seed + index``), so an edit's row does not depend on which
-    process did it, or when."""
+    one process writes (the others return a summary without ``record``). The seeds are reset before
+    each edit, or group of edits applied together (``seed + index`` of its first), so an edit's row
+    does not depend on which process did it, or when, and a resumed run continues as an
+    uninterrupted one would."""
     from tqdm.auto import tqdm
 
     from editeval import distributed
@@ -618,8 +619,9 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
             if not ours and not (dist is not None and mode == "batch"):  # nothing of this group here
                 continue
             reqs = [edit_requests[i] for i in todo]
-            if mode == "single":  # the edit's randomness depends on it alone, not on what ran before
-                seed_everything(opts.seed + todo[0])
+            # the edits' randomness depends on them alone, not on what ran before: a resumed sequential
+            # run (or another process) draws what an uninterrupted run draws
+            seed_everything(opts.seed + todo[0])
             t0 = time.perf_counter()
             if from_saved:
                 log.info("batch of %d edits: weights saved by an interrupted run loaded from %s", len(todo),

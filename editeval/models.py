@@ -142,8 +142,8 @@ def load(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch_dtype = resolve_dtype(dtype)  # before model_dir: a bad dtype is refused without converting weights
     path = model_dir(name_or_path)
-    torch_dtype = resolve_dtype(dtype)
     placement = {}
     if device_map is not None and device_map != "none":
         if not isinstance(device_map, dict) and device_map not in DEVICE_MAPS:

@@ -27,6 +27,11 @@ torch.set_num_threads(1)
 
 REAL_MODEL_FIXTURES = {"smollm2", "smollm2_dir"}
 
+from editeval.paths import cache_dir  # noqa: E402
+
+# the user's cache, read before any test points $EDITEVAL_CACHE at a temp folder
+USER_CACHE = cache_dir()
+
 
 def _raw_data_available() -> bool:
     from editeval.paths import raw_data_dir
@@ -58,14 +63,18 @@ def smollm2_dir():
     """The real SmolLM2-135M folder (converted once into the editeval cache)."""
     from editeval.models import registered_model_dir
 
-    return registered_model_dir("smollm2-135m")
+    with pytest.MonkeyPatch.context() as mp:  # the user cache, even when a test has set a temp one
+        mp.setenv("EDITEVAL_CACHE", str(USER_CACHE))
+        return registered_model_dir("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def _smollm2_session(smollm2_dir):
     from editeval.models import load
 
-    return load("smollm2-135m", device="cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDITEVAL_CACHE", str(USER_CACHE))
+        return load("smollm2-135m", device="cpu")
 
 
 @pytest.fixture
@@ -85,9 +94,8 @@ def _smollm2_tokenizer():
     from transformers import AutoTokenizer
 
     from editeval.models import REGISTRY
-    from editeval.paths import cache_dir
 
-    converted = cache_dir() / "models" / "smollm2-135m"
+    converted = USER_CACHE / "models" / "smollm2-135m"
     if (converted / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(converted)
     package, filename = REGISTRY["smollm2-135m"]

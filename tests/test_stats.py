@@ -39,7 +39,7 @@ def test_second_moments_equal_hooked_mlp_inputs(which, request, corpus):
     projection caught by a torch forward hook, Σ k kᵀ / n in float64. Once over every token of the
     corpus (independent of the article order), once over the documented first 1,500 tokens."""
     m = request.getfixturevalue(which)
-    request.getfixturevalue("cache")  # after the model: the session tokenizer is not looked up in a tmp cache
+    request.getfixturevalue("cache")
     windows = all_windows(m.tokenizer, corpus, 64)  # articles of 50-100 tokens: most are cut in two
     total = sum(map(len, windows))
     assert len(windows) > 60 and total > 1.5 * TOKENS

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from editeval.editing import EditOptions, run_edits
-from editeval.models import load
+from editeval.run.editing import EditOptions, run_edits
+from editeval.runtime.models import load
 
 METRICS = ["reliability.teacher_forced", "generalization.teacher_forced", "locality.teacher_forced",
            "portability.teacher_forced"]

@@ -39,9 +39,9 @@ def run_one(method_name: str, edits: int, model_name: str, threads: int, stats_b
     import torch
 
     torch.set_num_threads(threads)
-    from editeval.editing import EditOptions, load_requests, request_problem
+    from editeval.run.editing import EditOptions, load_requests, request_problem
     from editeval.methods.base import get_method, restore
-    from editeval.models import load
+    from editeval.runtime.models import load
 
     method = get_method(method_name)
     lm = load(model_name, device="cpu")
@@ -54,8 +54,8 @@ def run_one(method_name: str, edits: int, model_name: str, threads: int, stats_b
     # key statistics: built (or read from the cache) before timing, reported apart
     layers = getattr(hp, "layers", None) if method_name == "memit" else [getattr(hp, "layer", None)]
     if method_name in ("rome", "memit") and getattr(hp, "mom2_adjustment", True):
-        from editeval.architectures import num_layers
-        from editeval.stats import second_moments
+        from editeval.runtime.architectures import num_layers
+        from editeval.methods.kit.key_stats import second_moments
 
         n = num_layers(model)
         t0 = time.perf_counter()

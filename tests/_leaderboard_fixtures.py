@@ -1,4 +1,4 @@
-"""Fixture submissions for the leaderboard tests: real results records (editeval.results) built
+"""Fixture submissions for the leaderboard tests: real results records (editeval.evaluation.results) built
 from synthetic per-edit rows, plus invalid entries of each kind. Never written into submissions/."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from editeval.results import build_record, write_record
+from editeval.evaluation.results import build_record, write_record
 
 FP = "0123456789abcdef"
 XSS_TITLE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned=2">'

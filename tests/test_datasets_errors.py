@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from editeval.paths import raw_data_dir
+from editeval.runtime.paths import raw_data_dir
 
 RAW = raw_data_dir()
 pytestmark = pytest.mark.needs_raw  # every test reads ../shared/data/raw (skipped with a reason without it)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from editeval.errors import EditevalError
-from editeval.models import load
-from editeval.schema import empty_request
+from editeval.runtime.models import load
+from editeval.data.schema import empty_request
 
 # layers 2-3 and the head on disk (meta tensors in the model, the values in accelerate's weights map)
 DISK_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu", "model.layers.2": "disk",
@@ -28,10 +28,10 @@ REQS = [
 
 @pytest.fixture(scope="module")
 def small_raw(tmp_path_factory):
-    """A raw-data folder holding only a small key-statistics corpus under the name stats.py reads."""
+    """A raw-data folder holding only a small key-statistics corpus under the name key_stats.py reads."""
     from _stats_oracle import write_corpus
 
-    from editeval.stats import CORPUS_FILE
+    from editeval.methods.kit.key_stats import CORPUS_FILE
 
     raw = tmp_path_factory.mktemp("raw")
     write_corpus(raw / CORPUS_FILE)
@@ -62,7 +62,7 @@ def test_auto_map_with_disk_offload_gives_the_same_logits_and_fingerprint(tiny_l
 
 
 def test_scoring_with_a_device_map_equals_the_normal_load(tiny_llama_dir, cache, tmp_path):
-    from editeval.scoring import score_checkpoint
+    from editeval.run.scoring import score_checkpoint
 
     kw = dict(base=tiny_llama_dir, requests=REQS, progress=False, piqa_items=0, benchmark="toy", generation=True)
     plain, plain_rows, _ = score_checkpoint(tiny_llama_dir, out=tmp_path / "a.json", device="cpu", **kw)
@@ -77,7 +77,7 @@ def test_key_statistics_of_offloaded_layers(tiny_llama, offloaded, cache, small_
     oracle's (Σ k kᵀ / n over forward-hooked MLP inputs of the plain model, one window at a time)."""
     from _stats_oracle import assert_close_to_oracle, documented_windows, hooked_second_moment
 
-    from editeval import stats
+    from editeval.methods.kit import key_stats as stats
 
     kw = dict(tokens=600, max_len=64, use_cache=False, progress=False)
     spread = stats.second_moments(offloaded.model, offloaded.tokenizer, [1, 3], **kw)

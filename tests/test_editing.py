@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from editeval import cli
-from editeval.editing import EditOptions, run_edits
+from editeval.run.editing import EditOptions, run_edits
 from editeval.errors import EditevalError
 from editeval.methods import base as methods_base
 from editeval.methods.base import (
@@ -20,10 +20,10 @@ from editeval.methods.base import (
     get_method,
     register_method,
 )
-from editeval.models import load
-from editeval.results import read_record, read_rows
-from editeval.stats import model_fingerprint
-from editeval.schema import empty_request
+from editeval.runtime.models import load
+from editeval.evaluation.results import read_record, read_rows
+from editeval.methods.kit.key_stats import model_fingerprint
+from editeval.data.schema import empty_request
 
 
 @dataclasses.dataclass
@@ -118,7 +118,7 @@ def test_batch_mode_skips_a_request_whose_subject_is_not_in_its_prompt(tiny, tmp
 
 
 def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_path, tiny_llama_dir):
-    from editeval.scoring import score_checkpoint
+    from editeval.run.scoring import score_checkpoint
 
     reqs = [_req(i) for i in range(3)]
     ckpt = tmp_path / "edited"
@@ -189,8 +189,8 @@ def test_driver_rows_are_taken_on_the_model_carrying_their_own_edit(tiny, tmp_pa
     """Each row is measured with its edit applied (reliability 1.0 where the base model has < 1.0),
     locality against the untouched base, and without the edits of other rows (single) or of
     other batches (batch: the batch's other edit shows, the previous batch's does not)."""
-    from editeval import artifacts
-    from editeval.evaluate import Evaluator
+    from editeval.methods.kit import artifacts
+    from editeval.evaluation.evaluator import Evaluator
 
     reqs = _driver_requests()
     fp = tiny.fingerprint()
@@ -305,8 +305,8 @@ def test_an_interrupted_batch_evaluation_resumes(tiny, tmp_path, monkeypatch, ti
     batch is edited again, whole (its remaining rows are taken on the model the whole batch edits)."""
     from safetensors import safe_open
 
-    from editeval import editing
-    from editeval.evaluate import Evaluator
+    from editeval.run import editing
+    from editeval.evaluation.evaluator import Evaluator
 
     reqs = [_req(i) for i in range(5)]
     straight = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", out=str(tmp_path / "a.json")),
@@ -388,7 +388,7 @@ def write_benchmark(root, name: str, requests: list[dict], split: str = "edit"):
     """A built benchmark folder `root/name` (dataset card + Parquet) as `editeval datasets build` writes one."""
     import datasets
 
-    from editeval.schema import EDIT_REQUEST_FEATURES
+    from editeval.data.schema import EDIT_REQUEST_FEATURES
 
     (root / name / "data").mkdir(parents=True)
     datasets.Dataset.from_list(requests, features=EDIT_REQUEST_FEATURES).to_parquet(root / name / "data" / f"{split}.parquet")

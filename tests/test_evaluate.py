@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from editeval.evaluate import Evaluator, evaluation_columns
-from editeval.models import load
-from editeval.schema import empty_request
+from editeval.evaluation.evaluator import Evaluator, evaluation_columns
+from editeval.runtime.models import load
+from editeval.data.schema import empty_request
 
 WORDS = "alpha beta gamma delta river mountain city king queen language paris rome berlin".split()
 
@@ -124,7 +124,7 @@ def test_fluency_greedy_equals_hf_generate_and_stops_at_eos(which, request, monk
     """`_greedy` (fluency's decoder: left padded, explicit positions, per-prompt limits) equals HF
     `generate`, with and without stopping at EOS; the fluency metric is the n-gram entropy of
     prompt + that generation."""
-    from editeval import metrics as M
+    from editeval.evaluation import metrics as M
 
     lm = request.getfixturevalue(which)
     tok = lm.tokenizer
@@ -232,7 +232,7 @@ def test_generation_paths_agree(which, request, monkeypatch):
     taken, and both equal HF greedy `generate`; the rows are identical."""
     import transformers.cache_utils
 
-    import editeval.evaluate as E
+    import editeval.evaluation.evaluator as E
 
     lm = request.getfixturevalue(which)
     reqs = _requests()

@@ -8,8 +8,8 @@ import torch
 from editeval.errors import EditevalError
 from editeval.methods import ft
 from editeval.methods.base import get_method, restore
-from editeval.models import load
-from editeval.schema import empty_request
+from editeval.runtime.models import load
+from editeval.data.schema import empty_request
 
 
 def _state(model):

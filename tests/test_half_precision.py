@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from editeval.methods import get_method, restore
-from editeval.models import load
-from editeval.schema import empty_request
+from editeval.runtime.models import load
+from editeval.data.schema import empty_request
 
 REQUEST = empty_request(case_id=1, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
                         target_new="English", ground_truth="French",
@@ -27,10 +27,10 @@ TINY = {  # small budgets: the mechanics, not the quality
 
 @pytest.fixture(scope="module")
 def small_raw(tmp_path_factory):
-    """A raw-data folder holding only a small key-statistics corpus under the name stats.py reads."""
+    """A raw-data folder holding only a small key-statistics corpus under the name key_stats.py reads."""
     from _stats_oracle import write_corpus
 
-    from editeval.stats import CORPUS_FILE
+    from editeval.methods.kit.key_stats import CORPUS_FILE
 
     raw = tmp_path_factory.mktemp("raw")
     write_corpus(raw / CORPUS_FILE)

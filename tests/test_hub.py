@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from editeval.submissions import HUB_ALLOW_PATTERNS, SubmissionError, check_submission, fetch_hub_checkpoint
+from editeval.leaderboard.submissions import HUB_ALLOW_PATTERNS, SubmissionError, check_submission, fetch_hub_checkpoint
 
 FP = "0123456789abcdef"
 REPO = "org/edited-model"
@@ -141,7 +141,7 @@ def test_score_refuses_a_hub_checkpoint_with_code_in_one_line(tmp_path, cache, o
     """Through `editeval score SUBMISSION`: exit 2, the one line, no results written."""
     import huggingface_hub
 
-    from editeval.models import load
+    from editeval.runtime.models import load
 
     fingerprint = load(tiny_llama_dir, device="cpu").fingerprint()
     folder = hub_submission(tmp_path, base="base", fingerprint=fingerprint)
@@ -249,7 +249,7 @@ def write_stats_file(folder: Path, layer: int, count: int = 10) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from editeval import stats
+    from editeval.methods.kit import key_stats as stats
 
     meta = {"format": stats.FORMAT, "model_fingerprint": FP, "module": f"model.layers.{layer}.mlp.down_proj",
             "tokens": "10", "max_len": "8", "corpus_sha256": "a" * 64, "layer": str(layer)}

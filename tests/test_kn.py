@@ -8,8 +8,8 @@ import torch
 from editeval.errors import EditevalError
 from editeval.methods import kn
 from editeval.methods.base import get_method, restore
-from editeval.models import load
-from editeval.schema import empty_request
+from editeval.runtime.models import load
+from editeval.data.schema import empty_request
 
 REQ = empty_request(prompt="The capital of France is", target_new="Rome", ground_truth="Paris", subject="France",
                     rephrase_prompts=["France has its capital in"])
@@ -77,7 +77,7 @@ def test_skipping_clean_rows_gives_the_plain_batched_scores(fixture, layers, req
     layers = layers or list(range(model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers")
                                   else model.config.n_layer))
     hp = kn.KNHParams(steps=4, max_answer_tokens=2)
-    from editeval.methods._neurons import mlp_module
+    from editeval.methods.kit.neurons import mlp_module
 
     seen = []  # rows reaching the first block's MLP
     handle = model.get_submodule(mlp_module(model, 0)).register_forward_pre_hook(

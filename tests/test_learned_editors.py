@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from editeval.errors import EditevalError
-from editeval.evaluate import LOC, REL, Evaluator
-from editeval.methods import _editor_training as T
+from editeval.evaluation.evaluator import LOC, REL, Evaluator
+from editeval.methods.kit import editor_training as T
 from editeval.methods.base import get_method, restore
-from editeval.models import load
-from editeval.schema import empty_request
+from editeval.runtime.models import load
+from editeval.data.schema import empty_request
 
 REC = empty_request(
     case_id=0, prompt="The capital of France is", target_new="Rome", subject="France",
@@ -196,7 +196,7 @@ def serac_classifier(tiny_llama, tmp_path_factory):
 
 def test_serac_routes_in_scope_prompts_to_the_counterfactual_context(tiny_llama, serac_classifier, tmp_path,
                                                                      monkeypatch):
-    from editeval import artifacts
+    from editeval.methods.kit import artifacts
     from editeval.methods import serac
 
     model, tok = tiny_llama.model, tiny_llama.tokenizer

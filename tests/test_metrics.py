@@ -8,15 +8,17 @@ import math
 import pytest
 import torch
 
-from editeval import metrics as M
-from editeval.evaluate import Evaluator
-from editeval.models import load
-from editeval.schema import empty_request
+from editeval.evaluation import metrics as M
+from editeval.runtime import tokens
+from editeval.evaluation.evaluator import Evaluator
+from editeval.runtime.models import load
+from editeval.data.schema import empty_request
 
 
 def test_doctests():
-    failures, tried = doctest.testmod(M, optionflags=doctest.ELLIPSIS)
-    assert tried > 10 and failures == 0
+    for module, least in ((M, 10), (tokens, 2)):
+        failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert tried >= least and failures == 0, module.__name__
 
 
 def test_scalar_metrics_by_hand():
@@ -187,7 +189,7 @@ def test_space_merging_tokenizer_follows_the_reference_split(merging):
     joint = tok(prompt + " " + target)["input_ids"]
     alone = tok(prompt)["input_ids"]
     assert joint[: len(alone)] != alone  # the space merged into the prompt's last token
-    ids, start = M.teacher_forced_inputs(tok, prompt, target)
+    ids, start = tokens.teacher_forced_inputs(tok, prompt, target)
     assert ids == joint and start == len(alone)
     reqs = [empty_request(case_id=0, prompt=prompt, target_new=target, rephrase_prompts=["Rome is where this is"])]
     for mixed in (False, True):
@@ -206,5 +208,5 @@ def test_space_merging_tokenizer_follows_the_reference_split(merging):
 
 def test_empty_span_is_clamped_to_one_token(merging):
     # 'is' + ' ' merge; a prompt ending in a space makes the prompt alone as long as the joint text
-    ids, start = M.teacher_forced_inputs(merging.tokenizer, "x", "is")
+    ids, start = tokens.teacher_forced_inputs(merging.tokenizer, "x", "is")
     assert 1 <= start < len(ids)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from editeval.errors import EditevalError
-from editeval.evaluate import Evaluator
-from editeval.models import architecture_summary, check_compatible, load, weights_fingerprint
-from editeval.schema import empty_request
+from editeval.evaluation.evaluator import Evaluator
+from editeval.runtime.models import architecture_summary, check_compatible, load, weights_fingerprint
+from editeval.data.schema import empty_request
 
 
 def _config(kind, tokenizer):

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from editeval import artifacts
+from editeval.methods.kit import artifacts
 from editeval.errors import EditevalError
-from editeval.evaluate import Evaluator
+from editeval.evaluation.evaluator import Evaluator
 from editeval.methods.base import get_method, restore
-from editeval.schema import empty_request
+from editeval.data.schema import empty_request
 
 PROMPT = "The mother tongue of Danielle Darrieux is"
 REPHRASE = "Danielle Darrieux's mother tongue is"
@@ -109,7 +109,7 @@ def _last_logits(lm, prompt: str = PROMPT) -> torch.Tensor:
 
 
 def _counterfact_train(n: int) -> list[dict]:
-    from editeval.scoring import load_requests
+    from editeval.data import load_requests
 
     try:
         return load_requests("counterfact", "train", None, n)

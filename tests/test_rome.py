@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from editeval.errors import EditevalError
-from editeval.methods import _locate, get_method, restore
+from editeval.methods import get_method, restore
+from editeval.methods.kit import locate
 from editeval.methods.rome import ROMEHParams, apply_rome
-from editeval.models import load
-from editeval.nethooks import Trace
-from editeval.schema import empty_request
+from editeval.runtime.models import load
+from editeval.runtime.nethooks import Trace
+from editeval.data.schema import empty_request
 
 DARRIEUX = empty_request(case_id=1, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
                          target_new="English", ground_truth="French")
@@ -37,16 +38,16 @@ def test_rank_one_edit_writes_value_and_restores_exactly(which, request):
     model, tok = m.model, m.tokenizer
     hp = tiny_hp()
     before = _state(model)
-    module = _locate.layer_module_name(model, 1, "mlp_out")
-    prefixes = _locate.context_prefixes(hp.context_short, hp.context_long)
-    res = _locate.compute_delta(model, tok, DARRIEUX, module, prefixes, hp)
+    module = locate.layer_module_name(model, 1, "mlp_out")
+    prefixes = locate.context_prefixes(hp.context_short, hp.context_long)
+    res = locate.compute_delta(model, tok, DARRIEUX, module, prefixes, hp)
     backup = apply_rome(model, tok, [DARRIEUX], hp)
     name = module + ".weight"
     assert list(backup) == [name]
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed == [name]  # (GPT-2 ties nothing to c_proj)
     # after the edit, the MLP output at the subject's last token of the bare prompt is v* = W k + δ
-    loc = _locate.locate(tok, DARRIEUX)
+    loc = locate.locate(tok, DARRIEUX)
     with Trace(model, [module]) as tr, torch.no_grad():
         model(input_ids=torch.tensor([loc.ids]))
     got = tr.outputs[module][0, loc.index]
@@ -65,12 +66,12 @@ def test_fast_delta_equals_naive(which, layer, place, request):
     # noise steers δ after one update: there, only the forward pass (loss, init) is compared
     steps = 1 if layer == 3 else 4
     hp = tiny_hp(v_num_grad_steps=steps, v_loss_stop=0.0)
-    module = _locate.layer_module_name(m.model, layer, place)  # place "": block output (MEMIT)
-    prefixes = _locate.context_prefixes(2, 2)
+    module = locate.layer_module_name(m.model, layer, place)  # place "": block output (MEMIT)
+    prefixes = locate.context_prefixes(2, 2)
     blocks = list(m.model.base_model.modules())
-    fast = _locate.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp)
+    fast = locate.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp)
     assert list(m.model.base_model.modules()) == blocks
-    slow = _locate.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp, fast=False)
+    slow = locate.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp, fast=False)
     assert fast.steps == slow.steps == steps
     assert abs(fast.loss - slow.loss) < 1e-4 and abs(fast.nll - slow.nll) < 1e-4
     assert torch.allclose(fast.init, slow.init, atol=1e-5)
@@ -84,12 +85,12 @@ def test_gathered_keys_equal_one_text_at_a_time(which, request):
     m = request.getfixturevalue(which)
     requests = [DARRIEUX, empty_request(case_id=2, subject="Paris", prompt="Paris is the capital city of",
                                         target_new="Italy", ground_truth="France")]
-    prefixes = _locate.context_prefixes(2, 3)
-    located = [_locate.locate(m.tokenizer, r, p) for r in requests for p in prefixes]
+    prefixes = locate.context_prefixes(2, 3)
+    located = [locate.locate(m.tokenizer, r, p) for r in requests for p in prefixes]
     assert len({loc.index for loc in located}) > 3 and any(len(loc.ids) > loc.index + 1 for loc in located)
-    names = [_locate.layer_module_name(m.model, 1, "mlp_out"), _locate.layer_module_name(m.model, 2, "")]
-    got_in = _locate.gather_at_subject(m.model, m.tokenizer, located, names[:1], inputs=True, batch_size=3)
-    got_out = _locate.gather_at_subject(m.model, m.tokenizer, located, names[1:], inputs=False, batch_size=4)
+    names = [locate.layer_module_name(m.model, 1, "mlp_out"), locate.layer_module_name(m.model, 2, "")]
+    got_in = locate.gather_at_subject(m.model, m.tokenizer, located, names[:1], inputs=True, batch_size=3)
+    got_out = locate.gather_at_subject(m.model, m.tokenizer, located, names[1:], inputs=False, batch_size=4)
     for row, loc in enumerate(located):
         with Trace(m.model, names, retain_input=True) as tr, torch.no_grad():
             m.model(input_ids=torch.tensor([loc.ids]))
@@ -100,7 +101,7 @@ def test_gathered_keys_equal_one_text_at_a_time(which, request):
 
 
 def test_context_templates_are_fixed():
-    prefixes = _locate.context_prefixes(10, 10)
+    prefixes = locate.context_prefixes(10, 10)
     assert len(prefixes) == 21 and prefixes[0] == ""
     assert all(p.endswith(". ") for p in prefixes[1:])
 

@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from editeval.cli import main
-from editeval.results import read_record, read_rows
-from editeval.schema import EDIT_REQUEST_FEATURES, empty_request
-from editeval.scoring import score_checkpoint
+from editeval.evaluation.results import read_record, read_rows
+from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.run.scoring import score_checkpoint
 
 REQS = [
     empty_request(case_id=i, subject="Paris", prompt=f"Question {i}: the capital of France is",
@@ -170,7 +170,7 @@ def test_real_model_knows_paris_and_locality_is_one(smollm2_dir, tmp_path):
 
 
 def test_build_record_summaries_and_metadata(tmp_path):
-    from editeval.results import build_record, hparams_hash, read_record, rows_path, summarize, write_record
+    from editeval.evaluation.results import build_record, hparams_hash, read_record, rows_path, summarize, write_record
 
     rows = [{"case_id": i, "reliability.teacher_forced": float(i % 2), "locality.nq.teacher_forced": 1.0,
              "locality.teacher_forced": 1.0, "efficacy_score": 1.0, "paraphrase_score": 0.5,
@@ -197,7 +197,7 @@ def test_build_record_summaries_and_metadata(tmp_path):
 def test_bootstrap_interval_values():
     """The 95 % percentile-bootstrap interval of a mean, against the normal approximation
     mean ± 1.96·sqrt(p(1-p)/n) (bootstrap percentiles move in steps of 1/n)."""
-    from editeval.results import summarize
+    from editeval.evaluation.results import summarize
 
     half = summarize([0.0, 1.0] * 50)  # p = 0.5, n = 100: 0.5 ± 0.098
     assert (half.mean, half.count) == (0.5, 100)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from _stats_oracle import all_windows, assert_close_to_oracle, documented_windows, hooked_second_moment, write_corpus
 
-from editeval import stats
+from editeval.methods.kit import key_stats as stats
 from editeval.errors import EditevalError
 
 TOKENS = 1500  # of the ~2,900 in the small corpus: the last window is cut short

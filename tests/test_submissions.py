@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from editeval.errors import EditevalError
-from editeval.submissions import (
+from editeval.leaderboard.submissions import (
     Limits,
     SubmissionError,
     check_checkpoint_folder,
@@ -247,7 +247,7 @@ def test_size_caps(tmp_path):
 
 
 def test_hub_id_refused_offline(tmp_path, monkeypatch):
-    from editeval.submissions import fetch_hub_checkpoint
+    from editeval.leaderboard.submissions import fetch_hub_checkpoint
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     checked = check_submission(make_submission(tmp_path, checkpoint=False, score={"hub": "org/edited-model@main"}))
@@ -303,7 +303,7 @@ def test_submit_cli(tmp_path):
 
 
 def tiny_requests(n: int = 3) -> list[dict]:
-    from editeval.schema import empty_request
+    from editeval.data.schema import empty_request
 
     pairs = [("France", "Rome"), ("Spain", "Oslo"), ("Italy", "Paris"), ("Peru", "Lima")][:n]
     return [empty_request(
@@ -322,7 +322,7 @@ def tiny_submission(tmp_path, tiny_llama_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from editeval.models import load
+    from editeval.runtime.models import load
 
     folder = tmp_path / "subs" / "tiny-ckpt"
     folder.mkdir(parents=True)
@@ -339,14 +339,14 @@ def tiny_submission(tmp_path, tiny_llama_dir):
 
 
 def _score(folder, requests=None):
-    from editeval.submissions import score_submission
+    from editeval.leaderboard.submissions import score_submission
 
     return score_submission(folder, device="cpu", piqa_items=0, progress=False, requests=requests or tiny_requests())
 
 
 def test_score_checkpoint_twice_same_numbers_then_up_to_date(tiny_submission):
-    from editeval.results import read_rows
-    from editeval.submissions import Current, staleness
+    from editeval.evaluation.results import read_rows
+    from editeval.leaderboard.submissions import Current, staleness
 
     first = json.loads(json.dumps(_score(tiny_submission).model_dump(mode="json")["metrics"]))
     results = tiny_submission / "results.json"
@@ -363,8 +363,8 @@ def test_score_checkpoint_twice_same_numbers_then_up_to_date(tiny_submission):
 
 
 def test_stale_reasons(tiny_submission, monkeypatch):
-    import editeval.metrics
-    from editeval.submissions import Current, stale_submissions, staleness
+    import editeval.evaluation.metrics
+    from editeval.leaderboard.submissions import Current, stale_submissions, staleness
 
     checked = check_submission(tiny_submission)
     assert staleness(checked, Current(requests=tiny_requests())) == "no results.json"
@@ -374,7 +374,7 @@ def test_stale_reasons(tiny_submission, monkeypatch):
     changed[0]["target_new"] = "Berlin"
     assert staleness(checked, Current(requests=changed)).startswith("dataset changed")
     # the editeval metric version changed
-    monkeypatch.setattr(editeval.metrics, "METRIC_VERSION", "999")
+    monkeypatch.setattr(editeval.evaluation.metrics, "METRIC_VERSION", "999")
     assert staleness(checked, Current(requests=tiny_requests())) == "metric version 1 (now 999)"
     monkeypatch.undo()
     # the submission changed (fewer edits)
@@ -427,7 +427,7 @@ def test_checkpoint_must_match_declared_base(tiny_submission, tiny_gpt2_dir):
 def test_score_unedited_and_method_run(tmp_path, tiny_llama_dir):
     import shutil
 
-    from editeval.models import load
+    from editeval.runtime.models import load
 
     fingerprint = load(tiny_llama_dir, device="cpu").fingerprint()
     unedited = tmp_path / "subs" / "base-entry"
@@ -448,7 +448,7 @@ def test_score_unedited_and_method_run(tmp_path, tiny_llama_dir):
     meta = record.meta
     assert (meta.method, meta.mode, meta.n_edits, meta.submission) == ("ft-m", "single", 2, "ftm-run")
     assert meta.hparams["layers"] == [1] and meta.hparams_hash
-    from editeval.submissions import Current, staleness
+    from editeval.leaderboard.submissions import Current, staleness
 
     assert staleness(check_submission(run), Current(requests=tiny_requests(2))) is None
     (run / "hparams.yaml").write_text("layers: [1]\nnum_steps: 3\nlr: 0.01\n")
@@ -470,7 +470,7 @@ def test_score_unedited_and_method_run(tmp_path, tiny_llama_dir):
 def test_score_all_scores_only_what_is_stale(tiny_submission):
     import shutil
 
-    from editeval.submissions import Current, score_all
+    from editeval.leaderboard.submissions import Current, score_all
 
     root = tiny_submission.parent
     shutil.copytree(tiny_submission, root / "tiny-two")

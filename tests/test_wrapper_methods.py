@@ -14,12 +14,12 @@ import math
 import pytest
 import torch
 
-from editeval import artifacts
+from editeval.methods.kit import artifacts
 from editeval.errors import EditevalError
-from editeval.evaluate import Evaluator
+from editeval.evaluation.evaluator import Evaluator
 from editeval.methods.base import get_method, restore
-from editeval.models import load, weights_fingerprint
-from editeval.schema import empty_request
+from editeval.runtime.models import load, weights_fingerprint
+from editeval.data.schema import empty_request
 
 REQ = empty_request(case_id=0, prompt="The capital of France is", target_new="Rome", subject="France",
                     rephrase_prompts=["France's capital city is"],
@@ -70,7 +70,7 @@ def built_zsre(tmp_path_factory):
     """A built `zsre` benchmark holding only a train split (ZSRE_TRAIN), as `datasets build` lays it out."""
     import datasets
 
-    from editeval.schema import EDIT_REQUEST_FEATURES
+    from editeval.data.schema import EDIT_REQUEST_FEATURES
 
     root = tmp_path_factory.mktemp("benchmarks")
     folder = root / "datasets" / "zsre"
@@ -285,7 +285,7 @@ def _same_rows(a, b):
 
 
 def test_ike_conditions_every_evaluated_prompt(tiny_llama, encoder, monkeypatch):
-    from editeval.evaluate import LOC, REL
+    from editeval.evaluation.evaluator import LOC, REL
 
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     req = {**REQ, "ground_truth": "Paris"}  # CounterFact scores: log-probabilities
@@ -345,9 +345,9 @@ def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(request, tmp
                                                                     name):
     import pandas as pd
 
-    from editeval.editing import EditOptions, run_edits
-    from editeval.results import read_rows
-    from editeval.scoring import score_checkpoint
+    from editeval.run.editing import EditOptions, run_edits
+    from editeval.evaluation.results import read_rows
+    from editeval.run.scoring import score_checkpoint
 
     if name == "ike":
         request.getfixturevalue("encoder")
@@ -381,7 +381,7 @@ def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(request, tmp
 
 
 def test_lora_checkpoint_is_a_normal_model_folder(tmp_path, tiny_llama_dir):
-    from editeval.editing import EditOptions, run_edits
+    from editeval.run.editing import EditOptions, run_edits
 
     hparams = tmp_path / "hp.yaml"
     hparams.write_text(json.dumps(dict(TINY["lora"], target_modules=["mlp.down_proj"])))

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from editeval.errors import EditevalError
-from editeval.hub import authenticated_api, check_repo_id, upload_errors
+from editeval.runtime.hub import authenticated_api, check_repo_id, upload_errors
 
 app = typer.Typer(help="The benchmarks as Hugging Face datasets: build, list, show, publish.", no_args_is_help=True)
 
@@ -61,7 +61,7 @@ def list_(datasets_dir: Optional[Path] = DATASETS_DIR) -> None:
 
     from editeval.data.card import data_file
     from editeval.data.registry import BENCHMARKS
-    from editeval.paths import datasets_dir as resolve
+    from editeval.runtime.paths import datasets_dir as resolve
 
     root = resolve(datasets_dir)
     rows = [["benchmark", "config", "split", "rows", "built"]]
@@ -115,7 +115,7 @@ def publish(
     from editeval.data.build import built_files
     from editeval.data.card import data_file
     from editeval.data.registry import get
-    from editeval.paths import datasets_dir as resolve
+    from editeval.runtime.paths import datasets_dir as resolve
 
     bench = get(name)
     check_repo_id(repo_id)

@@ -38,7 +38,7 @@ def edit(
         import torch
 
         torch.set_num_threads(threads)
-    from editeval.editing import EditOptions, run_edits
+    from editeval.run.editing import EditOptions, run_edits
 
     opts = EditOptions(
         method=method, model=model, benchmark=benchmark, config=config, split=split, limit=limit, mode=mode,

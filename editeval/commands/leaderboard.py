@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from editeval.paths import REPO_ROOT
+from editeval.runtime.paths import REPO_ROOT
 
 app = typer.Typer(help="The leaderboard site, rendered from submissions/*/results.json.", no_args_is_help=True)
 

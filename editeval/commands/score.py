@@ -36,14 +36,14 @@ def score(
     import torch
 
     from editeval.errors import EditevalError
-    from editeval.scoring import headline, score_checkpoint
+    from editeval.run.scoring import headline, score_checkpoint
 
     if threads:
         torch.set_num_threads(threads)
     if sum(x is not None and x is not False for x in (submission, model, all_submissions or None)) != 1:
         raise EditevalError("give exactly one of: a submission folder, --model PATH_OR_NAME, or --all")
     if submission is not None or all_submissions:
-        from editeval.distributed import launched_processes
+        from editeval.runtime.distributed import launched_processes
 
         if launched_processes() > 1:
             raise EditevalError("scoring submission folders runs in one process: launch `editeval score "
@@ -67,9 +67,9 @@ def score(
 
 
 def _score_submissions(submission, all_submissions, force, submissions_dir, device, dtype, fluency, piqa, progress):
-    from editeval import submissions
+    from editeval.leaderboard import submissions
     from editeval.errors import EditevalError
-    from editeval.scoring import headline
+    from editeval.run.scoring import headline
 
     if submission is not None:
         record = submissions.score_submission(submission, device=device, dtype=dtype, fluency=fluency,

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from editeval.errors import EditevalError
-from editeval.hub import authenticated_api, check_repo_id, upload_errors
+from editeval.runtime.hub import authenticated_api, check_repo_id, upload_errors
 
 app = typer.Typer(help="Key statistics for ROME / MEMIT (E[k k^T] over Wikipedia): build, list, publish, pull.",
                   no_args_is_help=True)
@@ -39,7 +39,7 @@ def parse_layers(text: str) -> list[int]:
 
 
 def _load_model(model: str, device: str = "cpu", dtype: str = "float32"):
-    from editeval.models import load
+    from editeval.runtime.models import load
 
     return load(model, device=device, dtype=dtype)
 
@@ -60,8 +60,8 @@ def build(
     """Compute and cache E[k kᵀ] at LAYERS' MLP output projection (sharded under accelerate launch / torchrun)."""
     import time
 
-    from editeval import distributed
-    from editeval import stats as S
+    from editeval.runtime import distributed
+    from editeval.methods.kit import key_stats as S
 
     wanted = parse_layers(layers)
     group = distributed.setup(device)
@@ -98,7 +98,7 @@ def _row(path: Path, meta: dict | None) -> list[str]:
 
 def _selected(model: Optional[str]):
     """The cached files (with metadata), of one model's weights if `model` is given."""
-    from editeval import stats as S
+    from editeval.methods.kit import key_stats as S
 
     files = S.cached_files()
     if model is not None:
@@ -110,7 +110,7 @@ def _selected(model: Optional[str]):
 @app.command("list")
 def list_(model: Optional[str] = typer.Option(None, "--model", help="Only the statistics of this model's weights.")) -> None:
     """The cached statistics files with their metadata."""
-    from editeval.paths import cache_dir
+    from editeval.runtime.paths import cache_dir
 
     folder = cache_dir() / "stats"
     files = _selected(model)
@@ -132,8 +132,8 @@ def publish(
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
 ) -> None:
     """Upload the cached statistics files to a Hugging Face dataset repo (under stats/)."""
-    from editeval import stats as S
-    from editeval.paths import cache_dir
+    from editeval.methods.kit import key_stats as S
+    from editeval.runtime.paths import cache_dir
 
     check_repo_id(repo_id)
     files = []
@@ -175,7 +175,7 @@ def pull(
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of the repo."),
 ) -> None:
     """Download statistics into the cache: only files of MODEL's weights (metadata checked), others skipped."""
-    from editeval import stats as S
+    from editeval.methods.kit import key_stats as S
 
     if (repo_id is None) == (from_dir is None):
         raise EditevalError("give exactly one of --repo-id ORG/NAME or --from-dir FOLDER")

@@ -38,8 +38,8 @@ def train(
 
     from editeval.errors import EditevalError
     from editeval.methods.base import get_method
-    from editeval.models import load
-    from editeval.scoring import load_requests
+    from editeval.runtime.models import load
+    from editeval.data import load_requests
 
     if method not in TRAINABLE:
         raise EditevalError(f"method '{method}' has nothing to train (trainable: {', '.join(TRAINABLE)})")

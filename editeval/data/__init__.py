@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from editeval.errors import EditevalError
-from editeval.paths import datasets_dir
+from editeval.runtime.paths import datasets_dir
 
 
 def load_benchmark(name: str, split: str, config: str | None = None, root: str | os.PathLike | None = None):
@@ -19,3 +19,26 @@ def load_benchmark(name: str, split: str, config: str | None = None, root: str |
         return datasets.load_dataset(str(folder), config, split=split)
     except (ValueError, FileNotFoundError) as err:
         raise EditevalError(f"benchmark '{name}' config {config!r} split '{split}': {str(err).splitlines()[0]}") from None
+
+
+def load_requests(benchmark: str, split: str, config: str | None = None, limit: int | None = None) -> list[dict]:
+    """The edit requests of a built benchmark split (first `limit` of them)."""
+    from editeval.data.schema import empty_request
+
+    ds = load_benchmark(benchmark, split, config)
+    missing = [f for f in ("prompt", "target_new", "case_id") if f not in ds.column_names]
+    if missing:
+        raise EditevalError(
+            f"benchmark '{benchmark}' config {config!r} split '{split}' is not an edit-request split "
+            f"(missing {', '.join(missing)}; expected the fields of editeval.data.schema)"
+        )
+    if limit is not None:
+        if limit < 1:
+            raise EditevalError(f"--limit {limit}: must be at least 1")
+        ds = ds.select(range(min(limit, len(ds))))
+    records = ds.to_list()
+    defaults = empty_request()
+    for r in records:  # tolerate configs without some optional fields
+        for name, value in defaults.items():
+            r.setdefault(name, type(value)() if isinstance(value, list) else value)
+    return records

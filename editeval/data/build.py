@@ -18,7 +18,7 @@ from editeval.data.card import data_file, render
 from editeval.data.common import Benchmark, BuildContext
 from editeval.data.sources import FileSpec, RawData
 from editeval.errors import EditevalError
-from editeval.paths import datasets_dir, raw_data_dir
+from editeval.runtime.paths import datasets_dir, raw_data_dir
 
 # Fixed Parquet writer settings (same bytes for the same rows and library versions).
 PARQUET_OPTIONS = dict(row_group_size=1000, compression="zstd", compression_level=3, use_dictionary=True,

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from editeval.data.sources import RawData, check_records, field
 from editeval.errors import EditevalError
-from editeval.schema import empty_request
+from editeval.data.schema import empty_request
 
 KNOWEDIT_LOCALITY_KINDS = {"Relation_Specificity": "relation_specificity", "Forgetfulness": "forgetfulness"}
 KNOWEDIT_PORTABILITY_KINDS = {"Reasoning": "reasoning", "Subject_Aliasing": "subject_replace",

@@ -7,7 +7,7 @@ from editeval.data.common import (
     CF_FULL_REQUIRED, Benchmark, BuildContext, ConfigSpec, SplitSpec, cf_full_request, pa,
 )
 from editeval.errors import EditevalError
-from editeval.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 
 SIMPLE = {s: f"counterfact/counterfact-{s}.json" for s in ("edit", "train", "val")}
 ONE_HOP = "portability/counterfact_portability_gpt4.json"

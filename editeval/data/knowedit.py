@@ -11,7 +11,7 @@ from editeval.data.common import (
 from editeval.data.sources import field
 from editeval.data.zsre import KNOWEDIT as ZSRE_TEST, knowedit_zsre_rows
 from editeval.errors import EditevalError
-from editeval.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 
 RECENT_TRAIN = "knowedit/wiki_recent/recent_train.json"
 CF_TRAIN = "knowedit/wiki_counterfact/train_cf.json"

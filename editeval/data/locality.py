@@ -9,7 +9,7 @@ from editeval.data.common import (
     cf_full_request,
 )
 from editeval.errors import EditevalError
-from editeval.schema import EDIT_REQUEST_FEATURES
+from editeval.data.schema import EDIT_REQUEST_FEATURES
 
 OTHER_ATTRIBUTION = "locality/counterfact_other_attribution.json"
 DISTRACTING = "locality/counterfact_distracting_neighbor.json"

@@ -6,7 +6,7 @@ from editeval.data.common import (
     CF_FULL_REQUIRED, ZSRE_LOC_REQUIRED, ZSRE_REQUIRED, Benchmark, BuildContext, ConfigSpec, SplitSpec,
     cf_full_request, pa, zsre_request,
 )
-from editeval.schema import EDIT_REQUEST_FEATURES
+from editeval.data.schema import EDIT_REQUEST_FEATURES
 
 ZSRE_SUBJECT_REPLACE = "portability/zsre_subject_replace.json"
 CF_SUBJECT_REPLACE = "portability/counterfact_subject_replace.json"

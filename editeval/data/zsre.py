@@ -6,7 +6,7 @@ from editeval.data.common import (
     KNOWEDIT_LOCALITY_KINDS, KNOWEDIT_PORTABILITY_KINDS, ZSRE_LOC_REQUIRED, ZSRE_REQUIRED,
     Benchmark, BuildContext, ConfigSpec, SplitSpec, dropped_note, knowedit_items, pa, zsre_request,
 )
-from editeval.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 
 EVAL = "portability/zsre_mend_eval_portability_gpt4.json"
 KNOWEDIT = "knowedit/ZsRE/ZsRE-test-all.json"

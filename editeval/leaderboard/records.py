@@ -1,8 +1,8 @@
-"""A read-only view of one results record (`editeval.results`), shaped for the site.
+"""A read-only view of one results record (`editeval.evaluation.results`), shaped for the site.
 
 The record is validated with the results schema; a record of another schema version is refused
 with one line (the site lists the entry as invalid). Metrics are flattened to
-`{name: Stat}` with the protocol names of `editeval.metrics` (`reliability.teacher_forced`,
+`{name: Stat}` with the protocol names of `editeval.evaluation.metrics` (`reliability.teacher_forced`,
 `portability.one_hop.teacher_forced`, ...).
 """
 
@@ -113,7 +113,7 @@ class RecordView:
 
     @property
     def batch_size(self) -> int | None:
-        from editeval.results import grouped_batch_size
+        from editeval.evaluation.results import grouped_batch_size
 
         return grouped_batch_size(self._get("mode"), self._get("edit_batch_size"))
 
@@ -183,10 +183,10 @@ def _order(name: str) -> tuple:
 
 
 def from_record(data: dict) -> RecordView:
-    """Validate a results record (as parsed JSON) with `editeval.results` and flatten it."""
+    """Validate a results record (as parsed JSON) with `editeval.evaluation.results` and flatten it."""
     from pydantic import ValidationError
 
-    from editeval.results import SCHEMA_VERSION, ResultsRecord
+    from editeval.evaluation.results import SCHEMA_VERSION, ResultsRecord
 
     version = data.get("schema_version")
     if str(version) != SCHEMA_VERSION:

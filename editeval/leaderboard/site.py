@@ -17,7 +17,7 @@ import yaml
 
 from editeval.errors import EditevalError
 from editeval.leaderboard import records
-from editeval.submissions import (
+from editeval.leaderboard.submissions import (
     MANIFEST,
     RESULTS,
     SLUG_RE,

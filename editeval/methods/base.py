@@ -9,7 +9,7 @@ A method is one module under `editeval/methods/` that defines a hyper-parameter 
 `apply` edits the model's weights in place and returns a `Backup` (the original values of every
 parameter it changed); `restore(model, backup)` puts them back bit for bit. Methods that wrap the
 model instead of changing weights (IKE, GRACE, T-Patcher, CaliNET) install an `Addition`
-(`editeval.artifacts`: a hook, codebook, added neurons or an in-context prompt) and put its removal
+(`editeval.methods.kit.artifacts`: a hook, codebook, added neurons or an in-context prompt) and put its removal
 in `Backup.undo`; such an edited model is saved as a method artifact folder, not a checkpoint. Presets live in
 `editeval/hparams/<method>/<model>.yaml` (a registered model name, or a family: `gpt2`, `llama`).
 """
@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from editeval.errors import EditevalError
-from editeval.paths import PACKAGE_DIR
+from editeval.runtime.paths import PACKAGE_DIR
 
 HPARAMS_DIR = PACKAGE_DIR / "hparams"
 
@@ -87,14 +87,14 @@ class HParams:
         return min(num_layers - 1, round(layer * num_layers / self.reference_num_layers))
 
 
-Request = dict  # an edit-request record (editeval.schema.EDIT_REQUEST_FEATURES)
+Request = dict  # an edit-request record (editeval.data.schema.EDIT_REQUEST_FEATURES)
 
 
 class Backup(dict):
     """What `restore` needs to undo an edit exactly: parameter name -> its original value (a
     detached copy), plus `undo`, callables that take away what the edit added instead of changing
     weights (forward hooks, codebooks, added neurons, an in-context prompt; see
-    `editeval.artifacts`). `restore` copies the parameters back, then runs `undo` last-first.
+    `editeval.methods.kit.artifacts`). `restore` copies the parameters back, then runs `undo` last-first.
     A plain dict is accepted wherever a Backup is (it has no `undo`)."""
 
     def __init__(self, *args, **kwargs):

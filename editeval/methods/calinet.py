@@ -2,7 +2,7 @@
 
 Calibration memory slots of the FFN form are added next to the FFN of the last layers:
 ``FFN(x) + GELU(x K_c^T) V_c`` with `num_slots` key-value slots per calibrated layer
-(`editeval.methods._neurons.MLPNeurons`); the model's own parameters stay frozen and only the
+(`editeval.methods.kit.neurons.MLPNeurons`); the model's own parameters stay frozen and only the
 slots are trained (Adam) on the edits' teacher-forced target cross-entropy (all requests of a call
 together, the FT-M loss), stopping early below `early_stop_loss`. Keys start random (normal,
 std `init_std`), values at zero, so untrained slots change nothing. Every call adds its own slots
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from editeval.architectures import check_layer, num_layers
-from editeval.artifacts import install, unique_name
+from editeval.runtime.architectures import check_layer, num_layers
+from editeval.methods.kit.artifacts import install, unique_name
 from editeval.errors import EditevalError
-from editeval.methods._neurons import ACTIVATIONS, MLPNeurons, mlp_dims, mlp_module
+from editeval.methods.kit.neurons import ACTIVATIONS, MLPNeurons, mlp_dims, mlp_module
 from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method
 from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from editeval.architectures import architecture, check_layer, mlp_out_weight, num_layers
+from editeval.runtime.architectures import architecture, check_layer, mlp_out_weight, num_layers
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, backup_parameters, frozen_for_editing, register_method
 

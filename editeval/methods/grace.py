@@ -20,7 +20,7 @@ added. A value is trained with Adam (lr 1.0, up to 50 steps; early stop below `e
 the teacher-forced target cross-entropy while the layer's output at the last prompt token is
 replaced by it (as in the reference implementation, the value sits at that one position; the later
 target positions see it through attention). Values start "cold" (uniform [0,1)) or "warm" (the
-layer's current output). Weights never change: the codebook is an `editeval.artifacts.Addition`,
+layer's current output). Weights never change: the codebook is an `editeval.methods.kit.artifacts.Addition`,
 saved as a method artifact. Edits in one batch or across sequential calls grow the same codebook;
 `restore` shrinks it back exactly.
 """
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from editeval.architectures import check_layer, layer_module_name, num_layers
-from editeval.artifacts import (
+from editeval.runtime.architectures import check_layer, layer_module_name, num_layers
+from editeval.methods.kit.artifacts import (
     Addition,
     find_addition,
     install,
@@ -133,7 +133,7 @@ def _codebook(model, hparams: GRACEHParams, backup: Backup) -> GRACECodebook:
 
 def _trace_layer(model, module: str, batch, position: int):
     """(input, output) of `module` at `position` of the one-row batch."""
-    from editeval.nethooks import Trace
+    from editeval.runtime.nethooks import Trace
 
     with torch.no_grad(), Trace(model, [module], retain_input=True, stop=True) as tr:
         model.base_model(input_ids=batch[0], attention_mask=batch[1], use_cache=False)

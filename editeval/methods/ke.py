@@ -17,7 +17,7 @@ initialised so that σ(α)γᵀ ≈ −0.5 and β̂ ≈ 0 (descent, no bias term
 Training: as in the paper, the edit loss is minimised subject to a constraint on how much the
 model's predictions change elsewhere, KL(p_base ‖ p_edited) on locality prompts ≤ `kl_margin`,
 solved with a Lagrange multiplier λ ≥ 0 (gradient ascent on λ): loss = c_edit · L_edit +
-λ (L_loc − m). The training loop is MEND's (`_editor_training`). Edits the same matrices as MEND
+λ (L_loc − m). The training loop is MEND's (`methods.kit.editor_training`). Edits the same matrices as MEND
 (the last 3 MLP output projections); one edit at a time (KE conditions on a single edit).
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from editeval.methods import _editor_training as T
+from editeval.methods.kit import editor_training as T
 from editeval.methods.base import Backup, register_method
 
 

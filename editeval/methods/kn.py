@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from editeval.architectures import (
+from editeval.runtime.architectures import (
     architecture,
     layer_module_name,
     mlp_out_as_out_in,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from editeval.architectures import architecture, check_layer, num_layers
+from editeval.runtime.architectures import architecture, check_layer, num_layers
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, backup_parameters, register_method
 from editeval.methods.ft import _encode_target_new, _loss_target_new

@@ -3,13 +3,13 @@
 Many edits at once, spread over the MLP output projections of a range of layers L = [l₁..l_R]:
 
 1. for each request, z = h + δ at the last edited layer's block output (subject's last token of
-   the bare prompt), δ optimised as in ROME (`_locate.compute_deltas`, placed at the block;
+   the bare prompt), δ optimised as in ROME (`locate.compute_deltas`, placed at the block;
    `VALUE_BATCH` requests side by side, each with its own loss, steps and δ);
 2. for each layer l_i in order (lowest first): K = the requests' keys at l_i (mean over context
-   templates, `_locate.compute_keys`, computed with the layers below already updated),
+   templates, `locate.compute_keys`, computed with the layers below already updated),
    R = (z − h_current) / (R − i) the residual still missing at the last layer, shared out over
    the layers left, and
-       ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹,  C = E[k kᵀ] at l_i (`editeval.stats`), λ = mom2_update_weight
+       ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹,  C = E[k kᵀ] at l_i (`editeval.methods.kit.key_stats`), λ = mom2_update_weight
    computed as a solve, never an explicit inverse: ΔW = R · solve(λC + KKᵀ, K)ᵀ.
 
 Memory grows as (d_in + d_out) × N for N edits (10,000 edits of SmolLM2: ~90 MB) plus one
@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from editeval import distributed
-from editeval.architectures import (
+from editeval.runtime import distributed
+from editeval.runtime.architectures import (
     check_layer,
     layer_module_name,
     mlp_out_as_out_in,
@@ -45,10 +45,10 @@ from editeval.architectures import (
     num_layers,
 )
 from editeval.errors import EditevalError
-from editeval.methods import _locate
+from editeval.methods.kit import locate
 from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
-from editeval.paths import cache_dir
-from editeval.stats import second_moments
+from editeval.runtime.paths import cache_dir
+from editeval.methods.kit.key_stats import second_moments
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ VALUE_SETTINGS = ("context_short", "context_long", "v_num_grad_steps", "v_lr", "
                   "clamp_norm_factor", "kl_factor")
 
 
-# Requests whose δ are optimised side by side (`_locate.compute_deltas`). Not a hyper-parameter: each
+# Requests whose δ are optimised side by side (`locate.compute_deltas`). Not a hyper-parameter: each
 # request gets the δ it gets alone. On SmolLM2-135M (1 CPU thread) 4-16 at once take ~1.3x less time
 # per value than one at a time (wider matrix products); memory grows with it (~8x one request's).
 VALUE_BATCH = 8
@@ -102,7 +102,7 @@ class ValueStore:
     """The z (init + δ) of each request on one set of weights, one small safetensors file each."""
 
     def __init__(self, model, z_module: str, prefixes: list[str], hparams: MEMITHParams):
-        from editeval.models import weights_fingerprint
+        from editeval.runtime.models import weights_fingerprint
 
         settings = {k: getattr(hparams, k) for k in VALUE_SETTINGS}
         key = _digest({"module": z_module, "prefixes": prefixes, "settings": settings})
@@ -143,7 +143,7 @@ def _target_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams
                    z_module: str, prefixes: list[str]) -> torch.Tensor:
     """z = h + δ per request at the last edited layer's output (N, d_model) on the CPU; from the
     store when it holds it, else optimised (and put there as each group is done). Requests not
-    cached are optimised `VALUE_BATCH` at a time (`_locate.compute_deltas`: each gets the δ it
+    cached are optimised `VALUE_BATCH` at a time (`locate.compute_deltas`: each gets the δ it
     gets alone), grouped by the length of what follows the subject so that little is padding."""
     zs: dict[int, torch.Tensor] = {}
     missing = []
@@ -153,13 +153,13 @@ def _target_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams
             missing.append(i)
         else:
             zs[i] = z_one.float().cpu()  # cached ones are read on the CPU
-    missing.sort(key=lambda i: _locate.suffix_length(tokenizer, requests[i]))
+    missing.sort(key=lambda i: locate.suffix_length(tokenizer, requests[i]))
     # (several processes: the main process's bar stands for all, as for the edits)
     bar = tqdm(total=len(missing), desc="MEMIT values", unit="edit", leave=False,
                disable=len(missing) < 2 or not distributed.is_main_process())
     for start in range(0, len(missing), VALUE_BATCH):
         group = missing[start:start + VALUE_BATCH]
-        found = _locate.compute_deltas(model, tokenizer, [requests[i] for i in group], z_module, prefixes, hparams)
+        found = locate.compute_deltas(model, tokenizer, [requests[i] for i in group], z_module, prefixes, hparams)
         for i, d in zip(group, found):
             zs[i] = (d.init + d.delta).float().cpu()
             if store:
@@ -172,7 +172,7 @@ def _target_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams
 def _z_site(model, hparams: MEMITHParams) -> tuple[list[int], str, list[str]]:
     """The edited layers, the module whose output holds z (the last layer's block) and the context prefixes."""
     layers = hparams.edit_layers(model)
-    return layers, layer_module_name(model, layers[-1], ""), _locate.context_prefixes(hparams.context_short,
+    return layers, layer_module_name(model, layers[-1], ""), locate.context_prefixes(hparams.context_short,
                                                                                       hparams.context_long)
 
 
@@ -184,7 +184,7 @@ def precompute_values(model, tokenizer, requests: list[dict], hparams: MEMITHPar
     request that cannot be edited is left out: `apply_memit` reports it."""
     def editable(request: dict) -> bool:
         try:
-            _locate.check_request(tokenizer, request)
+            locate.check_request(tokenizer, request)
             return True
         except EditevalError:
             return False
@@ -204,7 +204,7 @@ def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -
     if not requests:
         return {}
     for request in requests:
-        _locate.check_request(tokenizer, request)
+        locate.check_request(tokenizer, request)
     layers, z_module, prefixes = _z_site(model, hparams)
     check_editable(model, [mlp_out_weight(model, layer)[0] for layer in layers])
     mom2 = second_moments(model, tokenizer, layers, tokens=hparams.mom2_tokens, max_len=hparams.mom2_max_len)
@@ -212,14 +212,14 @@ def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -
     # 1. target z per request at the last layer's output (cached: the costly, resumable part)
     store = ValueStore(model, z_module, prefixes, hparams) if len(requests) > 1 else None
     z = _target_values(model, tokenizer, requests, hparams, store, z_module, prefixes)  # moved per layer below
-    bare = [_locate.locate(tokenizer, r) for r in requests]
+    bare = [locate.locate(tokenizer, r) for r in requests]
 
     backup: Backup = {}
     backup_parameters(model, [mlp_out_weight(model, layer)[0] for layer in layers], backup)
     for i, layer in enumerate(layers):
         _name, param = mlp_out_weight(model, layer)
-        keys = _locate.compute_keys(model, tokenizer, requests, [layer], prefixes, hparams.batch_size)[layer]
-        cur = _locate.gather_at_subject(model, tokenizer, bare, [z_module], inputs=False,
+        keys = locate.compute_keys(model, tokenizer, requests, [layer], prefixes, hparams.batch_size)[layer]
+        cur = locate.gather_at_subject(model, tokenizer, bare, [z_module], inputs=False,
                                         batch_size=hparams.batch_size)[z_module]
         dev = param.device  # float32 algebra where the layer lives (a device map may spread layers)
         resid = (z.to(dev, torch.float32) - cur.to(dev, torch.float32)) / (len(layers) - i)

@@ -13,7 +13,7 @@ loss w.r.t. W's output at token t. MEND edits W by transforming each pair (u_t, 
 4. ΔW = −η_l Σ_t δ̃_t ũ_tᵀ with a learned per-layer step size η_l.
 
 Edited: the MLP output projections of the last 3 layers (the paper's choice). The editor is
-meta-trained with `editeval train mend` on a benchmark's train split (`_editor_training`):
+meta-trained with `editeval train mend` on a benchmark's train split (`methods.kit.editor_training`):
 loss = c_edit · L_edit + c_loc · L_loc (paper: c_edit 0.1, c_loc 1). Editing applies the
 predicted update to the weights (a normal checkpoint can be saved); batch editing sums the update
 over every token of every request, as the paper's batched edits.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from editeval.methods import _editor_training as T
+from editeval.methods.kit import editor_training as T
 from editeval.methods.base import Backup, register_method
 
 

@@ -3,13 +3,13 @@ in GPT").
 
 One edit = one rank-one update of the MLP output projection W (out × in) of one layer:
 
-1. key k* (`_locate.compute_keys`): mean over the context templates of the subject's last-token
+1. key k* (`locate.compute_keys`): mean over the context templates of the subject's last-token
    input to W;
-2. value (`_locate.compute_delta`): δ added to W's output at the subject's last token, optimised
+2. value (`locate.compute_delta`): δ added to W's output at the subject's last token, optimised
    so the model gives target_new (NLL over the templated prompts + KL on "{subject} is a" +
    weight decay; Adam, lr 0.5, ≤ 25 steps, stop when the loss < 0.05, ‖δ‖ ≤ 4‖W k‖);
 3. update (as the reference code): u = C⁻¹k* / ‖C⁻¹k*‖ with C = E[k kᵀ] from Wikipedia
-   (`editeval.stats`); W += (v* − W k)·uᵀ / (uᵀ k), where k is the bare prompt's key and
+   (`editeval.methods.kit.key_stats`); W += (v* − W k)·uᵀ / (uᵀ k), where k is the bare prompt's key and
    v* = W k + δ, so W k becomes exactly v*. C's scale cancels. With mom2_adjustment off, C = I.
 
 Requests are applied one after the other (each on the already edited model).
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from editeval.architectures import (
+from editeval.runtime.architectures import (
     check_layer,
     layer_module_name,
     mlp_out_as_out_in,
@@ -30,9 +30,9 @@ from editeval.architectures import (
     num_layers,
 )
 from editeval.errors import EditevalError
-from editeval.methods import _locate
+from editeval.methods.kit import locate
 from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
-from editeval.stats import second_moment
+from editeval.methods.kit.key_stats import second_moment
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ROMEHParams(HParams):
     v_weight_decay: float = 1e-3
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
-    # key second moments (editeval.stats)
+    # key second moments (editeval.methods.kit.key_stats)
     mom2_adjustment: bool = True
     mom2_tokens: int = 100_000
     mom2_max_len: int = 1024
@@ -77,14 +77,14 @@ def edit_one(model, tokenizer, request: dict, hp: ROMEHParams, backup: Backup) -
     name, param = mlp_out_weight(model, layer)
     check_editable(model, [name])
     module = layer_module_name(model, layer, "mlp_out")
-    prefixes = _locate.context_prefixes(hp.context_short, hp.context_long)
-    _locate.check_request(tokenizer, request)
+    prefixes = locate.context_prefixes(hp.context_short, hp.context_long)
+    locate.check_request(tokenizer, request)
     mom2 = None
     if hp.mom2_adjustment:
         mom2 = second_moment(model, tokenizer, layer, tokens=hp.mom2_tokens, max_len=hp.mom2_max_len)
-    keys = _locate.compute_keys(model, tokenizer, [request], [layer], prefixes, per_prefix=True)[layer][0]
+    keys = locate.compute_keys(model, tokenizer, [request], [layer], prefixes, per_prefix=True)[layer][0]
     key_star, key = keys.mean(0), keys[0]  # prefixes[0] is the bare prompt
-    res = _locate.compute_delta(model, tokenizer, request, module, prefixes, hp)
+    res = locate.compute_delta(model, tokenizer, request, module, prefixes, hp)
     dev = param.device  # float32 algebra where the layer lives (a device map may spread layers)
     upd = rank_one_update(key_star.to(dev, torch.float32), key.to(dev, torch.float32),
                           res.delta.to(dev, torch.float32), None if mom2 is None else mom2.to(dev, torch.float32))

@@ -24,7 +24,7 @@ embedding classifier and fine-tunes a small seq2seq/LM as counterfactual model):
   {target_new}\\nPrompt: {input}`` (a copy demonstration, then the input; the field's in-context
   format). No second model to train or ship.
 
-Routing is per input prompt: the memory is an `editeval.artifacts.Addition` whose `prefix_for`
+Routing is per input prompt: the memory is an `editeval.methods.kit.artifacts.Addition` whose `prefix_for`
 the evaluator applies to every prompt it scores — teacher-forced and generation protocols alike —
 returning the counterfactual context for in-scope prompts and nothing (the plain base model) for
 the others. The classifier sees the prompt only, never the answer being scored. Batch and
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from editeval.artifacts import (
+from editeval.methods.kit.artifacts import (
     Addition,
     find_addition,
     install,
@@ -52,7 +52,7 @@ from editeval.artifacts import (
     unique_name,
 )
 from editeval.errors import EditevalError
-from editeval.methods import _editor_training as T
+from editeval.methods.kit import editor_training as T
 from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
 
 log = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ def load_classifier(model: torch.nn.Module, hparams: SERACHParams, benchmark: st
     """The scope classifier trained on `benchmark` (or `hparams.classifier_path`)."""
     from safetensors.torch import load_file
 
-    from editeval.methods._editor_training import model_label
+    from editeval.methods.kit.editor_training import model_label
 
     folder = Path(hparams.classifier_path) if hparams.classifier_path else classifier_dir(model, benchmark)
     loaded = model.__dict__.setdefault("_editeval_editors", {})

@@ -1,7 +1,7 @@
 """T-Patcher (Huang et al. 2023, "Transformer-Patcher: One Mistake Worth One Neuron").
 
 One patch neuron per edit is added to the last FFN layer: ``FFN(x) + act(x . k + b) * v``
-(`editeval.methods._neurons.MLPNeurons`; ReLU, so a patch that does not fire contributes exactly
+(`editeval.methods.kit.neurons.MLPNeurons`; ReLU, so a patch that does not fire contributes exactly
 nothing). Only the new neuron's key k, bias b and value v are trained (Adam), on the paper's loss
 
     L = L_edit + a * L_act + m * (L_mem1 + L_mem2)
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from editeval.architectures import check_layer, num_layers
-from editeval.artifacts import find_addition, install, unique_name
+from editeval.runtime.architectures import check_layer, num_layers
+from editeval.methods.kit.artifacts import find_addition, install, unique_name
 from editeval.errors import EditevalError
-from editeval.methods._neurons import (
+from editeval.methods.kit.neurons import (
     ACTIVATIONS,
     MLPNeurons,
     memory_batches,

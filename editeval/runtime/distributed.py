@@ -18,6 +18,7 @@ In one process nothing here is used: `setup` returns None without importing acce
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from collections.abc import Sequence
@@ -129,6 +130,7 @@ def setup(device: str = "auto") -> Group | None:
     if state.num_processes <= 1:
         return None
     _group = Group(state)
+    atexit.register(_close)
     if not _group.is_main:  # the main process reports; the others' warnings and bars would repeat it
         logging.getLogger("editeval").setLevel(logging.ERROR)
         try:
@@ -141,6 +143,24 @@ def setup(device: str = "auto") -> Group | None:
         except (ImportError, AttributeError):
             pass
     return _group
+
+
+def _close() -> None:
+    """Take the process group down before the interpreter does: gloo's threads torn down at exit
+    can abort the process ("terminate called without an active exception") after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def finish() -> None:
+    """The end of a command that succeeded: in a data-parallel run every process waits until all are
+    done (the main one writes last), then the process group is taken down before the interpreter's
+    own teardown."""
+    if _group is not None:
+        _group.barrier()
+        _close()
 
 
 def process_device(group: Group | None, device: str) -> str:

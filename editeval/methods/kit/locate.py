@@ -45,10 +45,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from editeval import distributed
-from editeval.architectures import architecture, layer_module_name
+from editeval.runtime import distributed
+from editeval.runtime.architectures import architecture, layer_module_name
 from editeval.errors import EditevalError
-from editeval.nethooks import Trace, no_grad_eval
+from editeval.runtime.nethooks import Trace, no_grad_eval
 
 SHORT_PREFIXES = [  # ~5 tokens each
     "The following is true",

@@ -10,7 +10,7 @@ Layout of ``<name>.json`` (schema version ``SCHEMA_VERSION``; fields below are a
                      runs of an editing method: method, hparams, hparams_hash, mode, edit batch
                      size, seconds per edit (None for a submitted checkpoint)
     metrics          {metric name: MetricSummary} for every per-edit column (protocol names,
-                     see editeval.metrics), e.g. "reliability.teacher_forced"; the other_task.*
+                     see editeval.evaluation.metrics), e.g. "reliability.teacher_forced"; the other_task.*
                      figures are summarised over PIQA items (count = items), not over edits
     breakdowns       {"locality.teacher_forced": {"nq": MetricSummary, ...},
                       "portability.teacher_forced": {"one_hop": ...}, ...}: one entry per kind
@@ -44,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from editeval.metrics import METRIC_VERSION, harmonic_mean
+from editeval.evaluation.metrics import METRIC_VERSION, harmonic_mean
 
 SCHEMA_VERSION = "1"
 BOOTSTRAP_SAMPLES = 1000
@@ -95,7 +95,7 @@ class RunMetadata(BaseModel):
     torch_version: str = ""
     transformers_version: str = ""
     torch_threads: int | None = None
-    n_processes: int = 1  # data-parallel processes that shared the edits (editeval.distributed)
+    n_processes: int = 1  # data-parallel processes that shared the edits (editeval.runtime.distributed)
     # filled by the edit driver (None for a submitted checkpoint)
     method: str | None = None
     hparams: dict[str, Any] | None = None

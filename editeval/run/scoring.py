@@ -33,30 +33,6 @@ def dataset_fingerprint(records: Sequence[Mapping]) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_requests(benchmark: str, split: str, config: str | None = None, limit: int | None = None) -> list[dict]:
-    """The edit requests of a built benchmark split (first `limit` of them)."""
-    from editeval.data import load_benchmark
-    from editeval.schema import empty_request
-
-    ds = load_benchmark(benchmark, split, config)
-    missing = [f for f in ("prompt", "target_new", "case_id") if f not in ds.column_names]
-    if missing:
-        raise EditevalError(
-            f"benchmark '{benchmark}' config {config!r} split '{split}' is not an edit-request split "
-            f"(missing {', '.join(missing)}; expected the fields of editeval.schema)"
-        )
-    if limit is not None:
-        if limit < 1:
-            raise EditevalError(f"--limit {limit}: must be at least 1")
-        ds = ds.select(range(min(limit, len(ds))))
-    records = ds.to_list()
-    defaults = empty_request()
-    for r in records:  # tolerate configs without some optional fields
-        for name, value in defaults.items():
-            r.setdefault(name, type(value)() if isinstance(value, list) else value)
-    return records
-
-
 def load_piqa(items: int) -> list[dict]:
     """The first `items` PIQA validation items (Other-Task locality), or [] when not built."""
     if items <= 0:
@@ -108,15 +84,18 @@ def score_checkpoint(
     `extra_meta` adds/overrides metadata (e.g. method, hparams, mode for the edit driver).
     Returns ``(record, rows, json_path)``. Raises `EditevalError` on bad input, with one line.
 
-    Launched in several processes (`editeval.distributed`), each process scores its block of the
+    Launched in several processes (`editeval.runtime.distributed`), each process scores its block of the
     requests (and of the PIQA items) on its own replica; the rows are gathered in order and the
     main process writes the record a single process writes; the others return ``record`` None.
     """
     import torch
 
-    from editeval import artifacts, distributed, models
-    from editeval.evaluate import Evaluator
-    from editeval.results import build_record, environment_versions, peak_memory, write_record
+    from editeval.methods.kit import artifacts
+    from editeval.runtime import distributed
+    from editeval.runtime import models
+    from editeval.evaluation.evaluator import Evaluator
+    from editeval.evaluation.results import build_record, environment_versions, peak_memory, write_record
+    from editeval.data import load_requests
 
     start = time.perf_counter()
     group = distributed.setup(device)
@@ -152,7 +131,7 @@ def score_checkpoint(
     counterfact = True if benchmark in COUNTERFACT_BENCHMARKS else None
     mine, my_piqa = requests, piqa
     if group is not None:  # this process's blocks; the CounterFact columns are decided on all requests
-        from editeval.evaluate import wants_counterfact
+        from editeval.evaluation.evaluator import wants_counterfact
 
         counterfact = counterfact or wants_counterfact(requests)
         mine, my_piqa = group.shard(requests), group.shard(piqa)
@@ -207,8 +186,8 @@ def score_checkpoint(
 def _gather_scores(group, evaluator, rows, requests, *, generation, counterfact, fluency, piqa):
     """Every process's rows and PIQA items, in order, as one process over all of them has them:
     ``(rows, item_values, base_piqa_accuracy, timings)``."""
-    from editeval import metrics as M
-    from editeval.evaluate import evaluation_columns
+    from editeval.evaluation import metrics as M
+    from editeval.evaluation.evaluator import evaluation_columns
 
     parts = group.gather({"rows": rows, "piqa": evaluator.last_piqa if piqa else {},
                           "base_piqa": evaluator.base_piqa_correct, "timings": dict(evaluator.timings)})

@@ -1,7 +1,7 @@
 """Leaderboard submissions: the `submission.yaml` manifest, its safety checks, and scoring.
 
 A submission is a folder `submissions/<slug>/` holding `submission.yaml` and, once scored,
-`results.json` (the results record, `editeval.results`) with its per-edit Parquet side file.
+`results.json` (the results record, `editeval.evaluation.results`) with its per-edit Parquet side file.
 What is scored is one of:
 
 - `score.checkpoint`: an edited model folder *inside* the submission folder (safetensors only);
@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from editeval.errors import EditevalError
-from editeval.paths import REPO_ROOT
+from editeval.runtime.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class MethodInfo(_Strict):
 
 
 class BaseModelInfo(_Strict):
-    name: str = Field(min_length=1, max_length=200, description="a registered model name (editeval.models)")
-    fingerprint: str = Field(pattern=FINGERPRINT_RE, description="editeval.models.weights_fingerprint of the base")
+    name: str = Field(min_length=1, max_length=200, description="a registered model name (editeval.runtime.models)")
+    fingerprint: str = Field(pattern=FINGERPRINT_RE, description="editeval.runtime.models.weights_fingerprint of the base")
 
 
 class BenchmarkInfo(_Strict):
@@ -349,7 +349,7 @@ def load_submission(directory: str | os.PathLike, limits: Limits = DEFAULT_LIMIT
 
 
 def _base_is_registered(name: str) -> bool:
-    from editeval.models import REGISTRY
+    from editeval.runtime.models import REGISTRY
 
     return name in REGISTRY
 
@@ -436,7 +436,7 @@ def fetch_hub_checkpoint(checked: CheckedSubmission, limits: Limits = DEFAULT_LI
         )
     from huggingface_hub import snapshot_download
 
-    from editeval.paths import cache_dir
+    from editeval.runtime.paths import cache_dir
 
     repo_id, _, revision = repo.partition("@")
     target = cache_dir() / "submissions" / checked.slug / repo_id.replace("/", "--")
@@ -454,7 +454,7 @@ STAGING = ".scoring"  # inside the submission folder: the run's partial files (r
 
 
 def base_model_dir(checked: CheckedSubmission) -> Path:
-    from editeval.models import model_dir
+    from editeval.runtime.models import model_dir
 
     name = checked.submission.base_model.name
     return model_dir(name) if _base_is_registered(name) else checked.dir / name
@@ -488,20 +488,20 @@ class Current:
     def base_fingerprint(self, base_dir: Path) -> str:
         key = str(base_dir.resolve())
         if key not in self._base:
-            from editeval.models import load
+            from editeval.runtime.models import load
 
             self._base[key] = load(base_dir, device=self.device).fingerprint()
         return self._base[key]
 
     def load_requests(self, sub: Submission) -> list[dict]:
-        from editeval.scoring import load_requests
+        from editeval.data import load_requests
 
         if self.requests is not None:
             return [dict(r) for r in self.requests][: sub.num_edits]
         return load_requests(sub.benchmark.name, sub.benchmark.split, sub.benchmark.config, sub.num_edits)
 
     def dataset_fingerprint(self, sub: Submission) -> str:
-        from editeval.scoring import dataset_fingerprint
+        from editeval.run.scoring import dataset_fingerprint
 
         key = (sub.benchmark.name, sub.benchmark.config, sub.benchmark.split, sub.num_edits)
         if key not in self._data:
@@ -527,8 +527,8 @@ def staleness(checked: CheckedSubmission, current: Current) -> str | None:
     """Why `results.json` must be (re)computed, or None when it is up to date: missing or unreadable,
     another results schema or metric version, the submission changed (benchmark, split, edits,
     mode, hyper-parameters), the base model's weights or the dataset changed."""
-    from editeval.metrics import METRIC_VERSION
-    from editeval.results import SCHEMA_VERSION, grouped_batch_size, hparams_hash
+    from editeval.evaluation.metrics import METRIC_VERSION
+    from editeval.evaluation.results import SCHEMA_VERSION, grouped_batch_size, hparams_hash
 
     path = checked.results_path
     if not path.is_file():
@@ -538,7 +538,7 @@ def staleness(checked: CheckedSubmission, current: Current) -> str | None:
         version = data.get("schema_version") if isinstance(data, dict) else None
         if str(version) != SCHEMA_VERSION:
             return f"results schema version {version!r} (now {SCHEMA_VERSION!r})"
-        from editeval.results import ResultsRecord
+        from editeval.evaluation.results import ResultsRecord
 
         meta = ResultsRecord.model_validate(data).meta
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValidationError) as err:
@@ -570,14 +570,14 @@ def score_submission(
     """Score one submission folder and write `results.json` + its per-edit Parquet beside
     `submission.yaml` (both renamed into place only when scoring succeeded).
 
-    A checkpoint (local or Hub) is scored with `editeval.scoring.score_checkpoint` against the
+    A checkpoint (local or Hub) is scored with `editeval.run.scoring.score_checkpoint` against the
     declared base model (its fingerprint must match); a method run goes through the edit driver
-    (`editeval.editing.run_edits`) in the declared mode; `unedited` scores the base model itself.
+    (`editeval.run.editing.run_edits`) in the declared mode; `unedited` scores the base model itself.
     Seeds are fixed, so scoring twice gives the same numbers. `requests` replaces the benchmark
     split (tests). Returns the `ResultsRecord`."""
     import torch
 
-    from editeval.results import read_record, rows_path
+    from editeval.evaluation.results import read_record, rows_path
 
     checked = check_submission(directory, limits=limits)
     sub = checked.submission
@@ -594,7 +594,7 @@ def score_submission(
         checked.checkpoint_dir = fetch_hub_checkpoint(checked, limits)
 
     reqs = current.load_requests(sub)
-    from editeval.scoring import DEFAULT_PIQA_ITEMS, dataset_fingerprint
+    from editeval.run.scoring import DEFAULT_PIQA_ITEMS, dataset_fingerprint
 
     data_fp = dataset_fingerprint(reqs)
     staging = checked.dir / STAGING  # made by the first write into it: a run refused before leaves no folder
@@ -603,8 +603,8 @@ def score_submission(
              "base_num_parameters": count_parameters(base_dir)}
     torch.manual_seed(0)
     if sub.score.kind == "method":
-        from editeval.editing import EditOptions, run_edits
-        from editeval.models import load
+        from editeval.run.editing import EditOptions, run_edits
+        from editeval.runtime.models import load
 
         opts = EditOptions(
             method=sub.method.name, model=sub.base_model.name, benchmark=sub.benchmark.name,
@@ -619,7 +619,7 @@ def score_submission(
         record.meta = record.meta.model_copy(update=extra)
         _atomic_write_text(out, record.model_dump_json(indent=2) + "\n")
     else:
-        from editeval.scoring import score_checkpoint
+        from editeval.run.scoring import score_checkpoint
 
         model = base_dir if sub.score.kind == "unedited" else checked.checkpoint_dir
         extra.update(mode=sub.mode, edit_batch_size=sub.batch_size, base_model=sub.base_model.name,
@@ -714,7 +714,7 @@ method:
   link: "https://arxiv.org/abs/0000.00000"   # paper or code (http/https), or remove
 base_model:
   name: "{base}"  # a registered model name
-  fingerprint: "{fingerprint}"  # editeval.models.weights_fingerprint of the base
+  fingerprint: "{fingerprint}"  # editeval.runtime.models.weights_fingerprint of the base
 benchmark:
   name: "{benchmark}"
   # config: "default"
@@ -755,7 +755,7 @@ def write_template(
         raise EditevalError(f"folder name '{directory.resolve().name}' is not a valid slug (lowercase letters, digits, '.', '_', '-')")
     fingerprint_value = "0" * 16
     if fingerprint:
-        from editeval.models import load
+        from editeval.runtime.models import load
 
         fingerprint_value = load(base, device="cpu").fingerprint()
     from editeval.methods import available_methods

@@ -17,7 +17,7 @@ sha256, dtype, number of processes, editeval version); a cached file is used onl
 fields match the request and its matrix checks out, otherwise it is recomputed (with a warning).
 
 Sharded over processes (`shard=True` under `accelerate launch` / torchrun, as `editeval stats
-build` does; see `editeval.distributed`):
+build` does; see `editeval.runtime.distributed`):
 every process reads the same token stream and runs every N-th window of it (window i → process
 i mod N), the float32 sums and token counts are all-reduced, and the main process writes the file.
 The same tokens are counted as in one process, so the matrix is the same up to float rounding.
@@ -44,10 +44,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from editeval.architectures import check_layer, layer_module_name
+from editeval.runtime.architectures import check_layer, layer_module_name
 from editeval.errors import EditevalError
-from editeval.nethooks import Trace, no_grad_eval
-from editeval.paths import cache_dir, raw_data_dir
+from editeval.runtime.nethooks import Trace, no_grad_eval
+from editeval.runtime.paths import cache_dir, raw_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     """The weights fingerprint of `model`, computed once per model object (see module doc)."""
     fp = model.__dict__.get("_editeval_fingerprint")
     if fp is None:
-        from editeval.models import weights_fingerprint
+        from editeval.runtime.models import weights_fingerprint
 
         fp = weights_fingerprint(model)
         model.__dict__["_editeval_fingerprint"] = fp
@@ -311,12 +311,12 @@ class _Counted:
 
 def process_group() -> tuple[int, int]:
     """(rank, number of processes) under a launcher (`accelerate launch`, torchrun: the group is
-    joined through `editeval.distributed.setup`) or an initialised torch.distributed; (0, 1) alone."""
+    joined through `editeval.runtime.distributed.setup`) or an initialised torch.distributed; (0, 1) alone."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    from editeval import distributed
+    from editeval.runtime import distributed
 
     group = distributed.setup()
     return (0, 1) if group is None else (group.rank, group.world)
@@ -366,7 +366,7 @@ def second_moments(
     path = corpus_path(corpus)
     sha = file_sha256(path)
     fingerprint = model_fingerprint(model)
-    from editeval.models import input_device
+    from editeval.runtime.models import input_device
 
     device = input_device(model)
     rank, world = process_group() if shard else (0, 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import platformdirs
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # editeval/
 REPO_ROOT = PACKAGE_DIR.parent
 
 

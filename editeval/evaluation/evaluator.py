@@ -1,4 +1,4 @@
-"""The batched evaluation engine: every metric of `editeval.metrics` for many edits at once.
+"""The batched evaluation engine: every metric of `editeval.evaluation.metrics` for many edits at once.
 
 Usage (the edit driver and `editeval score` both go through this)::
 
@@ -40,9 +40,10 @@ from pathlib import Path
 
 import torch
 
-from editeval import metrics as M
-from editeval.artifacts import prompt_transform
-from editeval.paths import cache_dir
+from editeval.evaluation import metrics as M
+from editeval.runtime import tokens
+from editeval.methods.kit.artifacts import prompt_transform
+from editeval.runtime.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class Evaluator:
 
     Args:
         base: the unedited `LoadedModel` (its tokenizer is used for everything).
-        requests: edit-request records (`editeval.schema`), a list or a `datasets.Dataset`.
+        requests: edit-request records (`editeval.data.schema`), a list or a `datasets.Dataset`.
         batch_size: sequences per forward pass.
         chat_template: wrap edit-side prompts (reliability, generalization, portability,
             efficacy/paraphrase) with the tokenizer's chat template; never locality prompts.
@@ -250,7 +251,7 @@ class Evaluator:
             counterfact = wants_counterfact(self.requests)
         self.counterfact = counterfact
         if chat_template:
-            M.chat_prompt(self.tokenizer, "x")  # fail early when the tokenizer has none
+            tokens.chat_prompt(self.tokenizer, "x")  # fail early when the tokenizer has none
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.eos_id = self.tokenizer.eos_token_id
@@ -279,10 +280,10 @@ class Evaluator:
         self._by_owner.setdefault(seq.owner, []).append(len(self._seqs) - 1)
 
     def _tf(self, prompt: str, target: str, owner: int, role: str, *, chat: bool, kind="", slot=0, gen=False):
-        ids, start = M.teacher_forced_inputs(self.tokenizer, prompt, target, chat_template=chat)
+        ids, start = tokens.teacher_forced_inputs(self.tokenizer, prompt, target, chat_template=chat)
         gen_prompt = None
         if gen:
-            alone = M.encode(self.tokenizer, M.chat_prompt(self.tokenizer, prompt) if chat else prompt, templated=chat)
+            alone = tokens.encode(self.tokenizer, tokens.chat_prompt(self.tokenizer, prompt) if chat else prompt, templated=chat)
             if alone != ids[:start]:
                 gen_prompt = alone
         self._add(_Seq(ids, start, owner, role, kind, slot, gen, gen_prompt, (prompt, target, chat)))
@@ -433,13 +434,13 @@ class Evaluator:
 
     def _conditioned(self, transform, seq_ids: Sequence[int]) -> list[_Seq]:
         """A copy of the sequences with ``transform(prompt)`` (the in-context prefix a wrapper
-        method such as IKE installs, `editeval.artifacts.prompt_transform`) put before each prompt
+        method such as IKE installs, `editeval.methods.kit.artifacts.prompt_transform`) put before each prompt
         of ``seq_ids``. The text ``prefix + prompt + " " + target`` is tokenised as a whole (as the
         field's IKE does); should that change the scored span's tokens (a BPE merge across the
         prefix), the prefix's tokens are inserted after the leading special tokens instead, so
         every span keeps its tokens and locality stays comparable with the base predictions."""
         seqs = list(self._seqs)
-        n_special = len(M.encode(self.tokenizer, "x")) - len(self.tokenizer("x", add_special_tokens=False)["input_ids"])
+        n_special = len(tokens.encode(self.tokenizer, "x")) - len(self.tokenizer("x", add_special_tokens=False)["input_ids"])
         for s in seq_ids:
             q = seqs[s]
             if q.text is None:
@@ -448,7 +449,7 @@ class Evaluator:
             prefix = transform(prompt)
             if not prefix:
                 continue
-            ids, start = M.teacher_forced_inputs(self.tokenizer, prefix + prompt, target, chat_template=chat)
+            ids, start = tokens.teacher_forced_inputs(self.tokenizer, prefix + prompt, target, chat_template=chat)
             gen_prompt = None
             if ids[start:] != q.ids[q.start:]:
                 extra = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
@@ -459,7 +460,7 @@ class Evaluator:
                     plain = q.gen_prompt if q.gen_prompt is not None else q.ids[: q.start]
                     gen_prompt = plain[:cut] + extra + plain[cut:]
             elif q.gen:
-                alone = M.encode(self.tokenizer, M.chat_prompt(self.tokenizer, prefix + prompt) if chat else prefix + prompt,
+                alone = tokens.encode(self.tokenizer, tokens.chat_prompt(self.tokenizer, prefix + prompt) if chat else prefix + prompt,
                                  templated=chat)
                 if alone != ids[:start]:
                     gen_prompt = alone
@@ -737,7 +738,7 @@ class Evaluator:
         prompts, owners, texts = [], [], []
         for i in indices:
             for p in self.requests[i].get("generation_prompts") or []:
-                prompts.append(M.encode(self.tokenizer, p))
+                prompts.append(tokens.encode(self.tokenizer, p))
                 owners.append(i)
                 texts.append(p)
         if not prompts:

@@ -31,7 +31,7 @@ of the same run over fewer requests is continued the same way: ``--limit 200`` a
 100`` edits 100-199.
 Records, checkpoints and partial state are written to a temporary name and renamed into place.
 
-Data-parallel: launched in several processes (`editeval.distributed`, e.g.
+Data-parallel: launched in several processes (`editeval.runtime.distributed`, e.g.
 ``accelerate launch --multi_gpu --num_processes N -m editeval edit --mode single ...``) each
 process holds its own model replica and appends to its own ``<out>.partial.rank<R>.jsonl``. In
 single mode each process edits and evaluates its block of the edits still to do. In batch mode
@@ -46,7 +46,7 @@ refused under several processes.
 
 Saving (``--save-checkpoint``): a model whose edit changed weights only is written as a normal
 Hugging Face checkpoint; a model carrying additions of a wrapper method (IKE's prompt, GRACE's
-codebook, T-Patcher's / CaliNET's neurons; `editeval.artifacts`) is written as a method artifact
+codebook, T-Patcher's / CaliNET's neurons; `editeval.methods.kit.artifacts`) is written as a method artifact
 folder that `editeval score --model DIR --base MODEL` installs on the base model (docs/artifacts.md).
 """
 
@@ -67,9 +67,10 @@ from typing import Any
 
 import torch
 
-from editeval import artifacts, stats
+from editeval.methods.kit import artifacts
+from editeval.methods.kit import key_stats as stats
 from editeval.errors import EditevalError
-from editeval.paths import atomic_dir
+from editeval.runtime.paths import atomic_dir
 from editeval.methods.base import Backup, Method, backup_parameters, get_method, restore
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def check_mode(method: Method, mode: str, edit_batch_size: int | None, save_chec
 
 def check_hparams_layers(model: torch.nn.Module, hparams) -> None:
     """A preset naming a layer the model does not have fails before any edit is tried."""
-    from editeval.architectures import check_layer, num_layers
+    from editeval.runtime.architectures import check_layer, num_layers
 
     n = num_layers(model)
     for name in ("layer", "layers"):
@@ -186,7 +187,7 @@ def method_request(request: dict, tokenizer, chat_template: bool) -> dict:
     the evaluation wraps it (the subject stays inside the prompt)."""
     if not chat_template:
         return request
-    from editeval.metrics import chat_prompt
+    from editeval.runtime.tokens import chat_prompt
 
     return {**request, "prompt": chat_prompt(tokenizer, request["prompt"])}
 
@@ -207,7 +208,7 @@ def _same_run(saved: dict | None, header: dict) -> bool:
 class Partial:
     """The append-only progress file of one run (+ the sequential weights file).
 
-    A data-parallel run (`editeval.distributed`; single or batch mode) gives each process its own
+    A data-parallel run (`editeval.runtime.distributed`; single or batch mode) gives each process its own
     file, ``<out>.partial.rank<R>.jsonl`` (`rank`); every process also reads the other progress
     files of the same run (`foreign`), so a rerun with another number of processes resumes too.
     `remove` then removes them all."""
@@ -365,8 +366,8 @@ def _carry_over_record(out: Path, header: dict, requests: list[dict], generation
     smaller --limit) becomes the progress of this one, so ``--limit 200`` after ``--limit 100``
     edits only requests 100-199. Edits are independent of each other in single mode, so the old
     rows are exactly what this run would compute. Returns how many requests were carried over."""
-    from editeval import results as R
-    from editeval.scoring import dataset_fingerprint
+    from editeval.evaluation import results as R
+    from editeval.run.scoring import dataset_fingerprint
 
     if not out.exists() or any(out.parent.glob(glob.escape(out.name) + ".partial*.jsonl")):
         return 0
@@ -458,8 +459,8 @@ def _find_bad(apply, model, indices: list[int], requests: dict) -> dict[int, str
 
 def load_requests(opts: EditOptions) -> tuple[list[dict], str]:
     """The first `limit` requests of the benchmark split and their fingerprint (as `editeval score`)."""
-    from editeval.scoring import dataset_fingerprint
-    from editeval.scoring import load_requests as load_split
+    from editeval.run.scoring import dataset_fingerprint
+    from editeval.data import load_requests as load_split
 
     if opts.datasets_root:
         os.environ["EDITEVAL_DATASETS"] = str(opts.datasets_root)
@@ -472,7 +473,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     """Apply and evaluate the edits described by `opts`; write the record. `loaded` (a
     `LoadedModel`) and `requests` may be given directly instead of being loaded by name.
 
-    Launched in several processes (`editeval.distributed`; single and batch mode), each process
+    Launched in several processes (`editeval.runtime.distributed`; single and batch mode), each process
     edits (single) or evaluates (batch) its block of the edits still to do on its own replica,
     appending to its own progress file; the main process gathers the rows and writes the record
     one process writes (the others return a summary without ``record``). The seeds are reset before
@@ -481,10 +482,10 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     uninterrupted one would."""
     from tqdm.auto import tqdm
 
-    from editeval import distributed
-    from editeval import results as R
-    from editeval.evaluate import Evaluator, evaluation_columns, wants_counterfact
-    from editeval.models import load
+    from editeval.runtime import distributed
+    from editeval.evaluation import results as R
+    from editeval.evaluation.evaluator import Evaluator, evaluation_columns, wants_counterfact
+    from editeval.runtime.models import load
 
     wall0 = time.perf_counter()
     method = get_method(opts.method)
@@ -501,7 +502,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
         raise EditevalError(f"hyper-parameter file not found: {opts.hparams_path}")
     run_fingerprint = dataset_fingerprint  # what the progress file is tied to
     if requests is not None and not dataset_fingerprint:  # the record names its data all the same
-        from editeval.scoring import dataset_fingerprint as fingerprint_of
+        from editeval.run.scoring import dataset_fingerprint as fingerprint_of
 
         dataset_fingerprint = fingerprint_of(requests)
     if requests is None:
@@ -573,7 +574,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     mine = [i for _, part in plan for i in part]  # the requests this process evaluates
     ev_requests = [requests[i] for i in mine]
     ev_index = {i: j for j, i in enumerate(mine)}
-    from editeval.scoring import COUNTERFACT_BENCHMARKS
+    from editeval.run.scoring import COUNTERFACT_BENCHMARKS
 
     # decided on every valid request, so that each process's rows have the same columns
     counterfact = opts.benchmark in COUNTERFACT_BENCHMARKS or wants_counterfact([requests[i] for i in valid])

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from editeval.errors import EditevalError
-from editeval.paths import atomic_dir, cache_dir
+from editeval.runtime.paths import atomic_dir, cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ def architecture(model: torch.nn.Module) -> Architecture:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in ARCHITECTURES:
         raise EditevalError(
-            f"model type '{model_type}' has no entry in editeval.architectures.ARCHITECTURES "
+            f"model type '{model_type}' has no entry in editeval.runtime.architectures.ARCHITECTURES "
             f"(known: {', '.join(sorted(ARCHITECTURES))})"
         )
     return ARCHITECTURES[model_type]

@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from editeval.architectures import (
+from editeval.runtime.architectures import (
     architecture,
     check_layer,
     layer_module_name,
@@ -57,7 +57,7 @@ from editeval.architectures import (
 )
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, backup_parameters, train_benchmark_for
-from editeval.paths import cache_dir
+from editeval.runtime.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class _Seq:
 
 
 def _encode(tokenizer, prompt: str, target: str, max_length: int) -> _Seq:
-    from editeval.metrics import teacher_forced_inputs
+    from editeval.runtime.tokens import teacher_forced_inputs
 
     ids, start = teacher_forced_inputs(tokenizer, prompt, target.strip())
     if len(ids) > max_length:  # keep the target whole: cut from the left
@@ -325,7 +325,7 @@ def editor_dir(method: str, fingerprint: str, benchmark: str) -> Path:
 
 def model_label(model: torch.nn.Module) -> str:
     """The registered name (or folder) a model was loaded from, for messages."""
-    from editeval.models import REGISTRY
+    from editeval.runtime.models import REGISTRY
 
     path = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
     for name in REGISTRY:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from editeval.architectures import architecture
-from editeval.artifacts import Addition, register_addition
+from editeval.runtime.architectures import architecture
+from editeval.methods.kit.artifacts import Addition, register_addition
 
 ACTIVATIONS = {
     "relu": torch.relu,
@@ -96,7 +96,7 @@ def mlp_module(model, layer: int) -> str:
 
 def mlp_inputs(model, module: str, batch) -> torch.Tensor:
     """The MLP module's input [B, T, d] for a (ids, mask, ...) batch, without gradients."""
-    from editeval.nethooks import Trace
+    from editeval.runtime.nethooks import Trace
 
     with torch.no_grad(), Trace(model, [module], retain_input=True, retain_output=False, stop=True) as tr:
         model.base_model(input_ids=batch[0], attention_mask=batch[1], use_cache=False)
@@ -107,7 +107,7 @@ def memory_batches(tokenizer, benchmark: str, n: int, device, split: str = "trai
     """Right-padded batches of ``prompt + " " + target_new`` of the first n train-split records
     (T-Patcher's memory of inputs the patch must not fire on)."""
     from editeval.methods.ft import _encode_target_new
-    from editeval.scoring import load_requests
+    from editeval.data import load_requests
 
     records = load_requests(benchmark, split, None, n)
     texts = [(r["prompt"], r["target_new"]) for r in records if r["prompt"].strip() and r["target_new"].strip()]

@@ -28,7 +28,7 @@ from typing import ClassVar
 import torch
 
 from editeval.errors import EditevalError
-from editeval.paths import atomic_dir
+from editeval.runtime.paths import atomic_dir
 
 ARTIFACT_FILE = "editeval_artifact.json"
 TENSORS_FILE = "additions.safetensors"
@@ -145,7 +145,7 @@ def save_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, metho
     """Write the additions installed on `model` as an artifact folder (temp folder, then rename)."""
     from safetensors.torch import save_file
 
-    from editeval.models import architecture_summary
+    from editeval.runtime.models import architecture_summary
 
     installed = additions(model)
     if not installed:
@@ -192,7 +192,7 @@ def load_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, check
     returns the callable that removes them."""
     from safetensors.torch import load_file
 
-    from editeval.models import architecture_summary, weights_fingerprint
+    from editeval.runtime.models import architecture_summary, weights_fingerprint
 
     meta = read_artifact(directory)
     if check_base:

@@ -1,0 +1,1 @@
+"""Evaluation: the evaluator, metrics and the results record."""

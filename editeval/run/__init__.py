@@ -1,0 +1,1 @@
+"""The run pipeline: edit runs and checkpoint scoring."""

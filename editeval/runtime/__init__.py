@@ -1,0 +1,1 @@
+"""Runtime: paths, models, architectures, hooks, processes, the Hub (imports nothing above it)."""

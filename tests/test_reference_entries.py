@@ -1,0 +1,63 @@
+"""The committed reference entries still come out of the code: a sample of them re-scored on the real
+SmolLM2-135M gives their committed per-edit rows exactly (first edits of each: in single mode an edit's
+row depends on that edit alone), and `editeval score --all` finds none of them stale. Any change that
+moves a number fails here; it then needs a version bump and re-scored entries."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SUBMISSIONS = REPO / "submissions"
+PREFIX = "reference-smollm2-135m-"
+
+# entry -> how many of its first edits to re-score (ROME costs ~30 s an edit here, FT-M ~3 s)
+SAMPLE = {"unedited-zsre": 8, "ft-m-zsre": 3, "ft-m-counterfact": 2, "grace-zsre": 2, "rome-zsre": 1}
+
+
+def _built(benchmark: str) -> bool:
+    return any((REPO / "datasets" / benchmark / "data").rglob("*.parquet"))  # git-ignored: built by setup.sh
+
+
+@pytest.fixture()
+def repo_paths(monkeypatch):
+    for name in ("EDITEVAL_DATASETS", "EDITEVAL_RAW_DATA"):  # the repository's own data
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("entry, k", SAMPLE.items())
+def test_reference_entry_rescores_to_its_committed_rows(entry, k, smollm2_dir, repo_paths, tmp_path):
+    from editeval.data import load_requests
+    from editeval.evaluation.results import read_rows
+    from editeval.leaderboard.submissions import score_submission
+
+    benchmark = entry.rsplit("-", 1)[1]
+    if not _built(benchmark):
+        pytest.skip(f"datasets/{benchmark} is not built (editeval datasets build {benchmark})")
+    folder = tmp_path / (PREFIX + entry)
+    folder.mkdir()
+    for name in ("submission.yaml", "hparams.yaml"):
+        if (SUBMISSIONS / folder.name / name).exists():
+            shutil.copy(SUBMISSIONS / folder.name / name, folder / name)
+    score_submission(folder, device="cpu", piqa_items=0, progress=False,
+                     requests=load_requests(benchmark, "edit", None, k))
+    got = read_rows(folder / "results.json")
+    committed = read_rows(SUBMISSIONS / folder.name / "results.json").iloc[:k]
+    assert len(got) == k
+    # kinds that appear only in later edits are columns of the committed rows, empty in the first k
+    assert committed.drop(columns=got.columns).isna().all().all()
+    pd.testing.assert_frame_equal(got, committed[got.columns], check_exact=True)
+
+
+def test_no_reference_entry_is_stale(smollm2_dir, repo_paths):
+    from editeval.leaderboard.submissions import stale_submissions
+
+    benchmarks = {p.name.rsplit("-", 1)[1] for p in SUBMISSIONS.iterdir() if p.name.startswith(PREFIX)}
+    missing = [b for b in sorted(benchmarks) if not _built(b)]
+    if missing:
+        pytest.skip(f"datasets not built: {', '.join(missing)}")
+    assert stale_submissions(SUBMISSIONS) == []

@@ -28,13 +28,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from editeval.errors import EditevalError
-from editeval.leaderboard.submissions import (
-    SUBMISSIONS_DIR,
-    Current,
-    check_submission,
-    score_submission,
-    staleness,
-)
+from editeval.leaderboard.checks import check_submission
+from editeval.leaderboard.manifest import SUBMISSIONS_DIR
+from editeval.leaderboard.submissions import Current, score_submission, staleness
 
 BASE = "smollm2-135m"
 BENCHMARKS = ("zsre", "counterfact")

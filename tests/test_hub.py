@@ -18,7 +18,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from editeval.leaderboard.submissions import HUB_ALLOW_PATTERNS, SubmissionError, check_submission, fetch_hub_checkpoint
+from editeval.leaderboard.checks import check_submission, fetch_hub_checkpoint
+from editeval.leaderboard.manifest import HUB_ALLOW_PATTERNS, SubmissionError
 
 FP = "0123456789abcdef"
 REPO = "org/edited-model"

@@ -10,14 +10,8 @@ import pytest
 import yaml
 
 from editeval.errors import EditevalError
-from editeval.leaderboard.submissions import (
-    Limits,
-    SubmissionError,
-    check_checkpoint_folder,
-    check_submission,
-    load_submission,
-    write_template,
-)
+from editeval.leaderboard.checks import check_checkpoint_folder, check_submission, load_submission
+from editeval.leaderboard.manifest import Limits, SubmissionError, write_template
 
 FP = "0123456789abcdef"
 
@@ -247,7 +241,7 @@ def test_size_caps(tmp_path):
 
 
 def test_hub_id_refused_offline(tmp_path, monkeypatch):
-    from editeval.leaderboard.submissions import fetch_hub_checkpoint
+    from editeval.leaderboard.checks import fetch_hub_checkpoint
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     checked = check_submission(make_submission(tmp_path, checkpoint=False, score={"hub": "org/edited-model@main"}))

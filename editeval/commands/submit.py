@@ -23,7 +23,7 @@ def new(
     force: bool = typer.Option(False, help="overwrite an existing submission.yaml"),
 ) -> None:
     """Write DIR/submission.yaml, filled in with the given choices and commented."""
-    from editeval.leaderboard.submissions import write_template
+    from editeval.leaderboard.manifest import write_template
 
     path = write_template(directory, base=base, benchmark=benchmark, split=split, method=method, kind=kind,
                           fingerprint=fingerprint, force=force)
@@ -36,7 +36,8 @@ def check(
     files: bool = typer.Option(True, help="also check the checkpoint / hparams files it names"),
 ) -> None:
     """Validate a submission folder: schema, paths, file types and sizes. Exit 2 on problems."""
-    from editeval.leaderboard.submissions import SubmissionError, check_submission
+    from editeval.leaderboard.checks import check_submission
+    from editeval.leaderboard.manifest import SubmissionError
 
     try:
         checked = check_submission(directory, check_files=files)

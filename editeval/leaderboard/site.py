@@ -17,14 +17,8 @@ import yaml
 
 from editeval.errors import EditevalError
 from editeval.leaderboard import records
-from editeval.leaderboard.submissions import (
-    MANIFEST,
-    RESULTS,
-    SLUG_RE,
-    Submission,
-    SubmissionError,
-    load_submission,
-)
+from editeval.leaderboard.checks import load_submission
+from editeval.leaderboard.manifest import MANIFEST, RESULTS, SLUG_RE, Submission, SubmissionError
 
 log = logging.getLogger(__name__)
 

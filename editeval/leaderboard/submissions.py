@@ -1,4 +1,5 @@
-"""Leaderboard submissions: what a submission is, and scoring it (the manifest lives in `manifest.py`, its safety checks in `checks.py`).
+"""Leaderboard submissions: what a submission is, and scoring it (the manifest is in `manifest.py`,
+its safety checks in `checks.py`).
 
 A submission is a folder `submissions/<slug>/` holding `submission.yaml` and, once scored,
 `results.json` (the results record, `editeval.evaluation.results`) with its per-edit Parquet side file.

@@ -1,11 +1,15 @@
 """The one registry type: lazy built-ins, one-line errors on unknown names, and third-party entries
-through entry points: a temporary package (a toy method and a toy benchmark, declared in an
-`entry_points.txt` of a `*.dist-info` folder on PYTHONPATH) used from the command line."""
+through entry points: the examples of docs/extending.md (a method, a benchmark, an architecture) put
+in a temporary package, declared in an `entry_points.txt` of a `*.dist-info` folder on PYTHONPATH,
+and used from the command line."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,56 +17,25 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
-from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 from editeval.errors import EditevalError
 from editeval.evaluation.results import read_record, read_rows
 from editeval.runtime.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds for one `python -m editeval` (imports torch; two busy cores)
-
-# The toy method: adds a constant to one weight (the MLP output projection of one layer), backed up.
-TOY_METHOD = '''
-from dataclasses import dataclass
-
-import torch
-
-from editeval.methods.base import Backup, HParams, backup_parameters, register_method
-from editeval.runtime.architectures import mlp_out_weight
-
-
-@dataclass
-class ToyHParams(HParams):
-    layer: int = 0
-    delta: float = 0.01
-
-
-@register_method("toy", hparams=ToyHParams, batch=True)
-def apply_toy(model, tokenizer, requests, hparams: ToyHParams) -> Backup:
-    name, weight = mlp_out_weight(model, hparams.layer)
-    backup = backup_parameters(model, [name])
-    with torch.no_grad():
-        weight.add_(hparams.delta * len(requests))
-    return backup
-'''
-
-TOY_BENCHMARK = '''
-from editeval.data.common import Benchmark, ConfigSpec, SplitSpec
-from editeval.data.schema import EDIT_REQUEST_FEATURES
-
-BENCHMARK = Benchmark(
-    name="toybench", pretty_name="Toy benchmark", license="mit",
-    configs=(ConfigSpec("default", (SplitSpec("edit", 2, "toy/edit.json"),), EDIT_REQUEST_FEATURES,
-                        "two toy edits", default=True),),
-    raw_files=("toy/edit.json",), build=lambda ctx: {}, card="{{ counts_table }}",
-)
-'''
+# the blocks of docs/extending.md marked `<!-- tested: NAME -->`
+DOC = {name: text for name, text in re.findall(r"<!-- tested: (\w+) -->\n```\w*\n(.*?)```",
+                                               (REPO / "docs" / "extending.md").read_text(), re.S)}
+CAPITALS = [{"country": "France", "capital": "Paris", "new_capital": "Lyon"},
+            {"country": "Italy", "capital": "Rome", "new_capital": "Berlin"},
+            {"country": "Germany", "capital": "Berlin", "new_capital": "Paris"}]
 
 
 def _plugin(root: Path, entry_points: str, modules: dict[str, str]) -> Path:
     """An installed-looking package under `root`: its modules and a dist-info folder with METADATA and
-    `entry_points.txt` (what pip writes for a pyproject's [project.entry-points] table)."""
+    `entry_points.txt` (what pip writes for a pyproject's [project.entry-points] tables)."""
     for name, text in modules.items():
         path = root / "toy_editeval" / f"{name}.py"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,20 +48,15 @@ def _plugin(root: Path, entry_points: str, modules: dict[str, str]) -> Path:
     return root
 
 
-def _requests(n: int) -> list[dict]:
-    return [empty_request(case_id=i, subject="France", prompt=f"Question {i}: the capital of France is",
-                          target_new="Lyon", ground_truth="Paris", rephrase_prompts=["France's capital is"],
-                          locality=[{"kind": "nq", "prompt": "who wrote hamlet?", "answer": "Shakespeare"}])
-            for i in range(n)]
-
-
-def _write_benchmark(root: Path, name: str, split: str, records: list[dict]) -> None:
-    import datasets
-
-    (root / name / "data").mkdir(parents=True)
-    datasets.Dataset.from_list(records, features=EDIT_REQUEST_FEATURES).to_parquet(root / name / "data" / f"{split}.parquet")
-    (root / name / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: {split}\n"
-                                           f"    path: data/{split}.parquet\n---\n# {name}\n")
+def _raw_capitals(raw: Path) -> Path:
+    """The capitals example's raw file and a SOURCES.md with its section (from the docs)."""
+    path = raw / "capitals" / "capitals.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(CAPITALS, indent=1))
+    data = path.read_bytes()
+    section = DOC["sources"].replace("{size}", f"{len(data):,}").replace("{sha256}", hashlib.sha256(data).hexdigest())
+    (raw / "SOURCES.md").write_text("# Sources\n\n" + section)
+    return raw / "SOURCES.md"
 
 
 def _editeval(args: list[str], plugin: Path, tmp: Path) -> subprocess.CompletedProcess:
@@ -133,16 +101,16 @@ def test_a_name_is_registered_once():
         things.add("one", 11)
 
 
-@pytest.mark.parametrize(("kind", "lookup"), [
-    ("method", lambda: __import__("editeval.methods.base", fromlist=["x"]).get_method("no-such")),
-    ("benchmark", lambda: __import__("editeval.data.registry", fromlist=["x"]).get("no-such")),
-    ("addition kind", lambda: __import__("editeval.methods.kit.artifacts", fromlist=["x"]).ADDITIONS.get("no-such")),
-    ("model", lambda: __import__("editeval.runtime.models", fromlist=["x"]).MODELS.get("no-such")),
-    ("architecture", lambda: __import__("editeval.runtime.architectures", fromlist=["x"]).ARCHITECTURES.get("no-such")),
+@pytest.mark.parametrize(("kind", "module", "registry"), [
+    ("method", "editeval.methods.base", "METHODS"),
+    ("benchmark", "editeval.data.registry", "BENCHMARKS"),
+    ("addition kind", "editeval.methods.kit.artifacts", "ADDITIONS"),
+    ("model", "editeval.runtime.models", "MODELS"),
+    ("architecture", "editeval.runtime.architectures", "ARCHITECTURES"),
 ])
-def test_every_registry_names_an_unknown_entry_in_one_line(kind, lookup):
+def test_every_registry_names_an_unknown_entry_in_one_line(kind, module, registry):
     with pytest.raises(EditevalError) as err:
-        lookup()
+        getattr(importlib.import_module(module), registry).get("no-such")
     message = str(err.value)
     assert message.startswith(f"unknown {kind} 'no-such': choose from ") and "\n" not in message
 
@@ -217,35 +185,64 @@ def test_entry_points_register_modules_and_objects_on_demand(tmp_path, monkeypat
             del sys.modules[name]
 
 
-def test_a_plugin_method_runs_from_the_command_line(tmp_path, tiny_llama_dir):
-    """`python -m editeval edit --method toy` with the toy method of a package found only through its
-    entry point: exit 0, a results record of the toy edits; the plugin is listed with the built-ins,
-    and its benchmark with theirs."""
+def test_the_docs_architecture_entry_lets_a_builtin_method_edit_a_new_model_type(tokenizer, monkeypatch):
+    """docs/extending.md's OLMo entry: FT-M finds its preset through the entry's family, edits a tiny
+    random OLMo, and restore puts every weight back bit for bit."""
+    from transformers import OlmoConfig, OlmoForCausalLM
+
+    from editeval.data.schema import empty_request
+    from editeval.methods.base import get_method, restore
+    from editeval.runtime.architectures import ARCHITECTURES
+
+    namespace = {}
+    exec(DOC["architecture"], namespace)
+    monkeypatch.setitem(ARCHITECTURES, "olmo", namespace["OLMO"])
+    model = OlmoForCausalLM(OlmoConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=4, pad_token_id=tokenizer.pad_token_id,
+                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method = get_method("ft-m")
+    hparams = method.load_hparams(model)  # hparams/ft-m/llama.yaml: layer 21 of 32 -> 1 of 2
+    request = empty_request(subject="France", prompt="The capital of France is", target_new="Lyon")
+    backup = method.apply(model, tokenizer, [request], hparams)
+    assert list(backup) == ["model.layers.1.mlp.down_proj.weight"]
+    assert not torch.equal(model.get_parameter(list(backup)[0]), before[list(backup)[0]])
+    restore(model, backup)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_plugin_method_and_benchmark_run_from_the_command_line(tmp_path, tiny_llama_dir):
+    """docs/extending.md's method and benchmark in a package found only through its entry points:
+    `editeval datasets build capitals` builds the benchmark from its raw file, `editeval edit --method
+    toy-ft --benchmark capitals` edits the tiny LLaMA with the docs' preset (exit 0, a results record of
+    the three edits), and the plugin method is listed with the built-ins."""
     plugin = _plugin(tmp_path / "site", """
         [editeval.methods]
-        toy = toy_editeval.method
+        toy-ft = toy_editeval.method
 
         [editeval.benchmarks]
-        toybench = toy_editeval.bench:BENCHMARK
-    """, {"method": TOY_METHOD, "bench": TOY_BENCHMARK})
-    _write_benchmark(tmp_path / "datasets", "toy", "edit", _requests(3))
-    hparams = tmp_path / "toy.yaml"
-    hparams.write_text("layer: 1\ndelta: 0.05\n")
-    out = tmp_path / "results" / "toy.json"
-    done = _editeval(["edit", "--method", "toy", "--model", str(tiny_llama_dir), "--benchmark", "toy", "--split", "edit",
-                      "--mode", "batch", "--hparams", str(hparams), "--device", "cpu", "--no-generation",
-                      "--no-progress", "--out", str(out)], plugin, tmp_path)
+        capitals = toy_editeval.bench:BENCHMARK
+    """, {"method": DOC["method"], "bench": DOC["benchmark"]})
+    sources = _raw_capitals(tmp_path / "raw")
+    done = _editeval(["datasets", "build", "capitals", "--raw-dir", str(tmp_path / "raw"), "--sources", str(sources),
+                      "--out-dir", str(tmp_path / "datasets"), "--no-progress"], plugin, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "built capitals: 3 rows" in done.stdout
+    preset = tmp_path / "toy-ft.yaml"
+    preset.write_text(DOC["preset"])
+    out = tmp_path / "results" / "toy-ft.json"
+    done = _editeval(["edit", "--method", "toy-ft", "--model", str(tiny_llama_dir), "--benchmark", "capitals",
+                      "--split", "edit", "--mode", "batch", "--hparams", str(preset), "--device", "cpu",
+                      "--no-generation", "--no-progress", "--out", str(out)], plugin, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"wrote {out}" in done.stdout
     record = read_record(out)
-    assert json.loads(out.read_text())["meta"]["method"] == "toy" and record.meta.n_edits == 3
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["method"] == "toy-ft" and meta["benchmark"] == "capitals" and record.meta.n_edits == 3
+    assert record.meta.edited_fingerprint != record.meta.base_fingerprint  # the edit changed the weights
     assert len(read_rows(out)) == 3
 
     done = _editeval(["edit", "--method", "nope", "--model", str(tiny_llama_dir)], plugin, tmp_path)
     assert done.returncode == 2
-    assert done.stderr.splitlines() == ["error: unknown method 'nope': choose from calinet, ft-l, ft-m, grace, ike, ke, "
-                                        "kn, lora, memit, mend, rome, serac, t-patcher, toy"]
-    done = _editeval(["datasets", "list"], plugin, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert [line.split()[:3] for line in done.stdout.splitlines() if line.startswith("toybench")] == [
-        ["toybench", "default", "edit"]]
+    assert done.stderr.splitlines() == ["error: unknown method 'nope': choose from calinet, ft-l, ft-m, grace, ike, "
+                                        "ke, kn, lora, memit, mend, rome, serac, t-patcher, toy-ft"]

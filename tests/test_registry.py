@@ -162,6 +162,7 @@ def test_entry_points_register_modules_and_objects_on_demand(tmp_path, monkeypat
         eight = toy_editeval.registers
         broken = toy_editeval.broken
         silent = toy_editeval.numbers
+        one = toy_editeval.numbers:SEVEN
     """, {"numbers": "SEVEN = 7\n",
           "registers": "from toy_editeval_registry import THINGS\nTHINGS.add('eight', 8)\n",
           "broken": "raise RuntimeError('no luck\\nsecond line')\n"})
@@ -179,7 +180,9 @@ def test_entry_points_register_modules_and_objects_on_demand(tmp_path, monkeypat
                                   "failed to load: RuntimeError: no luck")
         with pytest.raises(EditevalError, match="importing the module registered no thing named 'silent'"):
             things.get("silent")
-        assert things.names() == ["eight", "one", "seven"]
+        with pytest.raises(EditevalError, match="^thing plugin 'one' .*: a thing named 'one' is already registered$"):
+            things.names()  # listing loads every plugin: one that would replace a built-in is refused
+        assert things.names() == ["eight", "one", "seven"] and things.get("one") == 1
     finally:
         for name in [m for m in sys.modules if m.split(".")[0] == "toy_editeval"]:
             del sys.modules[name]

@@ -127,6 +127,8 @@ class Registry(Generic[T]):
         if ep is None:
             return
         where = f"{self.kind} plugin '{name}' ({ep.value}, entry point group {self.group})"
+        if name in self._entries:
+            raise EditevalError(f"{where}: a {self.kind} named '{name}' is already registered")
         try:
             loaded = ep.load()
         except Exception as err:

@@ -11,7 +11,7 @@ import typer
 
 
 def train(
-    method: str = typer.Argument(..., help="a learned method: mend | ke | serac"),
+    method: str = typer.Argument(..., help="mend | ke | serac"),
     model: str = typer.Option("smollm2-135m", help="registered model name or a local HF model folder"),
     benchmark: str = typer.Option("zsre", help="benchmark whose train split is used"),
     split: str = typer.Option("train", help="split to train on"),

@@ -39,6 +39,7 @@ from editeval.runtime.registry import Registry, import_modules
 
 HPARAMS_DIR = PACKAGE_DIR / "hparams"
 
+
 @dataclass
 class HParams:
     """Base of every method's hyper-parameters. Layer lists given for a model of
@@ -151,7 +152,7 @@ def available_methods() -> list[str]:
 
 
 def trainable_methods() -> list[str]:
-    """The methods with something to train (`editeval train`), in registration order."""
+    """The methods registered with a `train` (`editeval train METHOD`), sorted."""
     return [name for name, method in METHODS.items() if method.train is not None]
 
 

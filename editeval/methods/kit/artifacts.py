@@ -219,7 +219,7 @@ def load_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, check
             kind, name = entry.get("kind"), entry.get("name")
             if kind not in ADDITIONS:
                 raise EditevalError(f"artifact {directory}: unknown addition kind {kind!r} "
-                                    f"(known: {', '.join(sorted(ADDITIONS.names()))})")
+                                    f"(known: {', '.join(ADDITIONS.names())})")
             prefix = f"{name}/"
             own = {k[len(prefix):]: v.to(device) for k, v in flat.items() if k.startswith(prefix)}
             try:

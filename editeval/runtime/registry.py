@@ -17,6 +17,8 @@ when its name is asked for, or when all names are listed; a built-in name never 
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import types
 from collections.abc import Callable, Iterator
 from importlib.metadata import EntryPoint, entry_points
@@ -29,6 +31,9 @@ _MISSING = object()
 
 
 class Registry(Generic[T]):
+    """Named entries of one kind; `builtins` imports the modules that register the built-in ones,
+    `group` is the entry-point group of third-party ones (see the module docstring)."""
+
     def __init__(self, kind: str, *, builtins: Callable[[], object] | None = None, group: str | None = None,
                  ordered: bool = False):
         self.kind = kind  # "method", "benchmark", ...: used in messages
@@ -144,9 +149,6 @@ class Registry(Generic[T]):
 def import_modules(package: str, skip: tuple[str, ...] = ()) -> None:
     """Import every public module of `package` (names not starting with `_`, not in `skip`): the
     `builtins` of a registry whose entries register themselves when their module is imported."""
-    import importlib
-    import pkgutil
-
     for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
         if not info.name.startswith("_") and info.name not in skip:
             importlib.import_module(f"{package}.{info.name}")

@@ -78,7 +78,7 @@ def _counting(monkeypatch, name: str, interrupt_after: int | None = None) -> lis
         calls.append(len(requests))
         return method.apply(model, tokenizer, requests, hparams)
 
-    monkeypatch.setitem(methods_base._METHODS, name, dataclasses.replace(method, apply=apply))
+    monkeypatch.setitem(methods_base.METHODS, name, dataclasses.replace(method, apply=apply))
     return calls
 
 

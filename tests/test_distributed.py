@@ -77,12 +77,11 @@ def compute_deltas(model, tokenizer, requests, *args, **kwargs):
     return _compute_deltas(model, tokenizer, requests, *args, **kwargs)
 
 locate.compute_deltas = compute_deltas
-base._import_all()
-for _name, _method in list(base._METHODS.items()):
+for _name, _method in base.METHODS.items():
     def _apply(model, tokenizer, requests, hparams, _inner=_method.apply):
         _log("apply", len(requests))
         return _inner(model, tokenizer, requests, hparams)
-    base._METHODS[_name] = dataclasses.replace(_method, apply=_apply)
+    base.METHODS[_name] = dataclasses.replace(_method, apply=_apply)
 
 from editeval.cli import main
 main()

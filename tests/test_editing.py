@@ -53,7 +53,7 @@ def _nudge_method():
     assert "test-nudge" not in available_methods()
     register_method("test-nudge", hparams=NudgeHParams, batch=True, sequential=True, needs_subject=True)(_nudge)
     yield
-    methods_base._METHODS.pop("test-nudge", None)
+    del methods_base.METHODS["test-nudge"]
 
 
 def _req(i, **kw):
@@ -223,7 +223,7 @@ def _interrupting(monkeypatch, name, after):
             raise KeyboardInterrupt
         return method.apply(model, tok, requests, hparams)
 
-    monkeypatch.setitem(methods_base._METHODS, name, dataclasses.replace(method, apply=apply))
+    monkeypatch.setitem(methods_base.METHODS, name, dataclasses.replace(method, apply=apply))
     return calls
 
 

@@ -260,7 +260,7 @@ def test_train_command_refuses_a_method_without_training(capsys):
         main(["train", "rome"])
     assert exit_.value.code == 2
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == ["error: method 'rome' has nothing to train (trainable: mend, ke, serac)"]
+    assert captured.err.splitlines() == ["error: method 'rome' has nothing to train (trainable: ke, mend, serac)"]
     assert captured.out == ""
 
 

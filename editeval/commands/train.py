@@ -9,8 +9,6 @@ from typing import Optional
 
 import typer
 
-TRAINABLE = ("mend", "ke", "serac")
-
 
 def train(
     method: str = typer.Argument(..., help="mend | ke | serac"),
@@ -31,18 +29,18 @@ def train(
 ) -> None:
     """Train METHOD's editor / classifier for MODEL on BENCHMARK's train split (resumable)."""
     import dataclasses
-    import importlib
     import os
 
     import torch
 
     from editeval.errors import EditevalError
-    from editeval.methods.base import get_method
+    from editeval.methods.base import get_method, trainable_methods
     from editeval.runtime.models import load
     from editeval.data import load_requests
 
-    if method not in TRAINABLE:
-        raise EditevalError(f"method '{method}' has nothing to train (trainable: {', '.join(TRAINABLE)})")
+    trainable = trainable_methods()  # the methods registered with a `train`
+    if method not in trainable:
+        raise EditevalError(f"method '{method}' has nothing to train (trainable: {', '.join(trainable)})")
     if threads:
         torch.set_num_threads(threads)
     if datasets_dir:
@@ -60,9 +58,8 @@ def train(
         changes["max_minutes"] = max_minutes
     if changes:
         hp = dataclasses.replace(hp, **changes)
-    module = importlib.import_module(f"editeval.methods.{method}")
     t0 = time.perf_counter()
-    report = module.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=progress, fresh=fresh)
+    report = spec.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=progress, fresh=fresh)
     note = "" if report.finished else " (stopped early: max_minutes)"
     resumed = f", resumed at step {report.resumed_from}" if report.resumed_from else ""
     typer.echo(f"trained {method} for {model} on {benchmark}/{split}: {report.steps} steps{resumed}{note}, "

@@ -161,9 +161,9 @@ def load_submission(directory: str | os.PathLike, limits: Limits = DEFAULT_LIMIT
 
 
 def base_is_registered(name: str) -> bool:
-    from editeval.runtime.models import REGISTRY
+    from editeval.runtime.models import MODELS
 
-    return name in REGISTRY
+    return name in MODELS
 
 
 def check_submission(

@@ -6,21 +6,24 @@ A method is one module under `editeval/methods/` that defines a hyper-parameter 
     @register_method("rome", hparams=ROMEHParams, batch=False, sequential=True)
     def apply_rome(model, tokenizer, requests, hparams) -> Backup: ...
 
+The registration is the whole of adding a method (docs/extending.md): `METHODS` imports every module of
+this package the first time it is read, and a third-party package registers its methods through the
+``editeval.methods`` entry-point group. A learned method also registers its `train` function.
+
 `apply` edits the model's weights in place and returns a `Backup` (the original values of every
 parameter it changed); `restore(model, backup)` puts them back bit for bit. Methods that wrap the
 model instead of changing weights (IKE, GRACE, T-Patcher, CaliNET) install an `Addition`
 (`editeval.methods.kit.artifacts`: a hook, codebook, added neurons or an in-context prompt) and put its removal
 in `Backup.undo`; such an edited model is saved as a method artifact folder, not a checkpoint. Presets live in
-`editeval/hparams/<method>/<model>.yaml` (a registered model name, or a family: `gpt2`, `llama`).
+`editeval/hparams/<method>/<model>.yaml` (a registered model name, or the preset family of the model's
+architecture: `gpt2`, `llama`; see `editeval.runtime.architectures`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
-import pkgutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +33,11 @@ import torch
 import yaml
 
 from editeval.errors import EditevalError
+from editeval.runtime.architectures import ARCHITECTURES
 from editeval.runtime.paths import PACKAGE_DIR
+from editeval.runtime.registry import Registry, import_modules
 
 HPARAMS_DIR = PACKAGE_DIR / "hparams"
-
-# model_type -> preset family used when no preset exists for the model's own name
-FAMILY_OF_MODEL_TYPE = {
-    "gpt2": "gpt2", "gptj": "gpt2", "gpt_neox": "gpt2",
-    "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma": "llama",
-    "gemma2": "llama", "phi3": "llama",
-}
 
 
 @dataclass
@@ -105,6 +103,9 @@ ApplyFn = Callable[[torch.nn.Module, object, list[Request], HParams], Backup]
 # prepare(model, tokenizer, batch, hparams, share): `share(items)` is this process's block of items
 # (called once by every process)
 PrepareFn = Callable[[torch.nn.Module, object, list[Request], HParams, Callable[[list], list]], None]
+# train(loaded, records, hparams, benchmark, *, out_dir, progress, fresh) -> a report (steps,
+# resumed_from, finished, seconds, last_losses, folder): `editeval train METHOD`
+TrainFn = Callable[..., object]
 
 
 @dataclass(frozen=True)
@@ -119,42 +120,40 @@ class Method:
     # data-parallel batch run shares it out over the processes (MEMIT's value vectors); it is given
     # the whole batch and shares out what is still to compute (a resumed run's work stays even)
     prepare: PrepareFn | None = None
+    # optional: a learned method's training of what `apply` needs (MEND/KE editors, SERAC's classifier)
+    train: TrainFn | None = None
 
     def load_hparams(self, model: torch.nn.Module | None = None, model_name: str | None = None,
                      path: str | Path | None = None) -> HParams:
         return self.hparams.from_yaml(path or preset_path(self.name, model, model_name))
 
 
-_METHODS: dict[str, Method] = {}
+# every method module of this package registers itself when imported; plugins through entry points
+METHODS: Registry[Method] = Registry(
+    "method", builtins=lambda: import_modules("editeval.methods", skip=("base",)), group="editeval.methods")
 
 
 def register_method(name: str, *, hparams: type[HParams], batch: bool, sequential: bool = True,
-                    needs_subject: bool = False, prepare: PrepareFn | None = None):
+                    needs_subject: bool = False, prepare: PrepareFn | None = None, train: TrainFn | None = None):
+    """Decorator over a method's `apply`: registers the method as `name`."""
     def decorator(fn: ApplyFn) -> ApplyFn:
-        _METHODS[name] = Method(name, hparams, fn, batch, sequential, needs_subject, prepare)
+        METHODS.add(name, Method(name, hparams, fn, batch, sequential, needs_subject, prepare, train))
         return fn
 
     return decorator
 
 
-def _import_all() -> None:
-    import editeval.methods as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name not in {"base"} and not info.name.startswith("_"):
-            importlib.import_module(f"editeval.methods.{info.name}")
-
-
 def get_method(name: str) -> Method:
-    _import_all()
-    if name not in _METHODS:
-        raise EditevalError(f"unknown method '{name}' (available: {', '.join(sorted(_METHODS))})")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def available_methods() -> list[str]:
-    _import_all()
-    return sorted(_METHODS)
+    return sorted(METHODS.names())
+
+
+def trainable_methods() -> list[str]:
+    """The methods registered with a `train` (`editeval train METHOD`), sorted."""
+    return [name for name, method in METHODS.items() if method.train is not None]
 
 
 def train_benchmark_for(setting: str, requests: list[dict]) -> str:
@@ -175,8 +174,9 @@ def preset_path(method: str, model: torch.nn.Module | None = None, model_name: s
     if model_name:
         candidates.append(folder / f"{Path(str(model_name)).name}.yaml")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type in FAMILY_OF_MODEL_TYPE:
-        candidates.append(folder / f"{FAMILY_OF_MODEL_TYPE[model_type]}.yaml")
+    arch = ARCHITECTURES.get(model_type, None) if isinstance(model_type, str) else None
+    if arch is not None:
+        candidates.append(folder / f"{arch.family}.yaml")
     for path in candidates:
         if path.exists():
             return path

@@ -126,12 +126,12 @@ def build_editor(model, tokenizer, module_names, hparams: KEHParams) -> KEEditor
     return KEEditor(model, module_names, hparams)
 
 
-@register_method("ke", hparams=KEHParams, batch=False, sequential=True)
-def apply_ke(model, tokenizer, requests, hparams: KEHParams) -> Backup:
-    editor = T.load_editor(build_editor, model, tokenizer, "ke", hparams, requests)
-    return T.apply_editor(model, tokenizer, requests, editor, hparams)
-
-
 def train(loaded, records, hparams, benchmark: str, **kwargs) -> T.TrainReport:
     """Meta-train the KE editor (`editeval train ke`)."""
     return T.train_editor("ke", build_editor, loaded, records, hparams, benchmark, **kwargs)
+
+
+@register_method("ke", hparams=KEHParams, batch=False, sequential=True, train=train)
+def apply_ke(model, tokenizer, requests, hparams: KEHParams) -> Backup:
+    editor = T.load_editor(build_editor, model, tokenizer, "ke", hparams, requests)
+    return T.apply_editor(model, tokenizer, requests, editor, hparams)

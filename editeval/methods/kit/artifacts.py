@@ -29,6 +29,7 @@ import torch
 
 from editeval.errors import EditevalError
 from editeval.runtime.paths import atomic_dir
+from editeval.runtime.registry import Registry
 
 ARTIFACT_FILE = "editeval_artifact.json"
 TENSORS_FILE = "additions.safetensors"
@@ -36,13 +37,21 @@ ARTIFACT_FORMAT = "editeval-method-artifact"
 ARTIFACT_VERSION = 1
 _ATTR = "_editeval_additions"
 
-_KINDS: dict[str, type[Addition]] = {}
+
+def _import_methods() -> None:
+    from editeval.methods.base import METHODS
+
+    METHODS.load_all()  # importing every method module (plugins too) registers its addition kinds
+
+
+# addition kind -> class, what `load_artifact` rebuilds an addition from (plugins: entry-point group
+# ``editeval.additions``; an addition kind that a plugin method defines is found through the method)
+ADDITIONS: Registry[type[Addition]] = Registry("addition kind", builtins=_import_methods, group="editeval.additions")
 
 
 def register_addition(cls: type[Addition]) -> type[Addition]:
     """Class decorator: make an addition kind loadable from an artifact."""
-    _KINDS[cls.kind] = cls
-    return cls
+    return ADDITIONS.add(cls.kind, cls)
 
 
 class Addition:
@@ -133,13 +142,6 @@ def is_artifact(path: str | os.PathLike) -> bool:
     return (Path(path) / ARTIFACT_FILE).is_file()
 
 
-def _all_kinds() -> dict[str, type[Addition]]:
-    from editeval.methods.base import available_methods
-
-    available_methods()  # importing every method module registers its addition kinds
-    return _KINDS
-
-
 def save_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, method: str, hparams: dict,
                   base_model: str, base_fingerprint: str, extra: dict | None = None) -> Path:
     """Write the additions installed on `model` as an artifact folder (temp folder, then rename)."""
@@ -211,18 +213,17 @@ def load_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, check
         raise EditevalError(f"artifact {directory}: tensor file {tensor_path.name} is missing")
     flat = load_file(str(tensor_path))
     device = next(model.parameters()).device
-    kinds = _all_kinds()
     undos = []
     try:
         for entry in meta["additions"]:
             kind, name = entry.get("kind"), entry.get("name")
-            if kind not in kinds:
+            if kind not in ADDITIONS:
                 raise EditevalError(f"artifact {directory}: unknown addition kind {kind!r} "
-                                    f"(known: {', '.join(sorted(kinds))})")
+                                    f"(known: {', '.join(ADDITIONS.names())})")
             prefix = f"{name}/"
             own = {k[len(prefix):]: v.to(device) for k, v in flat.items() if k.startswith(prefix)}
             try:
-                addition = kinds[kind].from_state(name, entry.get("config") or {}, own, model)
+                addition = ADDITIONS.get(kind).from_state(name, entry.get("config") or {}, own, model)
             except (KeyError, ValueError, TypeError) as err:
                 raise EditevalError(f"artifact {directory}: addition {name!r} is malformed ({err})") from None
             undos.append(install(model, addition))

@@ -325,10 +325,10 @@ def editor_dir(method: str, fingerprint: str, benchmark: str) -> Path:
 
 def model_label(model: torch.nn.Module) -> str:
     """The registered name (or folder) a model was loaded from, for messages."""
-    from editeval.runtime.models import REGISTRY
+    from editeval.runtime.models import MODELS
 
     path = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
-    for name in REGISTRY:
+    for name in MODELS:
         if path and Path(path).resolve() == (cache_dir() / "models" / name).resolve():
             return name
     return path or "MODEL"

@@ -28,6 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from editeval.errors import EditevalError
+from editeval.runtime.settings import Runtime
 from editeval.leaderboard.submissions import (
     SUBMISSIONS_DIR,
     Current,
@@ -201,7 +202,8 @@ def main() -> int:
                 continue
             print(f"{slug}: scoring ({reason})", flush=True)
             start = time.perf_counter()
-            record = score_submission(folder, device=args.device, piqa_items=args.piqa, progress=False, current=current)
+            record = score_submission(folder, runtime=Runtime(device=args.device, progress=False), piqa_items=args.piqa,
+                                      current=current)
             rel = record.metrics.get("reliability.teacher_forced")
             loc = record.metrics.get("locality.teacher_forced")
             print(f"{slug}: done in {time.perf_counter() - start:.0f} s: reliability "

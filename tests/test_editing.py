@@ -140,6 +140,20 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
     scored, rows, _ = score_checkpoint(str(ckpt), base=str(tiny_llama_dir), requests=reqs, generation=False,
                                        piqa_items=0, runtime=QUIET, out=tmp_path / "score.json")
     assert len(rows) == 3 and scored.meta.edited_fingerprint == record.meta.edited_fingerprint
+    # both writers record the same metadata keys, and the dtype in one form (of the evaluated weights)
+    edit_meta = json.loads(summary.out.read_text())["meta"]
+    score_meta = json.loads((tmp_path / "score.json").read_text())["meta"]
+    assert list(edit_meta) == list(score_meta) and edit_meta["dtype"] == score_meta["dtype"] == "float32"
+
+
+def test_run_metadata_refuses_unknown_keys():
+    from pydantic import ValidationError
+
+    from editeval.evaluation.results import RunMetadata
+
+    RunMetadata(editeval_version="0", submission="an-entry", submission_kind="method", n_skipped=0)
+    with pytest.raises(ValidationError, match="dtpye"):
+        RunMetadata(editeval_version="0", dtpye="float32")
 
 
 def test_batch_mode_skips_a_request_the_method_rejects(tiny, tmp_path):

@@ -38,6 +38,7 @@ def train(
     from editeval.errors import EditevalError
     from editeval.methods.base import get_method
     from editeval.runtime.models import load
+    from editeval.runtime.paths import datasets_dir_of_run
     from editeval.data import load_requests
 
     if method not in TRAINABLE:
@@ -58,7 +59,8 @@ def train(
         hp = dataclasses.replace(hp, **changes)
     module = importlib.import_module(f"editeval.methods.{method}")
     t0 = time.perf_counter()
-    report = module.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=runtime.progress, fresh=fresh)
+    with datasets_dir_of_run(runtime.datasets_dir):
+        report = module.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=runtime.progress, fresh=fresh)
     note = "" if report.finished else " (stopped early: max_minutes)"
     resumed = f", resumed at step {report.resumed_from}" if report.resumed_from else ""
     typer.echo(f"trained {method} for {model} on {benchmark}/{split}: {report.steps} steps{resumed}{note}, "

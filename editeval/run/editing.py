@@ -70,7 +70,7 @@ import torch
 from editeval.methods.kit import artifacts
 from editeval.methods.kit import key_stats as stats
 from editeval.errors import EditevalError
-from editeval.runtime.paths import atomic_dir
+from editeval.runtime.paths import atomic_dir, datasets_dir_of_run
 from editeval.runtime.settings import Runtime
 from editeval.run.config import EditConfig
 from editeval.run.meta import run_meta
@@ -452,6 +452,12 @@ def run_edits(opts: EditConfig, runtime: Runtime = Runtime(), *, loaded=None, re
     each edit, or group of edits applied together (``seed + index`` of its first), so an edit's row
     does not depend on which process did it, or when, and a resumed run continues as an
     uninterrupted one would."""
+    with datasets_dir_of_run(runtime.datasets_dir):
+        return _run_edits(opts, runtime, loaded, requests, dataset_fingerprint)
+
+
+def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] | None,
+               dataset_fingerprint: str) -> EditSummary:
     from tqdm.auto import tqdm
 
     from editeval.runtime import distributed

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class EditConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid")
 
     method: str = "rome"
     model: str = "smollm2-135m"

@@ -350,7 +350,7 @@ def _carry_over_record(out: Path, header: dict, requests: list[dict], generation
     except Exception:  # not a readable record: this run overwrites it, as before
         return 0
     meta = record.meta
-    n_old = getattr(meta, "n_requests", None)
+    n_old = meta.n_requests
     same = (meta.metric_version == R.METRIC_VERSION and meta.mode == "single"
             and meta.method == header["method"] and meta.hparams_hash == header["hparams_hash"]
             and meta.base_model == header["model"] and meta.base_fingerprint == header["base_fingerprint"]
@@ -360,7 +360,7 @@ def _carry_over_record(out: Path, header: dict, requests: list[dict], generation
             and meta.dataset_fingerprint == dataset_fingerprint(requests[:n_old]))
     if not same:
         return 0
-    skipped = {s["index"]: s for s in getattr(meta, "skipped", None) or []}
+    skipped = {s["index"]: s for s in meta.skipped or []}
     edited = [i for i in range(n_old) if i not in skipped]
     if len(edited) != len(rows) or any(str(requests[i].get("case_id")) != str(row.get("case_id"))
                                        for i, row in zip(edited, rows) if "case_id" in row):

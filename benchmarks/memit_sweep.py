@@ -13,7 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from editeval.run.editing import EditOptions, run_edits
+from editeval.run.config import EditConfig
+from editeval.run.editing import run_edits
+from editeval.runtime.settings import Runtime
 from editeval.runtime.models import load
 
 METRICS = ["reliability.teacher_forced", "generalization.teacher_forced", "locality.teacher_forced",
@@ -43,10 +45,10 @@ def main() -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
             yaml.safe_dump(hp, fh)
         layers = "-".join(map(str, hp["layers"]))
-        opts = EditOptions(method="memit", model=args.model, benchmark=args.benchmark, limit=args.limit,
-                           mode="batch", hparams_path=fh.name, progress=False,
-                           out=str(out_dir / f"memit-{args.benchmark}-{args.limit}-L{layers}-w{weight:g}.json"))
-        summary = run_edits(opts, loaded=loaded)
+        opts = EditConfig(method="memit", model=args.model, benchmark=args.benchmark, limit=args.limit,
+                          mode="batch", hparams_path=fh.name,
+                          out=str(out_dir / f"memit-{args.benchmark}-{args.limit}-L{layers}-w{weight:g}.json"))
+        summary = run_edits(opts, Runtime(progress=False), loaded=loaded)
         metrics = summary.record.metrics
         means = [metrics[m].mean if m in metrics else None for m in METRICS]  # None: not measured (CounterFact portability)
         print(f"{weight:6g}  " + "  ".join(("-" if v is None else f"{v:.3f}").rjust(12) for v in means), flush=True)

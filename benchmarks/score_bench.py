@@ -33,6 +33,7 @@ def one(name: str, args) -> dict:
     from editeval.runtime.models import load
     from editeval.data import load_requests
     from editeval.run.scoring import load_piqa, score_checkpoint
+    from editeval.runtime.settings import Runtime
 
     benchmark, split, config, limit = BENCHES[name]
     limit = args.limit or limit
@@ -42,7 +43,7 @@ def one(name: str, args) -> dict:
         start = time.perf_counter()
         record, rows, _ = score_checkpoint(
             "smollm2-135m", base="smollm2-135m", benchmark=benchmark, split=split, config=config, limit=limit,
-            batch_size=args.batch_size, device="cpu", piqa_items=args.piqa, out=out, progress=False,
+            batch_size=args.batch_size, runtime=Runtime(device="cpu", progress=False), piqa_items=args.piqa, out=out,
         )
         wall = time.perf_counter() - start
     meta = record.meta

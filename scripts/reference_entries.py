@@ -31,6 +31,7 @@ from editeval.errors import EditevalError
 from editeval.leaderboard.checks import check_submission
 from editeval.leaderboard.manifest import SUBMISSIONS_DIR
 from editeval.leaderboard.submissions import Current, score_submission, staleness
+from editeval.runtime.settings import Runtime
 
 BASE = "smollm2-135m"
 BENCHMARKS = ("zsre", "counterfact")
@@ -197,7 +198,8 @@ def main() -> int:
                 continue
             print(f"{slug}: scoring ({reason})", flush=True)
             start = time.perf_counter()
-            record = score_submission(folder, device=args.device, piqa_items=args.piqa, progress=False, current=current)
+            record = score_submission(folder, runtime=Runtime(device=args.device, progress=False), piqa_items=args.piqa,
+                                      current=current)
             rel = record.metrics.get("reliability.teacher_forced")
             loc = record.metrics.get("locality.teacher_forced")
             print(f"{slug}: done in {time.perf_counter() - start:.0f} s: reliability "

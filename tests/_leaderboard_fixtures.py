@@ -126,7 +126,8 @@ HOSTILE_SLUG = "hostile-entry"
 
 def make_hostile_submissions(root: Path) -> Path:
     """A submissions folder whose one valid entry carries markup in every free-text field of its
-    manifest and results record, plus invalid entries whose reasons echo hostile strings."""
+    manifest and results record, plus invalid entries whose reasons echo hostile strings (an
+    unknown key in submission.yaml or in the record's metadata, a folder name, a schema version)."""
     h = {field: hostile(tag, short=field == "manifest_method") for field, tag in HOSTILE_TAGS.items()}
     assert len(h["manifest_method"]) <= 80
     root.mkdir(parents=True, exist_ok=True)
@@ -150,8 +151,16 @@ def make_hostile_submissions(root: Path) -> Path:
             "edited_model": h["meta_edited_model"], "peak_rss_mb": 900.0, "wall_time_s": 12.0,
             "base_num_parameters": 134_515_008, "method": h["meta_method"], "mode": "single",
             "seconds_per_edit": 1.5, "hparams": {h["hparams_key"]: h["hparams_value"], "layers": [4]},
-            "hparams_hash": h["hparams_hash"], h["meta_extra_key"]: h["meta_extra_value"]}
+            "hparams_hash": h["hparams_hash"], "evaluated": h["meta_extra_value"]}
     write_record(build_record(rows, meta), rows, folder / "results.json")
+
+    # a record's metadata refuses unknown keys: the entry is listed invalid, the reason echoes the key
+    extra_key = root / "unknown-meta-key"
+    extra_key.mkdir()
+    (extra_key / "submission.yaml").write_text(yaml.safe_dump(data, width=10_000, allow_unicode=True))
+    record = json.loads((folder / "results.json").read_text())
+    record["meta"][h["meta_extra_key"]] = 1
+    (extra_key / "results.json").write_text(json.dumps(record))
 
     unknown = root / "unknown-key"  # the reason echoes the unknown key
     unknown.mkdir()

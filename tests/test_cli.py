@@ -173,6 +173,22 @@ def test_edit_runs_and_exits_0(env, tiny_llama_dir, capsys):
     assert not list((env / "r").glob("*.partial*"))
 
 
+def test_datasets_dir_flag_wins_over_the_environment_and_leaves_it_alone(env, tiny_llama_dir, capsys, monkeypatch):
+    """--datasets-dir is resolved once when the command starts and passed down: it wins over
+    $EDITEVAL_DATASETS, which stays as it was (the flag used to be handed on by changing it)."""
+    from editeval.evaluation.results import read_record
+    from editeval.runtime.paths import datasets_dir
+
+    built = os.environ["EDITEVAL_DATASETS"]
+    monkeypatch.setenv("EDITEVAL_DATASETS", str(env / "nothing-built-here"))
+    before = dict(os.environ)
+    code, out, err = run(_edit(tiny_llama_dir, "--hparams", "ft.yaml", "--out", "r/run.json", "--datasets-dir", built),
+                         capsys)
+    assert code == 0 and "error:" not in err
+    assert read_record(env / "r" / "run.json").meta.n_edits == 2
+    assert dict(os.environ) == before and datasets_dir() == env / "nothing-built-here"
+
+
 @pytest.mark.parametrize("name", ["run.txt", "run", "run.json.partial"])
 def test_edit_out_must_be_json(env, tiny_llama_dir, capsys, name):
     out = f"r/{name}"

@@ -20,7 +20,9 @@ import torch
 import yaml
 
 from editeval import cli
-from editeval.run.editing import EditOptions, run_edits
+from editeval.run.config import EditConfig
+from editeval.run.editing import run_edits
+from editeval.runtime.settings import Runtime
 from editeval.errors import EditevalError
 from editeval.methods import base as methods_base
 from editeval.methods.base import get_method
@@ -60,10 +62,13 @@ def _yaml(path: Path, values: dict) -> str:
     return str(path)
 
 
-def _opts(tmp_path, name: str, **kw) -> EditOptions:
-    base = dict(method="ft-m", model="tiny", progress=False, generation=False, out=str(tmp_path / f"{name}.json"))
+QUIET = Runtime(progress=False)
+
+
+def _opts(tmp_path, name: str, **kw) -> EditConfig:
+    base = dict(method="ft-m", model="tiny", generation=False, out=str(tmp_path / f"{name}.json"))
     base.update(kw)
-    return EditOptions(**base)
+    return EditConfig(**base)
 
 
 def _counting(monkeypatch, name: str, interrupt_after: int | None = None) -> list[int]:
@@ -168,14 +173,14 @@ def test_a_progress_line_cut_short_is_redone_and_later_lines_stay_readable(tiny_
     broken tail); the record is the straight run's."""
     reqs = REQS[:5]
     hp = _yaml(tmp_path / "ft.yaml", FT)
-    straight = run_edits(_opts(tmp_path, "straight", hparams_path=hp), loaded=tiny_llama, requests=reqs).out
+    straight = run_edits(_opts(tmp_path, "straight", hparams_path=hp), QUIET, loaded=tiny_llama, requests=reqs).out
     opts = _opts(tmp_path, "cut", hparams_path=hp)
     progress = tmp_path / "cut.json.partial.jsonl"
 
     with monkeypatch.context() as m:
         _counting(m, "ft-m", interrupt_after=3)
         with pytest.raises(KeyboardInterrupt):
-            run_edits(opts, loaded=tiny_llama, requests=reqs)
+            run_edits(opts, QUIET, loaded=tiny_llama, requests=reqs)
     text = progress.read_text()
     assert len(text.splitlines()) == 1 + 3
     progress.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])  # edit 2's line cut in half
@@ -184,12 +189,12 @@ def test_a_progress_line_cut_short_is_redone_and_later_lines_stay_readable(tiny_
     with monkeypatch.context() as m:
         calls = _counting(m, "ft-m", interrupt_after=1)  # redoes edit 2, then is interrupted again
         with pytest.raises(KeyboardInterrupt):
-            run_edits(opts, loaded=tiny_llama, requests=reqs)
+            run_edits(opts, QUIET, loaded=tiny_llama, requests=reqs)
     assert calls == [1]
     assert [e["index"] for e in _progress_entries(progress)] == [0, 1, 2]
 
     calls = _counting(monkeypatch, "ft-m")
-    summary = run_edits(opts, loaded=tiny_llama, requests=reqs)
+    summary = run_edits(opts, QUIET, loaded=tiny_llama, requests=reqs)
     assert calls == [1, 1]  # edits 3 and 4 only
     assert_same_record(summary.out, straight)
     assert not list(tmp_path.glob("cut.json.partial*"))
@@ -212,19 +217,19 @@ def test_sequential_resume_of_a_wrapper_method_equals_a_straight_run(tiny_llama_
     reqs = REQS[:4]
     hp = _yaml(tmp_path / "grace.yaml", GRACE)
     straight_lm = load(tiny_llama_dir, device="cpu")
-    straight = run_edits(_opts(tmp_path, "straight", method="grace", mode="sequential", hparams_path=hp),
+    straight = run_edits(_opts(tmp_path, "straight", method="grace", mode="sequential", hparams_path=hp), QUIET,
                          loaded=straight_lm, requests=reqs).out
     opts = _opts(tmp_path, "resumed", method="grace", mode="sequential", hparams_path=hp)
     with monkeypatch.context() as m:
         _counting(m, "grace", interrupt_after=2)
         with pytest.raises(KeyboardInterrupt):
-            run_edits(opts, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
+            run_edits(opts, QUIET, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
     assert (tmp_path / "resumed.json.partial.artifact" / "editeval_artifact.json").is_file()
     assert (tmp_path / "resumed.json.partial.safetensors").is_file()
 
     fresh = load(tiny_llama_dir, device="cpu")  # a new process: the base model
     calls = _counting(monkeypatch, "grace")
-    summary = run_edits(opts, loaded=fresh, requests=reqs)
+    summary = run_edits(opts, QUIET, loaded=fresh, requests=reqs)
     assert calls == [1, 1]
     for got, want in zip(_codebook(fresh.model), _codebook(straight_lm.model)):
         assert got == want if isinstance(want, list) else torch.equal(got, want)
@@ -252,11 +257,11 @@ def test_a_wrapper_artifact_ahead_of_the_weights_file_is_refused(tiny_llama_dir,
     with monkeypatch.context() as m:
         m.setattr(editing.Partial, "_write_state", torn)
         with pytest.raises(KeyboardInterrupt):
-            run_edits(opts, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
+            run_edits(opts, QUIET, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
     artifact = tmp_path / "torn.json.partial.artifact"
     with pytest.raises(EditevalError, match=f"{artifact} does not match .*torn.json.partial.safetensors "
                                             r"\(interrupted while saving\): delete both"):
-        run_edits(opts, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
+        run_edits(opts, QUIET, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
     assert not (tmp_path / "torn.json").exists()
 
 
@@ -269,25 +274,25 @@ def test_sequential_k_at_a_time_resumes_to_the_straight_model(tiny_llama_dir, tm
     reqs = REQS[:5]
     hp = _yaml(tmp_path / "ft.yaml", FT)
     straight_lm = load(tiny_llama_dir, device="cpu")
-    straight = run_edits(_opts(tmp_path, "straight", mode="sequential", edit_batch_size=2, hparams_path=hp),
+    straight = run_edits(_opts(tmp_path, "straight", mode="sequential", edit_batch_size=2, hparams_path=hp), QUIET,
                          loaded=straight_lm, requests=reqs).out
     opts = _opts(tmp_path, "k", mode="sequential", edit_batch_size=2, hparams_path=hp)
 
     with monkeypatch.context() as m:
         _counting(m, "ft-m", interrupt_after=1)
         with pytest.raises(KeyboardInterrupt):
-            run_edits(opts, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
+            run_edits(opts, QUIET, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
     with monkeypatch.context() as m:
         calls = _counting(m, "ft-m")
         m.setattr(editing.Partial, "save_state", lambda self, model, names: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
-            run_edits(opts, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
+            run_edits(opts, QUIET, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
     assert calls == [2]  # edits 2-3 applied, their lines written, the weights not saved
     assert [e["index"] for e in _progress_entries(tmp_path / "k.json.partial.jsonl")] == [0, 1, 2, 3]
 
     fresh = load(tiny_llama_dir, device="cpu")
     calls = _counting(monkeypatch, "ft-m")
-    summary = run_edits(opts, loaded=fresh, requests=reqs)
+    summary = run_edits(opts, QUIET, loaded=fresh, requests=reqs)
     assert calls == [2, 1]  # edits 2-3 again, then 4
     assert fresh.fingerprint() == straight_lm.fingerprint() == read_record(summary.out).meta.edited_fingerprint
     assert_same_record(summary.out, straight)
@@ -317,7 +322,7 @@ def test_a_failed_rescore_keeps_the_previous_results(tiny_llama_dir, tmp_path, m
         "benchmark": {"name": "toy", "split": "edit"}, "mode": "single", "num_edits": 3, "score": {"unedited": True}}))
 
     def score(requests):
-        return score_submission(folder, device="cpu", piqa_items=0, progress=False, requests=requests)
+        return score_submission(folder, runtime=Runtime(device="cpu", progress=False), piqa_items=0, requests=requests)
 
     score(REQS[:3])
     before = _files(folder)

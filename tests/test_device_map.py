@@ -63,10 +63,13 @@ def test_auto_map_with_disk_offload_gives_the_same_logits_and_fingerprint(tiny_l
 
 def test_scoring_with_a_device_map_equals_the_normal_load(tiny_llama_dir, cache, tmp_path):
     from editeval.run.scoring import score_checkpoint
+    from editeval.runtime.settings import Runtime
 
-    kw = dict(base=tiny_llama_dir, requests=REQS, progress=False, piqa_items=0, benchmark="toy", generation=True)
-    plain, plain_rows, _ = score_checkpoint(tiny_llama_dir, out=tmp_path / "a.json", device="cpu", **kw)
-    spread, spread_rows, _ = score_checkpoint(tiny_llama_dir, out=tmp_path / "b.json", device_map=DISK_MAP, **kw)
+    kw = dict(base=tiny_llama_dir, requests=REQS, piqa_items=0, benchmark="toy", generation=True)
+    plain, plain_rows, _ = score_checkpoint(tiny_llama_dir, out=tmp_path / "a.json",
+                                            runtime=Runtime(device="cpu", progress=False), **kw)
+    spread, spread_rows, _ = score_checkpoint(tiny_llama_dir, out=tmp_path / "b.json",
+                                              runtime=Runtime(device_map=DISK_MAP, progress=False), **kw)
     assert plain.meta.base_fingerprint == spread.meta.base_fingerprint
     assert plain_rows == spread_rows
     assert {k: m.mean for k, m in plain.metrics.items()} == {k: m.mean for k, m in spread.metrics.items()}

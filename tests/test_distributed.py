@@ -323,17 +323,18 @@ def test_each_single_edit_is_seeded_by_its_index(env, tiny_llama_dir, calinet_ya
     0 and 1 skipped as bad requests, so nothing ran before it) gives the row it gives after edits 0
     and 1 (the reference; and in process 0 of two, the test above); another seed gives another row,
     so the row does depend on the seed."""
-    from editeval.run.editing import EditOptions, run_edits
+    from editeval.run.config import EditConfig
+    from editeval.run.editing import run_edits
+    from editeval.runtime.settings import Runtime
 
     ref, _ = edit_reference
     expected = read_rows(ref).iloc[2]
     alone = [{**REQS[0], "target_new": ""}, {**REQS[1], "target_new": " "}, REQS[2]]
 
     def row(seed):
-        opts = EditOptions(method="calinet", model=str(tiny_llama_dir), benchmark="toy", mode="single",
-                           hparams_path=calinet_yaml, device="cpu", generation=False, progress=False, seed=seed,
-                           out=str(tmp_path / f"alone{seed}.json"))
-        summary = run_edits(opts, requests=alone)
+        opts = EditConfig(method="calinet", model=str(tiny_llama_dir), benchmark="toy", mode="single",
+                          hparams_path=calinet_yaml, generation=False, seed=seed, out=str(tmp_path / f"alone{seed}.json"))
+        summary = run_edits(opts, Runtime(device="cpu", progress=False), requests=alone)
         assert summary.n_edited == 1 and [s["index"] for s in summary.skipped] == [0, 1]
         return read_rows(summary.out).iloc[0]
 

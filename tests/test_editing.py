@@ -10,7 +10,9 @@ import torch
 import yaml
 
 from editeval import cli
-from editeval.run.editing import EditOptions, run_edits
+from editeval.run.config import EditConfig
+from editeval.run.editing import run_edits
+from editeval.runtime.settings import Runtime
 from editeval.errors import EditevalError
 from editeval.methods import base as methods_base
 from editeval.methods.base import (
@@ -80,20 +82,23 @@ def ft_yaml(tmp_path):
 
 
 def _opts(tmp_path, **kw):
-    base = dict(method="ft-m", model="tiny", progress=False, generation=False, eval_batch_size=8,
+    base = dict(method="ft-m", model="tiny", generation=False, eval_batch_size=8,
                 out=str(tmp_path / "out" / "run.json"))
     base.update(kw)
     if base["method"] == "test-nudge" and "hparams_path" not in kw:
         path = tmp_path / "nudge.yaml"
         path.write_text("amount: 0.01\n")
         base["hparams_path"] = str(path)
-    return EditOptions(**base)
+    return EditConfig(**base)
+
+
+QUIET = Runtime(progress=False)
 
 
 def test_single_mode_evaluates_each_edit_skips_bad_requests_and_restores(tiny, tmp_path, ft_yaml):
     fp = tiny.fingerprint()
     reqs = [_req(0), _req(1, target_new=""), _req(2), _req(3, target_new="   ")]
-    summary = run_edits(_opts(tmp_path, hparams_path=ft_yaml), loaded=tiny, requests=reqs)
+    summary = run_edits(_opts(tmp_path, hparams_path=ft_yaml), QUIET, loaded=tiny, requests=reqs)
     assert tiny.fingerprint() == fp  # every edit undone
     assert summary.n_edited == 2 and len(summary.skipped) == 2
     record = read_record(summary.out)
@@ -109,7 +114,7 @@ def test_batch_mode_skips_a_request_whose_subject_is_not_in_its_prompt(tiny, tmp
     fp = tiny.fingerprint()
     reqs = [_req(0), _req(1, subject="Nowhere"), _req(2), _req(3)]
     CALLS.clear()
-    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", edit_batch_size=2), loaded=tiny,
+    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", edit_batch_size=2), QUIET, loaded=tiny,
                         requests=reqs, dataset_fingerprint="x")
     assert CALLS == [2, 1]  # requests 0, 2 then 3
     assert [s["index"] for s in summary.skipped] == [1] and "does not occur" in summary.skipped[0]["reason"]
@@ -123,7 +128,7 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
     reqs = [_req(i) for i in range(3)]
     ckpt = tmp_path / "edited"
     summary = run_edits(_opts(tmp_path, method="test-nudge", mode="sequential", eval_every_edit=True,
-                              save_checkpoint=str(ckpt)), loaded=tiny, requests=reqs)
+                              save_checkpoint=str(ckpt)), QUIET, loaded=tiny, requests=reqs)
     w = tiny.model.get_parameter("model.layers.0.mlp.down_proj.weight")
     original = load(tiny_llama_dir, device="cpu").model.get_parameter("model.layers.0.mlp.down_proj.weight")
     assert torch.allclose(w, original + 0.03)  # three edits accumulated
@@ -133,14 +138,28 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
     reloaded = load(ckpt, device="cpu")
     assert reloaded.fingerprint() == record.meta.edited_fingerprint == tiny.fingerprint()
     scored, rows, _ = score_checkpoint(str(ckpt), base=str(tiny_llama_dir), requests=reqs, generation=False,
-                                       piqa_items=0, progress=False, out=tmp_path / "score.json")
+                                       piqa_items=0, runtime=QUIET, out=tmp_path / "score.json")
     assert len(rows) == 3 and scored.meta.edited_fingerprint == record.meta.edited_fingerprint
+    # both writers record the same metadata keys, and the dtype in one form (of the evaluated weights)
+    edit_meta = json.loads(summary.out.read_text())["meta"]
+    score_meta = json.loads((tmp_path / "score.json").read_text())["meta"]
+    assert list(edit_meta) == list(score_meta) and edit_meta["dtype"] == score_meta["dtype"] == "float32"
+
+
+def test_run_metadata_refuses_unknown_keys():
+    from pydantic import ValidationError
+
+    from editeval.evaluation.results import RunMetadata
+
+    RunMetadata(editeval_version="0", submission="an-entry", submission_kind="method", n_skipped=0)
+    with pytest.raises(ValidationError, match="dtpye"):
+        RunMetadata(editeval_version="0", dtpye="float32")
 
 
 def test_batch_mode_skips_a_request_the_method_rejects(tiny, tmp_path):
     reqs = [_req(0), _req(1, target_new="bad"), _req(2)]
     CALLS.clear()
-    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch"), loaded=tiny, requests=reqs)
+    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch"), QUIET, loaded=tiny, requests=reqs)
     assert [s["reason"] for s in summary.skipped] == ["refused: bad"]
     assert summary.n_edited == 2 and CALLS[-1] == 2
 
@@ -148,7 +167,7 @@ def test_batch_mode_skips_a_request_the_method_rejects(tiny, tmp_path):
 def test_batch_mode_checkpoint_holds_the_one_batch(tiny, tmp_path, tiny_llama_dir):
     reqs = [_req(i) for i in range(3)]
     CALLS.clear()
-    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", save_checkpoint=str(tmp_path / "ck")),
+    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", save_checkpoint=str(tmp_path / "ck")), QUIET,
                         loaded=tiny, requests=reqs)
     assert CALLS == [3]  # applied once, kept for the checkpoint
     original = load(tiny_llama_dir, device="cpu").model.get_parameter("model.layers.0.mlp.down_proj.weight")
@@ -157,7 +176,7 @@ def test_batch_mode_checkpoint_holds_the_one_batch(tiny, tmp_path, tiny_llama_di
     assert read_record(summary.out).meta.edited_fingerprint == saved.fingerprint()
     with pytest.raises(EditevalError, match="one batch holding every edit"):
         run_edits(_opts(tmp_path, method="test-nudge", mode="batch", edit_batch_size=2,
-                        save_checkpoint=str(tmp_path / "ck2")), loaded=tiny, requests=reqs)
+                        save_checkpoint=str(tmp_path / "ck2")), QUIET, loaded=tiny, requests=reqs)
 
 
 # GRACE memorising a one-token target on the tiny LLaMA; its prompts' keys lie 0.14-0.25 apart there, so a
@@ -197,7 +216,7 @@ def test_driver_rows_are_taken_on_the_model_carrying_their_own_edit(tiny, tmp_pa
     base = Evaluator(tiny, reqs, generation=False, progress=False, use_cache=False).evaluate(tiny.model)
     hp = tmp_path / "grace.yaml"
     hp.write_text(yaml.safe_dump(GRACE_TINY))
-    summary = run_edits(_opts(tmp_path, method="grace", mode=mode, edit_batch_size=k, hparams_path=str(hp)),
+    summary = run_edits(_opts(tmp_path, method="grace", mode=mode, edit_batch_size=k, hparams_path=str(hp)), QUIET,
                         loaded=tiny, requests=reqs)
     rows = read_rows(summary.out).to_dict("records")
     assert [r["case_id"] for r in rows] == [10, 11, 12, 13]
@@ -232,12 +251,12 @@ def test_single_mode_resumes_where_it_stopped(tiny, tmp_path, monkeypatch):
     opts = _opts(tmp_path, method="test-nudge")
     _interrupting(monkeypatch, "test-nudge", after=2)
     with pytest.raises(KeyboardInterrupt):
-        run_edits(opts, loaded=tiny, requests=reqs)
+        run_edits(opts, QUIET, loaded=tiny, requests=reqs)
     partial = tmp_path / "out" / "run.json.partial.jsonl"
     assert len(partial.read_text().splitlines()) == 3  # header + 2 edits
     monkeypatch.undo()
     CALLS.clear()
-    summary = run_edits(opts, loaded=tiny, requests=reqs)
+    summary = run_edits(opts, QUIET, loaded=tiny, requests=reqs)
     assert CALLS == [1, 1]  # only the two edits not done
     assert list(read_rows(summary.out)["case_id"]) == [0, 1, 2, 3]
     assert not partial.exists()
@@ -249,10 +268,10 @@ def test_single_mode_progress_carries_over_to_another_limit(tiny, tmp_path, monk
     opts = _opts(tmp_path, method="test-nudge")
     _interrupting(monkeypatch, "test-nudge", after=2)
     with pytest.raises(KeyboardInterrupt):
-        run_edits(opts, loaded=tiny, requests=reqs[:3])
+        run_edits(opts, QUIET, loaded=tiny, requests=reqs[:3])
     monkeypatch.undo()
     CALLS.clear()
-    summary = run_edits(opts, loaded=tiny, requests=reqs)
+    summary = run_edits(opts, QUIET, loaded=tiny, requests=reqs)
     assert CALLS == [1, 1]
     assert list(read_rows(summary.out)["case_id"]) == [0, 1, 2, 3]
 
@@ -262,9 +281,9 @@ def test_a_finished_single_record_is_extended_by_a_larger_limit(tiny, tmp_path, 
     rows are the finished record's. Another hyper-parameter file starts afresh."""
     reqs = [_req(i) for i in range(3)] + [_req(3, target_new="bad")] + [_req(4)]
     opts = _opts(tmp_path, method="test-nudge")
-    first = read_rows(run_edits(opts, loaded=tiny, requests=reqs[:3]).out)
+    first = read_rows(run_edits(opts, QUIET, loaded=tiny, requests=reqs[:3]).out)
     CALLS.clear()
-    summary = run_edits(opts, loaded=tiny, requests=reqs)
+    summary = run_edits(opts, QUIET, loaded=tiny, requests=reqs)
     assert CALLS == [1]  # request 3 is refused by the method, 4 is edited; 0-2 carried over
     rows = read_rows(summary.out)
     assert list(rows["case_id"]) == [0, 1, 2, 4]
@@ -275,7 +294,7 @@ def test_a_finished_single_record_is_extended_by_a_larger_limit(tiny, tmp_path, 
     CALLS.clear()
     hp = tmp_path / "nudge.yaml"
     hp.write_text("amount: 0.02\n")
-    run_edits(dataclasses.replace(opts, hparams_path=str(hp)), loaded=tiny, requests=reqs + [_req(5)])
+    run_edits(opts.model_copy(update={"hparams_path": str(hp)}), QUIET, loaded=tiny, requests=reqs + [_req(5)])
     assert CALLS == [1, 1, 1, 1, 1]  # the record's hyper-parameters differ: every edit is done
 
 
@@ -283,15 +302,15 @@ def test_sequential_resume_gives_the_same_model(tiny, tmp_path, monkeypatch, tin
     reqs = [_req(i) for i in range(3)]
     straight = load(tiny_llama_dir, device="cpu")
     base_fp = straight.fingerprint()
-    run_edits(_opts(tmp_path, mode="sequential", hparams_path=ft_yaml, out=str(tmp_path / "a.json")),
+    run_edits(_opts(tmp_path, mode="sequential", hparams_path=ft_yaml, out=str(tmp_path / "a.json")), QUIET,
               loaded=straight, requests=reqs)
     opts = _opts(tmp_path, mode="sequential", hparams_path=ft_yaml, out=str(tmp_path / "b.json"))
     _interrupting(monkeypatch, "ft-m", after=2)
     with pytest.raises(KeyboardInterrupt):
-        run_edits(opts, loaded=tiny, requests=reqs)
+        run_edits(opts, QUIET, loaded=tiny, requests=reqs)
     monkeypatch.undo()
     fresh = load(tiny_llama_dir, device="cpu")  # a new process: base weights + saved state
-    summary = run_edits(opts, loaded=fresh, requests=reqs)
+    summary = run_edits(opts, QUIET, loaded=fresh, requests=reqs)
     assert fresh.fingerprint() == straight.fingerprint()
     assert read_record(summary.out).meta.edited_fingerprint == straight.fingerprint()
     assert model_fingerprint(fresh.model) == base_fp  # key statistics: the base model's, not the saved state's
@@ -309,7 +328,7 @@ def test_an_interrupted_batch_evaluation_resumes(tiny, tmp_path, monkeypatch, ti
     from editeval.evaluation.evaluator import Evaluator
 
     reqs = [_req(i) for i in range(5)]
-    straight = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", out=str(tmp_path / "a.json")),
+    straight = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", out=str(tmp_path / "a.json")), QUIET,
                          loaded=tiny, requests=reqs)
     base_fp = tiny.fingerprint()
     monkeypatch.setattr(editing, "SAVE_BATCH_AFTER_S", 0.0 if long_edit else 1e9)
@@ -327,7 +346,7 @@ def test_an_interrupted_batch_evaluation_resumes(tiny, tmp_path, monkeypatch, ti
     opts = _opts(tmp_path, method="test-nudge", mode="batch", out=str(tmp_path / "b.json"))
     CALLS.clear()
     with pytest.raises(KeyboardInterrupt):
-        run_edits(opts, loaded=tiny, requests=reqs)
+        run_edits(opts, QUIET, loaded=tiny, requests=reqs)
     assert CALLS == [5]
     assert len((tmp_path / "b.json.partial.jsonl").read_text().splitlines()) == 1 + 2  # header + first chunk
     state = tmp_path / "b.json.partial.safetensors"
@@ -339,7 +358,7 @@ def test_an_interrupted_batch_evaluation_resumes(tiny, tmp_path, monkeypatch, ti
     monkeypatch.setattr(Evaluator, "evaluate", evaluate)
     fresh = load(tiny_llama_dir, device="cpu")  # a new process
     CALLS.clear()
-    summary = run_edits(opts, loaded=fresh, requests=reqs)
+    summary = run_edits(opts, QUIET, loaded=fresh, requests=reqs)
     assert CALLS == ([] if long_edit else [5])  # from the saved state, or the whole batch again
     assert read_rows(summary.out).equals(read_rows(straight.out))
     if long_edit:
@@ -353,7 +372,7 @@ def test_a_partial_file_of_another_run_is_refused(tiny, tmp_path):
     out.parent.mkdir()
     out.with_name("run.json.partial.jsonl").write_text(json.dumps({"header": {"method": "rome"}}) + "\n")
     with pytest.raises(EditevalError, match="different run"):
-        run_edits(_opts(tmp_path, method="test-nudge"), loaded=tiny, requests=[_req(0)])
+        run_edits(_opts(tmp_path, method="test-nudge"), QUIET, loaded=tiny, requests=[_req(0)])
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -365,14 +384,14 @@ def test_a_partial_file_of_another_run_is_refused(tiny, tmp_path):
 ])
 def test_refusals(tmp_path, kw, message):
     with pytest.raises(EditevalError, match=message):
-        run_edits(_opts(tmp_path, **kw), requests=[_req(0)])  # refused before any model is loaded
+        run_edits(_opts(tmp_path, **kw), QUIET, requests=[_req(0)])  # refused before any model is loaded
 
 
 def test_a_preset_layer_the_model_lacks_is_refused_before_editing(tiny, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("layers: [40]\n")
     with pytest.raises(EditevalError, match="layer 40 does not exist"):
-        run_edits(_opts(tmp_path, hparams_path=str(path)), loaded=tiny, requests=[_req(0)])
+        run_edits(_opts(tmp_path, hparams_path=str(path)), QUIET, loaded=tiny, requests=[_req(0)])
     assert not (tmp_path / "out").exists()
 
 

@@ -157,13 +157,13 @@ HOSTILE_PAGES = {
     "contact": {"entry"}, "manifest_method": {"entry"}, "base_model_name": {"entry"}, "score_hparams": {"entry"},
     "meta_method": {"index", "entry"}, "meta_benchmark": {"index", "entry"}, "meta_config": {"index", "entry"},
     "meta_split": {"index", "entry"}, "meta_base_model": {"index", "entry"}, "meta_edited_model": {"entry"},
-    "meta_extra_key": {"entry"}, "meta_extra_value": {"entry"}, "hparams_key": {"entry"},
+    "meta_extra_key": {"index"}, "meta_extra_value": {"entry"}, "hparams_key": {"entry"},
     "hparams_value": {"entry"}, "hparams_hash": {"entry"}, "portability_kind": {"index", "entry"},
     "locality_kind": {"entry"}, "invalid_key": {"index"}, "invalid_folder": {"index"}, "invalid_schema": {"index"},
 }
 # shown by `editeval leaderboard table`
 HOSTILE_MARKDOWN = {"title", "meta_method", "meta_benchmark", "meta_config", "meta_split", "portability_kind",
-                    "invalid_key", "invalid_folder", "invalid_schema"}
+                    "invalid_key", "invalid_folder", "invalid_schema", "meta_extra_key"}
 
 
 def assert_inert(text: str, tags) -> None:
@@ -184,7 +184,7 @@ def test_every_submitted_string_is_escaped_on_the_site(hostile_site):
     from markupsafe import escape
 
     report, site, _ = hostile_site
-    assert [e.slug for e in report.entries] == [HOSTILE_SLUG] and len(report.invalid) == 3
+    assert [e.slug for e in report.entries] == [HOSTILE_SLUG] and len(report.invalid) == 4
     assert set(HOSTILE_PAGES) == set(HOSTILE_TAGS)
     pages = {"index": (site / "index.html").read_text(), "entry": (site / "entries" / f"{HOSTILE_SLUG}.html").read_text()}
     for name, html in pages.items():
@@ -230,4 +230,4 @@ def test_markdown_table_escapes_every_submitted_string(hostile_site):
     header = next(line for line in text.splitlines() if line.startswith("| # | "))
     assert row.count(" | ") == header.count(" | ")  # no cell split by a submitted '|'
     invalid = next(line for line in text.splitlines() if line.startswith("Invalid entries: "))
-    assert all(HOSTILE_TAGS[f] in invalid for f in ("invalid_key", "invalid_folder", "invalid_schema"))
+    assert all(HOSTILE_TAGS[f] in invalid for f in ("invalid_key", "invalid_folder", "invalid_schema", "meta_extra_key"))

@@ -13,6 +13,7 @@ from editeval.cli import main
 from editeval.evaluation.results import read_record, read_rows
 from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 from editeval.run.scoring import score_checkpoint
+from editeval.runtime.settings import Runtime
 
 REQS = [
     empty_request(case_id=i, subject="Paris", prompt=f"Question {i}: the capital of France is",
@@ -46,7 +47,7 @@ def test_score_base_against_itself(tiny_llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "res" / "r.json"
     record, rows, path = score_checkpoint(tiny_llama_dir, base=tiny_llama_dir, requests=REQS, out=out,
-                                          device="cpu", progress=False, piqa_items=0, benchmark="toy")
+                                          runtime=Runtime(device="cpu", progress=False), piqa_items=0, benchmark="toy")
     assert path == out and out.exists()
     assert record.metrics["locality.teacher_forced"].mean == 1.0
     assert record.metrics["locality.teacher_forced"].count == 5
@@ -116,8 +117,8 @@ def test_other_tokenizer_is_refused(tiny_llama_dir, tmp_path):
     tok.add_tokens(["<new_token>"])
     tok.save_pretrained(other)
     with pytest.raises(EditevalError, match="tokenizer"):
-        score_checkpoint(other, base=tiny_llama_dir, requests=REQS, out=tmp_path / "y.json", device="cpu",
-                         progress=False, piqa_items=0)
+        score_checkpoint(other, base=tiny_llama_dir, requests=REQS, out=tmp_path / "y.json",
+                         runtime=Runtime(device="cpu", progress=False), piqa_items=0)
     assert not (tmp_path / "y.json").exists()
 
 
@@ -162,7 +163,7 @@ def test_real_model_knows_paris_and_locality_is_one(smollm2_dir, tmp_path):
         empty_request(case_id=2, prompt="The Eiffel Tower is located in the city of", target_new="Rome"),
     ]
     record, rows, _ = score_checkpoint("smollm2-135m", base="smollm2-135m", requests=reqs, out=tmp_path / "r.json",
-                                       device="cpu", progress=False, piqa_items=0)
+                                       runtime=Runtime(device="cpu", progress=False), piqa_items=0)
     assert [r["reliability.teacher_forced"] for r in rows] == [1.0, 1.0, 0.0]
     assert [r["reliability.generation"] for r in rows] == [1.0, 1.0, 0.0]
     assert record.metrics["locality.teacher_forced"].mean == 1.0

@@ -334,8 +334,9 @@ def tiny_submission(tmp_path, tiny_llama_dir):
 
 def _score(folder, requests=None):
     from editeval.leaderboard.submissions import score_submission
+    from editeval.runtime.settings import Runtime
 
-    return score_submission(folder, device="cpu", piqa_items=0, progress=False, requests=requests or tiny_requests())
+    return score_submission(folder, runtime=Runtime(device="cpu", progress=False), piqa_items=0, requests=requests or tiny_requests())
 
 
 def test_score_checkpoint_twice_same_numbers_then_up_to_date(tiny_submission):
@@ -465,6 +466,7 @@ def test_score_all_scores_only_what_is_stale(tiny_submission):
     import shutil
 
     from editeval.leaderboard.submissions import Current, score_all
+    from editeval.runtime.settings import Runtime
 
     root = tiny_submission.parent
     shutil.copytree(tiny_submission, root / "tiny-two")
@@ -472,9 +474,11 @@ def test_score_all_scores_only_what_is_stale(tiny_submission):
     (root / "broken" / "submission.yaml").write_text("title: x\n")
     current = Current(requests=tiny_requests())
     lines: list[str] = []
-    report = score_all(root, device="cpu", piqa_items=0, progress=False, echo=lines.append, current=current)
+    report = score_all(root, runtime=Runtime(device="cpu", progress=False), piqa_items=0, echo=lines.append,
+                       current=current)
     assert sorted(p.name for p in report.scored) == ["tiny-ckpt", "tiny-two"]
     assert [p.name for p, _ in report.failed] == ["broken"]
     assert any(line.startswith("tiny-two: scoring (no results.json)") for line in lines)
-    report = score_all(root, device="cpu", piqa_items=0, progress=False, echo=lines.append, current=current)
+    report = score_all(root, runtime=Runtime(device="cpu", progress=False), piqa_items=0, echo=lines.append,
+                       current=current)
     assert report.scored == [] and sorted(p.name for p in report.up_to_date) == ["tiny-ckpt", "tiny-two"]

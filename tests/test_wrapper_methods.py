@@ -345,7 +345,9 @@ def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(request, tmp
                                                                     name):
     import pandas as pd
 
-    from editeval.run.editing import EditOptions, run_edits
+    from editeval.run.config import EditConfig
+    from editeval.run.editing import run_edits
+    from editeval.runtime.settings import Runtime
     from editeval.evaluation.results import read_rows
     from editeval.run.scoring import score_checkpoint
 
@@ -357,14 +359,14 @@ def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(request, tmp
     hparams.write_text(json.dumps(values))
     out = tmp_path / "run.json"
     ckpt = tmp_path / "artifact"
-    run_edits(EditOptions(method=name, model=str(tiny_llama_dir), mode="sequential", hparams_path=str(hparams),
-                          save_checkpoint=str(ckpt), out=str(out), progress=False, generation=False),
+    run_edits(EditConfig(method=name, model=str(tiny_llama_dir), mode="sequential", hparams_path=str(hparams),
+                         save_checkpoint=str(ckpt), out=str(out), generation=False), Runtime(progress=False),
               requests=CF_REQS)
     assert artifacts.is_artifact(ckpt) and not (ckpt / "config.json").exists()
     meta = json.loads((ckpt / artifacts.ARTIFACT_FILE).read_text())
     assert meta["method"] == name and meta["additions"]
     score_checkpoint(ckpt, base=str(tiny_llama_dir), requests=CF_REQS, generation=False, piqa_items=0,
-                     out=tmp_path / "score.json", progress=False)
+                     out=tmp_path / "score.json", runtime=Runtime(progress=False))
     score = json.loads((tmp_path / "score.json").read_text())
     assert score["meta"]["edited_fingerprint"].startswith("artifact:")
     scored, driver = read_rows(tmp_path / "score.json"), read_rows(out)
@@ -381,14 +383,17 @@ def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(request, tmp
 
 
 def test_lora_checkpoint_is_a_normal_model_folder(tmp_path, tiny_llama_dir):
-    from editeval.run.editing import EditOptions, run_edits
+    from editeval.run.config import EditConfig
+    from editeval.run.editing import run_edits
+    from editeval.runtime.settings import Runtime
 
     hparams = tmp_path / "hp.yaml"
     hparams.write_text(json.dumps(dict(TINY["lora"], target_modules=["mlp.down_proj"])))
     ckpt = tmp_path / "ckpt"
     torch.manual_seed(0)
-    run_edits(EditOptions(method="lora", model=str(tiny_llama_dir), mode="batch", hparams_path=str(hparams),
-                          save_checkpoint=str(ckpt), out=str(tmp_path / "run.json"), progress=False, generation=False),
+    run_edits(EditConfig(method="lora", model=str(tiny_llama_dir), mode="batch", hparams_path=str(hparams),
+                         save_checkpoint=str(ckpt), out=str(tmp_path / "run.json"), generation=False),
+              Runtime(progress=False),
               requests=[REQ, REQ2])
     assert (ckpt / "config.json").exists() and not artifacts.is_artifact(ckpt)
     edited = load(ckpt, device="cpu")

@@ -7,13 +7,13 @@ from typing import List, Optional
 
 import typer
 
+from editeval.commands.options import DatasetsDir, Progress
 from editeval.errors import EditevalError
 from editeval.runtime.hub import authenticated_api, check_repo_id, upload_errors
 
 app = typer.Typer(help="The benchmarks as Hugging Face datasets: build, list, show, publish.", no_args_is_help=True)
 
 RAW_DIR = typer.Option(None, "--raw-dir", help="Raw data folder (default: $EDITEVAL_RAW_DATA or ../shared/data/raw).")
-DATASETS_DIR = typer.Option(None, "--datasets-dir", help="Built datasets folder (default: $EDITEVAL_DATASETS or ./datasets).")
 
 
 def _mb(n: int) -> str:
@@ -37,14 +37,16 @@ def build(
     raw_dir: Optional[Path] = RAW_DIR,
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to write <name>/ (default: ./datasets)."),
     sources: Optional[Path] = typer.Option(None, "--sources", help="Check raw files against this SOURCES.md instead of the pinned table."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: Progress = True,
 ) -> None:
     """Build datasets/<name>/ (card + Parquet) from the raw files, checking sha256 and record counts."""
     from editeval.data.build import build_benchmarks
     from editeval.data.sources import parse_sources_md
+    from editeval.runtime.paths import datasets_dir, raw_data_dir
 
     table = parse_sources_md(sources) if sources else None
-    reports = build_benchmarks(names, raw_dir=raw_dir, out_dir=out_dir, sources=table, progress=progress)
+    reports = build_benchmarks(names, raw_dir=raw_data_dir(raw_dir), out_dir=datasets_dir(out_dir), sources=table,
+                               progress=progress)
     rows = [["benchmark", "config", "split", "rows"]]
     for r in reports:
         rows += [[r.name, c, s, f"{n:,}"] for (c, s), n in r.rows.items()]
@@ -55,7 +57,7 @@ def build(
 
 
 @app.command("list")
-def list_(datasets_dir: Optional[Path] = DATASETS_DIR) -> None:
+def list_(datasets_dir: DatasetsDir = None) -> None:
     """Every benchmark, config and split with its row count, and whether it is built."""
     import pyarrow.parquet as pq
 
@@ -82,13 +84,14 @@ def show(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Config (default: the benchmark's default)."),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Split (default: the config's first)."),
     n: int = typer.Option(3, "-n", help="How many records to print."),
-    datasets_dir: Optional[Path] = DATASETS_DIR,
+    datasets_dir: DatasetsDir = None,
 ) -> None:
     """Print the first N records of a built split as JSON."""
     import json
 
     from editeval.data import load_benchmark
     from editeval.data.registry import get
+    from editeval.runtime.paths import datasets_dir as resolve
 
     bench = get(name)
     spec = bench.config(config)
@@ -97,7 +100,7 @@ def show(
         split = names[0]
     elif split not in names:
         raise EditevalError(f"benchmark '{name}' config '{spec.name}' has no split '{split}': choose from {', '.join(names)}")
-    ds = load_benchmark(name, split, spec.name, root=datasets_dir)
+    ds = load_benchmark(name, split, spec.name, root=resolve(datasets_dir))
     typer.echo(f"# {name} / {spec.name} / {split}: {len(ds):,} rows; showing {min(n, len(ds))}")
     for record in ds.select(range(min(max(n, 0), len(ds)))):
         typer.echo(json.dumps(record, ensure_ascii=False, indent=1))
@@ -109,7 +112,7 @@ def publish(
     repo_id: str = typer.Option(..., "--repo-id", help="Target dataset repo on the Hub, ORG/NAME."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded, with sizes; upload nothing."),
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
-    datasets_dir: Optional[Path] = DATASETS_DIR,
+    datasets_dir: DatasetsDir = None,
 ) -> None:
     """Upload datasets/<name>/ (card + Parquet) as a Hugging Face dataset repo."""
     from editeval.data.build import built_files

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from editeval.commands.options import DatasetsDir, Device, DeviceMap, Dtype, Progress, Threads, resolve_runtime
+
 
 def edit(
     method: str = typer.Option("rome", help="editing method (ft-l, ft-m, kn, rome, memit, ...)"),
@@ -20,35 +22,31 @@ def edit(
     hparams: Path | None = typer.Option(None, help="hyper-parameter YAML (default: the method's preset)"),
     eval_every_edit: bool = typer.Option(False, help="sequential: also evaluate each edit right after it"),
     save_checkpoint: Path | None = typer.Option(None, help="write the edited model as an HF folder here (IKE, GRACE, T-Patcher, CaliNET: a method artifact folder, docs/artifacts.md)"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
-    device_map: str | None = typer.Option(None, "--device-map", help="auto | balanced | sequential: spread a model "
-                                          "too large for one device over GPUs, CPU and disk (edited layers must stay on a device)"),
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    device_map: DeviceMap = None,
     chat_template: bool = typer.Option(False, help="wrap edit and evaluation prompts with the chat template"),
     eval_batch_size: int = typer.Option(32, help="sequences per forward pass in evaluation"),
     generation: bool = typer.Option(True, help="also compute the generation-protocol metrics"),
     out: Path | None = typer.Option(None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"),
-    datasets_dir: Path | None = typer.Option(None, help="folder of built datasets (default ./datasets)"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
-    threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice; 1 is "
-                                                           "fastest on a busy machine)"),
+    datasets_dir: DatasetsDir = None,
+    progress: Progress = True,
+    threads: Threads = None,
 ) -> None:
     """Apply the edits of a benchmark split with METHOD and write a results record."""
-    if threads:
-        import torch
+    runtime = resolve_runtime(device=device, dtype=dtype, device_map=device_map, threads=threads, progress=progress,
+                              datasets_dir=datasets_dir)
+    from editeval.run.config import EditConfig
+    from editeval.run.editing import run_edits
 
-        torch.set_num_threads(threads)
-    from editeval.run.editing import EditOptions, run_edits
-
-    opts = EditOptions(
+    run_config = EditConfig(
         method=method, model=model, benchmark=benchmark, config=config, split=split, limit=limit, mode=mode,
         edit_batch_size=batch_size, hparams_path=str(hparams) if hparams else None,
         eval_every_edit=eval_every_edit, save_checkpoint=str(save_checkpoint) if save_checkpoint else None,
-        device=device, dtype=dtype, device_map=device_map, chat_template=chat_template, out=str(out) if out else None,
-        eval_batch_size=eval_batch_size, generation=generation, progress=progress,
-        datasets_root=str(datasets_dir) if datasets_dir else None,
+        chat_template=chat_template, out=str(out) if out else None, eval_batch_size=eval_batch_size,
+        generation=generation,
     )
-    summary = run_edits(opts)
+    summary = run_edits(run_config, runtime)
     if summary.record is None:  # another process of a data-parallel run: the main process reports
         return
     metrics = summary.record.metrics

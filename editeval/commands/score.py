@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from editeval.commands.options import Device, DeviceMap, Dtype, Progress, Threads, resolve_runtime
+from editeval.runtime.settings import Runtime
+
 
 def score(
     submission: Path = typer.Argument(None, help="a submission folder (submissions/<slug>): score it as it declares"),
@@ -19,27 +22,23 @@ def score(
     split: str = typer.Option("edit", "--split", help="split of edit requests"),
     limit: int = typer.Option(None, "--limit", help="score only the first N edits"),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="sequences per forward pass"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
-    device_map: str = typer.Option(None, "--device-map", help="auto | balanced | sequential: spread a model too "
-                                   "large for one device over the GPUs, CPU memory and disk (accelerate)"),
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    device_map: DeviceMap = None,
     chat_template: bool = typer.Option(False, "--chat-template", help="wrap edit prompts with the chat template"),
     generation: bool = typer.Option(True, "--generation/--no-generation", help="also the greedy-generation protocol"),
     fluency: bool = typer.Option(False, "--fluency", help="fluency of 100-token greedy generations (slow)"),
     piqa: int = typer.Option(100, "--piqa", min=0, help="Other-Task locality: first N PIQA items (0 = off)"),
     out: Path = typer.Option(None, "--out", help="results JSON path (default results/<benchmark>-<split>-<model>.json)"),
-    threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
     """Score an edited checkpoint on every edit of a benchmark split (locality vs. the base model),
     or a submission folder (`editeval score submissions/<slug>`), or all stale ones (`--all`)."""
-    import torch
-
     from editeval.errors import EditevalError
     from editeval.run.scoring import headline, score_checkpoint
 
-    if threads:
-        torch.set_num_threads(threads)
+    runtime = resolve_runtime(device=device, dtype=dtype, device_map=device_map, threads=threads, progress=progress)
     if sum(x is not None and x is not False for x in (submission, model, all_submissions or None)) != 1:
         raise EditevalError("give exactly one of: a submission folder, --model PATH_OR_NAME, or --all")
     if submission is not None or all_submissions:
@@ -48,12 +47,12 @@ def score(
         if launched_processes() > 1:
             raise EditevalError("scoring submission folders runs in one process: launch `editeval score "
                                 "--model ...` to score in several processes")
-        _score_submissions(submission, all_submissions, force, submissions_dir, device, dtype, fluency, piqa, progress)
+        _score_submissions(submission, all_submissions, force, submissions_dir, runtime, fluency, piqa)
         return
     record, _rows, path = score_checkpoint(
-        model, base=base, benchmark=benchmark, split=split, config=config, limit=limit,
-        batch_size=batch_size, device=device, dtype=dtype, device_map=device_map, chat_template=chat_template,
-        generation=generation, fluency=fluency, piqa_items=piqa, out=out, progress=progress,
+        model, base=base, benchmark=benchmark, split=split, config=config, limit=limit, batch_size=batch_size,
+        runtime=runtime, chat_template=chat_template, generation=generation, fluency=fluency, piqa_items=piqa,
+        out=out,
     )
     if record is None:  # another process of a data-parallel run: the main process reports
         return
@@ -66,20 +65,19 @@ def score(
     typer.echo(f"wrote {path} (+ {record.rows_file}){procs}")
 
 
-def _score_submissions(submission, all_submissions, force, submissions_dir, device, dtype, fluency, piqa, progress):
+def _score_submissions(submission, all_submissions, force, submissions_dir, runtime: Runtime, fluency, piqa):
     from editeval.leaderboard import submissions
     from editeval.errors import EditevalError
     from editeval.run.scoring import headline
 
     if submission is not None:
-        record = submissions.score_submission(submission, device=device, dtype=dtype, fluency=fluency,
-                                              piqa_items=piqa, progress=progress)
+        record = submissions.score_submission(submission, runtime=runtime, fluency=fluency, piqa_items=piqa)
         for line in headline(record):
             typer.echo(line)
         typer.echo(f"wrote {Path(submission) / 'results.json'}")
         return
-    report = submissions.score_all(submissions_dir, force=force, device=device, dtype=dtype, fluency=fluency,
-                                   piqa_items=piqa, progress=progress, echo=typer.echo)
+    report = submissions.score_all(submissions_dir, force=force, runtime=runtime, fluency=fluency, piqa_items=piqa,
+                                   echo=typer.echo)
     typer.echo(f"{len(report.scored)} scored, {len(report.up_to_date)} up to date, {len(report.failed)} failed")
     if report.failed:
         raise EditevalError(f"{len(report.failed)} submission(s) failed: "

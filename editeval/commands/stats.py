@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from editeval.commands.options import Device, Dtype, Progress, resolve_runtime
 from editeval.errors import EditevalError
 from editeval.runtime.hub import authenticated_api, check_repo_id, upload_errors
 
@@ -52,10 +53,10 @@ def build(
     max_len: int = typer.Option(1024, "--max-len", min=1, help="Window length (tokens) the text is cut into."),
     batch_tokens: int = typer.Option(2048, "--batch-tokens", min=1, help="Tokens per forward pass."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Wikipedia JSONL (default: the raw data's)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] (under a launcher: each process's own)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (the model's weights)."),
+    device: Device = "auto",
+    dtype: Dtype = "float32",
     force: bool = typer.Option(False, "--force", help="Recompute and rewrite layers already cached."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: Progress = True,
 ) -> None:
     """Compute and cache E[k kᵀ] at LAYERS' MLP output projection (sharded under accelerate launch / torchrun)."""
     import time
@@ -63,9 +64,10 @@ def build(
     from editeval.runtime import distributed
     from editeval.methods.kit import key_stats as S
 
+    runtime = resolve_runtime(device=device, dtype=dtype, progress=progress)
     wanted = parse_layers(layers)
-    group = distributed.setup(device)
-    lm = _load_model(model, distributed.process_device(group, device), dtype)
+    group = distributed.setup(runtime.device)
+    lm = _load_model(model, distributed.process_device(group, runtime.device), runtime.dtype)
     paths = S.cache_paths(lm.model, wanted, tokens=tokens, max_len=max_len, corpus=corpus)
     cached = set()
     for layer, path in paths.items():
@@ -76,7 +78,7 @@ def build(
             pass  # recomputed (second_moments says why)
     start = time.perf_counter()
     S.second_moments(lm.model, lm.tokenizer, wanted, tokens=tokens, max_len=max_len, batch_tokens=batch_tokens,
-                     corpus=corpus, progress=progress, shard=True, refresh=force)
+                     corpus=corpus, progress=runtime.progress, shard=True, refresh=force)
     seconds = time.perf_counter() - start
     if group is not None and not group.is_main:
         return

@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from editeval.commands.options import DatasetsDir, Device, Progress, Threads, resolve_runtime
+
 
 def train(
     method: str = typer.Argument(..., help="mend | ke | serac"),
@@ -22,34 +24,29 @@ def train(
     max_minutes: Optional[float] = typer.Option(None, help="stop (and save) after this much training time"),
     out_dir: Optional[Path] = typer.Option(None, help="write here instead of the editeval cache"),
     fresh: bool = typer.Option(False, help="discard an existing checkpoint instead of resuming"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads"),
-    datasets_dir: Optional[Path] = typer.Option(None, help="folder of built datasets (default ./datasets)"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    device: Device = "auto",
+    threads: Threads = None,
+    datasets_dir: DatasetsDir = None,
+    progress: Progress = True,
 ) -> None:
     """Train METHOD's editor / classifier for MODEL on BENCHMARK's train split (resumable)."""
     import dataclasses
-    import os
-
-    import torch
 
     from editeval.errors import EditevalError
     from editeval.methods.base import get_method, trainable_methods
     from editeval.runtime.models import load
+    from editeval.runtime.paths import datasets_dir_of_run
     from editeval.data import load_requests
 
     trainable = trainable_methods()  # the methods registered with a `train`
     if method not in trainable:
         raise EditevalError(f"method '{method}' has nothing to train (trainable: {', '.join(trainable)})")
-    if threads:
-        torch.set_num_threads(threads)
-    if datasets_dir:
-        os.environ["EDITEVAL_DATASETS"] = str(datasets_dir)
+    runtime = resolve_runtime(device=device, threads=threads, progress=progress, datasets_dir=datasets_dir)
     if hparams is not None and not hparams.exists():
         raise EditevalError(f"hyper-parameter file not found: {hparams}")
     spec = get_method(method)
-    records = load_requests(benchmark, split, config, limit)
-    loaded = load(model, device=device)
+    records = load_requests(benchmark, split, config, limit, runtime.datasets_dir)
+    loaded = load(model, device=runtime.device)
     hp = spec.load_hparams(loaded.model, model if hparams is None else None, hparams)
     changes = {}
     if steps is not None:
@@ -59,7 +56,8 @@ def train(
     if changes:
         hp = dataclasses.replace(hp, **changes)
     t0 = time.perf_counter()
-    report = spec.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=progress, fresh=fresh)
+    with datasets_dir_of_run(runtime.datasets_dir):
+        report = spec.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=runtime.progress, fresh=fresh)
     note = "" if report.finished else " (stopped early: max_minutes)"
     resumed = f", resumed at step {report.resumed_from}" if report.resumed_from else ""
     typer.echo(f"trained {method} for {model} on {benchmark}/{split}: {report.steps} steps{resumed}{note}, "

@@ -21,11 +21,13 @@ def load_benchmark(name: str, split: str, config: str | None = None, root: str |
         raise EditevalError(f"benchmark '{name}' config {config!r} split '{split}': {str(err).splitlines()[0]}") from None
 
 
-def load_requests(benchmark: str, split: str, config: str | None = None, limit: int | None = None) -> list[dict]:
-    """The edit requests of a built benchmark split (first `limit` of them)."""
+def load_requests(benchmark: str, split: str, config: str | None = None, limit: int | None = None,
+                  root: str | os.PathLike | None = None) -> list[dict]:
+    """The edit requests of a built benchmark split (first `limit` of them), from the datasets
+    folder `root` (default: `paths.datasets_dir()`)."""
     from editeval.data.schema import empty_request
 
-    ds = load_benchmark(benchmark, split, config)
+    ds = load_benchmark(benchmark, split, config, root)
     missing = [f for f in ("prompt", "target_new", "case_id") if f not in ds.column_names]
     if missing:
         raise EditevalError(

@@ -8,7 +8,9 @@ Layout of ``<name>.json`` (schema version ``SCHEMA_VERSION``; fields below are a
                      device, dtype, batch size, chat_template, wall time, peak memory (of the
                      main process), n_processes (data-parallel processes, 1 unless launched); and for
                      runs of an editing method: method, hparams, hparams_hash, mode, edit batch
-                     size, seconds per edit (None for a submitted checkpoint)
+                     size, seconds per edit, requests and skipped ones (None for a submitted
+                     checkpoint); for a leaderboard entry, the submission's slug and kind.
+                     Unknown keys are refused: every record carries the same keys
     metrics          {metric name: MetricSummary} for every per-edit column (protocol names,
                      see editeval.evaluation.metrics), e.g. "reliability.teacher_forced"; the other_task.*
                      figures are summarised over PIQA items (count = items), not over edits
@@ -61,7 +63,7 @@ class MetricSummary(BaseModel):
 
 
 class RunMetadata(BaseModel):
-    model_config = ConfigDict(protected_namespaces=(), extra="allow")
+    model_config = ConfigDict(protected_namespaces=(), extra="forbid")
 
     editeval_version: str
     metric_version: str = METRIC_VERSION
@@ -77,7 +79,7 @@ class RunMetadata(BaseModel):
     edited_model: str = ""
     edited_fingerprint: str = ""
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # of the evaluated weights: "float32", "bfloat16" or "float16"
     batch_size: int = 32
     chat_template: bool = False
     generation: bool = True
@@ -103,6 +105,14 @@ class RunMetadata(BaseModel):
     mode: Literal["single", "batch", "sequential"] | None = None
     edit_batch_size: int | None = None
     seconds_per_edit: float | None = None
+    edit_seconds_total: float | None = None
+    n_requests: int | None = None  # requests of the split (or --limit), skipped ones included
+    n_skipped: int | None = None
+    skipped: list[dict[str, Any]] | None = None  # {index, case_id, reason} of each skipped request
+    evaluated: str | None = None  # when the rows were taken, e.g. "after each edit, then undone"
+    # filled by the submission system (editeval.leaderboard.submissions)
+    submission: str | None = None  # the submission folder's name
+    submission_kind: Literal["method", "checkpoint", "hub", "unedited"] | None = None
 
 
 class ResultsRecord(BaseModel):

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from editeval.errors import EditevalError
+from editeval.runtime.settings import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,11 @@ class Current:
     """What a submission would be scored against now: base fingerprints (loading each base once),
     dataset fingerprints (of the first N requests), hyper-parameters. One instance per call."""
 
-    def __init__(self, device: str = "cpu", requests: list[dict] | None = None):
+    def __init__(self, device: str = "cpu", requests: list[dict] | None = None,
+                 datasets_dir: str | os.PathLike | None = None):
         self.device = device
         self.requests = requests  # tests: scored instead of the benchmark split
+        self.datasets_dir = datasets_dir  # None: `paths.datasets_dir()`
         self._base: dict[str, str] = {}
         self._data: dict[tuple, str] = {}
 
@@ -91,7 +94,8 @@ class Current:
 
         if self.requests is not None:
             return [dict(r) for r in self.requests][: sub.num_edits]
-        return load_requests(sub.benchmark.name, sub.benchmark.split, sub.benchmark.config, sub.num_edits)
+        return load_requests(sub.benchmark.name, sub.benchmark.split, sub.benchmark.config, sub.num_edits,
+                             self.datasets_dir)
 
     def dataset_fingerprint(self, sub: Submission) -> str:
         from editeval.run.scoring import dataset_fingerprint
@@ -156,12 +160,13 @@ def staleness(checked: CheckedSubmission, current: Current) -> str | None:
 
 
 def score_submission(
-    directory: str | os.PathLike, *, device: str = "auto", dtype: str = "float32", fluency: bool = False,
-    piqa_items: int | None = None, progress: bool = True, limits: Limits = DEFAULT_LIMITS,
+    directory: str | os.PathLike, *, runtime: Runtime = Runtime(), fluency: bool = False,
+    piqa_items: int | None = None, limits: Limits = DEFAULT_LIMITS,
     requests: list[dict] | None = None, current: Current | None = None,
 ):
-    """Score one submission folder and write `results.json` + its per-edit Parquet beside
-    `submission.yaml` (both renamed into place only when scoring succeeded).
+    """Score one submission folder under `runtime` (device, dtype, progress, datasets folder) and
+    write `results.json` + its per-edit Parquet beside `submission.yaml` (both renamed into place
+    only when scoring succeeded).
 
     A checkpoint (local or Hub) is scored with `editeval.run.scoring.score_checkpoint` against the
     declared base model (its fingerprint must match); a method run goes through the edit driver
@@ -174,7 +179,7 @@ def score_submission(
 
     checked = check_submission(directory, limits=limits)
     sub = checked.submission
-    current = current or Current(device="cpu", requests=requests)
+    current = current or Current(device="cpu", requests=requests, datasets_dir=runtime.datasets_dir)
     base_dir = base_model_dir(checked)
     base_fp = current.base_fingerprint(base_dir)
     if base_fp != sub.base_model.fingerprint:
@@ -196,18 +201,19 @@ def score_submission(
              "base_num_parameters": count_parameters(base_dir)}
     torch.manual_seed(0)
     if sub.score.kind == "method":
-        from editeval.run.editing import EditOptions, run_edits
+        from editeval.run.config import EditConfig
+        from editeval.run.editing import run_edits
         from editeval.runtime.models import load
 
-        opts = EditOptions(
+        config = EditConfig(
             method=sub.method.name, model=sub.base_model.name, benchmark=sub.benchmark.name,
             config=sub.benchmark.config, split=sub.benchmark.split, limit=sub.num_edits, mode=sub.mode,
             edit_batch_size=sub.batch_size, hparams_path=str(checked.hparams_path) if checked.hparams_path else None,
-            device=device, dtype=dtype, out=str(out), progress=progress, seed=0,
+            out=str(out), seed=0,
         )
-        loaded = load(base_dir, device=device, dtype=dtype)
+        loaded = load(base_dir, device=runtime.device, dtype=runtime.dtype, device_map=runtime.device_map)
         loaded.name = sub.base_model.name
-        run_edits(opts, loaded=loaded, requests=reqs, dataset_fingerprint=data_fp)
+        run_edits(config, runtime, loaded=loaded, requests=reqs, dataset_fingerprint=data_fp)
         record = read_record(out)
         record.meta = record.meta.model_copy(update=extra)
         atomic_write_text(out, record.model_dump_json(indent=2) + "\n")
@@ -219,8 +225,8 @@ def score_submission(
                      edited_model=sub.score.hub or sub.score.checkpoint or sub.base_model.name)
         score_checkpoint(
             model, base=base_dir, benchmark=sub.benchmark.name, split=sub.benchmark.split,
-            config=sub.benchmark.config, limit=sub.num_edits, device=device, dtype=dtype, fluency=fluency,
-            piqa_items=DEFAULT_PIQA_ITEMS if piqa_items is None else piqa_items, out=out, progress=progress,
+            config=sub.benchmark.config, limit=sub.num_edits, runtime=runtime, fluency=fluency,
+            piqa_items=DEFAULT_PIQA_ITEMS if piqa_items is None else piqa_items, out=out,
             requests=reqs, extra_meta=extra,
         )
     # both files into place: the rows first, so a results.json never points at missing rows
@@ -262,13 +268,12 @@ class ScoreAllReport:
 
 
 def score_all(
-    submissions_dir: str | os.PathLike = SUBMISSIONS_DIR, *, force: bool = False, device: str = "auto",
-    dtype: str = "float32", fluency: bool = False, piqa_items: int | None = None, progress: bool = True,
-    echo=print, current: Current | None = None,
+    submissions_dir: str | os.PathLike = SUBMISSIONS_DIR, *, force: bool = False, runtime: Runtime = Runtime(),
+    fluency: bool = False, piqa_items: int | None = None, echo=print, current: Current | None = None,
 ) -> ScoreAllReport:
-    """Score every submission whose results are missing or stale (all of them with `force`).
-    A submission that fails is reported and the others still run."""
-    current = current or Current()
+    """Score every submission whose results are missing or stale (all of them with `force`), under
+    `runtime`. A submission that fails is reported and the others still run."""
+    current = current or Current(datasets_dir=runtime.datasets_dir)
     stale = {p: r for p, r in stale_submissions(submissions_dir, current=current)}
     report = ScoreAllReport()
     for folder in list_submissions(submissions_dir):
@@ -282,8 +287,7 @@ def score_all(
             continue
         echo(f"{folder.name}: scoring ({reason})")
         try:
-            score_submission(folder, device=device, dtype=dtype, fluency=fluency, piqa_items=piqa_items,
-                             progress=progress, current=current)
+            score_submission(folder, runtime=runtime, fluency=fluency, piqa_items=piqa_items, current=current)
             report.scored.append(folder)
         except EditevalError as err:
             report.failed.append((folder, str(err).splitlines()[0]))

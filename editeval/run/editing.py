@@ -61,7 +61,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,10 @@ import torch
 from editeval.methods.kit import artifacts
 from editeval.methods.kit import key_stats as stats
 from editeval.errors import EditevalError
-from editeval.runtime.paths import atomic_dir
+from editeval.runtime.paths import atomic_dir, datasets_dir_of_run
+from editeval.runtime.settings import Runtime
+from editeval.run.config import EditConfig
+from editeval.run.meta import run_meta
 from editeval.methods.base import Backup, Method, backup_parameters, get_method, restore
 
 log = logging.getLogger(__name__)
@@ -78,36 +81,6 @@ log = logging.getLogger(__name__)
 MODES = ("single", "batch", "sequential")
 SAVE_BATCH_AFTER_S = 60.0  # a batch whose edit took longer is saved applied (redoing it costs more)
 EVAL_CHUNK = 100  # batch mode: edits evaluated (and their rows saved) at a time
-
-
-@dataclass
-class EditOptions:
-    method: str = "rome"
-    model: str = "smollm2-135m"
-    benchmark: str = "zsre"
-    config: str | None = None
-    split: str = "edit"
-    limit: int | None = None
-    mode: str = "single"
-    edit_batch_size: int | None = None  # batch: default all edits in one batch; sequential: 1
-    hparams_path: str | None = None
-    eval_every_edit: bool = False
-    save_checkpoint: str | None = None
-    device: str = "auto"
-    dtype: str = "float32"
-    device_map: str | None = None  # accelerate big-model placement (models.load), e.g. "auto"
-    chat_template: bool = False
-    out: str | None = None
-    eval_batch_size: int = 32
-    generation: bool = True
-    progress: bool = True
-    datasets_root: str | None = None
-    seed: int = 0
-
-    def out_path(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        return Path("results") / f"{self.method}-{self.benchmark}-{self.split}-{self.mode}.json"
 
 
 @dataclass
@@ -377,7 +350,7 @@ def _carry_over_record(out: Path, header: dict, requests: list[dict], generation
     except Exception:  # not a readable record: this run overwrites it, as before
         return 0
     meta = record.meta
-    n_old = getattr(meta, "n_requests", None)
+    n_old = meta.n_requests
     same = (meta.metric_version == R.METRIC_VERSION and meta.mode == "single"
             and meta.method == header["method"] and meta.hparams_hash == header["hparams_hash"]
             and meta.base_model == header["model"] and meta.base_fingerprint == header["base_fingerprint"]
@@ -387,7 +360,7 @@ def _carry_over_record(out: Path, header: dict, requests: list[dict], generation
             and meta.dataset_fingerprint == dataset_fingerprint(requests[:n_old]))
     if not same:
         return 0
-    skipped = {s["index"]: s for s in getattr(meta, "skipped", None) or []}
+    skipped = {s["index"]: s for s in meta.skipped or []}
     edited = [i for i in range(n_old) if i not in skipped]
     if len(edited) != len(rows) or any(str(requests[i].get("case_id")) != str(row.get("case_id"))
                                        for i, row in zip(edited, rows) if "case_id" in row):
@@ -457,21 +430,20 @@ def _find_bad(apply, model, indices: list[int], requests: dict) -> dict[int, str
     return bad
 
 
-def load_requests(opts: EditOptions) -> tuple[list[dict], str]:
+def load_requests(opts: EditConfig, runtime: Runtime, limit: int | None) -> tuple[list[dict], str]:
     """The first `limit` requests of the benchmark split and their fingerprint (as `editeval score`)."""
     from editeval.run.scoring import dataset_fingerprint
     from editeval.data import load_requests as load_split
 
-    if opts.datasets_root:
-        os.environ["EDITEVAL_DATASETS"] = str(opts.datasets_root)
-    records = load_split(opts.benchmark, opts.split, opts.config, opts.limit)
+    records = load_split(opts.benchmark, opts.split, opts.config, limit, runtime.datasets_dir)
     return records, dataset_fingerprint(records)
 
 
-def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = None,
+def run_edits(opts: EditConfig, runtime: Runtime = Runtime(), *, loaded=None, requests: list[dict] | None = None,
               dataset_fingerprint: str = "") -> EditSummary:
-    """Apply and evaluate the edits described by `opts`; write the record. `loaded` (a
-    `LoadedModel`) and `requests` may be given directly instead of being loaded by name.
+    """Apply and evaluate the edits described by `opts` under `runtime` (device, dtype, placement,
+    progress, datasets folder); write the record. `loaded` (a `LoadedModel`) and `requests` may be
+    given directly instead of being loaded by name.
 
     Launched in several processes (`editeval.runtime.distributed`; single and batch mode), each process
     edits (single) or evaluates (batch) its block of the edits still to do on its own replica,
@@ -480,6 +452,12 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     each edit, or group of edits applied together (``seed + index`` of its first), so an edit's row
     does not depend on which process did it, or when, and a resumed run continues as an
     uninterrupted one would."""
+    with datasets_dir_of_run(runtime.datasets_dir):
+        return _run_edits(opts, runtime, loaded, requests, dataset_fingerprint)
+
+
+def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] | None,
+               dataset_fingerprint: str) -> EditSummary:
     from tqdm.auto import tqdm
 
     from editeval.runtime import distributed
@@ -494,8 +472,8 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     if n_procs > 1 and opts.mode == "sequential":
         raise EditevalError(f"--mode sequential edits one model step after step, which is not data-parallel: run it "
                             f"in one process (this run has {n_procs}), or use --mode single or batch")
-    dist = distributed.setup(opts.device)
-    if dist is not None and opts.device_map not in (None, "none"):
+    dist = distributed.setup(runtime.device)
+    if dist is not None and runtime.device_map not in (None, "none"):
         raise EditevalError("--device-map spreads one model over the devices; it does not combine with several processes "
                             "(each process holds its own replica): launch one process, or leave out --device-map")
     if opts.hparams_path is not None and not Path(opts.hparams_path).exists():
@@ -506,17 +484,17 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
 
         dataset_fingerprint = fingerprint_of(requests)
     if requests is None:
-        requests, dataset_fingerprint = load_requests(opts)
+        requests, dataset_fingerprint = load_requests(opts, runtime, opts.limit)
         run_fingerprint = dataset_fingerprint
         if opts.mode == "single":  # progress rows stay valid for another --limit of the same split
-            run_fingerprint = load_requests(replace(opts, limit=None))[1]
+            run_fingerprint = load_requests(opts, runtime, None)[1]
     if not requests:
         raise EditevalError(f"no edit requests in {opts.benchmark}/{opts.split}")
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint, len(requests))
     with distributed.main_first(dist):  # conversions and trained editors are cached by the main process
         if loaded is None:
-            loaded = load(opts.model, device=distributed.process_device(dist, opts.device), dtype=opts.dtype,
-                          device_map=opts.device_map)
+            loaded = load(opts.model, device=distributed.process_device(dist, runtime.device), dtype=runtime.dtype,
+                          device_map=runtime.device_map)
         if loaded.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         model, tok = loaded.model, loaded.tokenizer
@@ -602,7 +580,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
 
     desc = f"{method.name} {mode}" + (f" (process 0 of {dist.world})" if dist is not None else "")
     bar = tqdm(total=len(mine), initial=sum(1 for i in mine if i in done), unit="edit", desc=desc,
-               disable=not (opts.progress and distributed.is_main_process()), dynamic_ncols=True)
+               disable=not (runtime.progress and distributed.is_main_process()), dynamic_ncols=True)
     try:
         for group, part in plan:
             todo = [i for i in group if i not in done]  # applied together
@@ -724,20 +702,18 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
             checkpoint = save_checkpoint(model, tok, opts.save_checkpoint)
 
     edit_seconds = sum(entries[i]["edit_seconds"] for i in edited)
-    mem = R.peak_memory(str(loaded.device))
-    meta = {
-        "benchmark": opts.benchmark, "config": opts.config, "split": opts.split,
-        "dataset_fingerprint": dataset_fingerprint, "n_edits": len(rows), "limit": opts.limit,
-        "base_model": str(opts.model), "base_fingerprint": base_fp, "base_num_parameters": loaded.num_parameters(),
-        "edited_model": str(checkpoint) if checkpoint else f"{opts.model} + {method.name} ({mode})",
-        "edited_fingerprint": edited_fp, "device": str(loaded.device), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "batch_size": opts.eval_batch_size, "chat_template": opts.chat_template, "generation": opts.generation,
-        "wall_time_s": round(time.perf_counter() - wall0, 2), **mem,
+    meta = run_meta(
+        benchmark=opts.benchmark, config=opts.config, split=opts.split, dataset_fingerprint=dataset_fingerprint,
+        n_edits=len(rows), limit=opts.limit, base_model=str(opts.model), base_fingerprint=base_fp, loaded=loaded,
+        edited_model=str(checkpoint) if checkpoint else f"{opts.model} + {method.name} ({mode})",
+        edited_fingerprint=edited_fp, batch_size=opts.eval_batch_size, chat_template=opts.chat_template,
+        generation=opts.generation, started=wall0,
+    )
+    meta |= {
         "method": method.name, "hparams": hp_dict, "hparams_hash": hp_hash, "mode": mode,
         "edit_batch_size": k, "seconds_per_edit": edit_seconds / len(edited),
         "edit_seconds_total": round(edit_seconds, 3), "n_requests": len(requests),
         "n_skipped": len(skipped), "skipped": skipped,
-        "n_processes": distributed.num_processes(),
         "evaluated": "after all edits" if mode == "sequential" else f"after each {'edit' if mode == 'single' else 'batch'}, then undone",
     }
     record = R.build_record(rows, meta)
@@ -754,6 +730,3 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
                        seconds_per_edit=edit_seconds / len(edited), checkpoint=checkpoint,
                        after_each=after_each_path, record=record)
 
-
-def options_dict(opts: EditOptions) -> dict:
-    return asdict(opts)

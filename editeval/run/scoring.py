@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from editeval.errors import EditevalError
+from editeval.runtime.settings import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,14 @@ def dataset_fingerprint(records: Sequence[Mapping]) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_piqa(items: int) -> list[dict]:
+def load_piqa(items: int, datasets_dir: str | os.PathLike | None = None) -> list[dict]:
     """The first `items` PIQA validation items (Other-Task locality), or [] when not built."""
     if items <= 0:
         return []
     from editeval.data import load_benchmark
 
     try:
-        ds = load_benchmark("locality", "piqa", "other_task")
+        ds = load_benchmark("locality", "piqa", "other_task", datasets_dir)
     except EditevalError as err:
         log.warning("Other-Task locality skipped: %s", err)
         return []
@@ -66,21 +67,20 @@ def score_checkpoint(
     config: str | None = None,
     limit: int | None = None,
     batch_size: int = 32,
-    device: str = "auto",
-    dtype: str = "float32",
-    device_map: str | dict | None = None,
+    runtime: Runtime = Runtime(),
     chat_template: bool = False,
     generation: bool = True,
     fluency: bool = False,
     piqa_items: int = DEFAULT_PIQA_ITEMS,
     out: str | os.PathLike | None = None,
-    progress: bool = True,
     requests: Sequence[Mapping] | None = None,
     extra_meta: Mapping | None = None,
 ):
-    """Score checkpoint `model` (registered name or HF folder) against `base` and write the record.
+    """Score checkpoint `model` (registered name or HF folder) against `base` and write the record,
+    on `runtime`'s device, dtype and device map.
 
-    `requests` replaces the benchmark split (the benchmark/split names are then only recorded).
+    `requests` replaces the benchmark split (the benchmark/split names are then only recorded);
+    otherwise it is read from `runtime.datasets_dir`, as PIQA is.
     `extra_meta` adds/overrides metadata (e.g. method, hparams, mode for the edit driver).
     Returns ``(record, rows, json_path)``. Raises `EditevalError` on bad input, with one line.
 
@@ -94,10 +94,12 @@ def score_checkpoint(
     from editeval.runtime import distributed
     from editeval.runtime import models
     from editeval.evaluation.evaluator import Evaluator
-    from editeval.evaluation.results import build_record, environment_versions, peak_memory, write_record
+    from editeval.evaluation.results import build_record, write_record
     from editeval.data import load_requests
+    from editeval.run.meta import run_meta
 
     start = time.perf_counter()
+    device, dtype, device_map = runtime.device, runtime.dtype, runtime.device_map
     group = distributed.setup(device)
     if group is not None and device_map not in (None, "none"):
         raise EditevalError("--device-map spreads one model over the devices; it does not combine with several processes "
@@ -121,13 +123,13 @@ def score_checkpoint(
             edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype, device_map=device_map)
             models.check_compatible(base_lm, edited_lm)
     if requests is None:
-        requests = load_requests(benchmark, split, config, limit)
+        requests = load_requests(benchmark, split, config, limit, runtime.datasets_dir)
     else:
         requests = [dict(r) for r in requests][: limit or None]
     if not requests:
         raise EditevalError(f"benchmark '{benchmark}' split '{split}' has no records")
     fingerprint = dataset_fingerprint(requests)
-    piqa = load_piqa(piqa_items)
+    piqa = load_piqa(piqa_items, runtime.datasets_dir)
     counterfact = True if benchmark in COUNTERFACT_BENCHMARKS else None
     mine, my_piqa = requests, piqa
     if group is not None:  # this process's blocks; the CounterFact columns are decided on all requests
@@ -139,7 +141,7 @@ def score_checkpoint(
         evaluator = Evaluator(
             base_lm, mine, batch_size=batch_size, chat_template=chat_template, generation=generation,
             fluency=fluency, piqa=my_piqa, dataset_fingerprint=fingerprint,
-            progress=progress and distributed.is_main_process(), counterfact=counterfact,
+            progress=runtime.progress and distributed.is_main_process(), counterfact=counterfact,
         )
     except ValueError as err:  # bad records, missing chat template
         raise EditevalError(f"cannot score {benchmark}/{split}: {err}") from None
@@ -163,17 +165,16 @@ def score_checkpoint(
         edited_fp = "artifact:" + artifacts.artifact_fingerprint(model)
     else:
         edited_fp = base_fp if edited_lm is base_lm else edited_lm.fingerprint()
-    meta = environment_versions()
+    meta = run_meta(
+        benchmark=benchmark, config=config, split=split, dataset_fingerprint=fingerprint, n_edits=len(requests),
+        limit=limit, base_model=str(base), base_fingerprint=base_fp, loaded=base_lm, edited_model=str(model),
+        edited_fingerprint=edited_fp, batch_size=batch_size, chat_template=chat_template, generation=generation,
+        started=start,
+    )
     meta.update(
-        benchmark=benchmark, config=config, split=split, dataset_fingerprint=fingerprint,
-        n_edits=len(requests), limit=limit, base_model=str(base), base_fingerprint=base_fp,
-        base_num_parameters=base_lm.num_parameters(), edited_model=str(model), edited_fingerprint=edited_fp, device=str(base_lm.device),
-        dtype=str(models.resolve_dtype(dtype)).replace("torch.", ""), batch_size=batch_size,
-        chat_template=chat_template, generation=generation, piqa_items=len(piqa),
-        base_piqa_accuracy=base_piqa_accuracy,
-        wall_time_s=round(time.perf_counter() - start, 2), **peak_memory(str(base_lm.device)),
+        piqa_items=len(piqa), base_piqa_accuracy=base_piqa_accuracy,
         preedit_s=round(timings["preedit_s"], 2), evaluate_s=round(timings["evaluate_s"], 2),
-        n_sequences=timings["sequences"], n_tokens=timings["tokens"], n_processes=distributed.num_processes(),
+        n_sequences=timings["sequences"], n_tokens=timings["tokens"],
     )
     meta.update(extra_meta or {})
     if group is not None and not group.is_main:

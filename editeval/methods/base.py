@@ -21,7 +21,6 @@ import hashlib
 import importlib
 import json
 import pkgutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -214,26 +213,3 @@ def restore(model: torch.nn.Module, backup: Backup) -> None:
             model.get_parameter(name).copy_(original)
     for undo in reversed(getattr(backup, "undo", None) or []):
         undo()
-
-
-@contextmanager
-def frozen_for_editing(model: torch.nn.Module, backup: Backup | None = None):
-    """Freeze every parameter and switch to eval mode while an edit trains its own tensors; after,
-    put back each parameter's requires_grad, clear grads and restore the training flag. If the edit
-    fails, first undo what it installed (`backup.undo`, last first), then re-raise."""
-    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()
-        yield
-    except BaseException:
-        for undo in reversed(getattr(backup, "undo", [])):
-            undo()
-        raise
-    finally:
-        for name, p in model.named_parameters():
-            p.grad = None
-            p.requires_grad_(grad_flags[name])
-        model.train(was_training)

@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from editeval.runtime.architectures import check_layer, num_layers
-from editeval.methods.kit.artifacts import install, unique_name
 from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, register_method
+from editeval.methods.kit.artifacts import install, unique_name
+from editeval.methods.kit.freeze import frozen_for_editing
 from editeval.methods.kit.neurons import ACTIVATIONS, MLPNeurons, mlp_dims, mlp_module
-from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method
-from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
+from editeval.methods.kit.objectives import encode_target_new, target_new_loss
+from editeval.methods.kit.replay import UpperBlocks
+from editeval.runtime.architectures import check_layer, num_layers
+from editeval.runtime.models import input_device
 
 
 @dataclass
@@ -50,10 +53,10 @@ def apply_calinet(model, tokenizer, requests, hparams: CaliNETHParams) -> Backup
     layers = sorted({check_layer(model, hparams.scale_layer(layer, n)) for layer in hparams.layers})
     if not layers:
         raise EditevalError("CaliNET layers is empty")
-    device = next(model.parameters()).device
+    device = input_device(model)
     bs = max(1, hparams.batch_size)
-    batches = [_encode_target_new(tokenizer, [r["prompt"] for r in requests[i: i + bs]],
-                                  [r["target_new"] for r in requests[i: i + bs]], device)
+    batches = [encode_target_new(tokenizer, [r["prompt"] for r in requests[i: i + bs]],
+                                 [r["target_new"] for r in requests[i: i + bs]], device)
                for i in range(0, len(requests), bs)]
     slots, params = [], []
     with frozen_for_editing(model, backup):  # on failure: drop the slots, then undo the installs
@@ -70,12 +73,12 @@ def apply_calinet(model, tokenizer, requests, hparams: CaliNETHParams) -> Backup
                 slots.append(neurons)
                 params += [k, v]
             opt = torch.optim.Adam(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
-            hidden_fn = _UpperStack(model, layers[0])
+            hidden_fn = UpperBlocks(model, layers[0])
             head = model.get_output_embeddings()
             for _ in range(hparams.num_steps):
                 total = 0.0
                 for batch in batches:
-                    loss = _loss_target_new(hidden_fn, head, batch)
+                    loss = target_new_loss(hidden_fn, head, batch)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

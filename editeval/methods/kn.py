@@ -32,6 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
+from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+from editeval.methods.kit.freeze import frozen_for_editing
 from editeval.runtime.architectures import (
     architecture,
     layer_module_name,
@@ -39,8 +42,8 @@ from editeval.runtime.architectures import (
     mlp_out_weight,
     num_layers,
 )
-from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, backup_parameters, frozen_for_editing, register_method
+from editeval.runtime.models import input_device
+from editeval.runtime.nethooks import add_hook
 
 
 @dataclass
@@ -82,8 +85,8 @@ class _ActiveRows:
         self.rows, self.handles = rows, []
         for block, n in zip(blocks, active):
             if n < rows:
-                self.handles.append(block.register_forward_pre_hook(self._cut(n), with_kwargs=True))
-                self.handles.append(block.register_forward_hook(self._spread(n)))
+                self.handles.append(add_hook(block, self._cut(n), before=True, with_kwargs=True))
+                self.handles.append(add_hook(block, self._spread(n)))
 
     def _cut(self, n: int):
         def slice_rows(value):
@@ -117,7 +120,7 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
     """(len(layers), intermediate) integrated-gradients attributions, averaged over answer tokens.
     `layers` ascending. ``skip_clean_rows=False`` runs every row through every block (the plain
     batched computation; the same result up to float rounding)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     prompt_ids = tokenizer(prompt)["input_ids"]
     answer_ids = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"][: hparams.max_answer_tokens]
     if not answer_ids:
@@ -158,7 +161,7 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
                 return (x,) + tuple(args[1:])
             return hook
 
-        handles = [mod.register_forward_pre_hook(make_hook(g)) for g, mod in enumerate(modules)]
+        handles = [add_hook(mod, make_hook(g), before=True) for g, mod in enumerate(modules)]
         cut = _ActiveRows(blocks, active, rows)
         try:
             with torch.enable_grad():
@@ -226,7 +229,7 @@ def apply_kn(model, tokenizer, requests, hparams: KNHParams) -> Backup:
             erase_id = _first_token(tokenizer, truth)
         else:
             with torch.no_grad():
-                ids = torch.tensor([tokenizer(request["prompt"])["input_ids"]], device=next(model.parameters()).device)
+                ids = torch.tensor([tokenizer(request["prompt"])["input_ids"]], device=input_device(model))
                 erase_id = int(model(input_ids=ids).logits[0, -1].argmax())
 
     neurons = select_neurons(scores, layers, hparams)

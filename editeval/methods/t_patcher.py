@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from editeval.runtime.architectures import check_layer, num_layers
-from editeval.methods.kit.artifacts import find_addition, install, unique_name
 from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
+from editeval.methods.kit.artifacts import find_addition, install, unique_name
+from editeval.methods.kit.freeze import frozen_for_editing
 from editeval.methods.kit.neurons import (
     ACTIVATIONS,
     MLPNeurons,
@@ -39,8 +40,10 @@ from editeval.methods.kit.neurons import (
     mlp_inputs,
     mlp_module,
 )
-from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method, train_benchmark_for
-from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
+from editeval.methods.kit.objectives import encode_target_new, target_new_loss
+from editeval.methods.kit.replay import UpperBlocks
+from editeval.runtime.architectures import check_layer, num_layers
+from editeval.runtime.models import input_device
 
 
 @dataclass
@@ -65,7 +68,7 @@ def _memory(model, tokenizer, module: str, hparams: TPatcherHParams, requests) -
     bench = train_benchmark_for(hparams.memory_benchmark, requests)
     key = (id(model), module, bench, hparams.memory_size)
     if key not in _MEMORY:
-        device = next(model.parameters()).device
+        device = input_device(model)
         try:
             batches = memory_batches(tokenizer, bench, hparams.memory_size, device)
         except EditevalError as err:
@@ -96,12 +99,12 @@ def _patch_one(model, neurons: MLPNeurons, batch, q_edit: torch.Tensor, memory: 
     b = (1.0 - centre @ k).detach().clone().reshape(1).requires_grad_(True)
     v = torch.zeros((1, neurons.values.shape[1]), device=k.device, requires_grad=True)
     opt = torch.optim.Adam([k, b, v], lr=hparams.lr)
-    hidden_fn = _UpperStack(model, layer)
+    hidden_fn = UpperBlocks(model, layer)
     head = model.get_output_embeddings()
     try:
         for _ in range(hparams.num_steps):
             neurons.extra = (k[None], b, v)
-            edit_loss = _loss_target_new(hidden_fn, head, batch)
+            edit_loss = target_new_loss(hidden_fn, head, batch)
             a_edit = q_edit @ k + b
             a_mem = memory @ k + b
             loss = (edit_loss + hparams.act_weight * torch.exp(-a_edit).mean()
@@ -129,7 +132,7 @@ def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams) -> Bac
         return backup
     layer = check_layer(model, hparams.scale_layer(hparams.layer, num_layers(model)))
     module = mlp_module(model, layer)
-    device = next(model.parameters()).device
+    device = input_device(model)
     with frozen_for_editing(model, backup):
         neurons = find_addition(model, MLPNeurons.kind)
         if neurons is not None and neurons.module == module and neurons.name.startswith("t-patcher"):
@@ -140,7 +143,7 @@ def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams) -> Bac
                                  hparams.activation, device)
             backup.undo.append(install(model, neurons))
         memory = _memory(model, tokenizer, module, hparams, requests)
-        batches = [_encode_target_new(tokenizer, [r["prompt"]], [r["target_new"]], device) for r in requests]
+        batches = [encode_target_new(tokenizer, [r["prompt"]], [r["target_new"]], device) for r in requests]
         queries = [_edit_queries(model, module, batch) for batch in batches]
         for i, batch in enumerate(batches):
             # the other edits of this call are memory too: each patch fires on its own edit only

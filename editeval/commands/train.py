@@ -30,7 +30,6 @@ def train(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Train METHOD's editor / classifier for MODEL on BENCHMARK's train split (resumable)."""
-    import dataclasses
     import importlib
     import os
 
@@ -59,7 +58,7 @@ def train(
     if max_minutes is not None:
         changes["max_minutes"] = max_minutes
     if changes:
-        hp = dataclasses.replace(hp, **changes)
+        hp = hp.replace(**changes)
     module = importlib.import_module(f"editeval.methods.{method}")
     t0 = time.perf_counter()
     report = module.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=progress, fresh=fresh)

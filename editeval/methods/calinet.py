@@ -12,26 +12,27 @@ artifact, and `restore` removes them exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, register_method
 from editeval.methods.kit.artifacts import install, unique_name
 from editeval.methods.kit.freeze import frozen_for_editing
-from editeval.methods.kit.neurons import ACTIVATIONS, MLPNeurons, mlp_dims, mlp_module
+from editeval.methods.kit.neurons import MLPNeurons, mlp_dims, mlp_module
 from editeval.methods.kit.objectives import encode_target_new, target_new_loss
 from editeval.methods.kit.replay import UpperBlocks
 from editeval.runtime.architectures import check_layer, num_layers
 from editeval.runtime.models import input_device
 
 
-@dataclass
 class CaliNETHParams(HParams):
-    layers: list[int] = field(default_factory=lambda: [-2, -1])  # the last two FFN layers
-    num_slots: int = 64  # calibration slots per layer and call
-    activation: str = "gelu"
+    layers: list[int] = Field(default_factory=lambda: [-2, -1])  # the last two FFN layers
+    num_slots: int = Field(64, ge=1)  # calibration slots per layer and call
+    activation: Literal["relu", "gelu"] = "gelu"  # a key of kit.neurons.ACTIVATIONS
     num_steps: int = 100
     lr: float = 5e-3
     weight_decay: float = 0.0
@@ -42,10 +43,6 @@ class CaliNETHParams(HParams):
 
 @register_method("calinet", hparams=CaliNETHParams, batch=True, sequential=True)
 def apply_calinet(model, tokenizer, requests, hparams: CaliNETHParams) -> Backup:
-    if hparams.activation not in ACTIVATIONS:
-        raise EditevalError(f"CaliNET activation must be one of {', '.join(ACTIVATIONS)}, not {hparams.activation!r}")
-    if hparams.num_slots < 1:
-        raise EditevalError("CaliNET num_slots must be >= 1")
     backup = Backup()
     if not requests:
         return backup

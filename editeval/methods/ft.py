@@ -21,9 +21,11 @@ when the mean loss of a step falls below `early_stop_loss` (the reference toolki
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, backup_parameters, register_method
@@ -39,9 +41,8 @@ from editeval.runtime.architectures import check_layer, mlp_out_weight, num_laye
 from editeval.runtime.models import input_device
 
 
-@dataclass
 class FTHParams(HParams):
-    layers: list[int] = field(default_factory=lambda: [21])
+    layers: list[int] = Field(default_factory=lambda: [21])
     num_steps: int = 25
     lr: float = 5e-4
     weight_decay: float = 0.0
@@ -49,17 +50,15 @@ class FTHParams(HParams):
     norm_constraint: float | None = 5e-4
     batch_size: int = 1  # requests per optimisation mini-batch
     early_stop_loss: float = 1e-2
-    objective: str = "target_new"  # "target_new" (FT-M) or "prompt_last" (FT-L)
+    objective: Literal["target_new", "prompt_last"] = "target_new"  # FT-M or FT-L
 
 
-@dataclass
 class FTLHParams(FTHParams):
-    objective: str = "prompt_last"
+    objective: Literal["target_new", "prompt_last"] = "prompt_last"
 
 
-@dataclass
 class FTMHParams(FTHParams):
-    objective: str = "target_new"
+    objective: Literal["target_new", "prompt_last"] = "target_new"
 
 
 # objective name -> (batch encoder, loss) (`editeval.methods.kit.objectives`)
@@ -67,8 +66,6 @@ OBJECTIVES = {"prompt_last": (encode_prompt_last, prompt_last_loss), "target_new
 
 
 def fine_tune(model: torch.nn.Module, tokenizer, requests: list[dict], hparams: FTHParams) -> Backup:
-    if hparams.objective not in OBJECTIVES:
-        raise EditevalError(f"FT objective must be one of {', '.join(OBJECTIVES)}, not {hparams.objective!r}")
     if not requests:
         return Backup()
     n = num_layers(model)

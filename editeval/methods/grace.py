@@ -27,11 +27,12 @@ saved as a method artifact. Edits in one batch or across sequential calls grow t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, register_method
 from editeval.methods.kit.artifacts import (
     Addition,
@@ -48,15 +49,14 @@ from editeval.runtime.models import input_device
 from editeval.runtime.nethooks import Trace, add_hook
 
 
-@dataclass
 class GRACEHParams(HParams):
     layer: int = 27
-    eps: float = 1.0  # initial deferral radius of a new key
+    eps: float = Field(1.0, gt=0)  # initial deferral radius of a new key
     num_steps: int = 50
     lr: float = 1.0
     early_stop_loss: float = 1e-2
-    val_init: str = "cold"  # "cold": uniform [0,1) | "warm": the layer's current output
-    replacement: str = "replace_last"  # the value replaces the output at the matching position only
+    val_init: Literal["cold", "warm"] = "cold"  # "cold": uniform [0,1) | "warm": the layer's current output
+    replacement: Literal["replace_last"] = "replace_last"  # the value replaces the output at the matching position only
 
 
 @register_addition
@@ -167,12 +167,6 @@ def _train_value(model, book: GRACECodebook, index: int, batch, position: int, h
 
 @register_method("grace", hparams=GRACEHParams, batch=True, sequential=True)
 def apply_grace(model, tokenizer, requests, hparams: GRACEHParams) -> Backup:
-    if hparams.val_init not in ("cold", "warm"):
-        raise EditevalError(f"GRACE val_init must be 'cold' or 'warm', not {hparams.val_init!r}")
-    if hparams.replacement != "replace_last":
-        raise EditevalError(f"GRACE replacement {hparams.replacement!r} is not supported (replace_last)")
-    if hparams.eps <= 0:
-        raise EditevalError(f"GRACE eps must be positive, not {hparams.eps}")
     backup = Backup()
     if not requests:
         return backup

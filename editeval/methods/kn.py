@@ -28,9 +28,11 @@ Single edits only (the method's selection is per fact).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, backup_parameters, register_method
@@ -46,18 +48,17 @@ from editeval.runtime.models import input_device
 from editeval.runtime.nethooks import add_hook
 
 
-@dataclass
 class KNHParams(HParams):
-    steps: int = 20  # integrated-gradients steps (m)
-    adaptive_threshold: float = 0.2  # keep neurons above this fraction of the largest attribution
-    p: float = 0.5  # keep neurons shared by more than this fraction of the prompts
+    steps: int = Field(20, ge=1)  # integrated-gradients steps (m)
+    adaptive_threshold: float = Field(0.2, ge=0, le=1)  # keep neurons above this fraction of the largest attribution
+    p: float = Field(0.5, ge=0, le=1)  # keep neurons shared by more than this fraction of the prompts
     use_rephrases: bool = True  # the prompts are the edit prompt and its rephrasings
     max_prompts: int = 4
     max_neurons: int | None = None
     layers: list[int] | None = None  # layers searched (None = all)
     scale: float = 2.0  # value-vector edit: -scale * E[erased] + scale * E[target]
-    erase: str = "ground_truth"  # "ground_truth" or "prediction"
-    attribution_target: str = "ground_truth"  # "ground_truth" or "target_new"
+    erase: Literal["ground_truth", "prediction"] = "ground_truth"
+    attribution_target: Literal["ground_truth", "target_new"] = "ground_truth"
     max_answer_tokens: int = 4  # answer tokens scored by attribution
 
 

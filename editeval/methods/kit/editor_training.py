@@ -42,11 +42,12 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, backup_parameters, train_benchmark_for
@@ -69,11 +70,10 @@ CONFIG_FILE = "editor.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-@dataclass
 class EditorHParams(HParams):
     """Settings shared by the learned editors (training and use)."""
 
-    layers: list[int] = field(default_factory=lambda: [-3, -2, -1])  # MLP output projections edited
+    layers: list[int] = Field(default_factory=lambda: [-3, -2, -1])  # MLP output projections edited
     train_benchmark: str = "auto"  # whose trained editor `apply` uses (auto: from the look of the edits)
     editor_path: str | None = None  # an editor folder to use instead of the cache
     # meta-training

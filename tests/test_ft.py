@@ -10,7 +10,6 @@ from editeval.methods import ft
 from editeval.methods.base import get_method, restore
 from editeval.methods.kit.objectives import encode_target_new, target_new_loss
 from editeval.methods.kit.replay import UpperBlocks
-from editeval.runtime.models import load
 from editeval.data.schema import empty_request
 
 
@@ -74,17 +73,6 @@ def test_upper_stack_replay_equals_a_full_forward(which, request):
         full = lm.model.base_model(input_ids=batch[0], attention_mask=batch[1], use_cache=False).last_hidden_state
     assert stack.replay_ok
     assert torch.equal(replayed, full)
-
-
-def test_ft_bfloat16_keeps_dtype_and_restores(tiny_llama_dir):
-    lm = load(tiny_llama_dir, device="cpu", dtype="bfloat16")
-    before = _state(lm.model)
-    hp = ft.FTMHParams(layers=[1], num_steps=3, lr=1e-2)
-    backup = get_method("ft-m").apply(lm.model, lm.tokenizer, REQS[:1], hp)
-    w = lm.model.get_parameter("model.layers.1.mlp.down_proj.weight")
-    assert w.dtype == torch.bfloat16 and not torch.equal(w, before["model.layers.1.mlp.down_proj.weight"])
-    restore(lm.model, backup)
-    assert _same(before, lm.model.state_dict())
 
 
 def test_ft_presets_scale_layers_and_refuse_missing_layers(tiny_llama):

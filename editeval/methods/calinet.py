@@ -12,7 +12,6 @@ artifact, and `restore` removes them exactly.
 
 from __future__ import annotations
 
-
 from typing import Literal
 
 import torch

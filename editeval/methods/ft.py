@@ -21,7 +21,6 @@ when the mean loss of a step falls below `early_stop_loss` (the reference toolki
 
 from __future__ import annotations
 
-
 from typing import Literal
 
 import torch

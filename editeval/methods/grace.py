@@ -27,7 +27,6 @@ saved as a method artifact. Edits in one batch or across sequential calls grow t
 
 from __future__ import annotations
 
-
 from typing import Literal
 
 import torch

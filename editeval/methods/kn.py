@@ -28,7 +28,6 @@ Single edits only (the method's selection is per fact).
 from __future__ import annotations
 
 import inspect
-
 from typing import Literal
 
 import torch

@@ -18,7 +18,6 @@ GPT-2: ``attn.c_attn``, ``mlp.c_proj``); `layers: null` means every layer.
 
 from __future__ import annotations
 
-
 from typing import Literal
 
 import torch

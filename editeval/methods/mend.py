@@ -21,7 +21,6 @@ over every token of every request, as the paper's batched edits.
 
 from __future__ import annotations
 
-
 import torch
 
 from editeval.methods.kit import editor_training as T

@@ -24,7 +24,6 @@ addition (saved as an artifact); `restore` removes them exactly.
 
 from __future__ import annotations
 
-
 from typing import Literal
 
 import torch

@@ -1,5 +1,6 @@
-"""Methods share code only through public names (`editeval.methods.kit`, `methods.base`, runtime), and
-every PyTorch hook is registered through the one primitive, `editeval.runtime.nethooks.add_hook`."""
+"""Methods share code only through public names of `editeval.methods.base`, `editeval.methods.kit` and
+the layers below (never another method's module, never a private name), and every PyTorch hook is
+registered through the one primitive, `editeval.runtime.nethooks.add_hook`."""
 
 from __future__ import annotations
 
@@ -42,6 +43,31 @@ def private_uses(path: Path) -> list[str]:
 def test_no_method_uses_a_private_name_of_another_module():
     bad = {str(p.relative_to(PACKAGE)): uses for p in sorted(METHODS.rglob("*.py")) if (uses := private_uses(p))}
     assert not bad, f"private names used across modules (make them public in methods/kit/): {bad}"
+
+
+def method_imports(path: Path) -> set[str]:
+    """The `editeval.methods...` modules a file imports (`from editeval.methods import x`: x)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("editeval.methods.")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("editeval.methods"):
+            if node.module == "editeval.methods":
+                out |= {f"editeval.methods.{a.name}" for a in node.names}
+            else:
+                out.add(node.module)
+    return out
+
+
+def test_methods_import_no_other_method():
+    shared = ("editeval.methods.base", "editeval.methods.kit")
+    bad = {}
+    for path in sorted(METHODS.rglob("*.py")):
+        own = "editeval." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        others = {m for m in method_imports(path) if m != own and not m.startswith(shared)}
+        if others and path.name != "__init__.py":
+            bad[str(path.relative_to(PACKAGE))] = sorted(others)
+    assert not bad, f"methods import other methods (move what they share to methods/kit/): {bad}"
 
 
 def test_the_private_name_check_sees_both_forms(tmp_path):

@@ -190,3 +190,12 @@ def tiny_gpt2(tiny_gpt2_dir):
     from editeval.runtime.models import load
 
     return load(tiny_gpt2_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def built_zsre(tmp_path_factory):
+    """A built `zsre` benchmark holding only a train split (`_zsre_train.ZSRE_TRAIN`), as `datasets
+    build` lays it out: point EDITEVAL_DATASETS at `built_zsre / "datasets"`."""
+    from _zsre_train import write_zsre_train
+
+    return write_zsre_train(tmp_path_factory.mktemp("benchmarks"))

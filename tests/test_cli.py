@@ -207,6 +207,12 @@ def test_edit_missing_hparams_file(env, tiny_llama_dir, capsys):
     assert line == "error: hyper-parameter file not found: nope.yaml"
 
 
+def test_edit_bad_hparams_value(env, tiny_llama_dir, capsys):
+    (env / "bad.yaml").write_text("layers: [1]\nnum_steps: many\n")
+    line, _ = refused(_edit(tiny_llama_dir, "--hparams", "bad.yaml", "--out", "r/run.json"), capsys, env)
+    assert line == "error: bad.yaml: num_steps: input should be a valid integer, got 'many'"
+
+
 @pytest.mark.parametrize("size", ["2", "5"])
 def test_edit_batch_size_in_single_mode(env, tiny_llama_dir, capsys, size):
     line, _ = refused(_edit(tiny_llama_dir, "--hparams", "ft.yaml", "--mode", "single", "--batch-size", size,

@@ -28,7 +28,6 @@ from editeval.methods.kit.key_stats import model_fingerprint
 from editeval.data.schema import empty_request
 
 
-@dataclasses.dataclass
 class NudgeHParams(HParams):
     amount: float = 0.01
 

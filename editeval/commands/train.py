@@ -30,7 +30,6 @@ def train(
     progress: Progress = True,
 ) -> None:
     """Train METHOD's editor / classifier for MODEL on BENCHMARK's train split (resumable)."""
-    import dataclasses
 
     from editeval.errors import EditevalError
     from editeval.methods.base import get_method, trainable_methods
@@ -54,7 +53,7 @@ def train(
     if max_minutes is not None:
         changes["max_minutes"] = max_minutes
     if changes:
-        hp = dataclasses.replace(hp, **changes)
+        hp = hp.replace(**changes)
     t0 = time.perf_counter()
     with datasets_dir_of_run(runtime.datasets_dir):
         report = spec.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=runtime.progress, fresh=fresh)

@@ -1,7 +1,7 @@
 """The one interface every editing method implements, the registry, presets and exact undo.
 
-A method is one module under `editeval/methods/` that defines a hyper-parameter dataclass
-(subclass of `HParams`) and an `apply` function, registered with `@register_method`:
+A method is one module under `editeval/methods/` that defines its hyper-parameters (a pydantic
+model, subclass of `HParams`) and an `apply` function, registered with `@register_method`:
 
     @register_method("rome", hparams=ROMEHParams, batch=False, sequential=True)
     def apply_rome(model, tokenizer, requests, hparams) -> Backup: ...
@@ -21,16 +21,15 @@ architecture: `gpt2`, `llama`; see `editeval.runtime.architectures`).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable
 
 import torch
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from editeval.errors import EditevalError
 from editeval.runtime.architectures import ARCHITECTURES
@@ -40,22 +39,44 @@ from editeval.runtime.registry import Registry, import_modules
 HPARAMS_DIR = PACKAGE_DIR / "hparams"
 
 
-@dataclass
-class HParams:
-    """Base of every method's hyper-parameters. Layer lists given for a model of
-    `reference_num_layers` layers are rescaled to the depth of the model being edited."""
+class HParams(BaseModel):
+    """Base of every method's hyper-parameters: a pydantic model that refuses unknown keys and
+    values of the wrong type or out of their documented range, when a preset or a user file is
+    loaded, when one is built in code and when one is assigned, with one error line naming the key
+    (an EditevalError). Layer lists given for a model of `reference_num_layers` layers are rescaled
+    to the depth of the model being edited.
 
-    reference_num_layers: int | None = None
+    Values are checked strictly (no "5" for 5, no 1.5 for an int, no true for a number); an integer
+    stays an integer in a float field (``lora_alpha: 32``), so `to_dict` and `hash` give what the
+    file says, as the results records and caches have always stored it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+    reference_num_layers: int | None = Field(default=None, ge=1)
+
+    def __init__(self, **values):
+        try:
+            super().__init__(**values)
+        except ValidationError as err:
+            raise EditevalError(_describe(err, type(self).__name__)) from None
+
+    def __setattr__(self, name: str, value) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as err:
+            raise EditevalError(_describe(err, type(self).__name__)) from None
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _integers_stay_integers(cls, value, handler):
+        checked = handler(value)
+        return value if type(value) is int and type(checked) is float else checked
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "hparams") -> "HParams":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise EditevalError(f"{source}: unknown hyper-parameter(s) {', '.join(unknown)} for {cls.__name__}")
         try:
-            return cls(**values)
-        except TypeError as err:
+            return cls(**{str(key): value for key, value in values.items()})
+        except EditevalError as err:
             raise EditevalError(f"{source}: {err}") from None
 
     @classmethod
@@ -72,7 +93,11 @@ class HParams:
         return cls.from_dict(values, source=str(path))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump()
+
+    def replace(self, **changes) -> "HParams":
+        """A copy with `changes`, checked like a loaded file."""
+        return type(self).from_dict({**self.to_dict(), **changes}, source=f"{type(self).__name__} override")
 
     def hash(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
@@ -83,6 +108,30 @@ class HParams:
         if self.reference_num_layers is None or self.reference_num_layers == num_layers:
             return layer
         return min(num_layers - 1, round(layer * num_layers / self.reference_num_layers))
+
+
+def _describe(err: ValidationError, model: str) -> str:
+    """One line for all of a validation's errors: the unknown keys, then each bad key's problem."""
+    problems = err.errors()
+    unknown = [str(e["loc"][0]) for e in problems if e["type"] == "extra_forbidden"]
+    parts = [f"unknown hyper-parameter(s) {', '.join(sorted(unknown))} for {model}"] if unknown else []
+    for e in problems:
+        if e["type"] == "extra_forbidden":
+            continue
+        key = ".".join(str(part) for part in e["loc"]) or model
+        hint = ""
+        if isinstance(e.get("input"), str) and "number" in e["msg"] and _is_number(e["input"]):
+            hint = " (YAML reads a number without a dot, like 1e-3, as text: write 1.0e-3)"
+        parts.append(f"{key}: {e['msg'][0].lower()}{e['msg'][1:]}, got {e.get('input')!r}{hint}")
+    return "; ".join(parts)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 Request = dict  # an edit-request record (editeval.data.schema.EDIT_REQUEST_FEATURES)
@@ -214,26 +263,3 @@ def restore(model: torch.nn.Module, backup: Backup) -> None:
             model.get_parameter(name).copy_(original)
     for undo in reversed(getattr(backup, "undo", None) or []):
         undo()
-
-
-@contextmanager
-def frozen_for_editing(model: torch.nn.Module, backup: Backup | None = None):
-    """Freeze every parameter and switch to eval mode while an edit trains its own tensors; after,
-    put back each parameter's requires_grad, clear grads and restore the training flag. If the edit
-    fails, first undo what it installed (`backup.undo`, last first), then re-raise."""
-    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()
-        yield
-    except BaseException:
-        for undo in reversed(getattr(backup, "undo", [])):
-            undo()
-        raise
-    finally:
-        for name, p in model.named_parameters():
-            p.grad = None
-            p.requires_grad_(grad_flags[name])
-        model.train(was_training)

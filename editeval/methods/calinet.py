@@ -12,23 +12,26 @@ artifact, and `restore` removes them exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from editeval.runtime.architectures import check_layer, num_layers
-from editeval.methods.kit.artifacts import install, unique_name
 from editeval.errors import EditevalError
-from editeval.methods.kit.neurons import ACTIVATIONS, MLPNeurons, mlp_dims, mlp_module
-from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method
-from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
+from editeval.methods.base import Backup, HParams, register_method
+from editeval.methods.kit.artifacts import install, unique_name
+from editeval.methods.kit.freeze import frozen_for_editing
+from editeval.methods.kit.neurons import MLPNeurons, mlp_dims, mlp_module
+from editeval.methods.kit.objectives import encode_target_new, target_new_loss
+from editeval.methods.kit.replay import UpperBlocks
+from editeval.runtime.architectures import check_layer, num_layers
+from editeval.runtime.models import input_device
 
 
-@dataclass
 class CaliNETHParams(HParams):
-    layers: list[int] = field(default_factory=lambda: [-2, -1])  # the last two FFN layers
-    num_slots: int = 64  # calibration slots per layer and call
-    activation: str = "gelu"
+    layers: list[int] = Field(default_factory=lambda: [-2, -1])  # the last two FFN layers
+    num_slots: int = Field(64, ge=1)  # calibration slots per layer and call
+    activation: Literal["relu", "gelu"] = "gelu"  # a key of kit.neurons.ACTIVATIONS
     num_steps: int = 100
     lr: float = 5e-3
     weight_decay: float = 0.0
@@ -39,10 +42,6 @@ class CaliNETHParams(HParams):
 
 @register_method("calinet", hparams=CaliNETHParams, batch=True, sequential=True)
 def apply_calinet(model, tokenizer, requests, hparams: CaliNETHParams) -> Backup:
-    if hparams.activation not in ACTIVATIONS:
-        raise EditevalError(f"CaliNET activation must be one of {', '.join(ACTIVATIONS)}, not {hparams.activation!r}")
-    if hparams.num_slots < 1:
-        raise EditevalError("CaliNET num_slots must be >= 1")
     backup = Backup()
     if not requests:
         return backup
@@ -50,10 +49,10 @@ def apply_calinet(model, tokenizer, requests, hparams: CaliNETHParams) -> Backup
     layers = sorted({check_layer(model, hparams.scale_layer(layer, n)) for layer in hparams.layers})
     if not layers:
         raise EditevalError("CaliNET layers is empty")
-    device = next(model.parameters()).device
+    device = input_device(model)
     bs = max(1, hparams.batch_size)
-    batches = [_encode_target_new(tokenizer, [r["prompt"] for r in requests[i: i + bs]],
-                                  [r["target_new"] for r in requests[i: i + bs]], device)
+    batches = [encode_target_new(tokenizer, [r["prompt"] for r in requests[i: i + bs]],
+                                 [r["target_new"] for r in requests[i: i + bs]], device)
                for i in range(0, len(requests), bs)]
     slots, params = [], []
     with frozen_for_editing(model, backup):  # on failure: drop the slots, then undo the installs
@@ -70,12 +69,12 @@ def apply_calinet(model, tokenizer, requests, hparams: CaliNETHParams) -> Backup
                 slots.append(neurons)
                 params += [k, v]
             opt = torch.optim.Adam(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
-            hidden_fn = _UpperStack(model, layers[0])
+            hidden_fn = UpperBlocks(model, layers[0])
             head = model.get_output_embeddings()
             for _ in range(hparams.num_steps):
                 total = 0.0
                 for batch in batches:
-                    loss = _loss_target_new(hidden_fn, head, batch)
+                    loss = target_new_loss(hidden_fn, head, batch)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

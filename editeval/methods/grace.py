@@ -27,11 +27,12 @@ saved as a method artifact. Edits in one batch or across sequential calls grow t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from editeval.runtime.architectures import check_layer, layer_module_name, num_layers
+from editeval.methods.base import Backup, HParams, register_method
 from editeval.methods.kit.artifacts import (
     Addition,
     find_addition,
@@ -39,20 +40,22 @@ from editeval.methods.kit.artifacts import (
     register_addition,
     unique_name,
 )
-from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method
-from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
+from editeval.methods.kit.freeze import frozen_for_editing
+from editeval.methods.kit.objectives import encode_target_new, target_new_loss
+from editeval.methods.kit.replay import UpperBlocks
+from editeval.runtime.architectures import check_layer, layer_module_name, num_layers
+from editeval.runtime.models import input_device
+from editeval.runtime.nethooks import Trace, add_hook
 
 
-@dataclass
 class GRACEHParams(HParams):
     layer: int = 27
-    eps: float = 1.0  # initial deferral radius of a new key
+    eps: float = Field(1.0, gt=0)  # initial deferral radius of a new key
     num_steps: int = 50
     lr: float = 1.0
     early_stop_loss: float = 1e-2
-    val_init: str = "cold"  # "cold": uniform [0,1) | "warm": the layer's current output
-    replacement: str = "replace_last"  # the value replaces the output at the matching position only
+    val_init: Literal["cold", "warm"] = "cold"  # "cold": uniform [0,1) | "warm": the layer's current output
+    replacement: Literal["replace_last"] = "replace_last"  # the value replaces the output at the matching position only
 
 
 @register_addition
@@ -69,7 +72,7 @@ class GRACECodebook(Addition):
         self.forced: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # training: rows, cols, value
 
     def attach(self, model) -> None:
-        self._handles.append(model.get_submodule(self.module).register_forward_hook(self._hook))
+        self._handles.append(add_hook(model.get_submodule(self.module), self._hook))
 
     def _hook(self, module, args, output):
         if self.forced is not None:
@@ -133,8 +136,6 @@ def _codebook(model, hparams: GRACEHParams, backup: Backup) -> GRACECodebook:
 
 def _trace_layer(model, module: str, batch, position: int):
     """(input, output) of `module` at `position` of the one-row batch."""
-    from editeval.runtime.nethooks import Trace
-
     with torch.no_grad(), Trace(model, [module], retain_input=True, stop=True) as tr:
         model.base_model(input_ids=batch[0], attention_mask=batch[1], use_cache=False)
     return tr.inputs[module][0, position].float(), tr.outputs[module][0, position].float()
@@ -144,14 +145,14 @@ def _train_value(model, book: GRACECodebook, index: int, batch, position: int, h
                  first_layer: int) -> None:
     value = book.values[index].detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([value], lr=hparams.lr)
-    hidden_fn = _UpperStack(model, first_layer)
+    hidden_fn = UpperBlocks(model, first_layer)
     head = model.get_output_embeddings()
     rows = torch.tensor([0], device=value.device)
     cols = torch.tensor([position], device=value.device)
     try:
         for _ in range(hparams.num_steps):
             book.forced = (rows, cols, value[None])
-            loss = _loss_target_new(hidden_fn, head, batch)
+            loss = target_new_loss(hidden_fn, head, batch)
             if loss.item() < hparams.early_stop_loss:
                 break
             opt.zero_grad()
@@ -165,21 +166,15 @@ def _train_value(model, book: GRACECodebook, index: int, batch, position: int, h
 
 @register_method("grace", hparams=GRACEHParams, batch=True, sequential=True)
 def apply_grace(model, tokenizer, requests, hparams: GRACEHParams) -> Backup:
-    if hparams.val_init not in ("cold", "warm"):
-        raise EditevalError(f"GRACE val_init must be 'cold' or 'warm', not {hparams.val_init!r}")
-    if hparams.replacement != "replace_last":
-        raise EditevalError(f"GRACE replacement {hparams.replacement!r} is not supported (replace_last)")
-    if hparams.eps <= 0:
-        raise EditevalError(f"GRACE eps must be positive, not {hparams.eps}")
     backup = Backup()
     if not requests:
         return backup
-    device = next(model.parameters()).device
+    device = input_device(model)
     layer = check_layer(model, hparams.scale_layer(hparams.layer, num_layers(model)))
     with frozen_for_editing(model, backup):
         book = _codebook(model, hparams, backup)
         for request in requests:
-            batch = _encode_target_new(tokenizer, [request["prompt"]], [request["target_new"]], device)
+            batch = encode_target_new(tokenizer, [request["prompt"]], [request["target_new"]], device)
             position = int((batch[2][0] == -100).sum()) - 1  # the last prompt token
             saved, book.keys = book.keys, book.keys[:0]  # the key is read without the codebook acting
             try:

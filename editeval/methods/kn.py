@@ -28,10 +28,14 @@ Single edits only (the method's selection is per fact).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import Field
 
+from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, backup_parameters, register_method
+from editeval.methods.kit.freeze import frozen_for_editing
 from editeval.runtime.architectures import (
     architecture,
     layer_module_name,
@@ -39,22 +43,21 @@ from editeval.runtime.architectures import (
     mlp_out_weight,
     num_layers,
 )
-from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, backup_parameters, frozen_for_editing, register_method
+from editeval.runtime.models import input_device
+from editeval.runtime.nethooks import add_hook
 
 
-@dataclass
 class KNHParams(HParams):
-    steps: int = 20  # integrated-gradients steps (m)
-    adaptive_threshold: float = 0.2  # keep neurons above this fraction of the largest attribution
-    p: float = 0.5  # keep neurons shared by more than this fraction of the prompts
+    steps: int = Field(20, ge=1)  # integrated-gradients steps (m)
+    adaptive_threshold: float = Field(0.2, ge=0, le=1)  # keep neurons above this fraction of the largest attribution
+    p: float = Field(0.5, ge=0, le=1)  # keep neurons shared by more than this fraction of the prompts
     use_rephrases: bool = True  # the prompts are the edit prompt and its rephrasings
     max_prompts: int = 4
     max_neurons: int | None = None
     layers: list[int] | None = None  # layers searched (None = all)
     scale: float = 2.0  # value-vector edit: -scale * E[erased] + scale * E[target]
-    erase: str = "ground_truth"  # "ground_truth" or "prediction"
-    attribution_target: str = "ground_truth"  # "ground_truth" or "target_new"
+    erase: Literal["ground_truth", "prediction"] = "ground_truth"
+    attribution_target: Literal["ground_truth", "target_new"] = "ground_truth"
     max_answer_tokens: int = 4  # answer tokens scored by attribution
 
 
@@ -82,8 +85,8 @@ class _ActiveRows:
         self.rows, self.handles = rows, []
         for block, n in zip(blocks, active):
             if n < rows:
-                self.handles.append(block.register_forward_pre_hook(self._cut(n), with_kwargs=True))
-                self.handles.append(block.register_forward_hook(self._spread(n)))
+                self.handles.append(add_hook(block, self._cut(n), before=True, with_kwargs=True))
+                self.handles.append(add_hook(block, self._spread(n)))
 
     def _cut(self, n: int):
         def slice_rows(value):
@@ -117,7 +120,7 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
     """(len(layers), intermediate) integrated-gradients attributions, averaged over answer tokens.
     `layers` ascending. ``skip_clean_rows=False`` runs every row through every block (the plain
     batched computation; the same result up to float rounding)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     prompt_ids = tokenizer(prompt)["input_ids"]
     answer_ids = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"][: hparams.max_answer_tokens]
     if not answer_ids:
@@ -158,7 +161,7 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
                 return (x,) + tuple(args[1:])
             return hook
 
-        handles = [mod.register_forward_pre_hook(make_hook(g)) for g, mod in enumerate(modules)]
+        handles = [add_hook(mod, make_hook(g), before=True) for g, mod in enumerate(modules)]
         cut = _ActiveRows(blocks, active, rows)
         try:
             with torch.enable_grad():
@@ -226,7 +229,7 @@ def apply_kn(model, tokenizer, requests, hparams: KNHParams) -> Backup:
             erase_id = _first_token(tokenizer, truth)
         else:
             with torch.no_grad():
-                ids = torch.tensor([tokenizer(request["prompt"])["input_ids"]], device=next(model.parameters()).device)
+                ids = torch.tensor([tokenizer(request["prompt"])["input_ids"]], device=input_device(model))
                 erase_id = int(model(input_ids=ids).logits[0, -1].argmax())
 
     neurons = select_neurons(scores, layers, hparams)

@@ -18,25 +18,27 @@ GPT-2: ``attn.c_attn``, ``mlp.c_proj``); `layers: null` means every layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from editeval.runtime.architectures import architecture, check_layer, num_layers
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, HParams, backup_parameters, register_method
-from editeval.methods.ft import _encode_target_new, _loss_target_new
+from editeval.methods.kit.freeze import frozen_for_editing
+from editeval.methods.kit.objectives import encode_target_new, target_new_loss
+from editeval.runtime.architectures import architecture, check_layer, num_layers
+from editeval.runtime.models import input_device
 
 
-@dataclass
 class LoRAHParams(HParams):
-    lora_type: str = "lora"  # "lora" | "adalora"
+    lora_type: Literal["lora", "adalora"] = "lora"
     layers: list[int] | None = None  # null: every layer
-    target_modules: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"])
-    rank: int = 8  # LoRA rank; AdaLoRA's target (average) rank
+    target_modules: list[str] = Field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"])
+    rank: int = Field(8, ge=1)  # LoRA rank; AdaLoRA's target (average) rank
     init_r: int = 12  # AdaLoRA: initial rank
     lora_alpha: float = 32
-    lora_dropout: float = 0.1
+    lora_dropout: float = Field(0.1, ge=0, le=1)
     num_steps: int = 70
     lr: float = 5e-3
     weight_decay: float = 0.0
@@ -80,30 +82,32 @@ def _peft_config(hparams: LoRAHParams, names: list[str], conv1d: bool):
 
 @register_method("lora", hparams=LoRAHParams, batch=True, sequential=True)
 def apply_lora(model, tokenizer, requests, hparams: LoRAHParams) -> Backup:
-    if hparams.lora_type not in ("lora", "adalora"):
-        raise EditevalError(f"LoRA lora_type must be 'lora' or 'adalora', not {hparams.lora_type!r}")
-    if hparams.rank < 1:
-        raise EditevalError(f"LoRA rank must be >= 1, not {hparams.rank}")
     if not requests:
         return Backup()
     try:
-        from peft import get_peft_model
+        import peft  # noqa: F401
     except ImportError:
         raise EditevalError("LoRA needs the 'peft' package: pip install peft") from None
     names = _target_names(model, hparams)
     backup = backup_parameters(model, [f"{name}.weight" for name in names])
     conv1d = any(type(model.get_submodule(n)).__name__ == "Conv1D" for n in names)
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     prompts = [r["prompt"] for r in requests]
     targets = [r["target_new"] for r in requests]
     bs = max(1, hparams.batch_size)
-    batches = [_encode_target_new(tokenizer, prompts[i: i + bs], targets[i: i + bs], device)
+    batches = [encode_target_new(tokenizer, prompts[i: i + bs], targets[i: i + bs], device)
                for i in range(0, len(requests), bs)]
 
-    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
-    model.eval()
+    with frozen_for_editing(model):  # peft wraps the target modules inside; their names are back after
+        _train_merge(model, hparams, names, conv1d, batches, len(requests))
+    return backup
+
+
+def _train_merge(model, hparams: LoRAHParams, names: list[str], conv1d: bool, batches, n_requests: int) -> None:
+    """Train the adapter on the batches, then merge it into the weights (on error: unload it)."""
+    from peft import get_peft_model
+
     peft_model = get_peft_model(model, _peft_config(hparams, names, conv1d))
     merged = False
     try:
@@ -121,14 +125,14 @@ def apply_lora(model, tokenizer, requests, hparams: LoRAHParams) -> Backup:
         for step in range(hparams.num_steps):
             total = 0.0
             for batch in batches:
-                loss = _loss_target_new(hidden_fn, head, batch)
+                loss = target_new_loss(hidden_fn, head, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if hparams.lora_type == "adalora":
                     peft_model.base_model.update_and_allocate(step)
                 total += loss.item() * batch[0].shape[0]
-            if total / len(requests) < hparams.early_stop_loss:
+            if total / n_requests < hparams.early_stop_loss:
                 break
         with torch.no_grad():
             peft_model.merge_and_unload()
@@ -136,8 +140,3 @@ def apply_lora(model, tokenizer, requests, hparams: LoRAHParams) -> Backup:
     finally:
         if not merged:  # an error while training: take the adapter out, weights untouched
             peft_model.unload()
-        for name, p in model.named_parameters():
-            p.grad = None
-            p.requires_grad_(grad_flags.get(name, False))
-        model.train(was_training)
-    return backup

@@ -30,10 +30,10 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from editeval.runtime import distributed
@@ -53,9 +53,8 @@ from editeval.methods.kit.key_stats import second_moments
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class MEMITHParams(HParams):
-    layers: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    layers: list[int] = Field(default_factory=lambda: [3, 4, 5, 6, 7])
     context_short: int = 0
     context_long: int = 5
     v_num_grad_steps: int = 25

@@ -21,15 +21,12 @@ over every token of every request, as the paper's batched edits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from editeval.methods.kit import editor_training as T
 from editeval.methods.base import Backup, register_method
 
 
-@dataclass
 class MENDHParams(T.EditorHParams):
     rank: int = 1920  # hidden width of the low-rank editor MLP (the paper's 1920)
     edit_lr: float = 1e-4  # initial per-layer step size η_l

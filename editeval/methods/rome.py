@@ -18,7 +18,6 @@ Requests are applied one after the other (each on the already edited model).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
@@ -37,7 +36,6 @@ from editeval.methods.kit.key_stats import second_moment
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class ROMEHParams(HParams):
     layer: int = 4
     # context templates: the bare prompt + this many short (~5 tokens) and long (~10 tokens) prefixes

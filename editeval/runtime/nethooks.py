@@ -1,5 +1,11 @@
-"""One hook primitive: capture (and optionally edit) the inputs/outputs of named modules during a
-forward pass, always removed on exit, optionally stopping the pass once the last one has run."""
+"""The one hook primitive, and what is built on it.
+
+`add_hook` is the only place editeval registers a PyTorch forward (or forward-pre) hook; a test
+(tests/test_kit.py) keeps it that way, so every hook is found, and removed, the same way. `hooked`
+holds hooks for a block, `Trace` captures (and optionally edits) the inputs/outputs of named
+modules during a forward pass, always removed on exit, optionally stopping the pass once the last
+one has run.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,28 @@ from contextlib import contextmanager
 from typing import Callable, Iterable
 
 import torch
+
+
+def add_hook(module: torch.nn.Module, hook: Callable, *, before: bool = False, with_kwargs: bool = False):
+    """Register `hook` on `module`: after its forward (``hook(module, args, output)``), or with
+    before=True before it (``hook(module, args)``); with_kwargs=True passes the keyword arguments
+    too (PyTorch's signatures). Returns the handle whose `remove()` takes the hook away."""
+    if before:
+        return module.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
+    return module.register_forward_hook(hook, with_kwargs=with_kwargs)
+
+
+@contextmanager
+def hooked(hooks: Iterable[tuple[torch.nn.Module, Callable]], *, before: bool = False, with_kwargs: bool = False):
+    """`add_hook` for each (module, hook) pair inside the block; all removed on exit."""
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(add_hook(module, hook, before=before, with_kwargs=with_kwargs))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class StopForward(Exception):
@@ -58,7 +86,7 @@ class Trace:
 
     def __enter__(self) -> "Trace":
         for name in self.names:
-            self._handles.append(self.model.get_submodule(name).register_forward_hook(self._hook(name)))
+            self._handles.append(add_hook(self.model.get_submodule(name), self._hook(name)))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

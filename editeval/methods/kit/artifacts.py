@@ -194,7 +194,7 @@ def load_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, check
     returns the callable that removes them."""
     from safetensors.torch import load_file
 
-    from editeval.runtime.models import architecture_summary, weights_fingerprint
+    from editeval.runtime.models import architecture_summary, input_device, weights_fingerprint
 
     meta = read_artifact(directory)
     if check_base:
@@ -212,7 +212,7 @@ def load_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, check
     if not tensor_path.is_file():
         raise EditevalError(f"artifact {directory}: tensor file {tensor_path.name} is missing")
     flat = load_file(str(tensor_path))
-    device = next(model.parameters()).device
+    device = input_device(model)
     undos = []
     try:
         for entry in meta["additions"]:

@@ -20,8 +20,8 @@ Meta-training (`train_editor`), on the benchmark's train split, one edit per for
 
 Only the edited layers and above depend on ΔW: every sequence runs once through the whole model
 (no grad) while the inputs of the first edited block are recorded, and every further pass
-replays only the blocks from there on (`_TopStack`; checked against a full pass once, else full
-passes are used). Training is resumable: a checkpoint (editor, optimiser, step, running
+replays only the blocks from there on (`editeval.methods.kit.replay.UpperBlocks`; checked against a
+full pass once, else full passes are used). Training is resumable: a checkpoint (editor, optimiser, step, running
 statistics) is written every `checkpoint_every` steps and picked up by a rerun. The finished
 editor is cached under ``cache_dir()/editors/<method>/<model fingerprint>/<benchmark>/`` as
 ``editor.safetensors`` + ``editor.json``.
@@ -42,21 +42,25 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, backup_parameters, train_benchmark_for
+from editeval.methods.kit.freeze import frozen_for_editing
+from editeval.methods.kit.replay import UpperBlocks
 from editeval.runtime.architectures import (
-    architecture,
     check_layer,
     layer_module_name,
     mlp_out_as_out_in,
     num_layers,
 )
-from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, backup_parameters, train_benchmark_for
+from editeval.runtime.models import input_device
+from editeval.runtime.nethooks import add_hook
 from editeval.runtime.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -66,11 +70,10 @@ CONFIG_FILE = "editor.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-@dataclass
 class EditorHParams(HParams):
     """Settings shared by the learned editors (training and use)."""
 
-    layers: list[int] = field(default_factory=lambda: [-3, -2, -1])  # MLP output projections edited
+    layers: list[int] = Field(default_factory=lambda: [-3, -2, -1])  # MLP output projections edited
     train_benchmark: str = "auto"  # whose trained editor `apply` uses (auto: from the look of the edits)
     editor_path: str | None = None  # an editor folder to use instead of the cache
     # meta-training
@@ -152,60 +155,7 @@ def make_items(tokenizer, records: list[dict], max_length: int) -> list[TrainIte
     return items
 
 
-# --------------------------------------------------------------------------- running the upper blocks
-
-
-class _TopStack:
-    """Runs a single (unpadded) sequence through the model, recording the inputs of every block
-    from `first` on; later passes replay those blocks only (they are all that ΔW changes)."""
-
-    def __init__(self, model: torch.nn.Module, first: int):
-        arch = architecture(model)
-        self.model = model
-        self.blocks = list(model.get_submodule(arch.layers))[first:]
-        self.norm = model.get_submodule(arch.final_norm)
-        self.base = model.get_submodule(arch.layers.split(".")[0])
-        self.head = model.get_output_embeddings()
-        self.replay_ok: bool | None = None  # unknown until checked once
-
-    def capture(self, ids: list[int]):
-        x = torch.tensor([ids], device=next(self.model.parameters()).device)
-        if self.replay_ok is False:
-            return ("full", x)
-        calls: list = []
-        hooks = [b.register_forward_pre_hook(lambda m, a, k: calls.append((a, dict(k))), with_kwargs=True)
-                 for b in self.blocks]
-        try:
-            with torch.no_grad():
-                reference = self.base(input_ids=x, use_cache=False).last_hidden_state
-        finally:
-            for h in hooks:
-                h.remove()
-        if self.replay_ok is None:
-            ok = len(calls) == len(self.blocks) and bool(calls[0][0])
-            if ok:
-                with torch.no_grad():
-                    replayed = self._replay(calls)
-                ok = replayed.shape == reference.shape and torch.allclose(replayed, reference, rtol=1e-4, atol=1e-4)
-            self.replay_ok = ok
-            if not ok:
-                log.info("block replay does not reproduce the model here: using full forward passes")
-                return ("full", x)
-        return ("replay", calls)
-
-    def _replay(self, calls) -> torch.Tensor:
-        hidden = calls[0][0][0]
-        for block, (args, kwargs) in zip(self.blocks, calls):
-            out = block(hidden, *args[1:], **kwargs)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return self.norm(hidden)
-
-    def hidden(self, state) -> torch.Tensor:
-        """Final (normed) hidden states [1, T, H] of a captured sequence."""
-        kind, payload = state
-        if kind == "replay":
-            return self._replay(payload)
-        return self.base(input_ids=payload, use_cache=False).last_hidden_state
+# --------------------------------------------------------------------------- hooks on the edited projections
 
 
 class _Hooks:
@@ -222,7 +172,7 @@ class _Hooks:
 
     def __enter__(self):
         for name in self.names:
-            self._handles.append(self.model.get_submodule(name).register_forward_hook(self._hook(name)))
+            self._handles.append(add_hook(self.model.get_submodule(name), self._hook(name)))
         return self
 
     def __exit__(self, *exc):
@@ -254,7 +204,7 @@ def _nll(head, hidden: torch.Tensor, seq: _Seq) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def edit_signal(stack: _TopStack, hooks: _Hooks, states_and_seqs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def edit_signal(stack: UpperBlocks, head, hooks: _Hooks, states_and_seqs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per edited module: (u [N, in], δ [N, out]) over every token of the given edit sequences,
     from the gradient of their summed target NLLs (each the mean over its target tokens)."""
     us: dict[str, list] = {n: [] for n in hooks.names}
@@ -262,7 +212,7 @@ def edit_signal(stack: _TopStack, hooks: _Hooks, states_and_seqs) -> dict[str, t
     for state, seq in states_and_seqs:
         hooks.mode, hooks.inputs, hooks.outputs = "grad", {}, {}
         with torch.enable_grad():
-            loss = _nll(stack.head, stack.hidden(state), seq)
+            loss = _nll(head, stack.hidden(state), seq)
             outs = [hooks.outputs[n] for n in hooks.names]
             grads = torch.autograd.grad(loss, outs, allow_unused=True)
         hooks.mode = None
@@ -395,7 +345,7 @@ def load_editor(build, model: torch.nn.Module, tokenizer, method: str, hparams: 
         editor.load_state_dict(state)
     except RuntimeError as err:
         raise EditevalError(f"{folder / EDITOR_FILE} does not fit this model: {str(err).splitlines()[0]}") from None
-    editor.to(next(model.parameters()).device).eval()
+    editor.to(input_device(model)).eval()
     loaded[key] = editor
     return editor
 
@@ -411,7 +361,7 @@ def apply_editor(model: torch.nn.Module, tokenizer, requests: list[dict], editor
         return {}
     names = editor.module_names
     backup = backup_parameters(model, [f"{n}.weight" for n in names])
-    stack = _TopStack(model, editor_layers(model, hparams)[0])
+    stack = UpperBlocks(model, editor_layers(model, hparams)[0], check_every_batch=False)
     seqs, texts = [], []
     for r in requests:
         target = (r.get("target_new") or "").strip()
@@ -420,24 +370,16 @@ def apply_editor(model: torch.nn.Module, tokenizer, requests: list[dict], editor
         seq = _encode(tokenizer, r["prompt"], target, 10 ** 9)
         seqs.append(seq)
         texts.append(seq.ids)
-    was_training = model.training
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    model.eval()
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen_for_editing(model):
         with _Hooks(model, names) as hooks:
-            signal = edit_signal(stack, hooks, [(stack.capture(s.ids), s) for s in seqs])
+            signal = edit_signal(stack, model.get_output_embeddings(), hooks,
+                                 [(stack.record_sequence(s.ids), s) for s in seqs])
         with torch.no_grad():
             deltas = editor(signal, texts, model.get_input_embeddings())
             for n in names:
                 weight = model.get_submodule(n).weight
                 view = mlp_out_as_out_in(model, weight)
                 view.copy_((view.float() + deltas[n].to(view.device)).to(weight.dtype))
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
     return backup
 
 
@@ -471,7 +413,7 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
     if fresh and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
+    device = input_device(model)
 
     torch.manual_seed(hparams.seed)
     editor = build(model, tokenizer, names, hparams).to(device)
@@ -515,14 +457,9 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
                     "running": {k: v[-100:] for k, v in running.items()}}, tmp)
         os.replace(tmp, ckpt_path)
 
-    stack = _TopStack(model, layers[0])
-    head = stack.head
+    stack = UpperBlocks(model, layers[0], check_every_batch=False)
+    head = model.get_output_embeddings()
     embed = model.get_input_embeddings()
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     editor.train()
     bs = max(1, hparams.batch_size)
     total = hparams.train_steps
@@ -530,7 +467,7 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
     t_start = time.perf_counter() - elapsed
     finished = True
     try:
-        with _Hooks(model, names) as hooks:
+        with frozen_for_editing(model), _Hooks(model, names) as hooks:
             while step < total:
                 if hparams.max_minutes is not None and time.perf_counter() - t_start > 60 * hparams.max_minutes:
                     log.warning("stopping %s training at step %d: max_minutes %.1f reached", method, step,
@@ -542,18 +479,18 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
                     item = items[order[step % len(items)]]
                     if step and step % len(items) == 0:
                         rng.shuffle(order)
-                    edit_state = stack.capture(item.edit.ids)
-                    signal = edit_signal(stack, hooks, [(edit_state, item.edit)])
+                    edit_state = stack.record_sequence(item.edit.ids)
+                    signal = edit_signal(stack, head, hooks, [(edit_state, item.edit)])
                     editor.observe(signal)
                     with torch.no_grad():
                         pre_edit = _nll(head, stack.hidden(edit_state), item.edit)
-                        loc_state = stack.capture(item.loc.ids) if item.loc is not None else None
+                        loc_state = stack.record_sequence(item.loc.ids) if item.loc is not None else None
                         base_logp = (torch.log_softmax(head(stack.hidden(loc_state)[0]).float(), -1)
                                      if loc_state is not None else None)
                     deltas = editor(signal, [item.text_ids], embed)
                     hooks.deltas, hooks.mode = deltas, "delta"
                     edit_losses = [_nll(head, stack.hidden(edit_state), item.edit)]
-                    edit_losses += [_nll(head, stack.hidden(stack.capture(s.ids)), s) for s in item.rephrases]
+                    edit_losses += [_nll(head, stack.hidden(stack.record_sequence(s.ids)), s) for s in item.rephrases]
                     edit_loss = torch.stack(edit_losses).mean()
                     if loc_state is not None:
                         post_logp = torch.log_softmax(head(stack.hidden(loc_state)[0]).float(), -1)
@@ -580,9 +517,6 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
                     checkpoint()
     finally:
         bar.close()
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
         editor.eval()
     elapsed = time.perf_counter() - t_start
     checkpoint()

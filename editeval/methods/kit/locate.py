@@ -39,7 +39,6 @@ and 81 % of its time is matrix products, ~1.3x the single-thread matmul floor.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +47,8 @@ import torch.nn.functional as F
 from editeval.runtime import distributed
 from editeval.runtime.architectures import architecture, layer_module_name
 from editeval.errors import EditevalError
+from editeval.methods.kit.freeze import frozen_for_editing
+from editeval.runtime.models import input_device
 from editeval.runtime.nethooks import Trace, no_grad_eval
 
 SHORT_PREFIXES = [  # ~5 tokens each
@@ -184,7 +185,7 @@ def gather_at_subject(model, tokenizer, located: list[Located], module_names: li
     (little padding), the forward pass stopped after the deepest module. Inside a batch that every process
     of a data-parallel run applies (`distributed.collective`) the batches are shared out over the
     processes (MEMIT's keys of a mass edit)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad = _pad_id(tokenizer)
     order = sorted(range(len(located)), key=lambda i: located[i].index)
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
@@ -224,22 +225,6 @@ def compute_keys(model, tokenizer, requests: list[dict], layers: list[int], pref
                             batch_size=batch_size)
     keys = {layer: got[names[layer]].view(len(requests), len(prefixes), -1) for layer in layers}
     return keys if per_prefix else {layer: k.mean(1) for layer, k in keys.items()}
-
-
-@contextlib.contextmanager
-def _frozen(model):
-    """No parameter gradients during the δ optimisation; flags restored after."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 @dataclass
@@ -288,7 +273,7 @@ def compute_deltas(model, tokenizer, requests: list[dict], module_name: str, pre
     works element by element, and each request stops at its own step (its δ is taken then; the rows
     of a stopped request ride along until the batch is done, unchanged for the others).
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     n_req, n_pre = len(requests), len(prefixes)
     rewrite = []  # rewrite rows grouped by request: (row, prompt length, target ids)
     for request in requests:
@@ -350,7 +335,7 @@ def compute_deltas(model, tokenizer, requests: list[dict], module_name: str, pre
     kl_init = None
     results: list[DeltaResult | None] = [None] * n_req
     active = torch.ones(n_req, dtype=torch.bool, device=device)
-    with _frozen(model):
+    with frozen_for_editing(model):  # no parameter gradients while δ is optimised
         try:
             if fast:
                 runner.prepare()

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from editeval.runtime.architectures import architecture
+from editeval.data import load_requests
 from editeval.methods.kit.artifacts import Addition, register_addition
+from editeval.methods.kit.objectives import encode_target_new
+from editeval.runtime.architectures import architecture
+from editeval.runtime.nethooks import Trace, add_hook
 
 ACTIVATIONS = {
     "relu": torch.relu,
@@ -33,7 +36,7 @@ class MLPNeurons(Addition):
         self.extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # neurons in training
 
     def attach(self, model) -> None:
-        self._handles.append(model.get_submodule(self.module).register_forward_hook(self._hook))
+        self._handles.append(add_hook(model.get_submodule(self.module), self._hook))
 
     def parts(self):
         keys, bias, values = self.keys, self.bias, self.values
@@ -96,8 +99,6 @@ def mlp_module(model, layer: int) -> str:
 
 def mlp_inputs(model, module: str, batch) -> torch.Tensor:
     """The MLP module's input [B, T, d] for a (ids, mask, ...) batch, without gradients."""
-    from editeval.runtime.nethooks import Trace
-
     with torch.no_grad(), Trace(model, [module], retain_input=True, retain_output=False, stop=True) as tr:
         model.base_model(input_ids=batch[0], attention_mask=batch[1], use_cache=False)
     return tr.inputs[module].float()
@@ -106,13 +107,10 @@ def mlp_inputs(model, module: str, batch) -> torch.Tensor:
 def memory_batches(tokenizer, benchmark: str, n: int, device, split: str = "train", batch_size: int = 16):
     """Right-padded batches of ``prompt + " " + target_new`` of the first n train-split records
     (T-Patcher's memory of inputs the patch must not fire on)."""
-    from editeval.methods.ft import _encode_target_new
-    from editeval.data import load_requests
-
     records = load_requests(benchmark, split, None, n)
     texts = [(r["prompt"], r["target_new"]) for r in records if r["prompt"].strip() and r["target_new"].strip()]
     out = []
     for i in range(0, len(texts), batch_size):
         chunk = texts[i: i + batch_size]
-        out.append(_encode_target_new(tokenizer, [p for p, _ in chunk], [t for _, t in chunk], device))
+        out.append(encode_target_new(tokenizer, [p for p, _ in chunk], [t for _, t in chunk], device))
     return out

@@ -109,6 +109,15 @@ class MetricName:
             return None
 
 
+def per_kind_families() -> tuple[str, ...]:
+    """The families measured per data kind (their records carry a breakdown by kind)."""
+    return tuple(family for family, spec in METRICS.items() if spec.per_kind)
+
+
+COUNTERFACT_SCORES = tuple(MetricName(family, "score") for family in ("efficacy", "paraphrase", "neighborhood"))
+COUNTERFACT_AGGREGATE = MetricName("counterfact", "score")  # the harmonic mean of COUNTERFACT_SCORES' means
+
+
 def row_columns(locality_kinds: Sequence[str], portability_kinds: Sequence[str], *, generation: bool,
                 counterfact: bool, fluency: bool, piqa: bool) -> list[str]:
     """The columns of an evaluator's per-edit rows, in their order (``case_id`` first)."""

@@ -213,11 +213,14 @@ def _gather_scores(group, evaluator, rows, requests, *, generation, counterfact,
 
 def headline(record) -> list[str]:
     """Short human-readable lines: the main metric means (in %) with their 95% intervals."""
+    from editeval.evaluation.specs import MetricName
+
     lines = []
     for name, s in record.metrics.items():
-        if s.mean is None or name.count(".") > 1:
+        metric = MetricName.try_parse(name)
+        if s.mean is None or (metric is not None and metric.kind is not None):  # kinds: listed below
             continue
-        scale = 100 if not name.startswith("fluency") else 1
+        scale = 1 if metric is not None and metric.family == "fluency" else 100
         ci = f"  [{s.ci_low * scale:.1f}, {s.ci_high * scale:.1f}]" if s.ci_low is not None else ""
         lines.append(f"{name:34s} {s.mean * scale:7.2f}{ci}  (n={s.count})")
     for fam, kinds in record.breakdowns.items():

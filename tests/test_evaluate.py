@@ -275,3 +275,40 @@ def test_generation_paths_agree(which, request, monkeypatch):
     assert gens[False] == gens[True] and len(gens[True]) >= 10
     for a, b in zip(rows[True], rows[False]):
         _same(a, b)
+
+
+def test_metric_names_parse_every_column_and_refuse_unknown_ones():
+    from editeval.evaluation.specs import COUNTERFACT_AGGREGATE, MetricName
+
+    columns = evaluation_columns(_requests(), generation=True, counterfact=True, fluency=True, piqa=True)
+    for column in columns[1:] + [str(COUNTERFACT_AGGREGATE)]:
+        name = MetricName.parse(column)
+        assert str(name) == column and MetricName.parse(str(name.family_level())).kind is None
+    assert MetricName.parse("locality.nq.teacher_forced") == MetricName("locality", "teacher_forced", "nq")
+    assert MetricName.parse("efficacy_magnitude") == MetricName("efficacy", "magnitude")
+    assert MetricName.parse("efficacy_score").percent and not MetricName.parse("efficacy_magnitude").percent
+    for bad in ("reliability", "reliability.nq.teacher_forced", "locality.generation", "foo.teacher_forced"):
+        assert MetricName.try_parse(bad) is None
+        with pytest.raises(ValueError):
+            MetricName.parse(bad)
+
+
+def test_benchmarks_declare_their_protocols_and_train_split():
+    from editeval.data.registry import BENCHMARKS
+    from editeval.evaluation.evaluator import run_counterfact
+    from editeval.evaluation.specs import EVALUATION_PROTOCOLS, declared_protocols
+    from editeval.errors import EditevalError
+
+    for bench in BENCHMARKS.values():
+        for config in bench.configs:
+            assert config.train_split is None or config.train_split in {s.name for s in config.splits}
+            for split in config.splits:
+                assert set(declared_protocols(bench.name, config.name, split.name)) <= set(EVALUATION_PROTOCOLS)
+    assert BENCHMARKS["zsre"].train_split() == "train"
+    with pytest.raises(EditevalError, match="no train split"):
+        BENCHMARKS["portability"].train_split("one_hop")
+    assert run_counterfact("counterfact", None, "edit") and run_counterfact("portability", "one_hop", "counterfact")
+    assert not run_counterfact("zsre", None, "edit") and not run_counterfact("portability", "one_hop", "zsre")
+    # requests handed to a run rather than loaded from the split: their CounterFact fields count too
+    assert declared_protocols("toy", None, "edit") is None and not run_counterfact("toy", None, "edit", [])
+    assert run_counterfact("zsre", None, "edit", _requests(1)) and run_counterfact("toy", None, "edit", _requests(1))

@@ -33,7 +33,8 @@ from editeval.evaluation import metrics as M
 from editeval.evaluation.requests import (  # noqa: F401  (the roles, for callers that pick sequences)
     CF_TRUE, GEN, LOC, NEIGH_NEW, NEIGH_TRUE, PIQA, PORT, REL, EvalSequence, build_sequences, conditioned)
 from editeval.evaluation.runner import LMRunner, SpanOutput
-from editeval.evaluation.specs import GENERATION, METRICS, TEACHER_FORCED, MetricName, row_columns
+from editeval.evaluation.specs import (
+    COUNTERFACT, GENERATION, METRICS, TEACHER_FORCED, MetricName, declared_protocols, row_columns)
 from editeval.methods.kit.artifacts import prompt_transform
 from editeval.runtime import tokens
 from editeval.runtime.paths import cache_dir
@@ -53,6 +54,15 @@ def wants_counterfact(requests: Iterable[Mapping]) -> bool:
     """Whether the ROME CounterFact scores apply when not said (``counterfact=None``): some
     request has neighbourhood prompts or a prompt template."""
     return any(r.get("neighborhood_prompts") or r.get("prompt_template") for r in requests)
+
+
+def run_counterfact(benchmark: str, config: str | None, split: str,
+                    handed_requests: Iterable[Mapping] | None = None) -> bool:
+    """Whether a run scores the CounterFact protocol: as its benchmark split declares it.
+    Requests handed to a run instead of loaded from that split (``handed_requests``) also get it
+    when they carry CounterFact fields (`wants_counterfact`), as the Evaluator's default does."""
+    declared = COUNTERFACT in (declared_protocols(benchmark, config, split) or ())
+    return declared or (handed_requests is not None and wants_counterfact(handed_requests))
 
 
 def evaluation_columns(requests: Iterable[Mapping], *, generation: bool = True, counterfact: bool | None = None,

@@ -15,9 +15,26 @@ from dataclasses import dataclass
 
 TEACHER_FORCED, GENERATION = "teacher_forced", "generation"
 
-# evaluation protocols a benchmark can declare (`editeval.data.common.SplitSpec.protocols`)
+# evaluation protocols a benchmark split can declare (`editeval.data.common.SplitSpec.protocols`)
 COUNTERFACT = "counterfact"  # ROME's probability comparisons: efficacy, paraphrase, neighbourhood
 EVALUATION_PROTOCOLS = (COUNTERFACT,)
+
+
+def declared_protocols(benchmark: str, config: str | None, split: str) -> tuple[str, ...] | None:
+    """The evaluation protocols a registered benchmark declares for this split, or None when
+    ``benchmark``/``config``/``split`` names no registered split (requests made up by hand)."""
+    from editeval.data import registry
+    from editeval.errors import EditevalError
+
+    try:
+        protocols = registry.get(benchmark).protocols(config, split)
+    except EditevalError:
+        return None
+    unknown = [p for p in protocols if p not in EVALUATION_PROTOCOLS]
+    if unknown:
+        raise ValueError(f"benchmark '{benchmark}' split '{split}' declares unknown protocols {unknown} "
+                         f"(known: {', '.join(EVALUATION_PROTOCOLS)})")
+    return protocols
 
 
 @dataclass(frozen=True)

@@ -484,7 +484,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
 
     from editeval.runtime import distributed
     from editeval.evaluation import results as R
-    from editeval.evaluation.evaluator import Evaluator, evaluation_columns, wants_counterfact
+    from editeval.evaluation.evaluator import Evaluator, evaluation_columns, run_counterfact
     from editeval.runtime.models import load
 
     wall0 = time.perf_counter()
@@ -505,6 +505,7 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
         from editeval.run.scoring import dataset_fingerprint as fingerprint_of
 
         dataset_fingerprint = fingerprint_of(requests)
+    handed = requests is not None  # else loaded from the benchmark split, which declares its protocols
     if requests is None:
         requests, dataset_fingerprint = load_requests(opts)
         run_fingerprint = dataset_fingerprint
@@ -574,10 +575,9 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     mine = [i for _, part in plan for i in part]  # the requests this process evaluates
     ev_requests = [requests[i] for i in mine]
     ev_index = {i: j for j, i in enumerate(mine)}
-    from editeval.run.scoring import COUNTERFACT_BENCHMARKS
-
     # decided on every valid request, so that each process's rows have the same columns
-    counterfact = opts.benchmark in COUNTERFACT_BENCHMARKS or wants_counterfact([requests[i] for i in valid])
+    counterfact = run_counterfact(opts.benchmark, opts.config, opts.split,
+                                  [requests[i] for i in valid] if handed else None)
     try:
         evaluator = Evaluator(loaded, ev_requests, batch_size=opts.eval_batch_size, chat_template=opts.chat_template,
                               generation=opts.generation, dataset_fingerprint=dataset_fingerprint, progress=False,

@@ -21,7 +21,6 @@ from editeval.errors import EditevalError
 log = logging.getLogger(__name__)
 
 DEFAULT_PIQA_ITEMS = 100  # Other-Task locality: the first 100 PIQA validation items, in file order
-COUNTERFACT_BENCHMARKS = ("counterfact",)
 
 
 def dataset_fingerprint(records: Sequence[Mapping]) -> str:
@@ -93,7 +92,7 @@ def score_checkpoint(
     from editeval.methods.kit import artifacts
     from editeval.runtime import distributed
     from editeval.runtime import models
-    from editeval.evaluation.evaluator import Evaluator
+    from editeval.evaluation.evaluator import Evaluator, run_counterfact
     from editeval.evaluation.results import build_record, environment_versions, peak_memory, write_record
     from editeval.data import load_requests
 
@@ -120,6 +119,7 @@ def score_checkpoint(
         else:
             edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype, device_map=device_map)
             models.check_compatible(base_lm, edited_lm)
+    handed = requests is not None
     if requests is None:
         requests = load_requests(benchmark, split, config, limit)
     else:
@@ -128,12 +128,10 @@ def score_checkpoint(
         raise EditevalError(f"benchmark '{benchmark}' split '{split}' has no records")
     fingerprint = dataset_fingerprint(requests)
     piqa = load_piqa(piqa_items)
-    counterfact = True if benchmark in COUNTERFACT_BENCHMARKS else None
+    # decided on all requests, so that every process's rows have the same columns
+    counterfact = run_counterfact(benchmark, config, split, requests if handed else None)
     mine, my_piqa = requests, piqa
-    if group is not None:  # this process's blocks; the CounterFact columns are decided on all requests
-        from editeval.evaluation.evaluator import wants_counterfact
-
-        counterfact = counterfact or wants_counterfact(requests)
+    if group is not None:  # this process's blocks
         mine, my_piqa = group.shard(requests), group.shard(piqa)
     try:
         evaluator = Evaluator(

@@ -307,8 +307,14 @@ def test_benchmarks_declare_their_protocols_and_train_split():
     assert BENCHMARKS["zsre"].train_split() == "train"
     with pytest.raises(EditevalError, match="no train split"):
         BENCHMARKS["portability"].train_split("one_hop")
-    assert run_counterfact("counterfact", None, "edit") and run_counterfact("portability", "one_hop", "counterfact")
-    assert not run_counterfact("zsre", None, "edit") and not run_counterfact("portability", "one_hop", "zsre")
-    # requests handed to a run rather than loaded from the split: their CounterFact fields count too
-    assert declared_protocols("toy", None, "edit") is None and not run_counterfact("toy", None, "edit", [])
-    assert run_counterfact("zsre", None, "edit", _requests(1)) and run_counterfact("toy", None, "edit", _requests(1))
+    cf, plain = _requests(1), [empty_request(prompt="p", target_new="t")]
+    for reqs in (cf, plain):  # a registered split decides for the requests loaded from it
+        assert run_counterfact("counterfact", None, "edit", reqs, loaded=True)
+        assert run_counterfact("portability", "one_hop", "counterfact", reqs, loaded=True)
+        assert not run_counterfact("portability", "one_hop", "zsre", reqs, loaded=True)
+    assert declared_protocols("toy", None, "edit") is None
+    for loaded in (True, False):  # else (no registered split, or requests handed in) their fields do
+        assert run_counterfact("toy", None, "edit", cf, loaded=loaded)
+        assert not run_counterfact("toy", None, "edit", plain, loaded=loaded)
+    assert run_counterfact("zsre", None, "edit", cf, loaded=False)
+    assert not run_counterfact("zsre", None, "edit", plain, loaded=False)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -32,9 +33,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from editeval.evaluation import metrics as M
 from editeval.evaluation.requests import (  # noqa: F401  (the roles, for callers that pick sequences)
     CF_TRUE, GEN, LOC, NEIGH_NEW, NEIGH_TRUE, PIQA, PORT, REL, EvalSequence, build_sequences, conditioned)
+from editeval.evaluation.rows import PIQA_ACCURACY, PIQA_AGREEMENT, piqa_choices, piqa_item_scores, request_row
 from editeval.evaluation.runner import LMRunner, SpanOutput
-from editeval.evaluation.specs import (
-    COUNTERFACT, GENERATION, METRICS, TEACHER_FORCED, MetricName, declared_protocols, row_columns)
+from editeval.evaluation.specs import COUNTERFACT, MetricName, declared_protocols, row_columns
 from editeval.methods.kit.artifacts import prompt_transform
 from editeval.runtime import tokens
 from editeval.runtime.paths import cache_dir
@@ -42,8 +43,6 @@ from editeval.runtime.paths import cache_dir
 log = logging.getLogger(__name__)
 
 FLUENCY = str(MetricName("fluency", "ngram_entropy"))
-PIQA_ACCURACY = str(MetricName("other_task", "piqa_accuracy"))
-PIQA_AGREEMENT = str(MetricName("other_task", "piqa_agreement"))
 
 
 def _sha(obj) -> str:
@@ -56,13 +55,16 @@ def wants_counterfact(requests: Iterable[Mapping]) -> bool:
     return any(r.get("neighborhood_prompts") or r.get("prompt_template") for r in requests)
 
 
-def run_counterfact(benchmark: str, config: str | None, split: str,
-                    handed_requests: Iterable[Mapping] | None = None) -> bool:
-    """Whether a run scores the CounterFact protocol: as its benchmark split declares it.
-    Requests handed to a run instead of loaded from that split (``handed_requests``) also get it
-    when they carry CounterFact fields (`wants_counterfact`), as the Evaluator's default does."""
-    declared = COUNTERFACT in (declared_protocols(benchmark, config, split) or ())
-    return declared or (handed_requests is not None and wants_counterfact(handed_requests))
+def run_counterfact(benchmark: str, config: str | None, split: str, requests: Iterable[Mapping], *,
+                    loaded: bool) -> bool:
+    """Whether a run scores the CounterFact protocol: as its benchmark split declares it, when the
+    requests were loaded from a registered split. Requests handed to the run, or of a split no
+    registered benchmark declares, also get it when they carry CounterFact fields
+    (`wants_counterfact`, the Evaluator's default)."""
+    declared = declared_protocols(benchmark, config, split)
+    if declared is not None and (COUNTERFACT in declared or loaded):
+        return COUNTERFACT in declared
+    return wants_counterfact(requests)
 
 
 def evaluation_columns(requests: Iterable[Mapping], *, generation: bool = True, counterfact: bool | None = None,
@@ -187,40 +189,24 @@ class Evaluator:
             "piqa": [(self._seqs[s].ids, self._seqs[s].start) for s in self._piqa_seqs],
         })
         path = cache_dir() / "preedit" / f"{key}.json"
-        if self.use_cache and path.exists():
-            try:
-                data = json.loads(path.read_text())
-                self._pre_loc = dict(zip(loc, data["loc"]))
-                self._pre_piqa = data["piqa"]
-                self.base_piqa_accuracy = data["piqa_accuracy"] if data["piqa_accuracy"] is not None else float("nan")
-                log.info("pre-edit predictions from cache %s", path)
-                return
-            except (ValueError, KeyError):
-                log.warning("ignoring unreadable pre-edit cache %s", path)
-        outs = self.runner.score(self.base.model, self._seqs, loc + self._piqa_seqs, generate=False, desc="pre-edit (base)")
+        data = _read_preedit(path) if self.use_cache else None
+        if data is not None:
+            self._pre_loc = dict(zip(loc, data["loc"]))
+            self._pre_piqa = data["piqa"]
+            self.base_piqa_accuracy = data["piqa_accuracy"] if data["piqa_accuracy"] is not None else float("nan")
+            return
+        outs = self.runner.score(self.base.model, self._seqs, loc + self._piqa_seqs, generate=False,
+                                 desc="pre-edit (base)")
         self._pre_loc = {s: outs[s].pred for s in loc}
-        self._pre_piqa = self._piqa_choices(outs)
+        self._pre_piqa = piqa_choices(self._seqs, self._piqa_seqs, outs)
         if self.piqa:
-            self.base_piqa_accuracy = M.mean([float(c == int(p["label"])) for c, p in zip(self._pre_piqa, self.piqa)])
+            self.base_piqa_accuracy = M.mean(self.base_piqa_correct)
         if self.use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            payload = {"loc": [self._pre_loc[s] for s in loc], "piqa": self._pre_piqa,
-                       "piqa_accuracy": None if self.base_piqa_accuracy != self.base_piqa_accuracy else self.base_piqa_accuracy,
-                       "base_fingerprint": self.base_fingerprint, "dataset_fingerprint": self.dataset_fingerprint,
-                       "metric_version": M.METRIC_VERSION}
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(payload, fh)
-            os.replace(tmp, path)
-
-    def _piqa_choices(self, outs: Mapping[int, SpanOutput]) -> list[int]:
-        choices = []
-        for k in range(len(self.piqa)):
-            a, b = self._piqa_seqs[2 * k], self._piqa_seqs[2 * k + 1]
-            sa, sb = self._seqs[a], self._seqs[b]
-            choices.append(M.piqa_choice([outs[a].logprob, outs[b].logprob],
-                                         [len(sa.ids) - sa.start, len(sb.ids) - sb.start]))
-        return choices
+            _write_preedit(path, {
+                "loc": [self._pre_loc[s] for s in loc], "piqa": self._pre_piqa,
+                "piqa_accuracy": None if math.isnan(self.base_piqa_accuracy) else self.base_piqa_accuracy,
+                "base_fingerprint": self.base_fingerprint, "dataset_fingerprint": self.dataset_fingerprint,
+                "metric_version": M.METRIC_VERSION})
 
     # ------------------------------------------------------------------ evaluation
 
@@ -244,16 +230,15 @@ class Evaluator:
             if transform is not None:  # in-context editing (IKE): every prompt gets its prefix
                 seqs = conditioned(self.tokenizer, seqs, transform, seq_ids)
             outs = self.runner.score(model, seqs, seq_ids, generate=self.generation, desc="scoring")
-            fluency = self._fluency(model, indices) if self.fluency else {}
+            fluency = {}
+            if self.fluency:
+                fluency = _fluency(self.runner, self.tokenizer, model, [self.requests[i] for i in indices], indices)
         finally:
             model.train(was_training)
         piqa_acc = piqa_agree = float("nan")
         if self.piqa:
-            choices = self._piqa_choices(outs)
-            self.last_piqa = {
-                PIQA_ACCURACY: [float(c == int(p["label"])) for c, p in zip(choices, self.piqa)],
-                PIQA_AGREEMENT: [float(c == b) for c, b in zip(choices, self._pre_piqa)],
-            }
+            choices = piqa_choices(self._seqs, self._piqa_seqs, outs)
+            self.last_piqa = piqa_item_scores(choices, self.piqa, self._pre_piqa)
             piqa_acc = M.mean(self.last_piqa[PIQA_ACCURACY])
             piqa_agree = M.mean(self.last_piqa[PIQA_AGREEMENT])
         rows = []
@@ -270,79 +255,49 @@ class Evaluator:
 
 
     def _row(self, i: int, outs: Mapping[int, SpanOutput]) -> dict:
-        """Request i's metrics from the span outputs of its sequences."""
-        row: dict = {"case_id": self.requests[i]["case_id"]}
-        acc: dict[MetricName, list[float]] = {}
-        nll_new: dict[int, float] = {}
-        nll_true: dict[int, float] = {}
-        neigh: dict[int, list[float | None]] = {}
-        for s in self._by_owner.get(i, []):
-            q, o = self._seqs[s], outs[s]
-            labels = q.ids[q.start :]
-            n = len(labels)
-            if q.role in (REL, GEN, PORT):
-                kind = q.kind if q.role == PORT else None
-                acc.setdefault(MetricName(q.role, TEACHER_FORCED, kind), []).append(M.token_accuracy(o.pred, labels))
-                if q.gen:
-                    text = self.tokenizer.decode(o.generated, skip_special_tokens=True)
-                    acc.setdefault(MetricName(q.role, GENERATION, kind), []).append(
-                        M.generation_exact_match(text, self._answer(q)))
-                if q.role in (REL, GEN):
-                    nll_new[-1 if q.role == REL else q.slot] = -o.logprob / n
-            elif q.role == LOC:
-                acc.setdefault(MetricName(LOC, TEACHER_FORCED, q.kind), []).append(
-                    M.locality_agreement(self._pre_loc[s], o.pred))
-            elif q.role == CF_TRUE:
-                nll_true[q.slot] = -o.logprob / n
-            elif q.role in (NEIGH_NEW, NEIGH_TRUE):
-                neigh.setdefault(q.slot, [None, None])[0 if q.role == NEIGH_NEW else 1] = -o.logprob / n
-        for name, vals in acc.items():
-            row[str(name)] = M.mean(vals)
-        for family, kinds in ((LOC, self.locality_kinds), (PORT, self.portability_kinds)):
-            for proto in METRICS[family].protocols:  # the family figure: mean over its kinds
-                per_kind = [str(MetricName(family, proto, k)) for k in kinds]
-                vals = [row[name] for name in per_kind if name in row]
-                if vals:
-                    row[str(MetricName(family, proto))] = M.mean(vals)
-        if self.counterfact and nll_true:
-            row.update(_counterfact_scores(nll_new, nll_true, neigh))
-        return row
-
-    def _answer(self, q: EvalSequence) -> str:
-        r = self.requests[q.owner]
-        if q.role == PORT:
-            return r["portability"][q.slot]["answer"]
-        return r["target_new"]
-
-    def _fluency(self, model, indices: Sequence[int]) -> dict[int, float]:
-        prompts, owners, texts = [], [], []
-        for i in indices:
-            for p in self.requests[i].get("generation_prompts") or []:
-                prompts.append(tokens.encode(self.tokenizer, p))
-                owners.append(i)
-                texts.append(p)
-        if not prompts:
-            return {}
-        gens = self.runner.greedy(model, prompts, [M.FLUENCY_MAX_NEW_TOKENS] * len(prompts), stop_at_eos=True)
-        per: dict[int, list[float]] = {}
-        for i, p, g in zip(owners, texts, gens):
-            per.setdefault(i, []).append(M.ngram_entropy(p + self.tokenizer.decode(g, skip_special_tokens=True)))
-        return {i: M.mean(v) for i, v in per.items()}
+        scored = [(self._seqs[s], outs[s], self._pre_loc.get(s)) for s in self._by_owner.get(i, [])]
+        return request_row(self.requests[i], scored, self.tokenizer, locality_kinds=self.locality_kinds,
+                           portability_kinds=self.portability_kinds, counterfact=self.counterfact)
 
 
-def _counterfact_scores(nll_new: Mapping[int, float], nll_true: Mapping[int, float],
-                        neigh: Mapping[int, list[float | None]]) -> dict[str, float]:
-    """ROME's efficacy (slot -1: the prompt), paraphrase (slots >= 0) and neighbourhood scores and
-    magnitudes, from mean per-token NLLs of the new and the true object."""
-    out = {}
-    out[str(MetricName("efficacy", "score"))], out[str(MetricName("efficacy", "magnitude"))] = (
-        M.rewrite_success(nll_new[-1], nll_true[-1]))
-    para = [M.rewrite_success(nll_new[j], nll_true[j]) for j in nll_true if j >= 0]
-    if para:
-        out[str(MetricName("paraphrase", "score"))] = M.mean([p[0] for p in para])
-        out[str(MetricName("paraphrase", "magnitude"))] = M.mean([p[1] for p in para])
-    nb = [M.neighborhood_success(a, b) for a, b in neigh.values()]
-    if nb:
-        out[str(MetricName("neighborhood", "score"))] = M.mean([p[0] for p in nb])
-        out[str(MetricName("neighborhood", "magnitude"))] = M.mean([p[1] for p in nb])
-    return out
+def _fluency(runner: LMRunner, tokenizer, model, requests: Sequence[Mapping],
+             owners: Sequence[int]) -> dict[int, float]:
+    """Per owner (of each request), the mean n-gram entropy of the greedy generations from its
+    ``generation_prompts`` (none: left out)."""
+    prompts, prompt_owners, texts = [], [], []
+    for owner, r in zip(owners, requests):
+        for p in r.get("generation_prompts") or []:
+            prompts.append(tokens.encode(tokenizer, p))
+            prompt_owners.append(owner)
+            texts.append(p)
+    if not prompts:
+        return {}
+    gens = runner.greedy(model, prompts, [M.FLUENCY_MAX_NEW_TOKENS] * len(prompts), stop_at_eos=True)
+    per: dict[int, list[float]] = {}
+    for i, p, g in zip(prompt_owners, texts, gens):
+        per.setdefault(i, []).append(M.ngram_entropy(p + tokenizer.decode(g, skip_special_tokens=True)))
+    return {i: M.mean(v) for i, v in per.items()}
+
+
+def _read_preedit(path) -> dict | None:
+    """The cached base predictions at ``path``, or None when absent or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or {"loc", "piqa", "piqa_accuracy"} - set(data):
+        log.warning("ignoring unreadable pre-edit cache %s", path)
+        return None
+    log.info("pre-edit predictions from cache %s", path)
+    return data
+
+
+def _write_preedit(path, payload: dict) -> None:
+    """Write atomically (a temp file renamed), so that a concurrent reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh)
+    os.replace(tmp, path)

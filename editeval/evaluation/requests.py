@@ -139,8 +139,8 @@ def conditioned(tokenizer, seqs: Sequence[EvalSequence], transform: Callable[[st
                 plain = q.gen_prompt if q.gen_prompt is not None else q.ids[: q.start]
                 gen_prompt = plain[:cut] + extra + plain[cut:]
         elif q.gen:
-            alone = tokens.encode(tokenizer, tokens.chat_prompt(tokenizer, prefix + prompt) if chat else prefix + prompt,
-                                  templated=chat)
+            text = tokens.chat_prompt(tokenizer, prefix + prompt) if chat else prefix + prompt
+            alone = tokens.encode(tokenizer, text, templated=chat)
             if alone != ids[:start]:
                 gen_prompt = alone
         seqs[s] = EvalSequence(ids, start, q.owner, q.role, q.kind, q.slot, q.gen, gen_prompt, q.text)

@@ -192,19 +192,19 @@ class LMRunner:
                 head = None
                 res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=want_gen)
                 states = res.logits
-            self._span_outputs(states, head, batch, batch_seqs, offs, outs, device)
+            _span_outputs(states, head, batch, batch_seqs, offs, outs, device)
             if want_gen:
-                work = self._continue(seqs, _result_cache(res), batch, outs, mask, offs)
+                work = _continue(seqs, _result_cache(res), batch, outs, mask, offs)
                 if work is not None:
                     pending.append(work)
                     if work.cache is not None or sum(len(w.seqs) for w in pending) >= self.batch_size * _DECODE_BATCHES:
-                        self._decode(model, split, pending, outs)
+                        _decode(model, split, pending, outs)
                         pending = []
             if generate:
                 fallback_gen += [s for s in batch if seqs[s].gen and seqs[s].gen_prompt is not None]
             del res, states
             bar.update(len(batch))
-        self._decode(model, split, pending, outs)
+        _decode(model, split, pending, outs)
         bar.close()
         if fallback_gen:
             gens = self.greedy(model, [seqs[s].gen_prompt for s in fallback_gen],
@@ -213,111 +213,9 @@ class LMRunner:
                 outs[s].generated = g
         return outs
 
-    @staticmethod
-    def _span_outputs(states, head, batch, batch_seqs, offs, outs, device) -> None:
-        """Argmax and summed log-probability of each sequence's span, the head applied only there."""
-        rows_idx, cols_idx, labels, spans = [], [], [], []
-        for b, q in enumerate(batch_seqs):
-            n = len(q.ids) - q.start
-            first = offs[b] + q.start - 1
-            rows_idx += [b] * n
-            cols_idx += range(first, first + n)
-            labels += q.ids[q.start :]
-            spans.append(n)
-        n_pick = len(rows_idx)
-        while len(rows_idx) < _MIN_GEMM_ROWS:
-            rows_idx.append(0)
-            cols_idx.append(cols_idx[0])
-        picked = states[torch.tensor(rows_idx, device=device), torch.tensor(cols_idx, device=device)]
-        logits = (head(picked) if head is not None else picked).float()[:n_pick]
-        pred = logits.argmax(-1)
-        lab = torch.tensor(labels, device=device)
-        lp = torch.log_softmax(logits, -1).gather(-1, lab[:, None])[:, 0].double()
-        pred_l, lp_l = pred.tolist(), lp.tolist()
-        k = 0
-        for s, n in zip(batch, spans):
-            outs[s] = SpanOutput(pred_l[k : k + n], float(sum(lp_l[k : k + n])))
-            k += n
-
-    def _step(self, model, split, tokens, mask, pos, cache):
-        if split is not None:
-            body, head = split
-            res = body(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True,
-                       **_cache_kwargs(body, cache))
-            return head(res.last_hidden_state[:, -1]).float().argmax(-1), _result_cache(res)
-        res = model(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True, **_cache_kwargs(model, cache))
-        return res.logits[:, -1].float().argmax(-1), _result_cache(res)
-
-    def _continue(self, seqs, cache, batch, outs, mask, offs) -> _Pending | None:
-        """Greedy target-length generation, resumed from the teacher-forced pass's KV cache at
-        each sequence's first mispredicted target token. Sequences predicted right all along are
-        done here; the others are returned as pending work (their cache rows, cropped), so that
-        the decoding steps of several batches run together (`_decode`)."""
-        device = mask.device
-        rows, tokens, positions, remaining, cut = [], [], [], [], []
-        for b, s in enumerate(batch):
-            q, o = seqs[s], outs[s]
-            if not q.gen or q.gen_prompt is not None:
-                continue
-            labels = q.ids[q.start :]
-            j = next((t for t, (p, y) in enumerate(zip(o.pred, labels)) if p != y), len(labels))
-            o.generated = list(o.pred[: j + 1])
-            if j + 1 < len(labels):
-                rows.append(b)
-                tokens.append(o.pred[j])
-                positions.append(q.start + j)  # the position the mispredicted token now occupies
-                remaining.append(len(labels) - j - 1)
-                cut.append(offs[b] + q.start + j)  # cache columns before this one stay visible
-        if not rows:
-            return None
-        width = max(cut)
-        sel = torch.tensor(rows, device=device)
-        base_mask = mask[sel, :width].clone()
-        cols = torch.arange(width, device=device)[None, :]
-        base_mask[cols >= torch.tensor(cut, device=device)[:, None]] = 0
-        kv = _kv_tensors(cache)
-        if kv is not None:
-            kv = [(k[sel, :, :width], v[sel, :, :width]) for k, v in kv]
-        else:  # a cache we cannot slice: decode this batch alone, on the cache as it is
-            cache.batch_select_indices(sel)
-            base_mask = torch.cat([base_mask, base_mask.new_zeros((len(rows), mask.shape[1] - width))], 1)
-        return _Pending([batch[b] for b in rows], tokens, positions, remaining, base_mask, kv, cache if kv is None else None)
-
-    def _decode(self, model, split, work: list[_Pending], outs) -> None:
-        """Run the remaining greedy steps of pending sequences, several batches' worth at once
-        (caches right-padded to a common width; padded columns masked)."""
-        if not work:
-            return
-        if len(work) == 1 and work[0].cache is not None:
-            w = work[0]
-            cache, base_mask = w.cache, w.mask
-        else:
-            width = max(w.mask.shape[1] for w in work)
-            base_mask = torch.cat([torch.nn.functional.pad(w.mask, (0, width - w.mask.shape[1])) for w in work])
-            layers = []
-            for layer in range(len(work[0].kv)):
-                ks = [torch.nn.functional.pad(w.kv[layer][0], (0, 0, 0, width - w.kv[layer][0].shape[2])) for w in work]
-                vs = [torch.nn.functional.pad(w.kv[layer][1], (0, 0, 0, width - w.kv[layer][1].shape[2])) for w in work]
-                layers.append((torch.cat(ks), torch.cat(vs)))
-            cache = _new_cache(layers)
-        seqs = [s for w in work for s in w.seqs]
-        remaining = [r for w in work for r in w.remaining]
-        device = base_mask.device
-        tok = torch.tensor([t for w in work for t in w.tokens], device=device)[:, None]
-        pos = torch.tensor([p for w in work for p in w.positions], device=device)[:, None]
-        ones = base_mask.new_ones((len(seqs), 0))
-        for step in range(max(remaining)):
-            ones = torch.cat([ones, base_mask.new_ones((len(seqs), 1))], 1)
-            nxt, cache = self._step(model, split, tok, torch.cat([base_mask, ones], 1), pos, cache)
-            nxt_l = nxt.tolist()
-            for r, s in enumerate(seqs):
-                if step < remaining[r]:
-                    outs[s].generated.append(nxt_l[r])
-            tok = nxt[:, None]
-            pos = pos + 1
-
     @torch.no_grad()
-    def greedy(self, model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], *, stop_at_eos: bool) -> list[list[int]]:
+    def greedy(self, model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], *,
+               stop_at_eos: bool) -> list[list[int]]:
         """Batched greedy decoding from token-id prompts (left padded, explicit positions): up to
         ``max_new[k]`` new tokens for prompt k; with ``stop_at_eos``, up to (without) the EOS token."""
         device = _model_device(model)
@@ -349,6 +247,111 @@ class LMRunner:
                 if step + 1 >= max(limit) or all(d or step + 1 >= lim for d, lim in zip(done, limit)):
                     break
                 mask = torch.cat([mask, torch.ones((len(idx), 1), dtype=mask.dtype, device=device)], 1)
-                nxt, cache = self._step(model, split, nxt[:, None], mask, cur, cache)
+                nxt, cache = _step(model, split, nxt[:, None], mask, cur, cache)
                 cur = cur + 1
         return results
+
+
+def _span_outputs(states, head, batch, batch_seqs, offs, outs, device) -> None:
+    """Argmax and summed log-probability of each sequence's span, the head applied only there."""
+    rows_idx, cols_idx, labels, spans = [], [], [], []
+    for b, q in enumerate(batch_seqs):
+        n = len(q.ids) - q.start
+        first = offs[b] + q.start - 1
+        rows_idx += [b] * n
+        cols_idx += range(first, first + n)
+        labels += q.ids[q.start :]
+        spans.append(n)
+    n_pick = len(rows_idx)
+    while len(rows_idx) < _MIN_GEMM_ROWS:
+        rows_idx.append(0)
+        cols_idx.append(cols_idx[0])
+    picked = states[torch.tensor(rows_idx, device=device), torch.tensor(cols_idx, device=device)]
+    logits = (head(picked) if head is not None else picked).float()[:n_pick]
+    pred = logits.argmax(-1)
+    lab = torch.tensor(labels, device=device)
+    lp = torch.log_softmax(logits, -1).gather(-1, lab[:, None])[:, 0].double()
+    pred_l, lp_l = pred.tolist(), lp.tolist()
+    k = 0
+    for s, n in zip(batch, spans):
+        outs[s] = SpanOutput(pred_l[k : k + n], float(sum(lp_l[k : k + n])))
+        k += n
+
+def _step(model, split, tokens, mask, pos, cache):
+    """One decoding step: the next greedy token of each row, and the grown cache."""
+    if split is not None:
+        body, head = split
+        res = body(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True,
+                   **_cache_kwargs(body, cache))
+        return head(res.last_hidden_state[:, -1]).float().argmax(-1), _result_cache(res)
+    res = model(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True, **_cache_kwargs(model, cache))
+    return res.logits[:, -1].float().argmax(-1), _result_cache(res)
+
+def _continue(seqs, cache, batch, outs, mask, offs) -> _Pending | None:
+    """Greedy target-length generation, resumed from the teacher-forced pass's KV cache at
+    each sequence's first mispredicted target token. Sequences predicted right all along are
+    done here; the others are returned as pending work (their cache rows, cropped), so that
+    the decoding steps of several batches run together (`_decode`)."""
+    device = mask.device
+    rows, tokens, positions, remaining, cut = [], [], [], [], []
+    for b, s in enumerate(batch):
+        q, o = seqs[s], outs[s]
+        if not q.gen or q.gen_prompt is not None:
+            continue
+        labels = q.ids[q.start :]
+        j = next((t for t, (p, y) in enumerate(zip(o.pred, labels)) if p != y), len(labels))
+        o.generated = list(o.pred[: j + 1])
+        if j + 1 < len(labels):
+            rows.append(b)
+            tokens.append(o.pred[j])
+            positions.append(q.start + j)  # the position the mispredicted token now occupies
+            remaining.append(len(labels) - j - 1)
+            cut.append(offs[b] + q.start + j)  # cache columns before this one stay visible
+    if not rows:
+        return None
+    width = max(cut)
+    sel = torch.tensor(rows, device=device)
+    base_mask = mask[sel, :width].clone()
+    cols = torch.arange(width, device=device)[None, :]
+    base_mask[cols >= torch.tensor(cut, device=device)[:, None]] = 0
+    kv = _kv_tensors(cache)
+    if kv is not None:
+        kv = [(k[sel, :, :width], v[sel, :, :width]) for k, v in kv]
+    else:  # a cache we cannot slice: decode this batch alone, on the cache as it is
+        cache.batch_select_indices(sel)
+        base_mask = torch.cat([base_mask, base_mask.new_zeros((len(rows), mask.shape[1] - width))], 1)
+    return _Pending([batch[b] for b in rows], tokens, positions, remaining, base_mask, kv,
+                    cache if kv is None else None)
+
+def _decode(model, split, work: list[_Pending], outs) -> None:
+    """Run the remaining greedy steps of pending sequences, several batches' worth at once
+    (caches right-padded to a common width; padded columns masked)."""
+    if not work:
+        return
+    if len(work) == 1 and work[0].cache is not None:
+        w = work[0]
+        cache, base_mask = w.cache, w.mask
+    else:
+        width = max(w.mask.shape[1] for w in work)
+        base_mask = torch.cat([torch.nn.functional.pad(w.mask, (0, width - w.mask.shape[1])) for w in work])
+        layers = []
+        for layer in range(len(work[0].kv)):
+            ks = [torch.nn.functional.pad(w.kv[layer][0], (0, 0, 0, width - w.kv[layer][0].shape[2])) for w in work]
+            vs = [torch.nn.functional.pad(w.kv[layer][1], (0, 0, 0, width - w.kv[layer][1].shape[2])) for w in work]
+            layers.append((torch.cat(ks), torch.cat(vs)))
+        cache = _new_cache(layers)
+    seqs = [s for w in work for s in w.seqs]
+    remaining = [r for w in work for r in w.remaining]
+    device = base_mask.device
+    tok = torch.tensor([t for w in work for t in w.tokens], device=device)[:, None]
+    pos = torch.tensor([p for w in work for p in w.positions], device=device)[:, None]
+    ones = base_mask.new_ones((len(seqs), 0))
+    for step in range(max(remaining)):
+        ones = torch.cat([ones, base_mask.new_ones((len(seqs), 1))], 1)
+        nxt, cache = _step(model, split, tok, torch.cat([base_mask, ones], 1), pos, cache)
+        nxt_l = nxt.tolist()
+        for r, s in enumerate(seqs):
+            if step < remaining[r]:
+                outs[s].generated.append(nxt_l[r])
+        tok = nxt[:, None]
+        pos = pos + 1

@@ -576,8 +576,8 @@ def run_edits(opts: EditOptions, *, loaded=None, requests: list[dict] | None = N
     ev_requests = [requests[i] for i in mine]
     ev_index = {i: j for j, i in enumerate(mine)}
     # decided on every valid request, so that each process's rows have the same columns
-    counterfact = run_counterfact(opts.benchmark, opts.config, opts.split,
-                                  [requests[i] for i in valid] if handed else None)
+    counterfact = run_counterfact(opts.benchmark, opts.config, opts.split, [requests[i] for i in valid],
+                                  loaded=not handed)
     try:
         evaluator = Evaluator(loaded, ev_requests, batch_size=opts.eval_batch_size, chat_template=opts.chat_template,
                               generation=opts.generation, dataset_fingerprint=dataset_fingerprint, progress=False,

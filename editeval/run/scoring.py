@@ -129,7 +129,7 @@ def score_checkpoint(
     fingerprint = dataset_fingerprint(requests)
     piqa = load_piqa(piqa_items)
     # decided on all requests, so that every process's rows have the same columns
-    counterfact = run_counterfact(benchmark, config, split, requests if handed else None)
+    counterfact = run_counterfact(benchmark, config, split, requests, loaded=not handed)
     mine, my_piqa = requests, piqa
     if group is not None:  # this process's blocks
         mine, my_piqa = group.shard(requests), group.shard(piqa)

@@ -23,7 +23,7 @@ EVALUATION_PROTOCOLS = (COUNTERFACT,)
 def declared_protocols(benchmark: str, config: str | None, split: str) -> tuple[str, ...] | None:
     """The evaluation protocols a registered benchmark declares for this split, or None when
     ``benchmark``/``config``/``split`` names no registered split (requests made up by hand)."""
-    from editeval.data import registry
+    from editeval.data import registry  # here: the builders import `datasets`, slow to load
     from editeval.errors import EditevalError
 
     try:

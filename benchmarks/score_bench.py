@@ -29,7 +29,9 @@ def one(name: str, args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from editeval.evaluation.evaluator import Evaluator, _body_and_head
+    from editeval.evaluation.evaluator import Evaluator
+    from editeval.evaluation.runner import _body_and_head
+    from editeval.evaluation.specs import MetricName
     from editeval.runtime.models import load
     from editeval.data import load_requests
     from editeval.run.scoring import load_piqa, score_checkpoint
@@ -53,14 +55,14 @@ def one(name: str, args) -> dict:
         "preedit_s": meta.preedit_s, "evaluate_s": meta.evaluate_s, "sequences": meta.n_sequences,
         "tokens": meta.n_tokens, "peak_rss_mb": meta.peak_rss_mb,
         "seq_per_s": round(meta.n_sequences / meta.evaluate_s, 1), "tok_per_s": round(meta.n_tokens / meta.evaluate_s),
-        "headline": {k: round(v.mean * 100, 2) for k, v in record.metrics.items() if v.mean is not None and k.count(".") <= 1},
+        "headline": {k: round(v.mean * 100, 2) for k, v in record.metrics.items() if v.mean is not None and MetricName.parse(k).kind is None},
     }
     # the floor: the same sequences, the same batches, a plain forward each
     lm = load("smollm2-135m", device="cpu")
     ev = Evaluator(lm, load_requests(benchmark, split, config, limit), batch_size=args.batch_size,
                    piqa=load_piqa(args.piqa), progress=False, counterfact=True if benchmark == "counterfact" else None)
     seq_ids = list(range(ev.n_sequences))
-    batches = ev._batches(seq_ids)
+    batches = ev.runner.batches(ev._seqs, seq_ids)
     body, _ = _body_and_head(lm.model)
     for label, fn in (("plain_model_loop_s", lm.model), ("body_only_loop_s", body)):
         t0 = time.perf_counter()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -64,7 +65,11 @@ def main(argv: list[str] | None = None) -> None:
         from editeval.runtime.distributed import num_processes
 
         if num_processes() > 1 and any(s in str(err) for s in _PEER_GONE):
-            sys.exit(1)  # another process of the run failed and printed why; this one lost it on the way
+            # another process of the run failed and printed why; this one lost it on the way. It lingers
+            # (the launcher stops it) so that the launcher names the other as the cause, and leaves
+            # without tearing down the broken process group, which would abort the process
+            time.sleep(QUIET_EXIT_WAIT_S)
+            os._exit(1)
         raise
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from editeval.evaluation.evaluator import Evaluator, evaluation_columns
+from editeval.evaluation.runner import LMRunner
 from editeval.runtime.models import load
 from editeval.data.schema import empty_request
 
@@ -107,7 +108,7 @@ def test_generation_equals_hf_greedy_generate(which, mixed, side, request):
     lm = request.getfixturevalue(which)
     ev = Evaluator(lm, _requests(), batch_size=5, progress=False, use_cache=False, mixed_lengths=mixed,
                    padding_side=side)
-    outs = ev._score(lm.model, list(range(ev.n_sequences)), generate=True, desc="")
+    outs = ev.runner.score(lm.model, ev._seqs, list(range(ev.n_sequences)), generate=True)
     checked = resumed = 0
     for s, q in enumerate(ev._seqs):
         if not q.gen:
@@ -121,7 +122,7 @@ def test_generation_equals_hf_greedy_generate(which, mixed, side, request):
 
 @pytest.mark.parametrize("which", ["tiny", "gpt2"])
 def test_fluency_greedy_equals_hf_generate_and_stops_at_eos(which, request, monkeypatch):
-    """`_greedy` (fluency's decoder: left padded, explicit positions, per-prompt limits) equals HF
+    """`LMRunner.greedy` (fluency's decoder: left padded, explicit positions, per-prompt limits) equals HF
     `generate`, with and without stopping at EOS; the fluency metric is the n-gram entropy of
     prompt + that generation."""
     from editeval.evaluation import metrics as M
@@ -132,17 +133,17 @@ def test_fluency_greedy_equals_hf_generate_and_stops_at_eos(which, request, monk
     prompts = [tok(t)["input_ids"] for t in texts]
     assert len({len(p) for p in prompts}) == len(prompts)  # different lengths: left padding matters
     limits = [12, 7, 12, 10]
-    ev = Evaluator(lm, _requests(1), batch_size=3, progress=False, use_cache=False)
+    runner = LMRunner(pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=3)
     free = [_hf_greedy(lm, p, n) for p, n in zip(prompts, limits)]
-    assert ev._greedy(lm.model, prompts, limits, stop_at_eos=False) == free
+    assert runner.greedy(lm.model, prompts, limits, stop_at_eos=False) == free
     # a token the model really produces, and follows by other tokens, stands in for EOS: stopping
     # happens, and a decoder that only dropped the token without stopping would differ
     # (first occurrences, preferably not the first token of a generation)
     _, k, i = min((i == 0, k, i) for k, g in enumerate(free) for i, t in enumerate(g)
                   if t not in g[:i] and any(u != t for u in g[i + 1 :]))
-    ev.eos_id = stop = free[k][i]
+    runner.eos_id = stop = free[k][i]
     expected = [_hf_greedy(lm, p, n, eos_token_id=stop) for p, n in zip(prompts, limits)]
-    assert ev._greedy(lm.model, prompts, limits, stop_at_eos=True) == expected
+    assert runner.greedy(lm.model, prompts, limits, stop_at_eos=True) == expected
     assert expected[k] == free[k][:i]  # stopped early, right before the stand-in EOS
     assert any(len(e) == n for e, n in zip(expected, limits))  # another ran to its limit
 
@@ -166,7 +167,7 @@ def test_preedit_cache_is_written_once_and_reused(tiny, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("base model re-scored despite the cache")
 
-    monkeypatch.setattr(Evaluator, "_score", boom)
+    monkeypatch.setattr(LMRunner, "score", boom)
     second = Evaluator(tiny, reqs, progress=False, piqa=PIQA)
     assert second._pre_loc == first._pre_loc and second.base_piqa_accuracy == first.base_piqa_accuracy
     monkeypatch.undo()
@@ -232,7 +233,7 @@ def test_generation_paths_agree(which, request, monkeypatch):
     taken, and both equal HF greedy `generate`; the rows are identical."""
     import transformers.cache_utils
 
-    import editeval.evaluation.evaluator as E
+    import editeval.evaluation.runner as E
 
     lm = request.getfixturevalue(which)
     reqs = _requests()
@@ -258,7 +259,7 @@ def test_generation_paths_agree(which, request, monkeypatch):
         monkeypatch.setattr(E, "_new_cache", spy_new)
         monkeypatch.setattr(transformers.cache_utils.Cache, "batch_select_indices", spy_select)
         ev = Evaluator(lm, reqs, batch_size=2, progress=False, use_cache=False)
-        outs = ev._score(lm.model, list(range(ev.n_sequences)), generate=True, desc="")
+        outs = ev.runner.score(lm.model, ev._seqs, list(range(ev.n_sequences)), generate=True)
         gens[sliceable] = {s: outs[s].generated for s, q in enumerate(ev._seqs) if q.gen}
         rows[sliceable] = ev.evaluate(lm.model)
         monkeypatch.undo()
@@ -274,3 +275,46 @@ def test_generation_paths_agree(which, request, monkeypatch):
     assert gens[False] == gens[True] and len(gens[True]) >= 10
     for a, b in zip(rows[True], rows[False]):
         _same(a, b)
+
+
+def test_metric_names_parse_every_column_and_refuse_unknown_ones():
+    from editeval.evaluation.specs import COUNTERFACT_AGGREGATE, MetricName
+
+    columns = evaluation_columns(_requests(), generation=True, counterfact=True, fluency=True, piqa=True)
+    for column in columns[1:] + [str(COUNTERFACT_AGGREGATE)]:
+        name = MetricName.parse(column)
+        assert str(name) == column and MetricName.parse(str(name.family_level())).kind is None
+    assert MetricName.parse("locality.nq.teacher_forced") == MetricName("locality", "teacher_forced", "nq")
+    assert MetricName.parse("efficacy_magnitude") == MetricName("efficacy", "magnitude")
+    assert MetricName.parse("efficacy_score").percent and not MetricName.parse("efficacy_magnitude").percent
+    for bad in ("reliability", "reliability.nq.teacher_forced", "locality.generation", "foo.teacher_forced"):
+        assert MetricName.try_parse(bad) is None
+        with pytest.raises(ValueError):
+            MetricName.parse(bad)
+
+
+def test_benchmarks_declare_their_protocols_and_train_split():
+    from editeval.data.registry import BENCHMARKS
+    from editeval.evaluation.evaluator import run_counterfact
+    from editeval.evaluation.specs import EVALUATION_PROTOCOLS, declared_protocols
+    from editeval.errors import EditevalError
+
+    for bench in BENCHMARKS.values():
+        for config in bench.configs:
+            assert config.train_split is None or config.train_split in {s.name for s in config.splits}
+            for split in config.splits:
+                assert set(declared_protocols(bench.name, config.name, split.name)) <= set(EVALUATION_PROTOCOLS)
+    assert BENCHMARKS["zsre"].train_split() == "train"
+    with pytest.raises(EditevalError, match="no train split"):
+        BENCHMARKS["portability"].train_split("one_hop")
+    cf, plain = _requests(1), [empty_request(prompt="p", target_new="t")]
+    for reqs in (cf, plain):  # a registered split decides for the requests loaded from it
+        assert run_counterfact("counterfact", None, "edit", reqs, loaded=True)
+        assert run_counterfact("portability", "one_hop", "counterfact", reqs, loaded=True)
+        assert not run_counterfact("portability", "one_hop", "zsre", reqs, loaded=True)
+    assert declared_protocols("toy", None, "edit") is None
+    for loaded in (True, False):  # else (no registered split, or requests handed in) their fields do
+        assert run_counterfact("toy", None, "edit", cf, loaded=loaded)
+        assert not run_counterfact("toy", None, "edit", plain, loaded=loaded)
+    assert run_counterfact("zsre", None, "edit", cf, loaded=False)
+    assert not run_counterfact("zsre", None, "edit", plain, loaded=False)

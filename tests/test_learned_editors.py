@@ -206,13 +206,13 @@ def test_serac_routes_in_scope_prompts_to_the_counterfactual_context(tiny_llama,
     ev = Evaluator(tiny_llama, [edit], generation=True, progress=False, use_cache=False, counterfact=True)
     plain = ev.evaluate(model)[0]
     scored = []  # the token ids of every sequence `evaluate` scores, as it scores them
-    score = ev._score
+    score = ev.runner.score
 
-    def spy(m, seq_ids, **kw):
-        scored.append({s: (ev._seqs[s].role, list(ev._seqs[s].ids), ev._seqs[s].start) for s in seq_ids})
-        return score(m, seq_ids, **kw)
+    def spy(m, seqs, seq_ids, **kw):
+        scored.append({s: (seqs[s].role, list(seqs[s].ids), seqs[s].start) for s in seq_ids})
+        return score(m, seqs, seq_ids, **kw)
 
-    monkeypatch.setattr(ev, "_score", spy)
+    monkeypatch.setattr(ev.runner, "score", spy)
     backup = get_method("serac").apply(model, tok, [edit], hp)
     assert _same(before, model.state_dict())  # no weight changes
     transform = artifacts.prompt_transform(model)

@@ -238,13 +238,13 @@ def test_ike_conditions_every_evaluated_prompt(tiny_llama, encoder, monkeypatch)
     ev = Evaluator(tiny_llama, [req], generation=True, use_cache=False, progress=False, counterfact=True)
     plain = ev.evaluate(model)
     scored = []  # the sequences `evaluate` scores, as it scores them
-    score = ev._score
+    score = ev.runner.score
 
-    def spy(m, seq_ids, **kw):
-        scored.append({s: ev._seqs[s] for s in seq_ids})
-        return score(m, seq_ids, **kw)
+    def spy(m, seqs, seq_ids, **kw):
+        scored.append({s: seqs[s] for s in seq_ids})
+        return score(m, seqs, seq_ids, **kw)
 
-    monkeypatch.setattr(ev, "_score", spy)
+    monkeypatch.setattr(ev.runner, "score", spy)
     backup = get_method("ike").apply(model, tok, [req], _ike_hp())
     transform = artifacts.prompt_transform(model)
     prefix = transform("anything")

@@ -32,11 +32,17 @@ KNOWEDIT_PORTABILITY_KINDS = {"Reasoning": "reasoning", "Subject_Aliasing": "sub
                               "Logical_Generalization": "logical_generalization"}
 
 
+# the evaluation protocols a split can declare beyond the ones every edit split gets (named as in
+# `editeval.evaluation.specs.EVALUATION_PROTOCOLS`)
+COUNTERFACT_PROTOCOL = "counterfact"  # ROME's probability scores: efficacy, paraphrase, neighbourhood
+
+
 @dataclass(frozen=True)
 class SplitSpec:
     name: str
     count: int  # the number of rows the split must have
     source: str  # where its rows come from (raw file(s)), for the card
+    protocols: tuple[str, ...] = ()  # extra evaluation protocols its requests are scored with
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class ConfigSpec:
     features: Any  # datasets.Features
     summary: str  # one line for the card's table
     default: bool = False
+    train_split: str | None = None  # the split trained editors and demonstrations are drawn from
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,23 @@ class Benchmark:
                 return c
         raise EditevalError(f"benchmark '{self.name}' has no config '{name}': choose from "
                             + ", ".join(c.name for c in self.configs))
+
+    def split(self, config: str | None, name: str) -> SplitSpec:
+        for s in self.config(config).splits:
+            if s.name == name:
+                return s
+        raise EditevalError(f"benchmark '{self.name}' config {config!r} has no split '{name}'")
+
+    def protocols(self, config: str | None, split: str) -> tuple[str, ...]:
+        """The extra evaluation protocols declared for this split (e.g. CounterFact's scores)."""
+        return self.split(config, split).protocols
+
+    def train_split(self, config: str | None = None) -> str:
+        """The split a config declares for training (learned editors, in-context demonstrations)."""
+        spec = self.config(config)
+        if spec.train_split is None:
+            raise EditevalError(f"benchmark '{self.name}' config '{spec.name}' declares no train split")
+        return spec.train_split
 
 
 @dataclass

@@ -4,7 +4,7 @@ full-schema cases we have (the union of the portability and locality files)."""
 from __future__ import annotations
 
 from editeval.data.common import (
-    CF_FULL_REQUIRED, Benchmark, BuildContext, ConfigSpec, SplitSpec, cf_full_request, pa,
+    CF_FULL_REQUIRED, COUNTERFACT_PROTOCOL, Benchmark, BuildContext, ConfigSpec, SplitSpec, cf_full_request, pa,
 )
 from editeval.errors import EditevalError
 from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
@@ -13,6 +13,7 @@ SIMPLE = {s: f"counterfact/counterfact-{s}.json" for s in ("edit", "train", "val
 ONE_HOP = "portability/counterfact_portability_gpt4.json"
 SUBJECT_REPLACE = "portability/counterfact_subject_replace.json"
 LOCALITY = "locality/counterfact_other_attribution.json"  # byte-identical to the distracting-neighbor file
+CF = (COUNTERFACT_PROTOCOL,)  # every split is scored with ROME's probability scores too
 
 SIMPLE_REQUIRED = {"case_id": int, "prompt": str, "subject": str, "target_new": str, "ground_truth": str,
                    "rephrase_prompt": str, "locality_prompt": str, "locality_ground_truth": str}
@@ -142,12 +143,12 @@ BENCHMARK = Benchmark(
     license="mit",
     configs=(
         ConfigSpec("default", (
-            SplitSpec("edit", 10000, SIMPLE["edit"]),
-            SplitSpec("train", 10000, SIMPLE["train"]),
-            SplitSpec("val", 1919, SIMPLE["val"]),
-        ), EDIT_REQUEST_FEATURES, "simplified schema (EasyEdit splits)", default=True),
+            SplitSpec("edit", 10000, SIMPLE["edit"], CF),
+            SplitSpec("train", 10000, SIMPLE["train"], CF),
+            SplitSpec("val", 1919, SIMPLE["val"], CF),
+        ), EDIT_REQUEST_FEATURES, "simplified schema (EasyEdit splits)", default=True, train_split="train"),
         ConfigSpec("full", (
-            SplitSpec("edit", 1129, f"{ONE_HOP} ∪ {SUBJECT_REPLACE} ∪ {LOCALITY}"),
+            SplitSpec("edit", 1129, f"{ONE_HOP} ∪ {SUBJECT_REPLACE} ∪ {LOCALITY}", CF),
         ), EDIT_REQUEST_FEATURES, "full ROME schema, distinct cases"),
     ),
     raw_files=(*SIMPLE.values(), ONE_HOP, SUBJECT_REPLACE, LOCALITY),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datasets import ClassLabel, Features, Value
 
 from editeval.data.common import (
-    CF_FULL_REQUIRED, CF_LOCALITY_REQUIRED, CF_ONE_HOP_REQUIRED, Benchmark, BuildContext, ConfigSpec, SplitSpec,
+    CF_FULL_REQUIRED, CF_LOCALITY_REQUIRED, COUNTERFACT_PROTOCOL, CF_ONE_HOP_REQUIRED, Benchmark, BuildContext, ConfigSpec, SplitSpec,
     cf_full_request,
 )
 from editeval.errors import EditevalError
@@ -136,9 +136,9 @@ BENCHMARK = Benchmark(
     pretty_name="Locality suites for knowledge editing",
     license="other",
     configs=(
-        ConfigSpec("other_attribution", (SplitSpec("counterfact", 804, OTHER_ATTRIBUTION),),
+        ConfigSpec("other_attribution", (SplitSpec("counterfact", 804, OTHER_ATTRIBUTION, (COUNTERFACT_PROTOCOL,)),),
                    EDIT_REQUEST_FEATURES, "another relation of the same subject"),
-        ConfigSpec("distracting_neighbor", (SplitSpec("counterfact", 804, DISTRACTING),),
+        ConfigSpec("distracting_neighbor", (SplitSpec("counterfact", 804, DISTRACTING, (COUNTERFACT_PROTOCOL,)),),
                    EDIT_REQUEST_FEATURES, "neighbourhood prompt after the edited fact"),
         ConfigSpec("other_task", (SplitSpec("piqa", 1838, f"{PIQA} + {PIQA_LABELS}"),),
                    PIQA_FEATURES, "PIQA accuracy (physical commonsense)"),

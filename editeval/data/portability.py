@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from editeval.data.common import (
-    CF_FULL_REQUIRED, ZSRE_LOC_REQUIRED, ZSRE_REQUIRED, Benchmark, BuildContext, ConfigSpec, SplitSpec,
+    CF_FULL_REQUIRED, COUNTERFACT_PROTOCOL, ZSRE_LOC_REQUIRED, ZSRE_REQUIRED, Benchmark, BuildContext, ConfigSpec, SplitSpec,
     cf_full_request, pa, zsre_request,
 )
 from editeval.data.schema import EDIT_REQUEST_FEATURES
@@ -132,11 +132,11 @@ BENCHMARK = Benchmark(
     license="mit",
     configs=(
         ConfigSpec("subject_replace", (SplitSpec("zsre", 293, ZSRE_SUBJECT_REPLACE),
-                                       SplitSpec("counterfact", 213, CF_SUBJECT_REPLACE)),
+                                       SplitSpec("counterfact", 213, CF_SUBJECT_REPLACE, (COUNTERFACT_PROTOCOL,))),
                    EDIT_REQUEST_FEATURES, "question about an alias of the subject"),
         ConfigSpec("inverse_relation", (SplitSpec("zsre", 385, ZSRE_INVERSE),),
                    EDIT_REQUEST_FEATURES, "inverse question, answered by the subject"),
-        ConfigSpec("one_hop", (SplitSpec("zsre", 1037, ZSRE_ONE_HOP), SplitSpec("counterfact", 1031, CF_ONE_HOP)),
+        ConfigSpec("one_hop", (SplitSpec("zsre", 1037, ZSRE_ONE_HOP), SplitSpec("counterfact", 1031, CF_ONE_HOP, (COUNTERFACT_PROTOCOL,))),
                    EDIT_REQUEST_FEATURES, "question one reasoning hop from the new fact"),
     ),
     raw_files=(ZSRE_SUBJECT_REPLACE, CF_SUBJECT_REPLACE, ZSRE_INVERSE, ZSRE_ONE_HOP, CF_ONE_HOP),

@@ -162,7 +162,7 @@ BENCHMARK = Benchmark(
             SplitSpec("edit", 1037, EVAL),
             SplitSpec("knowedit_test", 1304, KNOWEDIT),
             SplitSpec("train", 1000, TRAIN),
-        ), EDIT_REQUEST_FEATURES, "ZsRE edit requests", default=True),
+        ), EDIT_REQUEST_FEATURES, "ZsRE edit requests", default=True, train_split="train"),
     ),
     raw_files=(EVAL, KNOWEDIT, TRAIN),
     build=build,

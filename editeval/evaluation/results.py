@@ -47,12 +47,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from editeval.evaluation.metrics import METRIC_VERSION, harmonic_mean
+from editeval.evaluation.specs import COUNTERFACT_AGGREGATE, COUNTERFACT_SCORES, MetricName
 
 SCHEMA_VERSION = "1"
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
 ROWS_SUFFIX = ".rows.parquet"
-BREAKDOWN_FAMILIES = ("locality", "portability")
 
 
 class MetricSummary(BaseModel):
@@ -178,11 +178,12 @@ def summarize(values: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES, seed
 
 
 def _breakdown_key(column: str) -> tuple[str, str] | None:
-    """``locality.nq.teacher_forced`` -> (``locality.teacher_forced``, ``nq``)."""
-    parts = column.split(".")
-    if len(parts) == 3 and parts[0] in BREAKDOWN_FAMILIES:
-        return f"{parts[0]}.{parts[2]}", parts[1]
-    return None
+    """``locality.nq.teacher_forced`` -> (``locality.teacher_forced``, ``nq``); None for a
+    column measured over all kinds."""
+    name = MetricName.try_parse(column)
+    if name is None or name.kind is None:
+        return None
+    return str(name.family_level()), name.kind
 
 
 def build_record(
@@ -215,10 +216,10 @@ def build_record(
     for col, values in (item_values or {}).items():
         metrics[col] = summarize(values)
     aggregates: dict[str, float | None] = {}
-    parts = [metrics.get(k) for k in ("efficacy_score", "paraphrase_score", "neighborhood_score")]
+    parts = [metrics.get(str(name)) for name in COUNTERFACT_SCORES]
     if all(p is not None for p in parts):
         means = [p.mean for p in parts]
-        aggregates["counterfact.score"] = None if any(m is None for m in means) else harmonic_mean(means)
+        aggregates[str(COUNTERFACT_AGGREGATE)] = None if any(m is None for m in means) else harmonic_mean(means)
     return ResultsRecord(meta=meta, metrics=metrics, breakdowns=breakdowns, aggregates=aggregates)
 
 

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from editeval.errors import EditevalError
+from editeval.evaluation.specs import TEACHER_FORCED, MetricName, per_kind_families
 
 MAX_RECORD_BYTES = 32 * 1024 * 1024
-KIND_FAMILIES = ("locality", "portability")
-PERCENT_FAMILIES = ("reliability", "generalization", "locality", "portability", "efficacy", "paraphrase",
-                    "neighborhood", "other_task", "overall")
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,9 @@ class Stat:
 
     @property
     def percent(self) -> bool:
-        return self.name.split(".")[0].split("_")[0] in PERCENT_FAMILIES and "magnitude" not in self.name
+        """Shown x100 (a fraction of 0..1), as its metric spec says; unknown names as they are."""
+        metric = MetricName.try_parse(self.name)
+        return metric is not None and metric.percent
 
     def _fmt(self, v: float | None) -> str:
         if v is None or math.isnan(v):
@@ -72,18 +72,26 @@ class RecordView:
         s = self.stat(name)
         return s.mean if s else None
 
+    def _per_kind(self, family: str) -> list[tuple[MetricName, str, Stat]]:
+        """The stats of one kind of `family`'s data, by name."""
+        out = []
+        for n, s in sorted(self.stats.items()):
+            metric = MetricName.try_parse(n)
+            if metric is not None and metric.family == family and metric.kind is not None:
+                out.append((metric, n, s))
+        return out
+
     def kinds(self, family: str) -> list[str]:
-        return sorted({n.split(".")[1] for n in self.stats if n.startswith(family + ".") and n.count(".") == 2})
+        return sorted({metric.kind for metric, _, _ in self._per_kind(family)})
 
     def headline_stats(self) -> list[tuple[str, Stat]]:
-        return [(n, s) for n, s in sorted(self.stats.items(), key=lambda kv: _order(kv[0]))
-                if not (n.split(".")[0] in KIND_FAMILIES and n.count(".") == 2)]
+        per_kind = {n for family in per_kind_families() for _, n, _ in self._per_kind(family)}
+        return [(n, s) for n, s in sorted(self.stats.items(), key=lambda kv: _order(kv[0])) if n not in per_kind]
 
     def breakdown(self) -> list[tuple[str, list[tuple[str, str, Stat]]]]:
         out = []
-        for family in KIND_FAMILIES:
-            rows = [(n.split(".")[1], n, s) for n, s in sorted(self.stats.items())
-                    if n.startswith(family + ".") and n.count(".") == 2]
+        for family in per_kind_families():
+            rows = [(metric.kind, n, s) for metric, n, s in self._per_kind(family)]
             if rows:
                 out.append((family, rows))
         return out
@@ -177,9 +185,11 @@ class RecordView:
 
 
 def _order(name: str) -> tuple:
+    """Headline order: these families first, teacher-forced before other protocols, then by name."""
     families = ["reliability", "generalization", "locality", "portability", "fluency"]
-    head = name.split(".")[0]
-    return (families.index(head) if head in families else len(families), not name.endswith(".teacher_forced"), name)
+    metric = MetricName.try_parse(name)
+    rank = families.index(metric.family) if metric is not None and metric.family in families else len(families)
+    return (rank, metric is None or metric.protocol != TEACHER_FORCED, name)
 
 
 def from_record(data: dict) -> RecordView:

@@ -16,6 +16,7 @@ import jinja2
 import yaml
 
 from editeval.errors import EditevalError
+from editeval.evaluation.specs import COUNTERFACT_AGGREGATE, TEACHER_FORCED, MetricName
 from editeval.leaderboard import records
 from editeval.leaderboard.checks import load_submission
 from editeval.leaderboard.manifest import MANIFEST, RESULTS, SLUG_RE, Submission, SubmissionError
@@ -27,20 +28,21 @@ SITE_MARKER = ".editeval-site"  # only folders holding this marker (or empty one
 
 # headline columns: (key, label, metric name); portability kinds are added per table
 HEADLINE = [
-    ("reliability", "Reliability", "reliability.teacher_forced"),
-    ("generalization", "Generalization", "generalization.teacher_forced"),
-    ("locality", "Locality", "locality.teacher_forced"),
-    ("portability", "Portability", "portability.teacher_forced"),
+    ("reliability", "Reliability", str(MetricName("reliability", TEACHER_FORCED))),
+    ("generalization", "Generalization", str(MetricName("generalization", TEACHER_FORCED))),
+    ("locality", "Locality", str(MetricName("locality", TEACHER_FORCED))),
+    ("portability", "Portability", str(MetricName("portability", TEACHER_FORCED))),
 ]
 # shown when a table's entries have them (not part of the average)
-EXTRA = [("cf_score", "CF score", "counterfact.score")]
+EXTRA = [("cf_score", "CF score", str(COUNTERFACT_AGGREGATE))]
 AVERAGE_OF = ("reliability", "generalization", "locality", "portability")
 AVERAGE_DEFINITION = (
     "Average = the arithmetic mean of Reliability, Generalization, Locality and Portability "
     "(teacher-forced token accuracy, ×100), over those of the four that the table's benchmark "
     "measures; an entry missing one of them gets no average. Tables are ranked by it."
 )
-FLUENCY = "fluency.ngram_entropy"
+FLUENCY = str(MetricName("fluency", "ngram_entropy"))
+RELIABILITY, LOCALITY = HEADLINE[0][2], HEADLINE[2][2]
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22"]
 
@@ -128,8 +130,8 @@ def collect(submissions_dir: Path) -> tuple[list[Entry], list[Invalid]]:
 
 def _scatter(entries: list[Entry]) -> dict | None:
     """Reliability (y) vs locality (x), both 0-100, one coloured point per entry, colour per method."""
-    points = [e for e in entries if e.record.value("locality.teacher_forced") is not None
-              and e.record.value("reliability.teacher_forced") is not None]
+    points = [e for e in entries if e.record.value(LOCALITY) is not None
+              and e.record.value(RELIABILITY) is not None]
     if not points:
         return None
     width, height, pad = 420, 320, 44
@@ -145,9 +147,9 @@ def _scatter(entries: list[Entry]) -> dict | None:
 
     ticks = [{"v": t, "label": f"{round(t * 100)}", "x": x(t), "y": y(t)} for t in (0, 0.25, 0.5, 0.75, 1)]
     dots = [
-        {"x": x(e.record.value("locality.teacher_forced")), "y": y(e.record.value("reliability.teacher_forced")),
+        {"x": x(e.record.value(LOCALITY)), "y": y(e.record.value(RELIABILITY)),
          "colour": colour[e.method], "slug": e.slug, "method": e.method, "title": e.submission.title,
-         "rel": 100 * e.record.value("reliability.teacher_forced"), "loc": 100 * e.record.value("locality.teacher_forced")}
+         "rel": 100 * e.record.value(RELIABILITY), "loc": 100 * e.record.value(LOCALITY)}
         for e in points
     ]
     return {"width": width, "height": height, "pad": pad, "left": x(0), "right": x(1), "top": y(1), "bottom": y(0),
@@ -165,7 +167,8 @@ def make_tables(entries: list[Entry]) -> list[Table]:
         kinds = sorted({k for e in members for k in e.record.kinds("portability")})
         insert_at = next((i + 1 for i, c in enumerate(columns) if c["key"] == "portability"), len(columns))
         columns[insert_at:insert_at] = [
-            {"key": f"portability.{k}", "label": f"Port. {k.replace('_', ' ')}", "metric": f"portability.{k}.teacher_forced"}
+            {"key": f"portability.{k}", "label": f"Port. {k.replace('_', ' ')}",
+             "metric": str(MetricName("portability", TEACHER_FORCED, k))}
             for k in kinds
         ]
         columns += [{"key": key, "label": label, "metric": metric} for key, label, metric in EXTRA

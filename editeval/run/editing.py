@@ -462,7 +462,7 @@ def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] 
 
     from editeval.runtime import distributed
     from editeval.evaluation import results as R
-    from editeval.evaluation.evaluator import Evaluator, evaluation_columns, wants_counterfact
+    from editeval.evaluation.evaluator import Evaluator, evaluation_columns, run_counterfact
     from editeval.runtime.models import load
 
     wall0 = time.perf_counter()
@@ -483,6 +483,7 @@ def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] 
         from editeval.run.scoring import dataset_fingerprint as fingerprint_of
 
         dataset_fingerprint = fingerprint_of(requests)
+    handed = requests is not None  # else loaded from the benchmark split, which declares its protocols
     if requests is None:
         requests, dataset_fingerprint = load_requests(opts, runtime, opts.limit)
         run_fingerprint = dataset_fingerprint
@@ -552,10 +553,9 @@ def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] 
     mine = [i for _, part in plan for i in part]  # the requests this process evaluates
     ev_requests = [requests[i] for i in mine]
     ev_index = {i: j for j, i in enumerate(mine)}
-    from editeval.run.scoring import COUNTERFACT_BENCHMARKS
-
     # decided on every valid request, so that each process's rows have the same columns
-    counterfact = opts.benchmark in COUNTERFACT_BENCHMARKS or wants_counterfact([requests[i] for i in valid])
+    counterfact = run_counterfact(opts.benchmark, opts.config, opts.split, [requests[i] for i in valid],
+                                  loaded=not handed)
     try:
         evaluator = Evaluator(loaded, ev_requests, batch_size=opts.eval_batch_size, chat_template=opts.chat_template,
                               generation=opts.generation, dataset_fingerprint=dataset_fingerprint, progress=False,

@@ -22,7 +22,6 @@ from editeval.runtime.settings import Runtime
 log = logging.getLogger(__name__)
 
 DEFAULT_PIQA_ITEMS = 100  # Other-Task locality: the first 100 PIQA validation items, in file order
-COUNTERFACT_BENCHMARKS = ("counterfact",)
 
 
 def dataset_fingerprint(records: Sequence[Mapping]) -> str:
@@ -93,7 +92,7 @@ def score_checkpoint(
     from editeval.methods.kit import artifacts
     from editeval.runtime import distributed
     from editeval.runtime import models
-    from editeval.evaluation.evaluator import Evaluator
+    from editeval.evaluation.evaluator import Evaluator, run_counterfact
     from editeval.evaluation.results import build_record, write_record
     from editeval.data import load_requests
     from editeval.run.meta import run_meta
@@ -122,6 +121,7 @@ def score_checkpoint(
         else:
             edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype, device_map=device_map)
             models.check_compatible(base_lm, edited_lm)
+    handed = requests is not None
     if requests is None:
         requests = load_requests(benchmark, split, config, limit, runtime.datasets_dir)
     else:
@@ -130,12 +130,10 @@ def score_checkpoint(
         raise EditevalError(f"benchmark '{benchmark}' split '{split}' has no records")
     fingerprint = dataset_fingerprint(requests)
     piqa = load_piqa(piqa_items, runtime.datasets_dir)
-    counterfact = True if benchmark in COUNTERFACT_BENCHMARKS else None
+    # decided on all requests, so that every process's rows have the same columns
+    counterfact = run_counterfact(benchmark, config, split, requests, loaded=not handed)
     mine, my_piqa = requests, piqa
-    if group is not None:  # this process's blocks; the CounterFact columns are decided on all requests
-        from editeval.evaluation.evaluator import wants_counterfact
-
-        counterfact = counterfact or wants_counterfact(requests)
+    if group is not None:  # this process's blocks
         mine, my_piqa = group.shard(requests), group.shard(piqa)
     try:
         evaluator = Evaluator(
@@ -214,11 +212,14 @@ def _gather_scores(group, evaluator, rows, requests, *, generation, counterfact,
 
 def headline(record) -> list[str]:
     """Short human-readable lines: the main metric means (in %) with their 95% intervals."""
+    from editeval.evaluation.specs import MetricName
+
     lines = []
     for name, s in record.metrics.items():
-        if s.mean is None or name.count(".") > 1:
+        metric = MetricName.try_parse(name)
+        if s.mean is None or (metric is not None and metric.kind is not None):  # kinds: listed below
             continue
-        scale = 100 if not name.startswith("fluency") else 1
+        scale = 1 if metric is not None and metric.family == "fluency" else 100
         ci = f"  [{s.ci_low * scale:.1f}, {s.ci_high * scale:.1f}]" if s.ci_low is not None else ""
         lines.append(f"{name:34s} {s.mean * scale:7.2f}{ci}  (n={s.count})")
     for fam, kinds in record.breakdowns.items():

@@ -18,7 +18,6 @@ In one process nothing here is used: `setup` returns None without importing acce
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 from collections.abc import Sequence
@@ -130,7 +129,6 @@ def setup(device: str = "auto") -> Group | None:
     if state.num_processes <= 1:
         return None
     _group = Group(state)
-    atexit.register(_close)
     if not _group.is_main:  # the main process reports; the others' warnings and bars would repeat it
         logging.getLogger("editeval").setLevel(logging.ERROR)
         try:
@@ -147,7 +145,8 @@ def setup(device: str = "auto") -> Group | None:
 
 def _close() -> None:
     """Take the process group down before the interpreter does: gloo's threads torn down at exit
-    can abort the process ("terminate called without an active exception") after its work is done."""
+    can abort the process ("terminate called without an active exception") after its work is done.
+    Only after a success: on a group whose peer is gone it aborts the same way."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

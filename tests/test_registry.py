@@ -59,13 +59,34 @@ def _raw_capitals(raw: Path) -> Path:
     return raw / "SOURCES.md"
 
 
-def _editeval(args: list[str], plugin: Path, tmp: Path) -> subprocess.CompletedProcess:
+# several `editeval` commands in one fresh process (one Python start-up instead of one each): each
+# command's exit code, stdout and stderr come back as one JSON line
+_DRIVER = """
+import contextlib, io, json, sys
+from editeval.cli import main
+for args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as done:
+            code = done.code or 0
+    print(json.dumps([code, out.getvalue(), err.getvalue()]), file=sys.__stdout__, flush=True)
+"""
+
+
+def _editeval(commands: list[list[str]], plugin: Path, tmp: Path) -> list[subprocess.CompletedProcess]:
+    """Run `editeval ARGS` for each ARGS in one new process that sees the plugin only through its entry points."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(REPO)]),
            "EDITEVAL_DATASETS": str(tmp / "datasets"), "EDITEVAL_CACHE": str(tmp / "cache"),
            "HF_DATASETS_CACHE": str(tmp / "hf-datasets"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-m", "editeval", *args], env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT, check=False)
+    done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(commands)], env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT, check=False)
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    assert len(results) == len(commands), done.stderr[-3000:]
+    return [subprocess.CompletedProcess(args, code, out, err) for args, (code, out, err) in zip(commands, results)]
 
 
 # --------------------------------------------------------------------------- the registry type
@@ -227,25 +248,27 @@ def test_a_plugin_method_and_benchmark_run_from_the_command_line(tmp_path, tiny_
         capitals = toy_editeval.bench:BENCHMARK
     """, {"method": DOC["method"], "bench": DOC["benchmark"]})
     sources = _raw_capitals(tmp_path / "raw")
-    done = _editeval(["datasets", "build", "capitals", "--raw-dir", str(tmp_path / "raw"), "--sources", str(sources),
-                      "--out-dir", str(tmp_path / "datasets"), "--no-progress"], plugin, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "built capitals: 3 rows" in done.stdout
     preset = tmp_path / "toy-ft.yaml"
     preset.write_text(DOC["preset"])
     out = tmp_path / "results" / "toy-ft.json"
-    done = _editeval(["edit", "--method", "toy-ft", "--model", str(tiny_llama_dir), "--benchmark", "capitals",
-                      "--split", "edit", "--mode", "batch", "--hparams", str(preset), "--device", "cpu",
-                      "--no-generation", "--no-progress", "--out", str(out)], plugin, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"wrote {out}" in done.stdout
+    built, edited, done = _editeval([
+        ["datasets", "build", "capitals", "--raw-dir", str(tmp_path / "raw"), "--sources", str(sources),
+         "--out-dir", str(tmp_path / "datasets"), "--no-progress"],
+        ["edit", "--method", "toy-ft", "--model", str(tiny_llama_dir), "--benchmark", "capitals", "--split", "edit",
+         "--mode", "batch", "--hparams", str(preset), "--device", "cpu", "--no-generation", "--no-progress",
+         "--out", str(out)],
+        ["edit", "--method", "nope", "--model", str(tiny_llama_dir)],
+    ], plugin, tmp_path)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "built capitals: 3 rows" in built.stdout
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert f"wrote {out}" in edited.stdout
     record = read_record(out)
     meta = json.loads(out.read_text())["meta"]
     assert meta["method"] == "toy-ft" and meta["benchmark"] == "capitals" and record.meta.n_edits == 3
     assert record.meta.edited_fingerprint != record.meta.base_fingerprint  # the edit changed the weights
     assert len(read_rows(out)) == 3
 
-    done = _editeval(["edit", "--method", "nope", "--model", str(tiny_llama_dir)], plugin, tmp_path)
     assert done.returncode == 2
     assert done.stderr.splitlines() == ["error: unknown method 'nope': choose from calinet, ft-l, ft-m, grace, ike, "
                                         "ke, kn, lora, memit, mend, rome, serac, t-patcher, toy-ft"]

@@ -6,7 +6,8 @@ process fails the run with one line; sequential mode and other refusals under se
 `--multi_gpu` starts them with torchrun.)
 
 Launches are the slowest tests of the suite (each starts three Python processes that import torch),
-so one launch checks as much as it can; refusals that need no process group are checked in-process
+so one launch checks as much as it can: the three commands that succeed run in one launch, one after
+the other in one process group (`launched`); refusals that need no process group are checked in-process
 with the launcher's environment variables set."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -83,9 +85,23 @@ for _name, _method in base.METHODS.items():
         return _inner(model, tokenizer, requests, hparams)
     base.METHODS[_name] = dataclasses.replace(_method, apply=_apply)
 
-from editeval.cli import main
-main()
+if "EDITEVAL_TEST_COMMANDS" in os.environ:  # several commands in one launch, each with its variables
+    import sys
+    from editeval.cli import app
+    from editeval.runtime import distributed
+    for i, command in enumerate(json.loads(os.environ["EDITEVAL_TEST_COMMANDS"])):
+        for name, value in command["env"].items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+        for stream in (sys.stdout, sys.stderr):
+            print(COMMAND_MARK % i, file=stream, flush=True)
+        app(args=command["args"], standalone_mode=False)
+    distributed.finish()
+else:
+    from editeval.cli import main
+    main()
 '''
+COMMAND_MARK = "=== command %d"
+PROBE = PROBE.replace("COMMAND_MARK", repr(COMMAND_MARK))
 
 
 def _write_benchmark(root: Path, name: str, split: str, records: list[dict], features=EDIT_REQUEST_FEATURES,
@@ -170,13 +186,21 @@ class Launched:
 
 
 def launch(args: list[str], logs: Path, processes: int = 2, timeout: int = LAUNCH_TIMEOUT, env: dict | None = None,
-           counts: Path | None = None, late_rank0: float = 0.0) -> Launched:
+           counts: Path | None = None, late_rank0: float = 0.0, commands: list[dict] | None = None) -> Launched:
     """`accelerate launch` N CPU processes of `python -m editeval ARGS` (no accelerate config); each
     process's output is kept in `logs`. With `counts`, the processes count their method applies and
-    MEMIT value searches there; with `late_rank0`, process 0 starts that many seconds late (`PROBE`)."""
+    MEMIT value searches there; with `late_rank0`, process 0 starts that many seconds late; with
+    `commands` (``{"args": [...], "env": {name: value or None}}`` each), the processes run those
+    commands one after the other in the one process group, instead of ARGS (`PROBE`)."""
     module = "editeval"
     child_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **(env or {})}
-    if counts is not None or late_rank0:
+    if commands is not None:
+        child_env["EDITEVAL_TEST_COMMANDS"] = json.dumps(commands)
+        for command in commands:
+            counted_in = command["env"].get("EDITEVAL_TEST_COUNTS")
+            if counted_in:
+                Path(counted_in).mkdir(parents=True)
+    if counts is not None or late_rank0 or commands is not None:
         module = "editeval_probe"
         helpers = os.environ["EDITEVAL_TEST_HELPERS"]
         child_env.update(EDITEVAL_TEST_LATE_RANK0=str(late_rank0),
@@ -194,6 +218,13 @@ def launch(args: list[str], logs: Path, processes: int = 2, timeout: int = LAUNC
         assert len(found) == 1, (rank, found, done.stderr[-3000:])
         workers[rank] = ((found[0] / "stdout.log").read_text(), (found[0] / "stderr.log").read_text())
     return Launched(done.returncode, done.stderr, workers)
+
+
+def per_command(text: str, n: int) -> list[str]:
+    """A worker's output of a `commands` launch, split into each command's part."""
+    parts = re.split(r"^" + re.escape(COMMAND_MARK).replace("%d", r"\d+") + r"$", text, flags=re.M)
+    assert len(parts) == n + 1, text[-3000:]
+    return parts[1:]
 
 
 def why(done: Launched, folder: Path | None = None) -> str:
@@ -238,21 +269,6 @@ def assert_quiet(done: Launched) -> None:
         assert "Traceback" not in err and "Traceback" not in out, (rank, err[-3000:])
 
 
-def test_score_two_processes_write_the_one_process_record(env, tiny_llama_dir, tmp_path):
-    args = ["score", "--model", str(tiny_llama_dir), "--base", str(tiny_llama_dir), "--benchmark", "toy",
-            "--split", "edit", "--limit", "7", "--batch-size", "3", "--device", "cpu", "--piqa", "5", "--no-progress"]
-    out = tmp_path / "out"
-    run_one(args + ["--out", str(out / "one.json")])
-    done = launch(args + ["--out", str(out / "two.json")], tmp_path / "logs")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert_same_record(out / "one.json", out / "two.json")
-    record = read_record(out / "two.json")
-    assert record.metrics["other_task.piqa_accuracy"].count == 5
-    assert {"locality.other.teacher_forced", "efficacy_magnitude"} <= set(read_rows(out / "two.json").columns)
-    assert done.workers[0][0].count("wrote ") == 1 and "wrote " not in done.workers[1][0]  # the main process reports
-    assert sorted(p.name for p in out.iterdir()) == ["one.json", "one.rows.parquet", "two.json", "two.rows.parquet"]
-
-
 def _edit_args(model, hparams, limit, out, mode="single", method="calinet"):
     return ["edit", "--method", method, "--model", str(model), "--benchmark", "toy", "--mode", mode,
             "--limit", str(limit), "--hparams", hparams, "--device", "cpu", "--no-generation", "--no-progress",
@@ -288,21 +304,94 @@ def _seed_progress(out: Path, lines: list[str], files: dict[int, str], mark: boo
     return marks
 
 
-def test_edit_single_two_processes_resume_and_write_the_one_process_record(env, tiny_llama_dir, calinet_yaml,
-                                                                           edit_reference, tmp_path):
+SCORE_ARGS = ["score", "--benchmark", "toy", "--split", "edit", "--limit", "7", "--batch-size", "3", "--device", "cpu",
+              "--piqa", "5", "--no-progress"]
+MEMIT_HPARAMS = {"layers": [1, 2], "mom2_tokens": 1000, "mom2_max_len": 128, "v_num_grad_steps": 5, "context_long": 2,
+                 "batch_size": 5}  # the keys' 12 / 9 texts: batches shared out
+MEMIT_ARGS = ["edit", "--method", "memit", "--benchmark", "toy", "--mode", "batch", "--batch-size", "4", "--limit", "7",
+              "--device", "cpu", "--no-generation", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def launched(env, tiny_llama_dir, calinet_yaml, edit_reference, tmp_path_factory):
+    """ONE launch of two processes runs the three data-parallel commands that succeed, one after the
+    other in one process group (a launch costs seconds of start-up): `score` (folder `score/`), `edit
+    --mode single` taking over seeded progress (`resume/`), and MEMIT `edit --mode batch` with its values
+    found afresh (`memit/`, cache `cache2/`). Their one-process records are written here first."""
+    from editeval.methods.kit import locate
+
+    root = tmp_path_factory.mktemp("launched")
+    model = ["--model", str(tiny_llama_dir)]
+    score = SCORE_ARGS + model + ["--base", str(tiny_llama_dir)]
+    run_one(score + ["--out", str(root / "score" / "one.json")])
+
+    ref, lines = edit_reference  # progress of one- and two-process runs: edits 0, 1, 3 done
+    resumed = root / "resume" / "two.json"
+    _seed_progress(resumed, lines, {0: ".partial.jsonl", 1: ".partial.rank0.jsonl", 3: ".partial.rank1.jsonl"})
+
+    hp = root / "memit.yaml"
+    hp.write_text(yaml.safe_dump(MEMIT_HPARAMS))
+    memit = MEMIT_ARGS + model + ["--hparams", str(hp)]
+    values = []  # the sizes of the one-process run's value searches
+    compute_deltas = locate.compute_deltas
+
+    def counting(model, tokenizer, requests, *args, **kwargs):
+        values.append(len(requests))
+        return compute_deltas(model, tokenizer, requests, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(locate, "compute_deltas", counting)
+        run_one(memit + ["--out", str(root / "memit" / "one.json")])
+
+    commands = [
+        {"args": score + ["--out", str(root / "score" / "two.json")], "env": {"EDITEVAL_TEST_COUNTS": None}},
+        {"args": _edit_args(tiny_llama_dir, calinet_yaml, 6, resumed),
+         "env": {"EDITEVAL_TEST_COUNTS": str(root / "counts-resume")}},
+        {"args": memit + ["--out", str(root / "memit" / "two.json")],
+         "env": {"EDITEVAL_TEST_COUNTS": str(root / "counts-memit"), "EDITEVAL_CACHE": str(root / "cache2")}},
+    ]
+    done = launch([], root / "logs", commands=commands)
+    assert done.returncode == 0, why(done, root / "resume")
+    stdout = {rank: per_command(out, len(commands)) for rank, (out, _) in done.workers.items()}
+    return SimpleNamespace(root=root, ref=ref, memit_values=values, stdout=stdout)
+
+
+def test_score_two_processes_write_the_one_process_record(launched):
+    out = launched.root / "score"
+    assert_same_record(out / "one.json", out / "two.json")
+    record = read_record(out / "two.json")
+    assert record.metrics["other_task.piqa_accuracy"].count == 5
+    assert {"locality.other.teacher_forced", "efficacy_magnitude"} <= set(read_rows(out / "two.json").columns)
+    assert launched.stdout[0][0].count("wrote ") == 1 and "wrote " not in launched.stdout[1][0]  # the main one reports
+    assert sorted(p.name for p in out.iterdir()) == ["one.json", "one.rows.parquet", "two.json", "two.rows.parquet"]
+
+
+def test_edit_single_two_processes_resume_and_write_the_one_process_record(launched):
     """Two processes take over the progress of one- and two-process runs (edits 0, 1, 3), do only the
     rest (2 and 4 in process 0, 5 in process 1: each CaliNET edit seeded by its index), and write the
     one-process record, bit for bit; no progress file is left."""
-    ref, lines = edit_reference
-    out = tmp_path / "out" / "two.json"
-    _seed_progress(out, lines, {0: ".partial.jsonl", 1: ".partial.rank0.jsonl", 3: ".partial.rank1.jsonl"})
-    done = launch(_edit_args(tiny_llama_dir, calinet_yaml, 6, out), tmp_path / "logs", counts=tmp_path / "counts")
-    assert done.returncode == 0, why(done, out.parent)
-    assert_same_record(ref, out)
+    out = launched.root / "resume" / "two.json"
+    assert_same_record(launched.ref, out)
     assert read_record(out).meta.mode == "single"
-    assert counted(tmp_path / "counts", "apply") == {0: [1, 1], 1: [1]}  # edits 2, 4 | 5: nothing done twice
-    assert done.workers[0][0].count("6 edits (0 skipped)") == 1 and "edits" not in done.workers[1][0]
+    assert counted(launched.root / "counts-resume", "apply") == {0: [1, 1], 1: [1]}  # 2, 4 | 5: nothing done twice
+    assert launched.stdout[0][1].count("6 edits (0 skipped)") == 1 and "edits" not in launched.stdout[1][1]
     assert sorted(p.name for p in out.parent.iterdir()) == ["two.json", "two.rows.parquet"]  # no progress files left
+
+
+def test_memit_batches_two_processes_find_each_value_once(launched):
+    """Batch mode: both processes apply each batch (MEMIT's value vectors shared out between them
+    first, each found once; the forward passes for the keys split between them) and evaluate half
+    of its edits; the record is the one-process one."""
+    out = launched.root / "memit"
+    assert sum(launched.memit_values) == 7  # one process: each request's value once
+    assert_same_record(out / "one.json", out / "two.json")
+    assert read_record(out / "two.json").meta.n_edits == 7
+    # batches of 4 and 3 edits: values shared out 2 + 2 and 2 + 1, each found by one process only
+    found = counted(launched.root / "counts-memit", "values")
+    assert {rank: sum(n) for rank, n in found.items()} == {0: 4, 1: 3}, found
+    assert counted(launched.root / "counts-memit", "apply") == {0: [4, 3], 1: [4, 3]}  # both apply every batch
+    assert len(list((launched.root / "cache2" / "memit-values").glob("*/*.safetensors"))) == 7
+    assert sorted(p.name for p in out.iterdir()) == ["one.json", "one.rows.parquet", "two.json", "two.rows.parquet"]
 
 
 def test_one_process_takes_over_two_processes_progress(env, tiny_llama_dir, calinet_yaml, edit_reference, tmp_path):
@@ -422,44 +511,6 @@ def test_refusals_under_several_processes_are_one_line(tiny_llama_dir, tmp_path,
     assert len(lines[0]) == 1 and lines[0][0].startswith(message), lines
     assert lines[1] == []
     assert not list(tmp_path.iterdir())
-
-
-def test_memit_batches_two_processes_find_each_value_once(env, tiny_llama_dir, tmp_path, monkeypatch):
-    """Batch mode: both processes apply each batch (MEMIT's value vectors shared out between them
-    first, each found once; the forward passes for the keys split between them) and evaluate half
-    of its edits; the record is the one-process one."""
-    from editeval.methods.kit import locate
-
-    hp = tmp_path / "memit.yaml"
-    hp.write_text(yaml.safe_dump({"layers": [1, 2], "mom2_tokens": 1000, "mom2_max_len": 128,
-                                  "v_num_grad_steps": 5, "context_long": 2,
-                                  "batch_size": 5}))  # the keys' 12 / 9 texts: batches shared out
-    args = ["edit", "--method", "memit", "--model", str(tiny_llama_dir), "--benchmark", "toy", "--mode", "batch",
-            "--batch-size", "4", "--limit", "7", "--hparams", str(hp), "--device", "cpu", "--no-generation",
-            "--no-progress"]
-    values = []
-    compute_deltas = locate.compute_deltas
-
-    def counting(model, tokenizer, requests, *args, **kwargs):
-        values.append(len(requests))
-        return compute_deltas(model, tokenizer, requests, *args, **kwargs)
-
-    monkeypatch.setattr(locate, "compute_deltas", counting)
-    out = tmp_path / "out"
-    run_one(args + ["--out", str(out / "one.json")])
-    assert sum(values) == 7  # one process: each request's value once
-    cache = tmp_path / "cache2"  # values found afresh by the two processes
-    done = launch(args + ["--out", str(out / "two.json")], tmp_path / "logs", env={"EDITEVAL_CACHE": str(cache)},
-                  counts=tmp_path / "counts")
-    assert done.returncode == 0, why(done, out)
-    assert_same_record(out / "one.json", out / "two.json")
-    assert read_record(out / "two.json").meta.n_edits == 7
-    # batches of 4 and 3 edits: values shared out 2 + 2 and 2 + 1, each found by one process only
-    found = counted(tmp_path / "counts", "values")
-    assert {rank: sum(n) for rank, n in found.items()} == {0: 4, 1: 3}, found
-    assert counted(tmp_path / "counts", "apply") == {0: [4, 3], 1: [4, 3]}  # both apply every batch
-    assert len(list((cache / "memit-values").glob("*/*.safetensors"))) == 7
-    assert sorted(p.name for p in out.iterdir()) == ["one.json", "one.rows.parquet", "two.json", "two.rows.parquet"]
 
 
 def test_split_map_computes_its_share_and_gathers_in_order():

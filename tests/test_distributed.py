@@ -59,7 +59,7 @@ PIQA = [{"case_id": k, "goal": f"How do I open jar {k}?", "sol1": "Twist the lid
 PROBE = '''
 import dataclasses, json, os, time
 from editeval.methods import base
-from editeval.methods.kit import locate
+from editeval.methods.kit import delta_optimisation
 
 if os.environ["RANK"] == "0":
     time.sleep(float(os.environ.get("EDITEVAL_TEST_LATE_RANK0", "0")))
@@ -70,13 +70,13 @@ def _log(kind, n):
     with open(os.path.join(os.environ["EDITEVAL_TEST_COUNTS"], "rank%s.jsonl" % os.environ["RANK"]), "a") as fh:
         fh.write(json.dumps([kind, n]) + "\\n")
 
-_compute_deltas = locate.compute_deltas
+_compute_deltas = delta_optimisation.compute_deltas
 
 def compute_deltas(model, tokenizer, requests, *args, **kwargs):
     _log("values", len(requests))
     return _compute_deltas(model, tokenizer, requests, *args, **kwargs)
 
-locate.compute_deltas = compute_deltas
+delta_optimisation.compute_deltas = compute_deltas
 for _name, _method in base.METHODS.items():
     def _apply(model, tokenizer, requests, hparams, _inner=_method.apply):
         _log("apply", len(requests))
@@ -428,7 +428,7 @@ def test_memit_batches_two_processes_find_each_value_once(env, tiny_llama_dir, t
     """Batch mode: both processes apply each batch (MEMIT's value vectors shared out between them
     first, each found once; the forward passes for the keys split between them) and evaluate half
     of its edits; the record is the one-process one."""
-    from editeval.methods.kit import locate
+    from editeval.methods.kit import delta_optimisation
 
     hp = tmp_path / "memit.yaml"
     hp.write_text(yaml.safe_dump({"layers": [1, 2], "mom2_tokens": 1000, "mom2_max_len": 128,
@@ -438,13 +438,13 @@ def test_memit_batches_two_processes_find_each_value_once(env, tiny_llama_dir, t
             "--batch-size", "4", "--limit", "7", "--hparams", str(hp), "--device", "cpu", "--no-generation",
             "--no-progress"]
     values = []
-    compute_deltas = locate.compute_deltas
+    compute_deltas = delta_optimisation.compute_deltas
 
     def counting(model, tokenizer, requests, *args, **kwargs):
         values.append(len(requests))
         return compute_deltas(model, tokenizer, requests, *args, **kwargs)
 
-    monkeypatch.setattr(locate, "compute_deltas", counting)
+    monkeypatch.setattr(delta_optimisation, "compute_deltas", counting)
     out = tmp_path / "out"
     run_one(args + ["--out", str(out / "one.json")])
     assert sum(values) == 7  # one process: each request's value once

@@ -314,18 +314,13 @@ def load_classifier(model: torch.nn.Module, hparams: SERACHParams, benchmark: st
     """The scope classifier trained on `benchmark` (or `hparams.classifier_path`)."""
     from safetensors.torch import load_file
 
-    from editeval.methods.kit.editor_cache import model_label
-
     folder = Path(hparams.classifier_path) if hparams.classifier_path else classifier_dir(model, benchmark)
-    loaded = model.__dict__.setdefault("_editeval_editors", {})
+    loaded = editor_cache.loaded_editors(model)
     key = ("serac", str(folder))
     if key in loaded:
         return loaded[key]
     if not (folder / CLASSIFIER_FILE).exists():
-        raise EditevalError(
-            f"no trained SERAC scope classifier for model {model_label(model)} and benchmark "
-            f"'{benchmark}' (looked in {folder}): train it with "
-            f"`editeval train serac --model {model_label(model)} --benchmark {benchmark}`")
+        raise editor_cache.not_trained("SERAC scope classifier", "serac", model, benchmark, folder)
     state = load_file(str(folder / CLASSIFIER_FILE))
     clf = ScopeClassifier(state["proj.weight"].shape[1])
     clf.load_state_dict(state)

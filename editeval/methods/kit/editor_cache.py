@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +21,7 @@ from editeval.errors import EditevalError
 from editeval.methods.base import train_benchmark_for
 from editeval.methods.kit.learned_editor import Editor, EditorHParams, edited_modules, editor_layers
 from editeval.runtime.models import input_device
-from editeval.runtime.paths import cache_dir
+from editeval.runtime.paths import atomic_file, cache_dir
 
 EDITOR_FILE = "editor.safetensors"
 CONFIG_FILE = "editor.json"
@@ -56,21 +54,25 @@ def model_label(model: torch.nn.Module) -> str:
     return path or "MODEL"
 
 
+def loaded_editors(model: torch.nn.Module) -> dict:
+    """The editors (and SERAC classifiers) loaded for `model`, kept on the model object."""
+    return model.__dict__.setdefault("_editeval_editors", {})
+
+
+def not_trained(what: str, method: str, model: torch.nn.Module, benchmark: str, folder: Path) -> EditevalError:
+    """The error for a trained `what` that is not in `folder`, naming the command that trains it."""
+    label = model_label(model)
+    return EditevalError(f"no trained {what} for model {label} and benchmark '{benchmark}' (looked in {folder}): "
+                         f"train it with `editeval train {method} --model {label} --benchmark {benchmark}`")
+
+
 def save_editor(editor: Editor, folder: Path, config: dict) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in editor.state_dict().items()}
-    for path, write in ((folder / EDITOR_FILE, lambda p: save_file(tensors, p)),
-                        (folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2, default=str)))):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    atomic_file(folder / EDITOR_FILE, lambda p: save_file(tensors, p))
+    atomic_file(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2, default=str)))
 
 
 def load_editor(build, model: torch.nn.Module, tokenizer, method: str, hparams: EditorHParams,
@@ -95,17 +97,11 @@ def load_editor(build, model: torch.nn.Module, tokenizer, method: str, hparams: 
             cache[fp_key] = frozen_fingerprint(model, names)
         folder = editor_dir(method, cache[fp_key], benchmark)
         key = (method, str(folder))
-    loaded = getattr(model, "_editeval_editors", None)
-    if loaded is None:
-        loaded = {}
-        model._editeval_editors = loaded
+    loaded = loaded_editors(model)
     if key in loaded:
         return loaded[key]
     if not (folder / EDITOR_FILE).exists():
-        raise EditevalError(
-            f"no trained {method.upper()} editor for model {model_label(model)} and benchmark "
-            f"'{benchmark}' (looked in {folder}): train it with "
-            f"`editeval train {method} --model {model_label(model)} --benchmark {benchmark}`")
+        raise not_trained(f"{method.upper()} editor", method, model, benchmark, folder)
     config = json.loads((folder / CONFIG_FILE).read_text())
     train_hp = type(hparams).from_dict(config["hparams"], source=str(folder / CONFIG_FILE))
     if editor_layers(model, train_hp) != editor_layers(model, hparams):

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +46,7 @@ from editeval.methods.kit.learned_editor import (
 )
 from editeval.methods.kit.replay import UpperBlocks
 from editeval.runtime.models import input_device
+from editeval.runtime.paths import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +154,10 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
         rng.shuffle(order)
 
     def checkpoint():
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint.", suffix=".tmp")
-        os.close(fd)
-        torch.save({"header": json.dumps(header, default=str), "editor": editor.state_dict(),
-                    "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                    "running": {k: v[-100:] for k, v in running.items()}}, tmp)
-        os.replace(tmp, ckpt_path)
+        state = {"header": json.dumps(header, default=str), "editor": editor.state_dict(),
+                 "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+                 "running": {k: v[-100:] for k, v in running.items()}}
+        atomic_file(ckpt_path, lambda tmp: torch.save(state, tmp))
 
     stack = UpperBlocks(model, layers[0], check_every_batch=False)
     head = model.get_output_embeddings()

@@ -21,13 +21,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from editeval.errors import EditevalError
-from editeval.runtime.paths import cache_dir
+from editeval.runtime.paths import atomic_file, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +64,8 @@ def stats_path(fingerprint: str, module_name: str, tokens: int, max_len: int, co
 def save_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_file(path, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp,
+                                            metadata=metadata))
 
 
 def load_checked(path: Path, expected: dict[str, str] | None = None,
@@ -169,15 +161,7 @@ def import_file(src: str | os.PathLike, model: torch.nn.Module | None = None) ->
     dest = cache_name(meta)
     if dest.exists() and load_checked(dest, {k: meta[k] for k in KEY_FIELDS}, dim) is not None:
         return False, dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_file(dest, lambda tmp: shutil.copyfile(src, tmp))
     return True, dest
 
 

@@ -61,7 +61,7 @@ PIQA = [{"case_id": k, "goal": f"How do I open jar {k}?", "sol1": "Twist the lid
 PROBE = '''
 import dataclasses, json, os, time
 from editeval.methods import base
-from editeval.methods.kit import locate
+from editeval.methods.kit import delta_optimisation
 
 if os.environ["RANK"] == "0":
     time.sleep(float(os.environ.get("EDITEVAL_TEST_LATE_RANK0", "0")))
@@ -72,13 +72,13 @@ def _log(kind, n):
     with open(os.path.join(os.environ["EDITEVAL_TEST_COUNTS"], "rank%s.jsonl" % os.environ["RANK"]), "a") as fh:
         fh.write(json.dumps([kind, n]) + "\\n")
 
-_compute_deltas = locate.compute_deltas
+_compute_deltas = delta_optimisation.compute_deltas
 
 def compute_deltas(model, tokenizer, requests, *args, **kwargs):
     _log("values", len(requests))
     return _compute_deltas(model, tokenizer, requests, *args, **kwargs)
 
-locate.compute_deltas = compute_deltas
+delta_optimisation.compute_deltas = compute_deltas
 for _name, _method in base.METHODS.items():
     def _apply(model, tokenizer, requests, hparams, _inner=_method.apply):
         _log("apply", len(requests))
@@ -318,7 +318,7 @@ def launched(env, tiny_llama_dir, calinet_yaml, edit_reference, tmp_path_factory
     other in one process group (a launch costs seconds of start-up): `score` (folder `score/`), `edit
     --mode single` taking over seeded progress (`resume/`), and MEMIT `edit --mode batch` with its values
     found afresh (`memit/`, cache `cache2/`). Their one-process records are written here first."""
-    from editeval.methods.kit import locate
+    from editeval.methods.kit import delta_optimisation
 
     root = tmp_path_factory.mktemp("launched")
     model = ["--model", str(tiny_llama_dir)]
@@ -333,14 +333,14 @@ def launched(env, tiny_llama_dir, calinet_yaml, edit_reference, tmp_path_factory
     hp.write_text(yaml.safe_dump(MEMIT_HPARAMS))
     memit = MEMIT_ARGS + model + ["--hparams", str(hp)]
     values = []  # the sizes of the one-process run's value searches
-    compute_deltas = locate.compute_deltas
+    compute_deltas = delta_optimisation.compute_deltas
 
     def counting(model, tokenizer, requests, *args, **kwargs):
         values.append(len(requests))
         return compute_deltas(model, tokenizer, requests, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(locate, "compute_deltas", counting)
+        mp.setattr(delta_optimisation, "compute_deltas", counting)
         run_one(memit + ["--out", str(root / "memit" / "one.json")])
 
     commands = [

@@ -24,7 +24,7 @@ from editeval.methods.base import (
 )
 from editeval.runtime.models import load
 from editeval.evaluation.results import read_record, read_rows
-from editeval.methods.kit.key_stats import model_fingerprint
+from editeval.methods.kit.key_stats_files import model_fingerprint
 from editeval.data.schema import empty_request
 
 

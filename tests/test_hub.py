@@ -250,11 +250,11 @@ def write_stats_file(folder: Path, layer: int, count: int = 10) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from editeval.methods.kit import key_stats as stats
+    from editeval.methods.kit import key_stats_files
 
-    meta = {"format": stats.FORMAT, "model_fingerprint": FP, "module": f"model.layers.{layer}.mlp.down_proj",
+    meta = {"format": key_stats_files.FORMAT, "model_fingerprint": FP, "module": f"model.layers.{layer}.mlp.down_proj",
             "tokens": "10", "max_len": "8", "corpus_sha256": "a" * 64, "layer": str(layer)}
-    path = stats.cache_name(meta)
+    path = key_stats_files.cache_name(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"mom2": torch.eye(4), "count": torch.tensor([count])}, str(path), metadata=meta)
     return path

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from editeval.errors import EditevalError
 from editeval.evaluation.evaluator import LOC, REL, Evaluator
-from editeval.methods.kit import editor_training as T
+from editeval.methods.kit import editor_cache
 from editeval.methods.base import get_method, restore
 from editeval.runtime.models import load
 from editeval.data.schema import empty_request
@@ -85,7 +85,7 @@ def test_editor_trained_on_other_records_edits_an_unseen_one_and_restores_exactl
     tiny model even untrained. KE's edit of D does not reach D's rephrase here, MEND's does.)"""
     report = _train(method, tiny_llama, TRAIN, _hp(method), tmp_path / "editor")
     assert report.finished and (report.resumed_from, report.steps) == (0, 40)
-    config = json.loads((tmp_path / "editor" / T.CONFIG_FILE).read_text())
+    config = json.loads((tmp_path / "editor" / editor_cache.CONFIG_FILE).read_text())
     assert config["method"] == method and config["steps"] == 40 and config["n_items"] == 3
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     ev = Evaluator(tiny_llama, [UNSEEN], generation=False, progress=False, use_cache=False)
@@ -112,7 +112,7 @@ def test_training_resumed_across_an_epoch_equals_an_uninterrupted_run(tiny_llama
     assert (first.resumed_from, first.steps) == (0, 4)
     again = _train("mend", tiny_llama, TRAIN, _hp("mend", train_steps=7, checkpoint_every=2), folder)
     assert (again.resumed_from, again.steps) == (4, 7)
-    a, b = load_file(tmp_path / "straight" / T.EDITOR_FILE), load_file(folder / T.EDITOR_FILE)
+    a, b = load_file(tmp_path / "straight" / editor_cache.EDITOR_FILE), load_file(folder / editor_cache.EDITOR_FILE)
     assert sorted(a) == sorted(b) and any(k.endswith("u_stats.count") for k in a)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert again.last_losses == straight.last_losses
@@ -144,7 +144,7 @@ def test_editor_cache_is_found_by_apply(tiny_llama_dir, cache):
     hp = _hp("mend", train_steps=2)
     report = _train("mend", loaded, TRAIN, hp)
     assert report.folder.parent.parent == cache / "editors" / "mend"
-    assert (report.folder / T.EDITOR_FILE).is_file() and report.folder.name == "zsre"
+    assert (report.folder / editor_cache.EDITOR_FILE).is_file() and report.folder.name == "zsre"
     before = _state(model)
     backup = get_method("mend").apply(model, tok, [REC], hp)
     assert sorted(backup) == EDITED

@@ -12,7 +12,7 @@ import torch
 
 from editeval.errors import EditevalError
 from editeval.methods import get_method, memit, restore
-from editeval.methods.kit import locate
+from editeval.methods.kit import delta_optimisation, locate
 from editeval.methods.memit import MEMITHParams, apply_memit, layer_update
 from editeval.runtime.models import load
 from editeval.runtime.paths import cache_dir
@@ -82,7 +82,7 @@ def test_interrupted_batch_resumes_from_cached_values(tiny_llama, monkeypatch):
     hp = tiny_hp(v_lr=0.37)  # settings of their own: no values cached by other tests
     monkeypatch.setattr(memit, "VALUE_BATCH", 2)  # 3 requests: a group of 2, then 1
     before = {k: v.clone() for k, v in m.model.state_dict().items()}
-    original, found = locate.compute_deltas, []
+    original, found = delta_optimisation.compute_deltas, []
 
     def failing_second(model, tok, requests, *args, **kw):
         if found:
@@ -90,19 +90,19 @@ def test_interrupted_batch_resumes_from_cached_values(tiny_llama, monkeypatch):
         found.extend(r["case_id"] for r in requests)
         return original(model, tok, requests, *args, **kw)
 
-    monkeypatch.setattr(locate, "compute_deltas", failing_second)
+    monkeypatch.setattr(delta_optimisation, "compute_deltas", failing_second)
     with pytest.raises(KeyboardInterrupt):
         apply_memit(m.model, m.tokenizer, REQUESTS, hp)
     assert all(torch.equal(v, before[k]) for k, v in m.model.state_dict().items())  # nothing applied yet
     first, found = list(found), []
-    monkeypatch.setattr(locate, "compute_deltas",
+    monkeypatch.setattr(delta_optimisation, "compute_deltas",
                         lambda model, tok, requests, *a, **kw: (found.extend(r["case_id"] for r in requests),
                                                                 original(model, tok, requests, *a, **kw))[1])
     backup = apply_memit(m.model, m.tokenizer, REQUESTS, hp)
     assert len(first) == 2 and sorted(first + found) == [1, 2, 3]  # only the last request's value was optimised
     resumed = {k: v.clone() for k, v in m.model.state_dict().items()}
     restore(m.model, backup)
-    monkeypatch.setattr(locate, "compute_deltas", original)
+    monkeypatch.setattr(delta_optimisation, "compute_deltas", original)
     shutil.rmtree(cache_dir() / "memit-values")
     backup = apply_memit(m.model, m.tokenizer, REQUESTS, hp)  # from scratch
     try:
@@ -120,8 +120,8 @@ def test_prepare_shares_out_only_the_missing_values(tiny_llama, monkeypatch):
     requests = [*REQUESTS, bad]
     prepare = get_method("memit").prepare
     prepare(m.model, m.tokenizer, requests[:1], hp, lambda items: items)  # the first value is cached
-    original, found, offered = locate.compute_deltas, [], []
-    monkeypatch.setattr(locate, "compute_deltas",
+    original, found, offered = delta_optimisation.compute_deltas, [], []
+    monkeypatch.setattr(delta_optimisation, "compute_deltas",
                         lambda model, tok, requests, *a, **kw: (found.extend(r["case_id"] for r in requests),
                                                                 original(model, tok, requests, *a, **kw))[1])
     prepare(m.model, m.tokenizer, requests, hp, lambda items: (offered.append(items), items[1:])[1])
@@ -140,13 +140,13 @@ def test_values_optimised_side_by_side_equal_one_at_a_time(which, request):
     prefixes = locate.context_prefixes(0, 2)
 
     def alone(hp):
-        return [locate.compute_delta(m.model, m.tokenizer, r, module, prefixes, hp) for r in requests]
+        return [delta_optimisation.compute_delta(m.model, m.tokenizer, r, module, prefixes, hp) for r in requests]
 
     # stop between the requests' first losses: some stop at step 1, the others go on
     first = sorted(d.loss for d in alone(tiny_hp(v_num_grad_steps=1)))
     hp = tiny_hp(v_num_grad_steps=5, v_loss_stop=(first[1] + first[2]) / 2)
     singles = alone(hp)
-    together = locate.compute_deltas(m.model, m.tokenizer, requests, module, prefixes, hp)
+    together = delta_optimisation.compute_deltas(m.model, m.tokenizer, requests, module, prefixes, hp)
     assert len({d.steps for d in singles}) > 1
     for one, side in zip(singles, together):
         assert one.steps == side.steps

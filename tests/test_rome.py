@@ -7,7 +7,7 @@ import torch
 
 from editeval.errors import EditevalError
 from editeval.methods import get_method, restore
-from editeval.methods.kit import locate
+from editeval.methods.kit import delta_optimisation, locate
 from editeval.methods.rome import ROMEHParams, apply_rome
 from editeval.runtime.models import load
 from editeval.runtime.nethooks import Trace
@@ -40,7 +40,7 @@ def test_rank_one_edit_writes_value_and_restores_exactly(which, request):
     before = _state(model)
     module = locate.layer_module_name(model, 1, "mlp_out")
     prefixes = locate.context_prefixes(hp.context_short, hp.context_long)
-    res = locate.compute_delta(model, tok, DARRIEUX, module, prefixes, hp)
+    res = delta_optimisation.compute_delta(model, tok, DARRIEUX, module, prefixes, hp)
     backup = apply_rome(model, tok, [DARRIEUX], hp)
     name = module + ".weight"
     assert list(backup) == [name]
@@ -69,9 +69,9 @@ def test_fast_delta_equals_naive(which, layer, place, request):
     module = locate.layer_module_name(m.model, layer, place)  # place "": block output (MEMIT)
     prefixes = locate.context_prefixes(2, 2)
     blocks = list(m.model.base_model.modules())
-    fast = locate.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp)
+    fast = delta_optimisation.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp)
     assert list(m.model.base_model.modules()) == blocks
-    slow = locate.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp, fast=False)
+    slow = delta_optimisation.compute_delta(m.model, m.tokenizer, DARRIEUX, module, prefixes, hp, fast=False)
     assert fast.steps == slow.steps == steps
     assert abs(fast.loss - slow.loss) < 1e-4 and abs(fast.nll - slow.nll) < 1e-4
     assert torch.allclose(fast.init, slow.init, atol=1e-5)

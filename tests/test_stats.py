@@ -11,6 +11,7 @@ import torch
 from _stats_oracle import all_windows, assert_close_to_oracle, documented_windows, hooked_second_moment, write_corpus
 
 from editeval.methods.kit import key_stats as stats
+from editeval.methods.kit import key_stats_files
 from editeval.errors import EditevalError
 
 TOKENS = 1500  # of the ~2,900 in the small corpus: the last window is cut short
@@ -116,7 +117,7 @@ def test_default_corpus_is_the_pinned_wikipedia_file(tiny_llama, cache):
     got = stats.second_moment(m.model, m.tokenizer, 2, tokens=300, max_len=64, progress=False)
     path = stats.cache_paths(m.model, [2], tokens=300, max_len=64)[2]
     assert f"c{stats.CORPUS_SHA256[:12]}" in path.name
-    meta = stats.check_file(path)[0]
+    meta = key_stats_files.check_file(path)[0]
     assert meta["corpus"] == "enwiki2015_wikiextractor_50shards.jsonl" and meta["corpus_sha256"] == stats.CORPUS_SHA256
     assert stats.file_sha256(stats.corpus_path()) == stats.CORPUS_SHA256
     oracle, n = hooked_second_moment(m.model, documented_windows(m.tokenizer, stats.corpus_path(), 300, 64), [2])
@@ -171,26 +172,26 @@ def test_metadata_header_and_mismatch_recomputes(tiny_llama, corpus, kw, cache, 
     m = tiny_llama
     first = stats.second_moment(m.model, m.tokenizer, 2, **kw)
     path = stats.cache_paths(m.model, [2], tokens=TOKENS, max_len=128, corpus=corpus)[2]
-    meta = stats.read_metadata(path)
-    assert meta == {**meta, "format": stats.FORMAT, "model_fingerprint": m.fingerprint(), "model_type": "llama",
+    meta = key_stats_files.read_metadata(path)
+    assert meta == {**meta, "format": key_stats_files.FORMAT, "model_fingerprint": m.fingerprint(), "model_type": "llama",
                     "model_dtype": "float32", "layer": "2", "module": "model.layers.2.mlp.down_proj",
                     "tokens": str(TOKENS), "max_len": "128", "corpus": "wiki.jsonl",
                     "corpus_sha256": stats.file_sha256(corpus), "dtype": "float32", "processes": "1",
                     "editeval_version": editeval.__version__}
-    assert torch.equal(stats.check_file(path)[1], first)
+    assert torch.equal(key_stats_files.check_file(path)[1], first)
 
     # a file under this name whose metadata or contents say otherwise is not used: recomputed, rewritten
     for bad in ({"tokens": TOKENS + 1}, {"model_fingerprint": "0" * 16}, {"count": 7}):
         _rewrite(path, **bad)
         again = stats.second_moment(m.model, m.tokenizer, 2, **kw)
         assert torch.equal(again, first)
-        assert stats.check_file(path)[0]["tokens"] == str(TOKENS)
+        assert key_stats_files.check_file(path)[0]["tokens"] == str(TOKENS)
     assert "ignoring statistics file" in caplog.text and "recomputing" in caplog.text
 
     with pytest.raises(EditevalError, match=r"malformed metadata module='\.\./x'"):
-        stats.check_file(_rewrite(path, cache / "evil.safetensors", module="../x"))
+        key_stats_files.check_file(_rewrite(path, cache / "evil.safetensors", module="../x"))
     with pytest.raises(EditevalError, match="expected '64'"):
-        stats.check_file(path, {"max_len": 64})
+        key_stats_files.check_file(path, {"max_len": 64})
 
 
 def test_sharded_build_equals_one_process(tiny_llama_dir, tiny_llama, corpus, cache):
@@ -219,7 +220,7 @@ def test_sharded_build_equals_one_process(tiny_llama_dir, tiny_llama, corpus, ca
     m = tiny_llama
     oracle, n = hooked_second_moment(m.model, documented_windows(m.tokenizer, corpus, TOKENS, 128), [1, 3])
     for layer, path in stats.cache_paths(m.model, [1, 3], tokens=TOKENS, max_len=128, corpus=corpus).items():
-        meta, mom2 = stats.check_file(path)
+        meta, mom2 = key_stats_files.check_file(path)
         assert meta["processes"] == "2" and meta["tokens"] == str(TOKENS) == str(n)
         assert_close_to_oracle(mom2, oracle[layer])
 
@@ -273,7 +274,7 @@ def test_cli_build_list_publish_pull(tiny_llama_dir, tiny_llama, corpus, kw, cac
     assert sorted(p.name for p in (cache / "stats").glob("*.safetensors")) == [f.name for f in files]
     monkeypatch.setattr(stats, "_read_articles", lambda path: pytest.fail("recomputed"))
     mom2 = stats.second_moments(tiny_llama.model, tiny_llama.tokenizer, [0, 1], **kw)  # used as they are
-    assert torch.equal(mom2[0], stats.check_file(files[0])[1])
+    assert torch.equal(mom2[0], key_stats_files.check_file(files[0])[1])
 
     code, out, _ = run_cli(capsys, "stats", "pull", "--from-dir", hub, "--model", tiny_llama_dir)
     assert code == 0 and out.strip().splitlines()[-1] == "0 pulled, 2 already cached, 2 skipped"

@@ -63,6 +63,7 @@ def build(
 
     from editeval.runtime import distributed
     from editeval.methods.kit import key_stats as S
+    from editeval.methods.kit import key_stats_files as F
 
     runtime = resolve_runtime(device=device, dtype=dtype, progress=progress)
     wanted = parse_layers(layers)
@@ -72,7 +73,7 @@ def build(
     cached = set()
     for layer, path in paths.items():
         try:
-            if path.exists() and not force and S.check_file(path):
+            if path.exists() and not force and F.check_file(path):
                 cached.add(layer)
         except EditevalError:
             pass  # recomputed (second_moments says why)
@@ -100,9 +101,9 @@ def _row(path: Path, meta: dict | None) -> list[str]:
 
 def _selected(model: Optional[str]):
     """The cached files (with metadata), of one model's weights if `model` is given."""
-    from editeval.methods.kit import key_stats as S
+    from editeval.methods.kit import key_stats_files as F
 
-    files = S.cached_files()
+    files = F.cached_files()
     if model is not None:
         fingerprint = _load_model(model).fingerprint()
         files = [(p, m) for p, m in files if m and m.get("model_fingerprint") == fingerprint]
@@ -134,14 +135,14 @@ def publish(
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
 ) -> None:
     """Upload the cached statistics files to a Hugging Face dataset repo (under stats/)."""
-    from editeval.methods.kit import key_stats as S
+    from editeval.methods.kit import key_stats_files as F
     from editeval.runtime.paths import cache_dir
 
     check_repo_id(repo_id)
     files = []
     for path, _meta in _selected(model):
         try:
-            files.append((path, S.check_file(path)[0]))
+            files.append((path, F.check_file(path)[0]))
         except EditevalError as err:
             typer.echo(f"skipped {path.name}: {err}")
     if not files:
@@ -177,12 +178,12 @@ def pull(
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of the repo."),
 ) -> None:
     """Download statistics into the cache: only files of MODEL's weights (metadata checked), others skipped."""
-    from editeval.methods.kit import key_stats as S
+    from editeval.methods.kit import key_stats_files as F
 
     if (repo_id is None) == (from_dir is None):
         raise EditevalError("give exactly one of --repo-id ORG/NAME or --from-dir FOLDER")
     lm = _load_model(model)
-    fingerprint = S.model_fingerprint(lm.model)
+    fingerprint = F.model_fingerprint(lm.model)
     if from_dir is not None:
         if not from_dir.is_dir():
             raise EditevalError(f"--from-dir {from_dir}: not a folder")
@@ -202,7 +203,7 @@ def pull(
     pulled = present = skipped = 0
     for path in sorted(folder.rglob("*.safetensors")):
         try:
-            copied, dest = S.import_file(path, lm.model)
+            copied, dest = F.import_file(path, lm.model)
         except EditevalError as err:
             skipped += 1
             typer.echo(f"skipped {path.name}: {str(err).replace(str(path) + ': ', '')}")

@@ -28,11 +28,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from editeval.methods.kit import editor_training as T
+from editeval.methods.kit import editor_cache, editor_training, learned_editor
 from editeval.methods.base import Backup, register_method
 
 
-class KEHParams(T.EditorHParams):
+class KEHParams(learned_editor.EditorHParams):
     cond_dim: int = 256  # LSTM hidden size per direction
     head_dim: int = 256  # hidden width of each layer's head
     edit_scale: float = 1.0  # initial per-layer scale of the (normalised) update
@@ -61,7 +61,7 @@ class _Head(torch.nn.Module):
         return self.alpha(z), self.beta(z), self.gamma(z), self.delta(z), self.eta(z)
 
 
-class KEEditor(T.Editor):
+class KEEditor(learned_editor.Editor):
     method = "ke"
 
     def __init__(self, model, module_names, hparams: KEHParams):
@@ -124,12 +124,12 @@ def build_editor(model, tokenizer, module_names, hparams: KEHParams) -> KEEditor
     return KEEditor(model, module_names, hparams)
 
 
-def train(loaded, records, hparams, benchmark: str, **kwargs) -> T.TrainReport:
+def train(loaded, records, hparams, benchmark: str, **kwargs) -> editor_training.TrainReport:
     """Meta-train the KE editor (`editeval train ke`)."""
-    return T.train_editor("ke", build_editor, loaded, records, hparams, benchmark, **kwargs)
+    return editor_training.train_editor("ke", build_editor, loaded, records, hparams, benchmark, **kwargs)
 
 
 @register_method("ke", hparams=KEHParams, batch=False, sequential=True, train=train)
 def apply_ke(model, tokenizer, requests, hparams: KEHParams) -> Backup:
-    editor = T.load_editor(build_editor, model, tokenizer, "ke", hparams, requests)
-    return T.apply_editor(model, tokenizer, requests, editor, hparams)
+    editor = editor_cache.load_editor(build_editor, model, tokenizer, "ke", hparams, requests)
+    return learned_editor.apply_editor(model, tokenizer, requests, editor, hparams)

@@ -3,8 +3,8 @@
 Many edits at once, spread over the MLP output projections of a range of layers L = [l₁..l_R]:
 
 1. for each request, z = h + δ at the last edited layer's block output (subject's last token of
-   the bare prompt), δ optimised as in ROME (`locate.compute_deltas`, placed at the block;
-   `VALUE_BATCH` requests side by side, each with its own loss, steps and δ);
+   the bare prompt), δ optimised as in ROME (`delta_optimisation.compute_deltas`, placed at the
+   block; `VALUE_BATCH` requests side by side, each with its own loss, steps and δ);
 2. for each layer l_i in order (lowest first): K = the requests' keys at l_i (mean over context
    templates, `locate.compute_keys`, computed with the layers below already updated),
    R = (z − h_current) / (R − i) the residual still missing at the last layer, shared out over
@@ -45,7 +45,7 @@ from editeval.runtime.architectures import (
     num_layers,
 )
 from editeval.errors import EditevalError
-from editeval.methods.kit import locate
+from editeval.methods.kit import delta_optimisation, locate
 from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
 from editeval.runtime.paths import cache_dir
 from editeval.methods.kit.key_stats import second_moments
@@ -87,7 +87,7 @@ VALUE_SETTINGS = ("context_short", "context_long", "v_num_grad_steps", "v_lr", "
                   "clamp_norm_factor", "kl_factor")
 
 
-# Requests whose δ are optimised side by side (`locate.compute_deltas`). Not a hyper-parameter: each
+# Requests whose δ are optimised side by side (`delta_optimisation.compute_deltas`). Not a hyper-parameter: each
 # request gets the δ it gets alone. On SmolLM2-135M (1 CPU thread) 4-16 at once take ~1.3x less time
 # per value than one at a time (wider matrix products); memory grows with it (~8x one request's).
 VALUE_BATCH = 8
@@ -142,7 +142,7 @@ def _target_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams
                    z_module: str, prefixes: list[str]) -> torch.Tensor:
     """z = h + δ per request at the last edited layer's output (N, d_model) on the CPU; from the
     store when it holds it, else optimised (and put there as each group is done). Requests not
-    cached are optimised `VALUE_BATCH` at a time (`locate.compute_deltas`: each gets the δ it
+    cached are optimised `VALUE_BATCH` at a time (`delta_optimisation.compute_deltas`: each gets the δ it
     gets alone), grouped by the length of what follows the subject so that little is padding."""
     zs: dict[int, torch.Tensor] = {}
     missing = []
@@ -158,7 +158,8 @@ def _target_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams
                disable=len(missing) < 2 or not distributed.is_main_process())
     for start in range(0, len(missing), VALUE_BATCH):
         group = missing[start:start + VALUE_BATCH]
-        found = locate.compute_deltas(model, tokenizer, [requests[i] for i in group], z_module, prefixes, hparams)
+        found = delta_optimisation.compute_deltas(model, tokenizer, [requests[i] for i in group], z_module, prefixes,
+                                                  hparams)
         for i, d in zip(group, found):
             zs[i] = (d.init + d.delta).float().cpu()
             if store:

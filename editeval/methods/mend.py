@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import torch
 
-from editeval.methods.kit import editor_training as T
+from editeval.methods.kit import editor_cache, editor_training, learned_editor
 from editeval.methods.base import Backup, register_method
 
 
-class MENDHParams(T.EditorHParams):
+class MENDHParams(learned_editor.EditorHParams):
     rank: int = 1920  # hidden width of the low-rank editor MLP (the paper's 1920)
     edit_lr: float = 1e-4  # initial per-layer step size η_l
     lr_lr: float = 1e-4  # Adam learning rate of the step sizes
@@ -77,7 +77,7 @@ class _GradientTransform(torch.nn.Module):
         self.shift = torch.nn.Parameter(torch.zeros(n_modes, dim))
         self.A = torch.nn.Linear(dim, rank)
         self.B = torch.nn.Linear(rank, dim)
-        T.kaiming_(self.A.weight)
+        learned_editor.kaiming_(self.A.weight)
         torch.nn.init.zeros_(self.A.bias)
         torch.nn.init.zeros_(self.B.weight)  # identity at initialisation
         torch.nn.init.zeros_(self.B.bias)
@@ -94,7 +94,7 @@ def _nonzero(u: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return u[keep], d[keep]
 
 
-class MENDEditor(T.Editor):
+class MENDEditor(learned_editor.Editor):
     method = "mend"
 
     def __init__(self, model, module_names, hparams: MENDHParams):
@@ -145,12 +145,12 @@ def build_editor(model, tokenizer, module_names, hparams: MENDHParams) -> MENDEd
     return MENDEditor(model, module_names, hparams)
 
 
-def train(loaded, records, hparams, benchmark: str, **kwargs) -> T.TrainReport:
+def train(loaded, records, hparams, benchmark: str, **kwargs) -> editor_training.TrainReport:
     """Meta-train the MEND editor (`editeval train mend`)."""
-    return T.train_editor("mend", build_editor, loaded, records, hparams, benchmark, **kwargs)
+    return editor_training.train_editor("mend", build_editor, loaded, records, hparams, benchmark, **kwargs)
 
 
 @register_method("mend", hparams=MENDHParams, batch=True, sequential=True, train=train)
 def apply_mend(model, tokenizer, requests, hparams: MENDHParams) -> Backup:
-    editor = T.load_editor(build_editor, model, tokenizer, "mend", hparams, requests)
-    return T.apply_editor(model, tokenizer, requests, editor, hparams)
+    editor = editor_cache.load_editor(build_editor, model, tokenizer, "mend", hparams, requests)
+    return learned_editor.apply_editor(model, tokenizer, requests, editor, hparams)

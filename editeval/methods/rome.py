@@ -5,7 +5,7 @@ One edit = one rank-one update of the MLP output projection W (out × in) of one
 
 1. key k* (`locate.compute_keys`): mean over the context templates of the subject's last-token
    input to W;
-2. value (`locate.compute_delta`): δ added to W's output at the subject's last token, optimised
+2. value (`delta_optimisation.compute_delta`): δ added to W's output at the subject's last token, optimised
    so the model gives target_new (NLL over the templated prompts + KL on "{subject} is a" +
    weight decay; Adam, lr 0.5, ≤ 25 steps, stop when the loss < 0.05, ‖δ‖ ≤ 4‖W k‖);
 3. update (as the reference code): u = C⁻¹k* / ‖C⁻¹k*‖ with C = E[k kᵀ] from Wikipedia
@@ -29,7 +29,7 @@ from editeval.runtime.architectures import (
     num_layers,
 )
 from editeval.errors import EditevalError
-from editeval.methods.kit import locate
+from editeval.methods.kit import delta_optimisation, locate
 from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
 from editeval.methods.kit.key_stats import second_moment
 
@@ -82,7 +82,7 @@ def edit_one(model, tokenizer, request: dict, hp: ROMEHParams, backup: Backup) -
         mom2 = second_moment(model, tokenizer, layer, tokens=hp.mom2_tokens, max_len=hp.mom2_max_len)
     keys = locate.compute_keys(model, tokenizer, [request], [layer], prefixes, per_prefix=True)[layer][0]
     key_star, key = keys.mean(0), keys[0]  # prefixes[0] is the bare prompt
-    res = locate.compute_delta(model, tokenizer, request, module, prefixes, hp)
+    res = delta_optimisation.compute_delta(model, tokenizer, request, module, prefixes, hp)
     dev = param.device  # float32 algebra where the layer lives (a device map may spread layers)
     upd = rank_one_update(key_star.to(dev, torch.float32), key.to(dev, torch.float32),
                           res.delta.to(dev, torch.float32), None if mom2 is None else mom2.to(dev, torch.float32))

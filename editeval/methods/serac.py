@@ -52,7 +52,7 @@ from editeval.methods.kit.artifacts import (
     unique_name,
 )
 from editeval.errors import EditevalError
-from editeval.methods.kit import editor_training as T
+from editeval.methods.kit import editor_cache, editor_training
 from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
 from editeval.methods.kit.sentence_encoder import ENCODER_PACKAGE, get_encoder
 
@@ -179,9 +179,9 @@ def classifier_dir(model: torch.nn.Module, benchmark: str, fingerprint: str | No
     if fingerprint is None:
         cache = model.__dict__.setdefault("_editeval_fingerprints", {})
         if () not in cache:
-            cache[()] = T.frozen_fingerprint(model, [])
+            cache[()] = editor_cache.frozen_fingerprint(model, [])
         fingerprint = cache[()]
-    return T.editor_dir("serac", fingerprint, benchmark)
+    return editor_cache.editor_dir("serac", fingerprint, benchmark)
 
 
 def _pairs(records: list[dict]):
@@ -217,7 +217,7 @@ def _accuracy(clf: ScopeClassifier, emb, idx, threshold: float) -> dict:
 
 
 def train(loaded, records, hparams: SERACHParams, benchmark: str, *, out_dir=None, progress: bool = True,
-          fresh: bool = False) -> T.TrainReport:
+          fresh: bool = False) -> editor_training.TrainReport:
     """Train the scope classifier (`editeval train serac`); sentence embeddings are cached in the
     output folder, so a rerun resumes after them."""
     from safetensors.torch import save_file
@@ -299,9 +299,9 @@ def train(loaded, records, hparams: SERACHParams, benchmark: str, *, out_dir=Non
     (folder / f".{CONFIG_FILE}.tmp").write_text(json.dumps(config, indent=2, default=str))
     (folder / f".{CONFIG_FILE}.tmp").replace(folder / CONFIG_FILE)
     log.info("SERAC scope classifier accuracy: %s", metrics)
-    return T.TrainReport(folder, hparams.train_steps, seconds, 0, True,
-                         {"loss": config["last_loss"],
-                          **({f"val_{k}": v for k, v in metrics["val"].items() if k != "n_records"} if val else {})})
+    val_metrics = {f"val_{k}": v for k, v in metrics["val"].items() if k != "n_records"} if val else {}
+    return editor_training.TrainReport(folder, hparams.train_steps, seconds, 0, True,
+                                       {"loss": config["last_loss"], **val_metrics})
 
 
 def hash_texts(texts: list[str], encoder: str) -> str:
@@ -314,18 +314,13 @@ def load_classifier(model: torch.nn.Module, hparams: SERACHParams, benchmark: st
     """The scope classifier trained on `benchmark` (or `hparams.classifier_path`)."""
     from safetensors.torch import load_file
 
-    from editeval.methods.kit.editor_training import model_label
-
     folder = Path(hparams.classifier_path) if hparams.classifier_path else classifier_dir(model, benchmark)
-    loaded = model.__dict__.setdefault("_editeval_editors", {})
+    loaded = editor_cache.loaded_editors(model)
     key = ("serac", str(folder))
     if key in loaded:
         return loaded[key]
     if not (folder / CLASSIFIER_FILE).exists():
-        raise EditevalError(
-            f"no trained SERAC scope classifier for model {model_label(model)} and benchmark "
-            f"'{benchmark}' (looked in {folder}): train it with "
-            f"`editeval train serac --model {model_label(model)} --benchmark {benchmark}`")
+        raise editor_cache.not_trained("SERAC scope classifier", "serac", model, benchmark, folder)
     state = load_file(str(folder / CLASSIFIER_FILE))
     clf = ScopeClassifier(state["proj.weight"].shape[1])
     clf.load_state_dict(state)

@@ -68,7 +68,7 @@ from typing import Any
 import torch
 
 from editeval.methods.kit import artifacts
-from editeval.methods.kit import key_stats as stats
+from editeval.methods.kit import key_stats_files
 from editeval.errors import EditevalError
 from editeval.runtime.paths import atomic_dir, datasets_dir_of_run
 from editeval.runtime.settings import Runtime
@@ -525,7 +525,7 @@ def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] 
     base_fp = loaded.fingerprint()
     # a sequential run resuming on saved edited weights uses the base model's key statistics, as an
     # uninterrupted run does
-    stats.pin_fingerprint(model, base_fp)
+    key_stats_files.pin_fingerprint(model, base_fp)
     hp_dict = hparams.to_dict()
     hp_hash = R.hparams_hash(hp_dict)
     header = {"method": method.name, "hparams_hash": hp_hash, "model": str(opts.model), "base_fingerprint": base_fp,

@@ -59,6 +59,21 @@ def cache_dir() -> Path:
     return root
 
 
+def atomic_file(target: str | os.PathLike, write) -> None:
+    """Call `write(temp path)` on a temp file beside `target`, then rename it into place: readers
+    see the old file or the new one, never half of one; on error the temp file is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @contextmanager
 def atomic_dir(target: str | os.PathLike):
     """Yield a temp folder beside `target`; on success it replaces `target` (an existing one is

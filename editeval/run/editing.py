@@ -19,17 +19,11 @@ with a count, never fatal to the rest.
 Other-Task (PIQA) locality is not computed per edit here (hundreds of sequences per edit); score
 a saved checkpoint with `editeval score` for it.
 
-Resuming: every finished edit is appended as one JSON line to ``<out>.partial.jsonl`` (first line:
-a header naming the run; a rerun with other settings is refused). A rerun skips what is done. In
-sequential mode the current values of every changed weight are also saved after each step to
-``<out>.partial.safetensors``, so a rerun continues from the same edited model. In batch mode rows
-are saved every `modes.EVAL_CHUNK` edits, and a batch whose edit took more than
-`modes.SAVE_BATCH_AFTER_S` is saved applied to the same file, so an interrupted evaluation of a mass edit (MEMIT's 10,000 edits)
-resumes without editing again; a partly evaluated batch is applied whole again otherwise. The
-partial files are removed when the record is written. A finished single-mode record at ``--out``
-of the same run over fewer requests is continued the same way: ``--limit 200`` after ``--limit
-100`` edits 100-199.
-Records, checkpoints and partial state are written to a temporary name and renamed into place.
+Resuming (`editeval.run.partial`): every finished edit is appended to ``<out>.partial.jsonl``; a
+rerun skips what is done, continues a sequential run on its saved weights, and a batch run on its
+saved applied batch (rows saved every `modes.EVAL_CHUNK` edits); ``--limit 200`` after ``--limit
+100`` of a finished single-mode record edits 100-199. Records, checkpoints and partial state are
+written to a temporary name and renamed into place.
 
 Data-parallel: launched in several processes (`editeval.runtime.distributed`, e.g.
 ``accelerate launch --multi_gpu --num_processes N -m editeval edit --mode single ...``) each
@@ -48,6 +42,10 @@ Saving (``--save-checkpoint``): a model whose edit changed weights only is writt
 Hugging Face checkpoint; a model carrying additions of a wrapper method (IKE's prompt, GRACE's
 codebook, T-Patcher's / CaliNET's neurons; `editeval.methods.kit.artifacts`) is written as a method artifact
 folder that `editeval score --model DIR --base MODEL` installs on the base model (docs/artifacts.md).
+
+In parts: this module is the pipeline (`run_edits`: resolve, load, evaluate, write); `modes` holds
+what differs between the modes (`check_mode`, `plan`, `EditLoop`), `partial` the progress file and
+resume (`Partial`), `checks` the refusals shared with `scoring`.
 """
 
 from __future__ import annotations
@@ -66,7 +64,12 @@ from editeval.errors import EditevalError
 from editeval.methods.base import Method, get_method
 from editeval.methods.kit import artifacts
 from editeval.methods.kit import key_stats as stats
-from editeval.run.checks import check_device_map_alone, check_record_path
+from editeval.run.checks import (
+    check_device_map_alone,
+    check_hparams_layers,
+    check_record_path,
+    request_problem,
+)
 from editeval.run.config import EditConfig
 from editeval.run.meta import run_meta
 from editeval.run.modes import EditLoop, check_mode, group_size, plan
@@ -79,6 +82,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EditSummary:
+    """What `run_edits` did; `record` (the written record) on the main process only."""
+
     out: Path
     n_requests: int
     n_edited: int
@@ -87,41 +92,6 @@ class EditSummary:
     checkpoint: Path | None = None
     after_each: Path | None = None
     record: Any = None
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def check_hparams_layers(model: torch.nn.Module, hparams) -> None:
-    """A preset naming a layer the model does not have fails before any edit is tried."""
-    from editeval.runtime.architectures import check_layer, num_layers
-
-    n = num_layers(model)
-    for name in ("layer", "layers"):
-        value = getattr(hparams, name, None)
-        if value is None:
-            continue
-        for layer in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(layer, int):
-                check_layer(model, hparams.scale_layer(layer, n))
-
-
-def request_problem(request: dict, method: Method, tokenizer) -> str | None:
-    """Why this request cannot be edited by `method`, or None when it can."""
-    prompt, target = request.get("prompt") or "", request.get("target_new") or ""
-    if not prompt.strip():
-        return "empty prompt"
-    if not target.strip():
-        return "empty target_new"
-    if not tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]:
-        return f"target_new {target!r} tokenises to nothing"
-    if method.needs_subject:
-        subject = request.get("subject") or ""
-        if not subject.strip():
-            return f"method '{method.name}' needs a subject and the request has none"
-        if subject not in prompt:
-            return f"subject {subject!r} does not occur in the prompt {prompt!r}"
-    return None
 
 
 def method_request(request: dict, tokenizer, chat_template: bool) -> dict:
@@ -148,8 +118,8 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, directory: str | os.PathL
 
 def load_requests(opts: EditConfig, runtime: Runtime, limit: int | None) -> tuple[list[dict], str]:
     """The first `limit` requests of the benchmark split and their fingerprint (as `editeval score`)."""
-    from editeval.run.scoring import dataset_fingerprint
     from editeval.data import load_requests as load_split
+    from editeval.run.scoring import dataset_fingerprint
 
     records = load_split(opts.benchmark, opts.split, opts.config, limit, runtime.datasets_dir)
     return records, dataset_fingerprint(records)
@@ -205,9 +175,11 @@ def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] 
     partial = _open_progress(out, header, requests, opts.generation, dist)
     saved_batch = partial.saved_batch() if mode == "batch" else None  # read before any process writes
 
+    finished: set[int] = set()  # under several processes: finished edits are not shared out again
     if dist is not None:
         dist.barrier()  # every process has read the progress files before any process adds to them
-    groups = plan(mode, valid, k, dist, {e["index"] for e in partial.all_entries()} if dist is not None else set())
+        finished = {e["index"] for e in partial.all_entries()}
+    groups = plan(mode, valid, k, dist, finished)
     mine = [i for _, part in groups for i in part]  # the requests this process evaluates
     evaluator, counterfact = _evaluator(opts, loaded, requests, valid, mine, dataset_fingerprint, handed)
 

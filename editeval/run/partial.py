@@ -5,9 +5,11 @@ naming the run; a rerun with other settings is refused). A rerun skips what is d
 mode the current values of every changed weight are also saved after each step to
 ``<out>.partial.safetensors`` (and a wrapper method's additions to ``<out>.partial.artifact``), so
 a rerun continues from the same edited model. In batch mode a batch whose edit took long is saved
-applied to the same file, so an interrupted evaluation resumes without editing again. The partial
-files are removed when the record is written. A finished single-mode record at ``--out`` of the
-same run over fewer requests is continued the same way (`carry_over_record`).
+applied to the same file (when its edit took over `modes.SAVE_BATCH_AFTER_S`), so an interrupted
+evaluation of a mass edit (MEMIT's 10,000 edits) resumes without editing again; a partly evaluated
+batch is applied whole again otherwise. The partial files are removed when the record is written.
+A finished single-mode record at ``--out`` of the same run over fewer requests is continued the
+same way (`carry_over_record`): ``--limit 200`` after ``--limit 100`` edits 100-199.
 """
 
 from __future__ import annotations
@@ -242,6 +244,7 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
 
 
 def json_default(value):
+    """NaN as null, tensors and NumPy scalars as their Python value."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if hasattr(value, "item"):
@@ -250,9 +253,11 @@ def json_default(value):
 
 
 def clean_row(row: dict) -> dict:
+    """A row as the progress file holds it: NaN as null."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
 def restore_nan(row: dict) -> dict:
+    """A row read back from the progress file: null as NaN again (`case_id` may be null)."""
     return {k: (float("nan") if v is None and k != "case_id" else v) for k, v in row.items()}
 

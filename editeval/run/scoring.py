@@ -89,14 +89,13 @@ def score_checkpoint(
     """
     import torch
 
-    from editeval.methods.kit import artifacts
-    from editeval.runtime import distributed
-    from editeval.runtime import models
+    from editeval.data import load_requests
     from editeval.evaluation.evaluator import Evaluator, run_counterfact
     from editeval.evaluation.results import build_record, write_record
-    from editeval.data import load_requests
+    from editeval.methods.kit import artifacts
     from editeval.run.checks import check_device_map_alone, check_record_path
     from editeval.run.meta import run_meta
+    from editeval.runtime import distributed, models
 
     start = time.perf_counter()
     device, dtype, device_map = runtime.device, runtime.dtype, runtime.device_map

@@ -323,15 +323,15 @@ def test_an_interrupted_batch_evaluation_resumes(tiny, tmp_path, monkeypatch, ti
     batch is edited again, whole (its remaining rows are taken on the model the whole batch edits)."""
     from safetensors import safe_open
 
-    from editeval.run import editing
+    from editeval.run import modes
     from editeval.evaluation.evaluator import Evaluator
 
     reqs = [_req(i) for i in range(5)]
     straight = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", out=str(tmp_path / "a.json")), QUIET,
                          loaded=tiny, requests=reqs)
     base_fp = tiny.fingerprint()
-    monkeypatch.setattr(editing, "SAVE_BATCH_AFTER_S", 0.0 if long_edit else 1e9)
-    monkeypatch.setattr(editing, "EVAL_CHUNK", 2)
+    monkeypatch.setattr(modes, "SAVE_BATCH_AFTER_S", 0.0 if long_edit else 1e9)
+    monkeypatch.setattr(modes, "EVAL_CHUNK", 2)
     evaluate = Evaluator.evaluate
     calls = {"n": 0}
 

@@ -34,6 +34,7 @@ def test_reference_entry_rescores_to_its_committed_rows(entry, k, smollm2_dir, r
     from editeval.data import load_requests
     from editeval.evaluation.results import read_rows
     from editeval.leaderboard.submissions import score_submission
+    from editeval.runtime.settings import Runtime
 
     benchmark = entry.rsplit("-", 1)[1]
     if not _built(benchmark):
@@ -43,7 +44,7 @@ def test_reference_entry_rescores_to_its_committed_rows(entry, k, smollm2_dir, r
     for name in ("submission.yaml", "hparams.yaml"):
         if (SUBMISSIONS / folder.name / name).exists():
             shutil.copy(SUBMISSIONS / folder.name / name, folder / name)
-    score_submission(folder, device="cpu", piqa_items=0, progress=False,
+    score_submission(folder, runtime=Runtime(device="cpu", progress=False), piqa_items=0,
                      requests=load_requests(benchmark, "edit", None, k))
     got = read_rows(folder / "results.json")
     committed = read_rows(SUBMISSIONS / folder.name / "results.json").iloc[:k]

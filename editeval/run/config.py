@@ -17,7 +17,7 @@ class EditConfig(BaseModel):
     config: str | None = None
     split: str = "edit"
     limit: int | None = None
-    mode: str = "single"  # single | batch | sequential, checked with the method (`editing.check_mode`)
+    mode: str = "single"  # single | batch | sequential, checked with the method (`modes.check_mode`)
     edit_batch_size: int | None = None  # batch: default all edits in one batch; sequential: 1
     hparams_path: str | None = None
     eval_every_edit: bool = False

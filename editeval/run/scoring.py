@@ -89,24 +89,21 @@ def score_checkpoint(
     """
     import torch
 
-    from editeval.methods.kit import artifacts
-    from editeval.runtime import distributed
-    from editeval.runtime import models
+    from editeval.data import load_requests
     from editeval.evaluation.evaluator import Evaluator, run_counterfact
     from editeval.evaluation.results import build_record, write_record
-    from editeval.data import load_requests
+    from editeval.methods.kit import artifacts
+    from editeval.run.checks import check_device_map_alone, check_record_path
     from editeval.run.meta import run_meta
+    from editeval.runtime import distributed, models
 
     start = time.perf_counter()
     device, dtype, device_map = runtime.device, runtime.dtype, runtime.device_map
     group = distributed.setup(device)
-    if group is not None and device_map not in (None, "none"):
-        raise EditevalError("--device-map spreads one model over the devices; it does not combine with several processes "
-                            "(each process holds its own replica): launch one process, or leave out --device-map")
+    check_device_map_alone(group, device_map)
     device = distributed.process_device(group, device)
     out_path = Path(out) if out else default_out_path(str(model), benchmark, split, config)
-    if out_path.suffix != ".json":
-        raise EditevalError(f"--out {out_path}: the results record must be a .json path")
+    check_record_path(out_path)
     if device.startswith("cuda") or device == "auto":
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

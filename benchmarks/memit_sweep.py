@@ -15,11 +15,15 @@ import yaml
 
 from editeval.run.config import EditConfig
 from editeval.run.editing import run_edits
-from editeval.runtime.settings import Runtime
 from editeval.runtime.models import load
+from editeval.runtime.settings import Runtime
 
-METRICS = ["reliability.teacher_forced", "generalization.teacher_forced", "locality.teacher_forced",
-           "portability.teacher_forced"]
+METRICS = [
+    "reliability.teacher_forced",
+    "generalization.teacher_forced",
+    "locality.teacher_forced",
+    "portability.teacher_forced",
+]
 
 
 def main() -> None:
@@ -45,12 +49,20 @@ def main() -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
             yaml.safe_dump(hp, fh)
         layers = "-".join(map(str, hp["layers"]))
-        opts = EditConfig(method="memit", model=args.model, benchmark=args.benchmark, limit=args.limit,
-                          mode="batch", hparams_path=fh.name,
-                          out=str(out_dir / f"memit-{args.benchmark}-{args.limit}-L{layers}-w{weight:g}.json"))
+        opts = EditConfig(
+            method="memit",
+            model=args.model,
+            benchmark=args.benchmark,
+            limit=args.limit,
+            mode="batch",
+            hparams_path=fh.name,
+            out=str(out_dir / f"memit-{args.benchmark}-{args.limit}-L{layers}-w{weight:g}.json"),
+        )
         summary = run_edits(opts, Runtime(progress=False), loaded=loaded)
         metrics = summary.record.metrics
-        means = [metrics[m].mean if m in metrics else None for m in METRICS]  # None: not measured (CounterFact portability)
+        means = [
+            metrics[m].mean if m in metrics else None for m in METRICS
+        ]  # None: not measured (CounterFact portability)
         print(f"{weight:6g}  " + "  ".join(("-" if v is None else f"{v:.3f}").rjust(12) for v in means), flush=True)
 
 

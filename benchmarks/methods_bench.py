@@ -39,8 +39,8 @@ def run_one(method_name: str, edits: int, model_name: str, threads: int, stats_b
     import torch
 
     torch.set_num_threads(threads)
-    from editeval.run.editing import EditOptions, load_requests, request_problem
     from editeval.methods.base import get_method, restore
+    from editeval.run.editing import EditOptions, load_requests, request_problem
     from editeval.runtime.models import load
 
     method = get_method(method_name)
@@ -54,18 +54,31 @@ def run_one(method_name: str, edits: int, model_name: str, threads: int, stats_b
     # key statistics: built (or read from the cache) before timing, reported apart
     layers = getattr(hp, "layers", None) if method_name == "memit" else [getattr(hp, "layer", None)]
     if method_name in ("rome", "memit") and getattr(hp, "mom2_adjustment", True):
-        from editeval.runtime.architectures import num_layers
         from editeval.methods.kit.key_stats import second_moments
+        from editeval.runtime.architectures import num_layers
 
         n = num_layers(model)
         t0 = time.perf_counter()
-        second_moments(model, tok, [hp.scale_layer(x, n) for x in layers], tokens=hp.mom2_tokens,
-                       max_len=hp.mom2_max_len, progress=False)
+        second_moments(
+            model,
+            tok,
+            [hp.scale_layer(x, n) for x in layers],
+            tokens=hp.mom2_tokens,
+            max_len=hp.mom2_max_len,
+            progress=False,
+        )
         out["stats_seconds"] = round(time.perf_counter() - t0, 2)
         if stats_build:  # a fresh build, cache neither read nor written
             t0, c0 = time.perf_counter(), time.process_time()
-            second_moments(model, tok, [hp.scale_layer(x, n) for x in layers], tokens=hp.mom2_tokens,
-                           max_len=hp.mom2_max_len, progress=False, use_cache=False)
+            second_moments(
+                model,
+                tok,
+                [hp.scale_layer(x, n) for x in layers],
+                tokens=hp.mom2_tokens,
+                max_len=hp.mom2_max_len,
+                progress=False,
+                use_cache=False,
+            )
             out["stats_build_seconds"] = round(time.perf_counter() - t0, 2)
             out["stats_build_cpu_seconds"] = round(time.process_time() - c0, 2)
 
@@ -104,32 +117,52 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=5)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--stats-build", action="store_true",
-                        help="ROME/MEMIT: also time a fresh build of the key statistics (not cached)")
+    parser.add_argument(
+        "--stats-build",
+        action="store_true",
+        help="ROME/MEMIT: also time a fresh build of the key statistics (not cached)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
         print(json.dumps(run_one(args.child, args.edits, args.model, args.threads, args.stats_build)))
         return
-    print(f"{'method':8} {'edits':>5} {'s/edit':>8} {'cpu s':>7} {'median':>8} {'batch s/edit':>12} {'stats s':>8} "
-          f"{'build s':>8} {'fwd ms':>7} {'edit/fwd':>8} {'peak RSS MB':>11}")
+    print(
+        f"{'method':8} {'edits':>5} {'s/edit':>8} {'cpu s':>7} {'median':>8} {'batch s/edit':>12} {'stats s':>8} "
+        f"{'build s':>8} {'fwd ms':>7} {'edit/fwd':>8} {'peak RSS MB':>11}"
+    )
     for name in args.methods:
-        proc = subprocess.run([sys.executable, __file__, "--child", name, "--edits", str(args.edits),
-                               "--model", args.model, "--threads", str(args.threads)]
-                              + (["--stats-build"] if args.stats_build else []),
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                name,
+                "--edits",
+                str(args.edits),
+                "--model",
+                args.model,
+                "--threads",
+                str(args.threads),
+            ]
+            + (["--stats-build"] if args.stats_build else []),
+            capture_output=True,
+            text=True,
+        )
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
             print(f"{name:8} failed: {tail}")
             continue
         r = json.loads(lines[-1])
-        print(f"{name:8} {r['edits']:>5} {r['seconds_per_edit']:>8.2f} {r['cpu_seconds_per_edit']:>7.2f} "
-              f"{r['median_seconds']:>8.2f} "
-              f"{r.get('batch_seconds_per_edit', float('nan')):>12.2f} {r.get('stats_seconds', float('nan')):>8.2f} "
-              f"{r.get('stats_build_seconds', float('nan')):>8.2f} "
-              f"{r['forward_ms']:>7.1f} {r['seconds_per_edit'] * 1000 / r['forward_ms']:>8.1f} {r['peak_rss_mb']:>11.0f}")
+        print(
+            f"{name:8} {r['edits']:>5} {r['seconds_per_edit']:>8.2f} {r['cpu_seconds_per_edit']:>7.2f} "
+            f"{r['median_seconds']:>8.2f} "
+            f"{r.get('batch_seconds_per_edit', float('nan')):>12.2f} {r.get('stats_seconds', float('nan')):>8.2f} "
+            f"{r.get('stats_build_seconds', float('nan')):>8.2f} "
+            f"{r['forward_ms']:>7.1f} {r['seconds_per_edit'] * 1000 / r['forward_ms']:>8.1f} {r['peak_rss_mb']:>11.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,18 @@ from pathlib import Path
 
 from editeval.runtime.paths import cache_dir
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no"]
+LAUNCH = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 
 
 def scratch_cache(root: Path, shared: tuple[str, ...]) -> Path:
@@ -54,10 +64,18 @@ def scratch_cache(root: Path, shared: tuple[str, ...]) -> Path:
 
 
 def run(args: list[str], processes: int, root: Path, shared=("models", "stats"), port: int = 29517) -> float:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", EDITEVAL_CACHE=str(scratch_cache(root, shared)),
-               CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-    cmd = [sys.executable, "-m", "editeval", *args] if processes == 1 else \
-        [*LAUNCH, "--num_processes", str(processes), "--main_process_port", str(port), "-m", "editeval", *args]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        EDITEVAL_CACHE=str(scratch_cache(root, shared)),
+        CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    )
+    cmd = (
+        [sys.executable, "-m", "editeval", *args]
+        if processes == 1
+        else [*LAUNCH, "--num_processes", str(processes), "--main_process_port", str(port), "-m", "editeval", *args]
+    )
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -66,33 +84,58 @@ def run(args: list[str], processes: int, root: Path, shared=("models", "stats"),
     return seconds
 
 
-def compare(name: str, args_for, count: int, unit: str, processes: int, root: Path,
-            shared=("models", "stats")) -> None:
+def compare(name: str, args_for, count: int, unit: str, processes: int, root: Path, shared=("models", "stats")) -> None:
     one = run(args_for(root / f"{name}-1.json"), 1, root, shared)
     many = run(args_for(root / f"{name}-{processes}.json"), processes, root, shared)
-    print(f"{name:6s} {count:6d} {unit:8s} 1 process {one:8.1f} s ({count / one:6.2f} {unit}/s)   "
-          f"{processes} processes {many:8.1f} s ({count / many:6.2f} {unit}/s)   speed-up {one / many:4.2f}x",
-          flush=True)
+    print(
+        f"{name:6s} {count:6d} {unit:8s} 1 process {one:8.1f} s ({count / one:6.2f} {unit}/s)   "
+        f"{processes} processes {many:8.1f} s ({count / many:6.2f} {unit}/s)   speed-up {one / many:4.2f}x",
+        flush=True,
+    )
 
 
 def memit_sizes(sizes: list[int], root: Path) -> None:
     print(f"{'edits':>6s} {'wall s':>9s} {'s/edit':>8s} {'peak RSS MB':>12s}  reliability  locality")
     for n in sizes:
         out = root / f"memit-{n}.json"
-        wall = run(["edit", "--method", "memit", "--benchmark", "counterfact", "--mode", "batch", "--limit", str(n),
-                    "--threads", "1", "--no-progress", "--out", str(out)], 1, root,
-                   shared=("models", "stats", "memit-values"))
+        wall = run(
+            [
+                "edit",
+                "--method",
+                "memit",
+                "--benchmark",
+                "counterfact",
+                "--mode",
+                "batch",
+                "--limit",
+                str(n),
+                "--threads",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+            ],
+            1,
+            root,
+            shared=("models", "stats", "memit-values"),
+        )
         meta = json.loads(out.read_text())
         m, metrics = meta["meta"], meta["metrics"]
-        print(f"{n:6d} {wall:9.1f} {m['seconds_per_edit']:8.2f} {m['peak_rss_mb']:12.0f}  "
-              f"{metrics['reliability.teacher_forced']['mean']:11.3f}  {metrics['locality.teacher_forced']['mean']:8.3f}",
-              flush=True)
+        print(
+            f"{n:6d} {wall:9.1f} {m['seconds_per_edit']:8.2f} {m['peak_rss_mb']:12.0f}  "
+            f"{metrics['reliability.teacher_forced']['mean']:11.3f}  {metrics['locality.teacher_forced']['mean']:8.3f}",
+            flush=True,
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", nargs="+", default=["score", "rome", "stats", "memit-batch", "memit"],
-                    choices=["score", "rome", "stats", "memit-batch", "memit"])
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        default=["score", "rome", "stats", "memit-batch", "memit"],
+        choices=["score", "rome", "stats", "memit-batch", "memit"],
+    )
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--score-edits", type=int, default=64)
     ap.add_argument("--rome-edits", type=int, default=6)
@@ -105,21 +148,89 @@ def main() -> None:
     n = args.processes
     try:
         if "score" in args.parts:
-            compare("score", lambda out: ["score", "--model", "smollm2-135m", "--base", "smollm2-135m",
-                                          "--limit", str(args.score_edits), "--piqa", "0", "--out", str(out)],
-                    args.score_edits, "edits", n, root)
+            compare(
+                "score",
+                lambda out: [
+                    "score",
+                    "--model",
+                    "smollm2-135m",
+                    "--base",
+                    "smollm2-135m",
+                    "--limit",
+                    str(args.score_edits),
+                    "--piqa",
+                    "0",
+                    "--out",
+                    str(out),
+                ],
+                args.score_edits,
+                "edits",
+                n,
+                root,
+            )
         if "rome" in args.parts:
-            compare("rome", lambda out: ["edit", "--method", "rome", "--limit", str(args.rome_edits),
-                                         "--no-progress", "--out", str(out)], args.rome_edits, "edits", n, root)
+            compare(
+                "rome",
+                lambda out: [
+                    "edit",
+                    "--method",
+                    "rome",
+                    "--limit",
+                    str(args.rome_edits),
+                    "--no-progress",
+                    "--out",
+                    str(out),
+                ],
+                args.rome_edits,
+                "edits",
+                n,
+                root,
+            )
         if "stats" in args.parts:
-            compare("stats", lambda out: ["stats", "build", "--model", "smollm2-135m", "--layers", "7",
-                                          "--tokens", str(args.stats_tokens), "--force", "--no-progress",
-                                          "--device", "cpu"], args.stats_tokens, "tokens", n, root,
-                    shared=("models",))
+            compare(
+                "stats",
+                lambda out: [
+                    "stats",
+                    "build",
+                    "--model",
+                    "smollm2-135m",
+                    "--layers",
+                    "7",
+                    "--tokens",
+                    str(args.stats_tokens),
+                    "--force",
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ],
+                args.stats_tokens,
+                "tokens",
+                n,
+                root,
+                shared=("models",),
+            )
         if "memit-batch" in args.parts:
-            compare("memit", lambda out: ["edit", "--method", "memit", "--benchmark", "counterfact", "--mode", "batch",
-                                          "--limit", str(args.memit_batch_edits), "--no-progress", "--out", str(out)],
-                    args.memit_batch_edits, "edits", n, root)
+            compare(
+                "memit",
+                lambda out: [
+                    "edit",
+                    "--method",
+                    "memit",
+                    "--benchmark",
+                    "counterfact",
+                    "--mode",
+                    "batch",
+                    "--limit",
+                    str(args.memit_batch_edits),
+                    "--no-progress",
+                    "--out",
+                    str(out),
+                ],
+                args.memit_batch_edits,
+                "edits",
+                n,
+                root,
+            )
         if "memit" in args.parts:
             memit_sizes(args.memit_sizes, root)
     finally:

@@ -25,13 +25,21 @@ def _register() -> None:
 
     app.add_typer(datasets.app, name="datasets")
     from editeval.commands import score
+
     app.command("score")(score.score)
     from editeval.commands import leaderboard, submit
+
     app.add_typer(submit.app, name="submit")
     app.add_typer(leaderboard.app, name="leaderboard")
-    from editeval.commands import edit; app.command("edit")(edit.edit)
-    from editeval.commands import train; app.command("train")(train.train)
-    from editeval.commands import stats; app.add_typer(stats.app, name="stats")
+    from editeval.commands import edit
+
+    app.command("edit")(edit.edit)
+    from editeval.commands import train
+
+    app.command("train")(train.train)
+    from editeval.commands import stats
+
+    app.add_typer(stats.app, name="stats")
 
 
 _register()

@@ -38,35 +38,75 @@ BENCHMARKS = ("zsre", "counterfact")
 SPLIT = "edit"
 NUM_EDITS = 200
 LINKS = {
-    "ft-l": "https://arxiv.org/abs/2012.00363", "ft-m": "https://arxiv.org/abs/2012.00363",
-    "kn": "https://arxiv.org/abs/2104.08696", "rome": "https://arxiv.org/abs/2202.05262",
-    "memit": "https://arxiv.org/abs/2210.07229", "mend": "https://arxiv.org/abs/2110.11309",
-    "serac": "https://arxiv.org/abs/2206.06520", "ike": "https://arxiv.org/abs/2305.12740",
-    "grace": "https://arxiv.org/abs/2211.11031", "lora": "https://arxiv.org/abs/2106.09685",
-    "t-patcher": "https://arxiv.org/abs/2301.09785", "ke": "https://arxiv.org/abs/2104.08164",
+    "ft-l": "https://arxiv.org/abs/2012.00363",
+    "ft-m": "https://arxiv.org/abs/2012.00363",
+    "kn": "https://arxiv.org/abs/2104.08696",
+    "rome": "https://arxiv.org/abs/2202.05262",
+    "memit": "https://arxiv.org/abs/2210.07229",
+    "mend": "https://arxiv.org/abs/2110.11309",
+    "serac": "https://arxiv.org/abs/2206.06520",
+    "ike": "https://arxiv.org/abs/2305.12740",
+    "grace": "https://arxiv.org/abs/2211.11031",
+    "lora": "https://arxiv.org/abs/2106.09685",
+    "t-patcher": "https://arxiv.org/abs/2301.09785",
+    "ke": "https://arxiv.org/abs/2104.08164",
     "calinet": "https://arxiv.org/abs/2210.03329",
 }
-NAMES = {"ft-l": "FT-L", "ft-m": "FT-M", "kn": "KN", "rome": "ROME", "memit": "MEMIT", "mend": "MEND",
-         "serac": "SERAC", "ike": "IKE", "grace": "GRACE", "lora": "LoRA", "t-patcher": "T-Patcher",
-         "ke": "KE", "calinet": "CaliNET"}
+NAMES = {
+    "ft-l": "FT-L",
+    "ft-m": "FT-M",
+    "kn": "KN",
+    "rome": "ROME",
+    "memit": "MEMIT",
+    "mend": "MEND",
+    "serac": "SERAC",
+    "ike": "IKE",
+    "grace": "GRACE",
+    "lora": "LoRA",
+    "t-patcher": "T-Patcher",
+    "ke": "KE",
+    "calinet": "CaliNET",
+}
 
 
 REPO = Path(__file__).resolve().parent.parent
 # MEMIT's mass edits on counterfact/edit (issue #8): slug part, title, mode, edits, batch size,
 # hyper-parameter file (None: the preset), the `editeval edit` record --adopt takes (under its folder)
 MASS_EDITS = (
-    ("memit-batch1000", "MEMIT, 1,000 edits in one batch (lambda 1,500)", "batch", 1000, 1000,
-     "benchmarks/hparams/memit-smollm2-135m-batch1000.yaml",
-     "memit-sweep-cf1000/memit-counterfact-1000-L3-4-5-6-7-w1500.json"),
-    ("memit-sequential100-1000", "MEMIT, 1,000 edits in sequential batches of 100 (preset)", "sequential", 1000,
-     100, None, "memit-counterfact-sequential100-1000.json"),
-    ("memit-batch10000", "MEMIT, all 10,000 edits in one batch (lambda 15,000)", "batch", 10000, 10000,
-     "benchmarks/hparams/memit-smollm2-135m-batch10000.yaml", "memit-counterfact-batch10000.json"),
+    (
+        "memit-batch1000",
+        "MEMIT, 1,000 edits in one batch (lambda 1,500)",
+        "batch",
+        1000,
+        1000,
+        "benchmarks/hparams/memit-smollm2-135m-batch1000.yaml",
+        "memit-sweep-cf1000/memit-counterfact-1000-L3-4-5-6-7-w1500.json",
+    ),
+    (
+        "memit-sequential100-1000",
+        "MEMIT, 1,000 edits in sequential batches of 100 (preset)",
+        "sequential",
+        1000,
+        100,
+        None,
+        "memit-counterfact-sequential100-1000.json",
+    ),
+    (
+        "memit-batch10000",
+        "MEMIT, all 10,000 edits in one batch (lambda 15,000)",
+        "batch",
+        10000,
+        10000,
+        "benchmarks/hparams/memit-smollm2-135m-batch10000.yaml",
+        "memit-counterfact-batch10000.json",
+    ),
 )
-MASS_NOTE = ("Mass editing: lambda (mom2_update_weight) grows with the batch, about 1.5 x N (benchmarks/README.md). "
-             "Seconds per edit count what the run computed; value vectors found by an earlier run over the "
-             "same requests (one delta optimisation per edit, about 5 s each on 2 CPU cores) are read from "
-             "MEMIT's value cache and not counted.")
+MASS_NOTE = (
+    "Mass editing: lambda (mom2_update_weight) grows with the batch, about 1.5 x N (benchmarks/README.md). "
+    "Seconds per edit count what the run computed; value vectors found by an earlier run over the "
+    "same requests (one delta optimisation per edit, about 5 s each on 2 CPU cores) are read from "
+    "MEMIT's value cache and not counted."
+)
 
 
 @dataclass
@@ -76,14 +116,32 @@ class Spec:
     hparams_file: Path | None = None  # copied into the entry as hparams.yaml
 
 
-def _entry(bench: str, num_edits: int, fingerprint: str, title: str, method: str, mode: str, score: dict,
-           batch_size: int | None = None, **extra) -> dict:
+def _entry(
+    bench: str,
+    num_edits: int,
+    fingerprint: str,
+    title: str,
+    method: str,
+    mode: str,
+    score: dict,
+    batch_size: int | None = None,
+    **extra,
+) -> dict:
     link = {"link": LINKS[method]} if method in LINKS else {}
-    return {"schema_version": 1, "title": title, **extra, "authors": ["editeval maintainers"],
-            "contact": "the editeval issue tracker", "method": {"name": method, **link},
-            "base_model": {"name": BASE, "fingerprint": fingerprint}, "benchmark": {"name": bench, "split": SPLIT},
-            "mode": mode, **({"batch_size": batch_size} if batch_size else {}), "num_edits": num_edits,
-            "score": score}
+    return {
+        "schema_version": 1,
+        "title": title,
+        **extra,
+        "authors": ["editeval maintainers"],
+        "contact": "the editeval issue tracker",
+        "method": {"name": method, **link},
+        "base_model": {"name": BASE, "fingerprint": fingerprint},
+        "benchmark": {"name": bench, "split": SPLIT},
+        "mode": mode,
+        **({"batch_size": batch_size} if batch_size else {}),
+        "num_edits": num_edits,
+        "score": score,
+    }
 
 
 def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerprint: str) -> dict[str, Spec]:
@@ -91,33 +149,58 @@ def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerpri
     out = {}
     for bench in benchmarks:
         common = (bench, num_edits, fingerprint)
-        out[f"reference-{BASE}-unedited-{bench}"] = Spec(_entry(
-            *common, "SmolLM2-135M, unedited (reference)", "unedited", "single", {"unedited": True},
-            description="The base model itself: the floor for reliability, the ceiling for locality."),
-            f"unedited-{bench}-edit.json")
+        out[f"reference-{BASE}-unedited-{bench}"] = Spec(
+            _entry(
+                *common,
+                "SmolLM2-135M, unedited (reference)",
+                "unedited",
+                "single",
+                {"unedited": True},
+                description="The base model itself: the floor for reliability, the ceiling for locality.",
+            ),
+            f"unedited-{bench}-edit.json",
+        )
         for method in methods:
-            out[f"reference-{BASE}-{method}-{bench}"] = Spec(_entry(
-                *common, f"{NAMES.get(method, method)} (reference, preset hyper-parameters)", method, "single",
-                {"hparams": "preset"}), f"{method}-{bench}-edit-single.json")
+            out[f"reference-{BASE}-{method}-{bench}"] = Spec(
+                _entry(
+                    *common,
+                    f"{NAMES.get(method, method)} (reference, preset hyper-parameters)",
+                    method,
+                    "single",
+                    {"hparams": "preset"},
+                ),
+                f"{method}-{bench}-edit-single.json",
+            )
             if method == "memit":
-                out[f"reference-{BASE}-memit-batch{num_edits}-{bench}"] = Spec(_entry(
-                    *common, f"MEMIT, all {num_edits} edits in one batch (reference)", method, "batch",
-                    {"hparams": "preset"}, batch_size=num_edits), f"memit-{bench}-edit-batch.json")
+                out[f"reference-{BASE}-memit-batch{num_edits}-{bench}"] = Spec(
+                    _entry(
+                        *common,
+                        f"MEMIT, all {num_edits} edits in one batch (reference)",
+                        method,
+                        "batch",
+                        {"hparams": "preset"},
+                        batch_size=num_edits,
+                    ),
+                    f"memit-{bench}-edit-batch.json",
+                )
     if "memit" in methods and "counterfact" in benchmarks:
         for slug, title, mode, n, size, hparams, record in MASS_EDITS:
             score = {"hparams": "hparams.yaml" if hparams else "preset"}
             out[f"reference-{BASE}-{slug}-counterfact"] = Spec(
-                _entry("counterfact", n, fingerprint, title, "memit", mode, score, batch_size=size,
-                       description=MASS_NOTE),
-                record, REPO / hparams if hparams else None)
+                _entry(
+                    "counterfact", n, fingerprint, title, "memit", mode, score, batch_size=size, description=MASS_NOTE
+                ),
+                record,
+                REPO / hparams if hparams else None,
+            )
     return out
 
 
 def adopt(source: Path, folder: Path, spec: Spec) -> bool:
     """Copy the finished record of this entry (method, edit count, mode, batch size) into `folder`."""
-    from editeval.runtime.models import model_dir
-    from editeval.evaluation.results import read_record, write_record, read_rows
+    from editeval.evaluation.results import read_record, read_rows, write_record
     from editeval.leaderboard.submissions import count_parameters
+    from editeval.runtime.models import model_dir
 
     data = spec.data
     method = data["method"]["name"]
@@ -127,12 +210,18 @@ def adopt(source: Path, folder: Path, spec: Spec) -> bool:
     record = read_record(path)
     if record.meta.n_edits != data["num_edits"] or (method != "unedited" and record.meta.method != method):
         return False
-    if method != "unedited" and (record.meta.mode, record.meta.edit_batch_size) != (data["mode"], data.get("batch_size", 1)):
+    if method != "unedited" and (record.meta.mode, record.meta.edit_batch_size) != (
+        data["mode"],
+        data.get("batch_size", 1),
+    ):
         return False
     # what `editeval score` adds to a submission's record (the leaderboard shows the model's size)
-    update = {"submission": folder.name, "limit": data["num_edits"],
-              "submission_kind": "unedited" if method == "unedited" else "method",
-              "base_num_parameters": count_parameters(model_dir(BASE))}
+    update = {
+        "submission": folder.name,
+        "limit": data["num_edits"],
+        "submission_kind": "unedited" if method == "unedited" else "method",
+        "base_num_parameters": count_parameters(model_dir(BASE)),
+    }
     if method == "unedited":  # `editeval score` records no editing mode; the entry declares one
         update["mode"] = data["mode"]
     record.meta = record.meta.model_copy(update=update)
@@ -148,24 +237,35 @@ def _write_if_changed(path: Path, text: str) -> None:
 def main() -> int:
     from editeval.methods import available_methods
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=SUBMISSIONS_DIR, help="submissions folder (default: submissions/)")
     parser.add_argument("--methods", nargs="*", default=None, help="methods (default: every implemented one)")
     parser.add_argument("--benchmarks", nargs="*", default=list(BENCHMARKS))
     parser.add_argument("--num-edits", type=int, default=NUM_EDITS)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--piqa", type=int, default=0,
-                        help="Other-Task (PIQA) items when scoring a checkpoint or the base (default 0: the edit "
-                             "driver's method runs do not score PIQA either, so all reference rows agree)")
+    parser.add_argument(
+        "--piqa",
+        type=int,
+        default=0,
+        help="Other-Task (PIQA) items when scoring a checkpoint or the base (default 0: the edit "
+        "driver's method runs do not score PIQA either, so all reference rows agree)",
+    )
     parser.add_argument("--force", action="store_true", help="score again even when results are up to date")
     parser.add_argument("--write-only", action="store_true", help="only write the submission.yaml files")
-    parser.add_argument("--adopt", type=Path, default=None,
-                        help="a folder of `editeval edit` / `editeval score` records "
-                             "(<method>-<benchmark>-edit-<mode>.json, unedited-<benchmark>-edit.json): an entry "
-                             "whose record there covers exactly its edits, method and mode takes that record "
-                             "instead of being re-run")
-    parser.add_argument("--only-adopted", action="store_true", help="with --adopt: skip entries with no record to adopt")
+    parser.add_argument(
+        "--adopt",
+        type=Path,
+        default=None,
+        help="a folder of `editeval edit` / `editeval score` records "
+        "(<method>-<benchmark>-edit-<mode>.json, unedited-<benchmark>-edit.json): an entry "
+        "whose record there covers exactly its edits, method and mode takes that record "
+        "instead of being re-run",
+    )
+    parser.add_argument(
+        "--only-adopted", action="store_true", help="with --adopt: skip entries with no record to adopt"
+    )
     args = parser.parse_args()
 
     from editeval.runtime.models import model_dir
@@ -198,12 +298,16 @@ def main() -> int:
                 continue
             print(f"{slug}: scoring ({reason})", flush=True)
             start = time.perf_counter()
-            record = score_submission(folder, runtime=Runtime(device=args.device, progress=False), piqa_items=args.piqa,
-                                      current=current)
+            record = score_submission(
+                folder, runtime=Runtime(device=args.device, progress=False), piqa_items=args.piqa, current=current
+            )
             rel = record.metrics.get("reliability.teacher_forced")
             loc = record.metrics.get("locality.teacher_forced")
-            print(f"{slug}: done in {time.perf_counter() - start:.0f} s: reliability "
-                  f"{100 * (rel.mean or 0):.1f}, locality {100 * (loc.mean or 0) if loc else float('nan'):.1f}", flush=True)
+            print(
+                f"{slug}: done in {time.perf_counter() - start:.0f} s: reliability "
+                f"{100 * (rel.mean or 0):.1f}, locality {100 * (loc.mean or 0) if loc else float('nan'):.1f}",
+                flush=True,
+            )
         except EditevalError as err:
             failed.append(slug)
             print(f"{slug}: FAILED: {str(err).splitlines()[0]}", flush=True)

@@ -35,14 +35,20 @@ def _rows(n: int, rel: float, loc: float, seed: int, benchmark: str) -> list[dic
 
     rows = []
     for i in range(n):
-        row = {"case_id": i, "reliability.teacher_forced": near(rel), "generalization.teacher_forced": near(rel * 0.8),
-               "locality.nq.teacher_forced": near(loc), "locality.teacher_forced": near(loc),
-               "fluency.ngram_entropy": 5.5 + rng.uniform(-0.3, 0.3)}
+        row = {
+            "case_id": i,
+            "reliability.teacher_forced": near(rel),
+            "generalization.teacher_forced": near(rel * 0.8),
+            "locality.nq.teacher_forced": near(loc),
+            "locality.teacher_forced": near(loc),
+            "fluency.ngram_entropy": 5.5 + rng.uniform(-0.3, 0.3),
+        }
         if benchmark == "zsre":
             row["portability.one_hop.teacher_forced"] = near(rel * 0.4)
             row["portability.subject_replace.teacher_forced"] = near(rel * 0.6)
-            row["portability.teacher_forced"] = (row["portability.one_hop.teacher_forced"]
-                                                 + row["portability.subject_replace.teacher_forced"]) / 2
+            row["portability.teacher_forced"] = (
+                row["portability.one_hop.teacher_forced"] + row["portability.subject_replace.teacher_forced"]
+            ) / 2
         else:
             row["efficacy_score"] = float(rng.random() < rel)
             row["paraphrase_score"] = float(rng.random() < rel * 0.8)
@@ -53,10 +59,15 @@ def _rows(n: int, rel: float, loc: float, seed: int, benchmark: str) -> list[dic
 
 def manifest(slug: str, method: str, title: str, benchmark: str, mode: str, k: int | None) -> dict:
     data = {
-        "schema_version": 1, "title": title, "authors": ["Test Author"], "contact": "test@example.org",
+        "schema_version": 1,
+        "title": title,
+        "authors": ["Test Author"],
+        "contact": "test@example.org",
         "method": {"name": method, "link": "https://example.org/" + method},
         "base_model": {"name": "smollm2-135m", "fingerprint": FP},
-        "benchmark": {"name": benchmark, "split": "edit"}, "mode": mode, "num_edits": 20,
+        "benchmark": {"name": benchmark, "split": "edit"},
+        "mode": mode,
+        "num_edits": 20,
         "score": {"unedited": True} if method == "unedited" else {"hparams": "preset"},
     }
     if k:
@@ -72,12 +83,26 @@ def make_submissions(root: Path) -> Path:
         folder.mkdir()
         (folder / "submission.yaml").write_text(yaml.safe_dump(manifest(slug, method, title, benchmark, mode, k)))
         rows = _rows(20, rel, loc, seed, benchmark)
-        meta = {"benchmark": benchmark, "split": "edit", "dataset_fingerprint": "d" * 16,
-                "base_model": "smollm2-135m", "base_fingerprint": FP, "edited_model": slug,
-                "peak_rss_mb": 900.0 + seed, "wall_time_s": 12.0, "base_num_parameters": 134_515_008}
+        meta = {
+            "benchmark": benchmark,
+            "split": "edit",
+            "dataset_fingerprint": "d" * 16,
+            "base_model": "smollm2-135m",
+            "base_fingerprint": FP,
+            "edited_model": slug,
+            "peak_rss_mb": 900.0 + seed,
+            "wall_time_s": 12.0,
+            "base_num_parameters": 134_515_008,
+        }
         if method != "unedited":
-            meta.update(method=method, mode=mode, edit_batch_size=k, seconds_per_edit=spe,
-                        hparams={"layers": [4], "lr": 0.5, "note": "<b>not bold</b>"}, hparams_hash="abc123")
+            meta.update(
+                method=method,
+                mode=mode,
+                edit_batch_size=k,
+                seconds_per_edit=spe,
+                hparams={"layers": [4], "lr": 0.5, "note": "<b>not bold</b>"},
+                hparams_hash="abc123",
+            )
         write_record(build_record(rows, meta), rows, folder / "results.json")
     # invalid: bad yaml, an old results schema, not scored yet
     bad = root / "bad-yaml"
@@ -89,7 +114,9 @@ def make_submissions(root: Path) -> Path:
     (old / "results.json").write_text(json.dumps({"schema_version": "0", "metrics": {"rel": 1.0}}))
     pending = root / "pending"
     pending.mkdir()
-    (pending / "submission.yaml").write_text(yaml.safe_dump(manifest("pending", "rome", "Pending", "zsre", "single", None)))
+    (pending / "submission.yaml").write_text(
+        yaml.safe_dump(manifest("pending", "rome", "Pending", "zsre", "single", None))
+    )
     return root
 
 
@@ -111,15 +138,30 @@ def hostile(tag: str, slash: bool = True, short: bool = False) -> str:
 
 # field -> tag; where each one must show up (escaped) is in test_leaderboard.HOSTILE_PAGES
 HOSTILE_TAGS = {
-    "title": "Htitle", "description": "Hdescription", "author0": "Hauthorzero", "author1": "Hauthorone",
-    "contact": "Hcontact", "manifest_method": "Hmm", "base_model_name": "Hbasename",
+    "title": "Htitle",
+    "description": "Hdescription",
+    "author0": "Hauthorzero",
+    "author1": "Hauthorone",
+    "contact": "Hcontact",
+    "manifest_method": "Hmm",
+    "base_model_name": "Hbasename",
     "score_hparams": "Hscorehparams",
-    "meta_method": "Hmetamethod", "meta_benchmark": "Hmetabenchmark", "meta_config": "Hmetaconfig",
-    "meta_split": "Hmetasplit", "meta_base_model": "Hmetabasemodel", "meta_edited_model": "Hmetaedited",
-    "meta_extra_key": "Hmetakey", "meta_extra_value": "Hmetavalue", "hparams_key": "Hhpkey",
-    "hparams_value": "Hhpvalue", "hparams_hash": "Hhphash", "portability_kind": "Hportkind",
+    "meta_method": "Hmetamethod",
+    "meta_benchmark": "Hmetabenchmark",
+    "meta_config": "Hmetaconfig",
+    "meta_split": "Hmetasplit",
+    "meta_base_model": "Hmetabasemodel",
+    "meta_edited_model": "Hmetaedited",
+    "meta_extra_key": "Hmetakey",
+    "meta_extra_value": "Hmetavalue",
+    "hparams_key": "Hhpkey",
+    "hparams_value": "Hhpvalue",
+    "hparams_hash": "Hhphash",
+    "portability_kind": "Hportkind",
     "locality_kind": "Hlockind",
-    "invalid_key": "Hinvalidkey", "invalid_folder": "Hinvalidfolder", "invalid_schema": "Hinvalidschema",
+    "invalid_key": "Hinvalidkey",
+    "invalid_folder": "Hinvalidfolder",
+    "invalid_schema": "Hinvalidschema",
 }
 HOSTILE_SLUG = "hostile-entry"
 
@@ -134,24 +176,46 @@ def make_hostile_submissions(root: Path) -> Path:
     folder = root / HOSTILE_SLUG
     folder.mkdir()
     data = {
-        "schema_version": 1, "title": h["title"], "description": h["description"],
-        "authors": [h["author0"], h["author1"]], "contact": h["contact"],
+        "schema_version": 1,
+        "title": h["title"],
+        "description": h["description"],
+        "authors": [h["author0"], h["author1"]],
+        "contact": h["contact"],
         "method": {"name": h["manifest_method"], "link": "https://example.org/paper"},
         "base_model": {"name": h["base_model_name"], "fingerprint": FP},
-        "benchmark": {"name": "zsre", "split": "edit"}, "mode": "single", "num_edits": 20,
+        "benchmark": {"name": "zsre", "split": "edit"},
+        "mode": "single",
+        "num_edits": 20,
         "score": {"hparams": h["score_hparams"]},
     }
     (folder / "submission.yaml").write_text(yaml.safe_dump(data, width=10_000, allow_unicode=True))
     port, loc = h["portability_kind"], h["locality_kind"]
-    rows = [{**row, f"portability.{port}.teacher_forced": row["portability.teacher_forced"],
-             f"locality.{loc}.teacher_forced": row["locality.teacher_forced"]}
-            for row in _rows(20, 0.8, 0.9, 99, "zsre")]
-    meta = {"benchmark": h["meta_benchmark"], "config": h["meta_config"], "split": h["meta_split"],
-            "dataset_fingerprint": "d" * 16, "base_model": h["meta_base_model"], "base_fingerprint": FP,
-            "edited_model": h["meta_edited_model"], "peak_rss_mb": 900.0, "wall_time_s": 12.0,
-            "base_num_parameters": 134_515_008, "method": h["meta_method"], "mode": "single",
-            "seconds_per_edit": 1.5, "hparams": {h["hparams_key"]: h["hparams_value"], "layers": [4]},
-            "hparams_hash": h["hparams_hash"], "evaluated": h["meta_extra_value"]}
+    rows = [
+        {
+            **row,
+            f"portability.{port}.teacher_forced": row["portability.teacher_forced"],
+            f"locality.{loc}.teacher_forced": row["locality.teacher_forced"],
+        }
+        for row in _rows(20, 0.8, 0.9, 99, "zsre")
+    ]
+    meta = {
+        "benchmark": h["meta_benchmark"],
+        "config": h["meta_config"],
+        "split": h["meta_split"],
+        "dataset_fingerprint": "d" * 16,
+        "base_model": h["meta_base_model"],
+        "base_fingerprint": FP,
+        "edited_model": h["meta_edited_model"],
+        "peak_rss_mb": 900.0,
+        "wall_time_s": 12.0,
+        "base_num_parameters": 134_515_008,
+        "method": h["meta_method"],
+        "mode": "single",
+        "seconds_per_edit": 1.5,
+        "hparams": {h["hparams_key"]: h["hparams_value"], "layers": [4]},
+        "hparams_hash": h["hparams_hash"],
+        "evaluated": h["meta_extra_value"],
+    }
     write_record(build_record(rows, meta), rows, folder / "results.json")
 
     # a record's metadata refuses unknown keys: the entry is listed invalid, the reason echoes the key

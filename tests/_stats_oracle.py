@@ -17,14 +17,16 @@ from pathlib import Path
 
 import torch
 
-WORDS = ("the of and in to was is for on as by with he at from his an were are which this be has had it "
-         "city river school church station village county district football club team season league album "
-         "song film band music record released single series television episode character novel author "
-         "book published university college student professor research science species family genus found "
-         "north south east west island mountain lake road railway built century war army battle king queen "
-         "president minister party election government state country region population census born died "
-         "married son daughter father mother company founded product market water light energy system model "
-         "number first second third new old large small early late known called named used played won").split()
+WORDS = (
+    "the of and in to was is for on as by with he at from his an were are which this be has had it "
+    "city river school church station village county district football club team season league album "
+    "song film band music record released single series television episode character novel author "
+    "book published university college student professor research science species family genus found "
+    "north south east west island mountain lake road railway built century war army battle king queen "
+    "president minister party election government state country region population census born died "
+    "married son daughter father mother company founded product market water light energy system model "
+    "number first second third new old large small early late known called named used played won"
+).split()
 MIN_CHARS = 200  # editeval.methods.kit.key_stats.MIN_ARTICLE_CHARS, restated: stubs below it are not read
 
 
@@ -54,7 +56,7 @@ def documented_windows(tokenizer, corpus: Path, tokens: int, max_len: int) -> li
     for text in texts:
         ids = tokenizer(text)["input_ids"]
         for start in range(0, len(ids), max_len):
-            window = ids[start:start + max_len][:left]
+            window = ids[start : start + max_len][:left]
             if window:
                 windows.append(window)
                 left -= len(window)
@@ -71,7 +73,7 @@ def all_windows(tokenizer, corpus: Path, max_len: int) -> list[list[int]]:
         text = json.loads(line)["text"]
         if len(text) >= MIN_CHARS:
             ids = tokenizer(text)["input_ids"]
-            windows += [ids[s:s + max_len] for s in range(0, len(ids), max_len)]
+            windows += [ids[s : s + max_len] for s in range(0, len(ids), max_len)]
     return windows
 
 
@@ -100,6 +102,7 @@ def hooked_second_moment(model, windows: list[list[int]], layers: list[int]) -> 
             rows[layer] += keys.shape[0]
             if layer == max(layers):
                 raise Done  # nothing deeper is needed
+
         return record
 
     for layer in layers:
@@ -130,4 +133,5 @@ def assert_close_to_oracle(mom2: torch.Tensor, oracle: torch.Tensor) -> None:
     slack = 1e-6 * float(oracle.abs().max())
     err = (got - oracle).abs() - 1e-5 * oracle.abs()
     assert torch.allclose(got, oracle, rtol=1e-5, atol=slack), (
-        f"largest excess over rtol 1e-5: {float(err.max()):.3g} (atol {slack:.3g})")
+        f"largest excess over rtol 1e-5: {float(err.max()):.3g} (atol {slack:.3g})"
+    )

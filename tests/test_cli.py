@@ -18,10 +18,15 @@ from editeval.cli import main
 from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 
 REQS = [
-    empty_request(case_id=i, subject="France", prompt=f"Question {i}: the capital of France is",
-                  target_new=["Lyon", "Rome city", "Berlin"][i % 3], ground_truth="Paris",
-                  rephrase_prompts=[f"France's capital ({i}) is"],
-                  locality=[{"kind": "nq", "prompt": f"who wrote hamlet {i}?", "answer": "Shakespeare"}])
+    empty_request(
+        case_id=i,
+        subject="France",
+        prompt=f"Question {i}: the capital of France is",
+        target_new=["Lyon", "Rome city", "Berlin"][i % 3],
+        ground_truth="Paris",
+        rephrase_prompts=[f"France's capital ({i}) is"],
+        locality=[{"kind": "nq", "prompt": f"who wrote hamlet {i}?", "answer": "Shakespeare"}],
+    )
     for i in range(3)
 ]
 
@@ -36,7 +41,8 @@ def env(tmp_path, monkeypatch):
     (folder / "data").mkdir(parents=True)
     datasets.Dataset.from_list(REQS, features=EDIT_REQUEST_FEATURES).to_parquet(folder / "data" / "edit.parquet")
     (folder / "README.md").write_text(
-        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: edit\n    path: data/edit.parquet\n---\n# toy\n")
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: edit\n    path: data/edit.parquet\n---\n# toy\n"
+    )
     monkeypatch.setenv("EDITEVAL_DATASETS", str(folder.parent))
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "env" / "cache"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "env" / "hf-datasets"))
@@ -79,13 +85,17 @@ EXACTLY_ONE = "error: give exactly one of: a submission folder, --model PATH_OR_
 # --------------------------------------------------------------------------- score: what to score
 
 
-@pytest.mark.parametrize("args", [
-    [],
-    ["subs/entry", "--model", "m"],
-    ["--model", "m", "--all"],
-    ["subs/entry", "--all"],
-    ["subs/entry", "--model", "m", "--all"],
-], ids=["none", "folder+model", "model+all", "folder+all", "all-three"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["subs/entry", "--model", "m"],
+        ["--model", "m", "--all"],
+        ["subs/entry", "--all"],
+        ["subs/entry", "--model", "m", "--all"],
+    ],
+    ids=["none", "folder+model", "model+all", "folder+all", "all-three"],
+)
 def test_score_needs_exactly_one_of_folder_model_all(env, capsys, args):
     (env / "subs" / "entry").mkdir(parents=True)
     line, out = refused(["score", *args, "--device", "cpu"], capsys, env)
@@ -94,8 +104,14 @@ def test_score_needs_exactly_one_of_folder_model_all(env, capsys, args):
 
 def test_refusal_in_a_real_process(env):
     """The same refusal from `python -m editeval`: stderr is exactly the one line (no log lines)."""
-    proc = subprocess.run([sys.executable, "-m", "editeval", "score"], cwd=env, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "editeval", "score"],
+        cwd=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
     assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", EXACTLY_ONE + "\n")
     assert _files(env) == ["ft.yaml"]
 
@@ -111,35 +127,49 @@ def _submission(root, slug, base_dir, fingerprint, checkpoint=None):
     shutil.copytree(base_dir, folder / "base")
     if checkpoint is not None:
         shutil.copytree(checkpoint, folder / "checkpoint")
-    (folder / "submission.yaml").write_text(yaml.safe_dump({
-        "schema_version": 1, "title": f"{slug} entry", "authors": ["Ada Lovelace"], "contact": "ada@example.org",
-        "method": {"name": "ft-m"}, "base_model": {"name": "base", "fingerprint": fingerprint},
-        "benchmark": {"name": "toy", "split": "edit"}, "mode": "single" if checkpoint is None else "sequential",
-        "num_edits": 2,
-        "score": {"unedited": True} if checkpoint is None else {"checkpoint": "checkpoint"}}))
+    (folder / "submission.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "schema_version": 1,
+                "title": f"{slug} entry",
+                "authors": ["Ada Lovelace"],
+                "contact": "ada@example.org",
+                "method": {"name": "ft-m"},
+                "base_model": {"name": "base", "fingerprint": fingerprint},
+                "benchmark": {"name": "toy", "split": "edit"},
+                "mode": "single" if checkpoint is None else "sequential",
+                "num_edits": 2,
+                "score": {"unedited": True} if checkpoint is None else {"checkpoint": "checkpoint"},
+            }
+        )
+    )
     return folder
 
 
 def test_score_all_reports_every_entry_then_exits_2_when_one_failed(env, tiny_llama_dir, tiny_gpt2_dir, capsys):
-    from editeval.runtime.models import load
     from editeval.evaluation.results import read_record
+    from editeval.runtime.models import load
 
     fingerprint = load(tiny_llama_dir, device="cpu").fingerprint()
     subs = env / "subs"
     # scored first, and fails: its checkpoint is a GPT-2, its base a LLaMA
     bad = _submission(subs, "a-other-architecture", tiny_llama_dir, fingerprint, checkpoint=tiny_gpt2_dir)
     good = _submission(subs, "b-good", tiny_llama_dir, fingerprint)
-    code, out, err = run(["score", "--all", "--submissions", subs, "--device", "cpu", "--piqa", "0",
-                          "--no-progress"], capsys)
+    code, out, err = run(
+        ["score", "--all", "--submissions", subs, "--device", "cpu", "--piqa", "0", "--no-progress"], capsys
+    )
     assert code == 2 and "Traceback" not in err
     # the failure is reported, the next entry is still scored, then the summary
     lines = out.splitlines()
     assert lines[0] == "a-other-architecture: scoring (no results.json)"
-    assert lines[1].startswith("a-other-architecture: failed: model ") and "does not have the architecture of base" in lines[1]
+    assert (
+        lines[1].startswith("a-other-architecture: failed: model ")
+        and "does not have the architecture of base" in lines[1]
+    )
     assert lines[2] == "b-good: scoring (no results.json)"
     assert lines[-1] == "1 scored, 0 up to date, 1 failed"
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    why = lines[1][len("a-other-architecture: failed: "):]
+    why = lines[1][len("a-other-architecture: failed: ") :]
     assert errors == [f"error: 1 submission(s) failed: a-other-architecture: {why}"]
     assert err.strip().splitlines()[-1] == errors[0]
     assert read_record(good / "results.json").meta.n_edits == 2 and (good / "results.rows.parquet").is_file()
@@ -149,8 +179,9 @@ def test_score_all_reports_every_entry_then_exits_2_when_one_failed(env, tiny_ll
     import shutil
 
     shutil.rmtree(bad)
-    code, out, err = run(["score", "--all", "--submissions", subs, "--device", "cpu", "--piqa", "0",
-                          "--no-progress"], capsys)
+    code, out, err = run(
+        ["score", "--all", "--submissions", subs, "--device", "cpu", "--piqa", "0", "--no-progress"], capsys
+    )
     assert code == 0 and out.splitlines()[-1] == "0 scored, 1 up to date, 0 failed"
     assert "error:" not in err
 
@@ -159,8 +190,24 @@ def test_score_all_reports_every_entry_then_exits_2_when_one_failed(env, tiny_ll
 
 
 def _edit(tiny_llama_dir, *extra):
-    return ["edit", "--method", "ft-m", "--model", tiny_llama_dir, "--benchmark", "toy", "--limit", "2",
-            "--no-generation", "--no-progress", "--device", "cpu", "--threads", "1", *extra]
+    return [
+        "edit",
+        "--method",
+        "ft-m",
+        "--model",
+        tiny_llama_dir,
+        "--benchmark",
+        "toy",
+        "--limit",
+        "2",
+        "--no-generation",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def test_edit_runs_and_exits_0(env, tiny_llama_dir, capsys):
@@ -182,8 +229,9 @@ def test_datasets_dir_flag_wins_over_the_environment_and_leaves_it_alone(env, ti
     built = os.environ["EDITEVAL_DATASETS"]
     monkeypatch.setenv("EDITEVAL_DATASETS", str(env / "nothing-built-here"))
     before = dict(os.environ)
-    code, out, err = run(_edit(tiny_llama_dir, "--hparams", "ft.yaml", "--out", "r/run.json", "--datasets-dir", built),
-                         capsys)
+    code, out, err = run(
+        _edit(tiny_llama_dir, "--hparams", "ft.yaml", "--out", "r/run.json", "--datasets-dir", built), capsys
+    )
     assert code == 0 and "error:" not in err
     assert read_record(env / "r" / "run.json").meta.n_edits == 2
     assert dict(os.environ) == before and datasets_dir() == env / "nothing-built-here"
@@ -197,8 +245,26 @@ def test_edit_out_must_be_json(env, tiny_llama_dir, capsys, name):
 
 
 def test_score_out_must_be_json(env, tiny_llama_dir, capsys):
-    line, stdout = refused(["score", "--model", tiny_llama_dir, "--base", tiny_llama_dir, "--benchmark", "toy",
-                            "--device", "cpu", "--piqa", "0", "--no-progress", "--out", "r/x.csv"], capsys, env)
+    line, stdout = refused(
+        [
+            "score",
+            "--model",
+            tiny_llama_dir,
+            "--base",
+            tiny_llama_dir,
+            "--benchmark",
+            "toy",
+            "--device",
+            "cpu",
+            "--piqa",
+            "0",
+            "--no-progress",
+            "--out",
+            "r/x.csv",
+        ],
+        capsys,
+        env,
+    )
     assert line == "error: --out r/x.csv: the results record must be a .json path" and stdout == ""
 
 
@@ -215,8 +281,11 @@ def test_edit_bad_hparams_value(env, tiny_llama_dir, capsys):
 
 @pytest.mark.parametrize("size", ["2", "5"])
 def test_edit_batch_size_in_single_mode(env, tiny_llama_dir, capsys, size):
-    line, _ = refused(_edit(tiny_llama_dir, "--hparams", "ft.yaml", "--mode", "single", "--batch-size", size,
-                            "--out", "r/run.json"), capsys, env)
+    line, _ = refused(
+        _edit(tiny_llama_dir, "--hparams", "ft.yaml", "--mode", "single", "--batch-size", size, "--out", "r/run.json"),
+        capsys,
+        env,
+    )
     assert line == "error: --batch-size applies to --mode batch or sequential, not single"
 
 

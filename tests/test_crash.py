@@ -20,30 +20,42 @@ import torch
 import yaml
 
 from editeval import cli
-from editeval.run.config import EditConfig
-from editeval.run.editing import run_edits
-from editeval.runtime.settings import Runtime
+from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 from editeval.errors import EditevalError
+from editeval.evaluation.results import read_record, read_rows
 from editeval.methods import base as methods_base
 from editeval.methods.base import get_method
+from editeval.run.config import EditConfig
+from editeval.run.editing import run_edits
 from editeval.runtime.models import load
-from editeval.evaluation.results import read_record, read_rows
-from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.runtime.settings import Runtime
 
-FACTS = [("France", "The capital of France is", "Rome"), ("Water", "Water boils at a temperature of", "fifty"),
-         ("Hamlet", "The play Hamlet was written by", "Dickens"), ("Bananas", "Bananas are usually coloured", "blue"),
-         ("Tokyo", "Tokyo is a city in", "Peru"), ("Mozart", "Mozart was famous for his", "cats"),
-         ("Gold", "The chemical symbol of gold is", "Lima"), ("Oslo", "Oslo is the capital of", "Berlin")]
+FACTS = [
+    ("France", "The capital of France is", "Rome"),
+    ("Water", "Water boils at a temperature of", "fifty"),
+    ("Hamlet", "The play Hamlet was written by", "Dickens"),
+    ("Bananas", "Bananas are usually coloured", "blue"),
+    ("Tokyo", "Tokyo is a city in", "Peru"),
+    ("Mozart", "Mozart was famous for his", "cats"),
+    ("Gold", "The chemical symbol of gold is", "Lima"),
+    ("Oslo", "Oslo is the capital of", "Berlin"),
+]
 
 
 def _req(i: int) -> dict:
     # neighbourhood prompts turn on CounterFact's probability scores: every row has values of its own,
     # which move with any change of its edit
     subject, prompt, target = FACTS[i]
-    return empty_request(case_id=i, subject=subject, prompt=prompt, target_new=target, ground_truth="Paris",
-                         rephrase_prompts=[f"In short, {prompt[0].lower()}{prompt[1:]}"],
-                         locality=[{"kind": "nq", "prompt": "Grass is usually", "answer": "green"}],
-                         neighborhood_prompts=[f"Someone said that {prompt[0].lower()}{prompt[1:]}"])
+    return empty_request(
+        case_id=i,
+        subject=subject,
+        prompt=prompt,
+        target_new=target,
+        ground_truth="Paris",
+        rephrase_prompts=[f"In short, {prompt[0].lower()}{prompt[1:]}"],
+        locality=[{"kind": "nq", "prompt": "Grass is usually", "answer": "green"}],
+        neighborhood_prompts=[f"Someone said that {prompt[0].lower()}{prompt[1:]}"],
+    )
 
 
 REQS = [_req(i) for i in range(len(FACTS))]
@@ -91,7 +103,14 @@ def assert_same_record(got: Path, want: Path) -> None:
     a, b = read_record(got), read_record(want)
     pd.testing.assert_frame_equal(read_rows(got), read_rows(want), check_exact=True)
     assert a.metrics == b.metrics and a.breakdowns == b.breakdowns and a.rows_sha256 == b.rows_sha256
-    for name in ("n_edits", "n_skipped", "dataset_fingerprint", "base_fingerprint", "edited_fingerprint", "hparams_hash"):
+    for name in (
+        "n_edits",
+        "n_skipped",
+        "dataset_fingerprint",
+        "base_fingerprint",
+        "edited_fingerprint",
+        "hparams_hash",
+    ):
         assert getattr(a.meta, name) == getattr(b.meta, name), name
 
 
@@ -113,9 +132,13 @@ def _write_benchmark(root: Path, name: str, records: list[dict]) -> None:
     import datasets
 
     (root / name / "data").mkdir(parents=True)
-    datasets.Dataset.from_list(records, features=EDIT_REQUEST_FEATURES).to_parquet(root / name / "data" / "edit.parquet")
-    (root / name / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: edit\n"
-                                           f"    path: data/edit.parquet\n---\n# {name}\n")
+    datasets.Dataset.from_list(records, features=EDIT_REQUEST_FEATURES).to_parquet(
+        root / name / "data" / "edit.parquet"
+    )
+    (root / name / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: edit\n"
+        f"    path: data/edit.parquet\n---\n# {name}\n"
+    )
 
 
 def test_a_killed_edit_run_resumes_to_the_record_of_a_straight_run(tiny_llama_dir, tmp_path, monkeypatch, cache):
@@ -130,8 +153,25 @@ def test_a_killed_edit_run_resumes_to_the_record_of_a_straight_run(tiny_llama_di
     hp = _yaml(tmp_path / "ft.yaml", {**FT, "num_steps": 20})  # slow enough to be killed before its end
 
     def args(out):
-        return ["edit", "--method", "ft-m", "--model", str(tiny_llama_dir), "--benchmark", "toy", "--hparams", hp,
-                "--device", "cpu", "--no-generation", "--no-progress", "--threads", "1", "--out", str(out)]
+        return [
+            "edit",
+            "--method",
+            "ft-m",
+            "--model",
+            str(tiny_llama_dir),
+            "--benchmark",
+            "toy",
+            "--hparams",
+            hp,
+            "--device",
+            "cpu",
+            "--no-generation",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
 
     with pytest.raises(SystemExit) as exc:
         cli.main(args(tmp_path / "straight.json"))
@@ -139,8 +179,12 @@ def test_a_killed_edit_run_resumes_to_the_record_of_a_straight_run(tiny_llama_di
 
     out = tmp_path / "run" / "killed.json"
     progress = out.with_name(out.name + ".partial.jsonl")
-    child = subprocess.Popen([sys.executable, "-m", "editeval", *args(out)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "editeval", *args(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and child.poll() is None:
@@ -217,8 +261,12 @@ def test_sequential_resume_of_a_wrapper_method_equals_a_straight_run(tiny_llama_
     reqs = REQS[:4]
     hp = _yaml(tmp_path / "grace.yaml", GRACE)
     straight_lm = load(tiny_llama_dir, device="cpu")
-    straight = run_edits(_opts(tmp_path, "straight", method="grace", mode="sequential", hparams_path=hp), QUIET,
-                         loaded=straight_lm, requests=reqs).out
+    straight = run_edits(
+        _opts(tmp_path, "straight", method="grace", mode="sequential", hparams_path=hp),
+        QUIET,
+        loaded=straight_lm,
+        requests=reqs,
+    ).out
     opts = _opts(tmp_path, "resumed", method="grace", mode="sequential", hparams_path=hp)
     with monkeypatch.context() as m:
         _counting(m, "grace", interrupt_after=2)
@@ -259,8 +307,11 @@ def test_a_wrapper_artifact_ahead_of_the_weights_file_is_refused(tiny_llama_dir,
         with pytest.raises(KeyboardInterrupt):
             run_edits(opts, QUIET, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
     artifact = tmp_path / "torn.json.partial.artifact"
-    with pytest.raises(EditevalError, match=f"{artifact} does not match .*torn.json.partial.safetensors "
-                                            r"\(interrupted while saving\): delete both"):
+    with pytest.raises(
+        EditevalError,
+        match=f"{artifact} does not match .*torn.json.partial.safetensors "
+        r"\(interrupted while saving\): delete both",
+    ):
         run_edits(opts, QUIET, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
     assert not (tmp_path / "torn.json").exists()
 
@@ -274,8 +325,12 @@ def test_sequential_k_at_a_time_resumes_to_the_straight_model(tiny_llama_dir, tm
     reqs = REQS[:5]
     hp = _yaml(tmp_path / "ft.yaml", FT)
     straight_lm = load(tiny_llama_dir, device="cpu")
-    straight = run_edits(_opts(tmp_path, "straight", mode="sequential", edit_batch_size=2, hparams_path=hp), QUIET,
-                         loaded=straight_lm, requests=reqs).out
+    straight = run_edits(
+        _opts(tmp_path, "straight", mode="sequential", edit_batch_size=2, hparams_path=hp),
+        QUIET,
+        loaded=straight_lm,
+        requests=reqs,
+    ).out
     opts = _opts(tmp_path, "k", mode="sequential", edit_batch_size=2, hparams_path=hp)
 
     with monkeypatch.context() as m:
@@ -310,16 +365,28 @@ def test_a_failed_rescore_keeps_the_previous_results(tiny_llama_dir, tmp_path, m
     `results.json` and rows stay byte for byte, and nothing but the (resumable) staging folder is added."""
     import shutil
 
-    from editeval.runtime.models import load as load_model
     from editeval.leaderboard.submissions import score_submission
+    from editeval.runtime.models import load as load_model
 
     folder = tmp_path / "subs" / "base-entry"
     shutil.copytree(tiny_llama_dir, folder / "base")
     fingerprint = load_model(tiny_llama_dir, device="cpu").fingerprint()
-    (folder / "submission.yaml").write_text(yaml.safe_dump({
-        "schema_version": 1, "title": "Unedited", "authors": ["Ada Lovelace"], "contact": "ada@example.org",
-        "method": {"name": "ft-m", "link": "https://example.org"}, "base_model": {"name": "base", "fingerprint": fingerprint},
-        "benchmark": {"name": "toy", "split": "edit"}, "mode": "single", "num_edits": 3, "score": {"unedited": True}}))
+    (folder / "submission.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "schema_version": 1,
+                "title": "Unedited",
+                "authors": ["Ada Lovelace"],
+                "contact": "ada@example.org",
+                "method": {"name": "ft-m", "link": "https://example.org"},
+                "base_model": {"name": "base", "fingerprint": fingerprint},
+                "benchmark": {"name": "toy", "split": "edit"},
+                "mode": "single",
+                "num_edits": 3,
+                "score": {"unedited": True},
+            }
+        )
+    )
 
     def score(requests):
         return score_submission(folder, runtime=Runtime(device="cpu", progress=False), piqa_items=0, requests=requests)
@@ -389,8 +456,12 @@ def test_key_statistics_files_are_replaced_whole_or_not_at_all(tiny_llama, tmp_p
     from editeval.methods.kit.key_stats import cache_paths, second_moments
 
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": f"Article {k}: " + "the river runs north of the old city " * 8})
-                              + "\n" for k in range(8)))
+    corpus.write_text(
+        "".join(
+            json.dumps({"text": f"Article {k}: " + "the river runs north of the old city " * 8}) + "\n"
+            for k in range(8)
+        )
+    )
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     kw = dict(tokens=300, max_len=64, corpus=corpus, progress=False)
     first = second_moments(model, tok, [1], **kw)[1]

@@ -166,10 +166,15 @@ def test_edit_request_features_everywhere_but_piqa_and_convsent(built):
             assert c.features == EDIT_REQUEST_FEATURES, (bench.name, c.name)
     convsent = BENCHMARKS["knowedit"].config("convsent").features
     assert all(convsent[k] == v for k, v in EDIT_REQUEST_FEATURES.items())
-    assert set(convsent) - set(EDIT_REQUEST_FEATURES) == {"target_sentiment", "positive_responses", "negative_responses"}
+    assert set(convsent) - set(EDIT_REQUEST_FEATURES) == {
+        "target_sentiment",
+        "positive_responses",
+        "negative_responses",
+    }
 
 
 # ---------------------------------------------------------------------------- real values
+
 
 def test_counterfact_case_0(built):
     row = load(built, "counterfact", split="edit")[0]
@@ -179,7 +184,9 @@ def test_counterfact_case_0(built):
     assert row["target_new"] == "English"
     assert row["ground_truth"] == "French"
     assert row["rephrase_prompts"] == ["Where Danielle Darrieux is from, people speak the language of"]
-    assert row["locality"] == [{"kind": "neighborhood", "prompt": "Michel Rocard is a native speaker of", "answer": "French"}]
+    assert row["locality"] == [
+        {"kind": "neighborhood", "prompt": "Michel Rocard is a native speaker of", "answer": "French"}
+    ]
     assert row["prompt_template"] == "The mother tongue of {} is"
 
 
@@ -193,19 +200,37 @@ def test_counterfact_full_schema(built):
     ids = list(ds["case_id"])
     assert len(set(ids)) == 1129 and ids == sorted(ids)
     row = ds[ds["case_id"].index(4482)]
-    assert (row["subject"], row["target_new"], row["ground_truth"], row["relation_id"]) == ("Spike Hughes", "Philadelphia", "London", "P19")
+    assert (row["subject"], row["target_new"], row["ground_truth"], row["relation_id"]) == (
+        "Spike Hughes",
+        "Philadelphia",
+        "London",
+        "P19",
+    )
     assert row["prompt"] == "Spike Hughes originates from" and row["prompt_template"] == "{} originates from"
     kinds = [item["kind"] for item in row["locality"]]
     assert kinds.count("neighborhood") == 10 and kinds.count("distracting_neighbor") == 10
-    assert {"kind": "other_attribution", "prompt": "What is Spike Hughes an instance of?", "answer": "human"} in row["locality"]
-    assert row["portability"] == [{"kind": "one_hop", "answer": "Cheesesteaks",
-                                   "prompt": "What famous food is associated with the city where Spike Hughes originates from?"}]
+    assert {"kind": "other_attribution", "prompt": "What is Spike Hughes an instance of?", "answer": "human"} in row[
+        "locality"
+    ]
+    assert row["portability"] == [
+        {
+            "kind": "one_hop",
+            "answer": "Cheesesteaks",
+            "prompt": "What famous food is associated with the city where Spike Hughes originates from?",
+        }
+    ]
     assert len(row["neighborhood_prompts"]) == len(row["attribute_prompts"]) == len(row["generation_prompts"]) == 10
     sewall = ds[ds["case_id"].index(4496)]  # in the One-hop and the Subject-Replace file
     assert [p["kind"] for p in sewall["portability"]] == ["one_hop", "subject_replace"]
-    assert sewall["portability"][1] == {"kind": "subject_replace", "prompt": "Mary Eliza Wright passed away in", "answer": "Birmingham"}
+    assert sewall["portability"][1] == {
+        "kind": "subject_replace",
+        "prompt": "Mary Eliza Wright passed away in",
+        "answer": "Birmingham",
+    }
     agency = ds[ds["case_id"].index(1725)]  # only in the Subject-Replace file
-    assert agency["portability"] == [{"kind": "subject_replace", "prompt": "intelligence service's area of work is", "answer": "physics"}]
+    assert agency["portability"] == [
+        {"kind": "subject_replace", "prompt": "intelligence service's area of work is", "answer": "physics"}
+    ]
     assert [item["kind"] for item in agency["locality"]] == ["neighborhood"] * 10
 
 
@@ -215,24 +240,47 @@ def test_zsre_records(built):
     assert edit["prompt"] == "When was the inception of IAAF Combined Events Challenge?"
     assert (edit["target_new"], edit["ground_truth"]) == ("2006", "1998")
     assert edit["rephrase_prompts"] == ["When was the IAAF Combined Events Challenge launched?"]
-    assert edit["locality"] == [{"kind": "nq", "prompt": "nq question: what is the name of the last episode of spongebob", "answer": "The String"}]
+    assert edit["locality"] == [
+        {
+            "kind": "nq",
+            "prompt": "nq question: what is the name of the last episode of spongebob",
+            "answer": "The String",
+        }
+    ]
     assert edit["portability"][0]["kind"] == "one_hop" and edit["portability"][0]["answer"] == "Athletics"
     train = load(built, "zsre", split="train")[0]
-    assert (train["subject"], train["target_new"], train["ground_truth"]) == ("UniFirst", "unmanned aircraft", "uniform")
+    assert (train["subject"], train["target_new"], train["ground_truth"]) == (
+        "UniFirst",
+        "unmanned aircraft",
+        "uniform",
+    )
     assert train["portability"] == []
     kt = load(built, "zsre", split="knowedit_test")[0]
     assert (kt["subject"], kt["target_new"], kt["ground_truth"]) == ("Epaspidoceras", "Noctuidae", "Aspidoceratidae")
-    assert kt["locality"][0] == {"kind": "relation_specificity", "prompt": "The taxon rank of Epaspidoceras is", "answer": "genus"}
-    assert kt["portability"] == [{"kind": "reasoning", "answer": "Owlet moths",
-                                  "prompt": "What is the common name for the family Epaspidoceras belongs to?"}]
+    assert kt["locality"][0] == {
+        "kind": "relation_specificity",
+        "prompt": "The taxon rank of Epaspidoceras is",
+        "answer": "genus",
+    }
+    assert kt["portability"] == [
+        {
+            "kind": "reasoning",
+            "answer": "Owlet moths",
+            "prompt": "What is the common name for the family Epaspidoceras belongs to?",
+        }
+    ]
 
 
 def test_portability_records(built):
     inverse = load(built, "portability", "inverse_relation", "zsre")[0]
-    assert inverse["portability"] == [{"kind": "inverse_relation", "prompt": "Who is Marian Clairmont's sister?", "answer": "Claire Clairmont"}]
+    assert inverse["portability"] == [
+        {"kind": "inverse_relation", "prompt": "Who is Marian Clairmont's sister?", "answer": "Claire Clairmont"}
+    ]
     assert inverse["locality"] == []  # the file carries none
     replace = load(built, "portability", "subject_replace", "zsre")[0]
-    assert replace["portability"] == [{"kind": "subject_replace", "prompt": "What is the constellation of UGC 6870?", "answer": "Triangulum"}]
+    assert replace["portability"] == [
+        {"kind": "subject_replace", "prompt": "What is the constellation of UGC 6870?", "answer": "Triangulum"}
+    ]
     one_hop = load(built, "portability", "one_hop")
     assert list(one_hop["zsre"]["prompt"]) == list(load(built, "zsre", split="edit")["prompt"])
     assert all(len(p) == 1 and p[0]["kind"] == "one_hop" for p in one_hop["counterfact"]["portability"])
@@ -245,8 +293,11 @@ def test_locality_records(built):
     distract = load(built, "locality", "distracting_neighbor", "counterfact")
     row = distract[distract["case_id"].index(4482)]
     assert len(row["locality"]) == 10
-    assert row["locality"][0] == {"kind": "distracting_neighbor", "answer": "London",
-                                  "prompt": "Spike Hughes originates from Philadelphia. Max Mosley originates from"}
+    assert row["locality"][0] == {
+        "kind": "distracting_neighbor",
+        "answer": "London",
+        "prompt": "Spike Hughes originates from Philadelphia. Max Mosley originates from",
+    }
     piqa = load(built, "locality", "other_task", "piqa")
     assert piqa.features["label"].names == ["sol1", "sol2"]
     assert piqa[0]["goal"] == "How do I ready a guinea pig cage for it's new occupants?" and piqa[0]["label"] == 0
@@ -257,15 +308,28 @@ def test_knowedit_records(built):
     cf = load(built, "knowedit", "wiki_counterfact", "test")
     assert "generate_prompt" not in cf.column_names
     row = cf[0]
-    assert (row["subject"], row["target_new"], row["ground_truth"]) == ("Leonardo DiCaprio", "Syria", "United States of America")
-    assert {"kind": "reasoning", "answer": "Syrian pound",
-            "prompt": "The name of the currency in the country of citizenship of Leonardo DiCaprio is"} in row["portability"]
+    assert (row["subject"], row["target_new"], row["ground_truth"]) == (
+        "Leonardo DiCaprio",
+        "Syria",
+        "United States of America",
+    )
+    assert {
+        "kind": "reasoning",
+        "answer": "Syrian pound",
+        "prompt": "The name of the currency in the country of citizenship of Leonardo DiCaprio is",
+    } in row["portability"]
     assert {item["kind"] for item in row["locality"]} == {"relation_specificity", "forgetfulness"}
     recent = load(built, "knowedit", "wiki_recent", "train")[0]
     assert (recent["subject"], recent["target_new"], recent["ground_truth"]) == ("Ingrīda Amantova", "female", "")
     bio = load(built, "knowedit", "wikibio", "test")[0]
-    assert bio["subject"] == "john russell reynolds" and bio["prompt"].startswith("This is a Wikipedia passage about john russell reynolds.")
-    assert bio["locality"][0] == {"kind": "relation_specificity", "prompt": "The field of work of john russell reynolds is", "answer": "medicine"}
+    assert bio["subject"] == "john russell reynolds" and bio["prompt"].startswith(
+        "This is a Wikipedia passage about john russell reynolds."
+    )
+    assert bio["locality"][0] == {
+        "kind": "relation_specificity",
+        "prompt": "The field of work of john russell reynolds is",
+        "answer": "medicine",
+    }
     conv = load(built, "knowedit", "convsent", "test")
     assert conv[0]["subject"] == "Estero" and conv[0]["target_sentiment"] == "positive"
     assert conv[0]["target_new"] == "I really like his style." and conv[1]["target_sentiment"] == "negative"
@@ -280,6 +344,7 @@ def test_knowedit_records(built):
 
 
 # ---------------------------------------------------------------------------- cards and determinism
+
 
 def test_cards_declare_configs_and_features(built):
     from editeval.data.registry import BENCHMARKS
@@ -302,7 +367,8 @@ def test_committed_cards_are_up_to_date(built):
     for name in BENCHMARKS:
         committed = REPO_ROOT / "datasets" / name / "README.md"
         assert committed.read_text(encoding="utf-8") == (built / name / "README.md").read_text(encoding="utf-8"), (
-            f"{committed} is stale: run `editeval datasets build {name}`")
+            f"{committed} is stale: run `editeval datasets build {name}`"
+        )
 
 
 def test_build_is_deterministic(built, tmp_path):
@@ -325,29 +391,42 @@ def test_sources_table_matches_sources_md():
 
 # ---------------------------------------------------------------------------- commands
 
+
 def test_list_shows_every_split(built, capsys):
     code, out, _ = run_cli(capsys, "datasets", "list", "--datasets-dir", str(built))
     assert code == 0
     lines = out.splitlines()
     assert any(line.split()[:5] == ["counterfact", "default", "edit", "10,000", "10,000"] for line in lines)
     assert any(line.split()[:5] == ["knowedit", "sanitation", "test", "80", "80"] for line in lines)
-    assert sum(1 for line in lines if line.split()[:1] in (["zsre"], ["counterfact"], ["portability"], ["locality"], ["knowedit"])) == 25
+    assert (
+        sum(
+            1
+            for line in lines
+            if line.split()[:1] in (["zsre"], ["counterfact"], ["portability"], ["locality"], ["knowedit"])
+        )
+        == 25
+    )
 
 
 def test_show_prints_records(built, capsys):
     import json
 
-    code, out, _ = run_cli(capsys, "datasets", "show", "zsre", "--split", "edit", "-n", "2", "--datasets-dir", str(built))
+    code, out, _ = run_cli(
+        capsys, "datasets", "show", "zsre", "--split", "edit", "-n", "2", "--datasets-dir", str(built)
+    )
     assert code == 0
     assert out.startswith("# zsre / default / edit: 1,037 rows; showing 2")
     assert '"subject": "IAAF Combined Events Challenge"' in out
-    code, out, _ = run_cli(capsys, "datasets", "show", "locality", "--config", "other_task", "-n", "1", "--datasets-dir", str(built))
+    code, out, _ = run_cli(
+        capsys, "datasets", "show", "locality", "--config", "other_task", "-n", "1", "--datasets-dir", str(built)
+    )
     assert code == 0 and json.loads(out.split("\n", 1)[1])["sol1"].startswith("Provide the guinea pig")
 
 
 def test_publish_dry_run_lists_files_with_sizes(built, capsys):
-    code, out, _ = run_cli(capsys, "datasets", "publish", "zsre", "--repo-id", "editeval/zsre", "--dry-run",
-                           "--datasets-dir", str(built))
+    code, out, _ = run_cli(
+        capsys, "datasets", "publish", "zsre", "--repo-id", "editeval/zsre", "--dry-run", "--datasets-dir", str(built)
+    )
     assert code == 0
     folder = built / "zsre"
     files = [folder / "README.md"] + sorted((folder / "data").rglob("*.parquet"))
@@ -361,8 +440,25 @@ def test_publish_dry_run_lists_files_with_sizes(built, capsys):
 def test_publish_refuses_without_token(built, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")}
     env["HF_HOME"] = str(tmp_path / "hf-home")  # no stored login either
-    proc = subprocess.run([sys.executable, "-m", "editeval", "datasets", "publish", "zsre", "--repo-id", "editeval/zsre",
-                           "--datasets-dir", str(built)], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "editeval",
+            "datasets",
+            "publish",
+            "zsre",
+            "--repo-id",
+            "editeval/zsre",
+            "--datasets-dir",
+            str(built),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again (--dry-run needs none)"]
+        "error: no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again (--dry-run needs none)"
+    ]

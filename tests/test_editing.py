@@ -10,10 +10,9 @@ import torch
 import yaml
 
 from editeval import cli
-from editeval.run.config import EditConfig
-from editeval.run.editing import run_edits
-from editeval.runtime.settings import Runtime
+from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
+from editeval.evaluation.results import read_record, read_rows
 from editeval.methods import base as methods_base
 from editeval.methods.base import (
     HParams,
@@ -22,10 +21,11 @@ from editeval.methods.base import (
     get_method,
     register_method,
 )
-from editeval.runtime.models import load
-from editeval.evaluation.results import read_record, read_rows
 from editeval.methods.kit.key_stats_files import model_fingerprint
-from editeval.data.schema import empty_request
+from editeval.run.config import EditConfig
+from editeval.run.editing import run_edits
+from editeval.runtime.models import load
+from editeval.runtime.settings import Runtime
 
 
 class NudgeHParams(HParams):
@@ -58,9 +58,15 @@ def _nudge_method():
 
 
 def _req(i, **kw):
-    fields = dict(case_id=i, subject=f"Thing{i}", prompt=f"The colour of Thing{i} is", target_new="green",
-                  ground_truth="red", rephrase_prompts=[f"Thing{i} has the colour"],
-                  locality=[{"kind": "nq", "prompt": "The sky is", "answer": "blue"}])
+    fields = dict(
+        case_id=i,
+        subject=f"Thing{i}",
+        prompt=f"The colour of Thing{i} is",
+        target_new="green",
+        ground_truth="red",
+        rephrase_prompts=[f"Thing{i} has the colour"],
+        locality=[{"kind": "nq", "prompt": "The sky is", "answer": "blue"}],
+    )
     fields.update(kw)
     return empty_request(**fields)
 
@@ -81,8 +87,9 @@ def ft_yaml(tmp_path):
 
 
 def _opts(tmp_path, **kw):
-    base = dict(method="ft-m", model="tiny", generation=False, eval_batch_size=8,
-                out=str(tmp_path / "out" / "run.json"))
+    base = dict(
+        method="ft-m", model="tiny", generation=False, eval_batch_size=8, out=str(tmp_path / "out" / "run.json")
+    )
     base.update(kw)
     if base["method"] == "test-nudge" and "hparams_path" not in kw:
         path = tmp_path / "nudge.yaml"
@@ -113,8 +120,13 @@ def test_batch_mode_skips_a_request_whose_subject_is_not_in_its_prompt(tiny, tmp
     fp = tiny.fingerprint()
     reqs = [_req(0), _req(1, subject="Nowhere"), _req(2), _req(3)]
     CALLS.clear()
-    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", edit_batch_size=2), QUIET, loaded=tiny,
-                        requests=reqs, dataset_fingerprint="x")
+    summary = run_edits(
+        _opts(tmp_path, method="test-nudge", mode="batch", edit_batch_size=2),
+        QUIET,
+        loaded=tiny,
+        requests=reqs,
+        dataset_fingerprint="x",
+    )
     assert CALLS == [2, 1]  # requests 0, 2 then 3
     assert [s["index"] for s in summary.skipped] == [1] and "does not occur" in summary.skipped[0]["reason"]
     assert read_record(summary.out).meta.edit_batch_size == 2
@@ -126,8 +138,12 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
 
     reqs = [_req(i) for i in range(3)]
     ckpt = tmp_path / "edited"
-    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="sequential", eval_every_edit=True,
-                              save_checkpoint=str(ckpt)), QUIET, loaded=tiny, requests=reqs)
+    summary = run_edits(
+        _opts(tmp_path, method="test-nudge", mode="sequential", eval_every_edit=True, save_checkpoint=str(ckpt)),
+        QUIET,
+        loaded=tiny,
+        requests=reqs,
+    )
     w = tiny.model.get_parameter("model.layers.0.mlp.down_proj.weight")
     original = load(tiny_llama_dir, device="cpu").model.get_parameter("model.layers.0.mlp.down_proj.weight")
     assert torch.allclose(w, original + 0.03)  # three edits accumulated
@@ -136,8 +152,15 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
     assert summary.after_each is not None and read_record(summary.after_each).meta.n_edits == 3
     reloaded = load(ckpt, device="cpu")
     assert reloaded.fingerprint() == record.meta.edited_fingerprint == tiny.fingerprint()
-    scored, rows, _ = score_checkpoint(str(ckpt), base=str(tiny_llama_dir), requests=reqs, generation=False,
-                                       piqa_items=0, runtime=QUIET, out=tmp_path / "score.json")
+    scored, rows, _ = score_checkpoint(
+        str(ckpt),
+        base=str(tiny_llama_dir),
+        requests=reqs,
+        generation=False,
+        piqa_items=0,
+        runtime=QUIET,
+        out=tmp_path / "score.json",
+    )
     assert len(rows) == 3 and scored.meta.edited_fingerprint == record.meta.edited_fingerprint
     # both writers record the same metadata keys, and the dtype in one form (of the evaluated weights)
     edit_meta = json.loads(summary.out.read_text())["meta"]
@@ -166,23 +189,37 @@ def test_batch_mode_skips_a_request_the_method_rejects(tiny, tmp_path):
 def test_batch_mode_checkpoint_holds_the_one_batch(tiny, tmp_path, tiny_llama_dir):
     reqs = [_req(i) for i in range(3)]
     CALLS.clear()
-    summary = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", save_checkpoint=str(tmp_path / "ck")), QUIET,
-                        loaded=tiny, requests=reqs)
+    summary = run_edits(
+        _opts(tmp_path, method="test-nudge", mode="batch", save_checkpoint=str(tmp_path / "ck")),
+        QUIET,
+        loaded=tiny,
+        requests=reqs,
+    )
     assert CALLS == [3]  # applied once, kept for the checkpoint
     original = load(tiny_llama_dir, device="cpu").model.get_parameter("model.layers.0.mlp.down_proj.weight")
     saved = load(tmp_path / "ck", device="cpu")
     assert torch.allclose(saved.model.get_parameter("model.layers.0.mlp.down_proj.weight"), original + 0.03)
     assert read_record(summary.out).meta.edited_fingerprint == saved.fingerprint()
     with pytest.raises(EditevalError, match="one batch holding every edit"):
-        run_edits(_opts(tmp_path, method="test-nudge", mode="batch", edit_batch_size=2,
-                        save_checkpoint=str(tmp_path / "ck2")), QUIET, loaded=tiny, requests=reqs)
+        run_edits(
+            _opts(
+                tmp_path, method="test-nudge", mode="batch", edit_batch_size=2, save_checkpoint=str(tmp_path / "ck2")
+            ),
+            QUIET,
+            loaded=tiny,
+            requests=reqs,
+        )
 
 
 # GRACE memorising a one-token target on the tiny LLaMA; its prompts' keys lie 0.14-0.25 apart there, so a
 # radius of 0.05 keeps each key to its own prompt
 GRACE_TINY = {"layer": 2, "eps": 0.05, "num_steps": 40, "lr": 1.0, "early_stop_loss": 0.0}
-FACTS = [("France", "The capital of France is", "Rome"), ("Water", "Water boils at a temperature of", "fifty"),
-         ("Hamlet", "The play Hamlet was written by", "Dickens"), ("Bananas", "Bananas are usually coloured", "blue")]
+FACTS = [
+    ("France", "The capital of France is", "Rome"),
+    ("Water", "Water boils at a temperature of", "fifty"),
+    ("Hamlet", "The play Hamlet was written by", "Dickens"),
+    ("Bananas", "Bananas are usually coloured", "blue"),
+]
 
 
 def _driver_requests():
@@ -193,12 +230,21 @@ def _driver_requests():
     reqs = []
     for i, (subject, prompt, target) in enumerate(FACTS):
         _, prev_prompt, prev_target = FACTS[i - 1]
-        reqs.append(empty_request(
-            case_id=10 + i, subject=subject, prompt=prompt, target_new=target, ground_truth="x",
-            rephrase_prompts=[prompt.replace("The ", "the ", 1) + ","],
-            locality=[{"kind": "nq", "prompt": "Grass is usually", "answer": "green"},
-                      {"kind": "self", "prompt": prompt, "answer": target}],
-            portability=[{"kind": "prev", "prompt": prev_prompt, "answer": prev_target}]))
+        reqs.append(
+            empty_request(
+                case_id=10 + i,
+                subject=subject,
+                prompt=prompt,
+                target_new=target,
+                ground_truth="x",
+                rephrase_prompts=[prompt.replace("The ", "the ", 1) + ","],
+                locality=[
+                    {"kind": "nq", "prompt": "Grass is usually", "answer": "green"},
+                    {"kind": "self", "prompt": prompt, "answer": target},
+                ],
+                portability=[{"kind": "prev", "prompt": prev_prompt, "answer": prev_target}],
+            )
+        )
     return reqs
 
 
@@ -207,16 +253,20 @@ def test_driver_rows_are_taken_on_the_model_carrying_their_own_edit(tiny, tmp_pa
     """Each row is measured with its edit applied (reliability 1.0 where the base model has < 1.0),
     locality against the untouched base, and without the edits of other rows (single) or of
     other batches (batch: the batch's other edit shows, the previous batch's does not)."""
-    from editeval.methods.kit import artifacts
     from editeval.evaluation.evaluator import Evaluator
+    from editeval.methods.kit import artifacts
 
     reqs = _driver_requests()
     fp = tiny.fingerprint()
     base = Evaluator(tiny, reqs, generation=False, progress=False, use_cache=False).evaluate(tiny.model)
     hp = tmp_path / "grace.yaml"
     hp.write_text(yaml.safe_dump(GRACE_TINY))
-    summary = run_edits(_opts(tmp_path, method="grace", mode=mode, edit_batch_size=k, hparams_path=str(hp)), QUIET,
-                        loaded=tiny, requests=reqs)
+    summary = run_edits(
+        _opts(tmp_path, method="grace", mode=mode, edit_batch_size=k, hparams_path=str(hp)),
+        QUIET,
+        loaded=tiny,
+        requests=reqs,
+    )
     rows = read_rows(summary.out).to_dict("records")
     assert [r["case_id"] for r in rows] == [10, 11, 12, 13]
     for i, (row, before) in enumerate(zip(rows, base)):
@@ -301,8 +351,12 @@ def test_sequential_resume_gives_the_same_model(tiny, tmp_path, monkeypatch, tin
     reqs = [_req(i) for i in range(3)]
     straight = load(tiny_llama_dir, device="cpu")
     base_fp = straight.fingerprint()
-    run_edits(_opts(tmp_path, mode="sequential", hparams_path=ft_yaml, out=str(tmp_path / "a.json")), QUIET,
-              loaded=straight, requests=reqs)
+    run_edits(
+        _opts(tmp_path, mode="sequential", hparams_path=ft_yaml, out=str(tmp_path / "a.json")),
+        QUIET,
+        loaded=straight,
+        requests=reqs,
+    )
     opts = _opts(tmp_path, mode="sequential", hparams_path=ft_yaml, out=str(tmp_path / "b.json"))
     _interrupting(monkeypatch, "ft-m", after=2)
     with pytest.raises(KeyboardInterrupt):
@@ -323,12 +377,16 @@ def test_an_interrupted_batch_evaluation_resumes(tiny, tmp_path, monkeypatch, ti
     batch is edited again, whole (its remaining rows are taken on the model the whole batch edits)."""
     from safetensors import safe_open
 
-    from editeval.run import modes
     from editeval.evaluation.evaluator import Evaluator
+    from editeval.run import modes
 
     reqs = [_req(i) for i in range(5)]
-    straight = run_edits(_opts(tmp_path, method="test-nudge", mode="batch", out=str(tmp_path / "a.json")), QUIET,
-                         loaded=tiny, requests=reqs)
+    straight = run_edits(
+        _opts(tmp_path, method="test-nudge", mode="batch", out=str(tmp_path / "a.json")),
+        QUIET,
+        loaded=tiny,
+        requests=reqs,
+    )
     base_fp = tiny.fingerprint()
     monkeypatch.setattr(modes, "SAVE_BATCH_AFTER_S", 0.0 if long_edit else 1e9)
     monkeypatch.setattr(modes, "EVAL_CHUNK", 2)
@@ -374,13 +432,16 @@ def test_a_partial_file_of_another_run_is_refused(tiny, tmp_path):
         run_edits(_opts(tmp_path, method="test-nudge"), QUIET, loaded=tiny, requests=[_req(0)])
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(method="kn", mode="batch"), "one request at a time"),
-    (dict(method="kn", mode="sequential", edit_batch_size=2), "one request at a time"),
-    (dict(method="ft-m", save_checkpoint="x"), "--save-checkpoint needs one edited model"),
-    (dict(method="ft-m", mode="nonsense"), "--mode nonsense"),
-    (dict(method="no-such-method"), "unknown method 'no-such-method'"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(method="kn", mode="batch"), "one request at a time"),
+        (dict(method="kn", mode="sequential", edit_batch_size=2), "one request at a time"),
+        (dict(method="ft-m", save_checkpoint="x"), "--save-checkpoint needs one edited model"),
+        (dict(method="ft-m", mode="nonsense"), "--mode nonsense"),
+        (dict(method="no-such-method"), "unknown method 'no-such-method'"),
+    ],
+)
 def test_refusals(tmp_path, kw, message):
     with pytest.raises(EditevalError, match=message):
         run_edits(_opts(tmp_path, **kw), QUIET, requests=[_req(0)])  # refused before any model is loaded
@@ -405,13 +466,16 @@ def test_cli_refusal_is_one_line(capsys):
 def write_benchmark(root, name: str, requests: list[dict], split: str = "edit"):
     """A built benchmark folder `root/name` (dataset card + Parquet) as `editeval datasets build` writes one."""
     import datasets
-
     from editeval.data.schema import EDIT_REQUEST_FEATURES
 
     (root / name / "data").mkdir(parents=True)
-    datasets.Dataset.from_list(requests, features=EDIT_REQUEST_FEATURES).to_parquet(root / name / "data" / f"{split}.parquet")
-    (root / name / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: {split}\n"
-                                           f"    path: data/{split}.parquet\n---\n# {name}\n")
+    datasets.Dataset.from_list(requests, features=EDIT_REQUEST_FEATURES).to_parquet(
+        root / name / "data" / f"{split}.parquet"
+    )
+    (root / name / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: {split}\n"
+        f"    path: data/{split}.parquet\n---\n# {name}\n"
+    )
 
 
 def test_cli_edit_runs_end_to_end(tiny_llama_dir, tmp_path, monkeypatch, ft_yaml, capsys):
@@ -425,8 +489,25 @@ def test_cli_edit_runs_end_to_end(tiny_llama_dir, tmp_path, monkeypatch, ft_yaml
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
     out = tmp_path / "r.json"
     with pytest.raises(SystemExit) as exc:
-        cli.main(["edit", "--method", "ft-m", "--model", str(tiny_llama_dir), "--limit", "2", "--hparams", ft_yaml,
-                  "--no-generation", "--no-progress", "--device", "cpu", "--out", str(out)])
+        cli.main(
+            [
+                "edit",
+                "--method",
+                "ft-m",
+                "--model",
+                str(tiny_llama_dir),
+                "--limit",
+                "2",
+                "--hparams",
+                ft_yaml,
+                "--no-generation",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
     assert exc.value.code == 0
     assert "2 edits (0 skipped)" in capsys.readouterr().out
     record = read_record(out)

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
+from editeval.data.schema import empty_request
 from editeval.evaluation.evaluator import Evaluator, evaluation_columns
 from editeval.evaluation.runner import LMRunner
 from editeval.runtime.models import load
-from editeval.data.schema import empty_request
 
 WORDS = "alpha beta gamma delta river mountain city king queen language paris rome berlin".split()
 
@@ -21,22 +21,30 @@ def _requests(n=6):
     reqs = []
     for i in range(n):
         w = WORDS[i % len(WORDS)]
-        reqs.append(empty_request(
-            case_id=100 + i, subject=w.title(), prompt=f"The {w} of {'very ' * (i % 3)}{w.title()} is",
-            target_new=" ".join(WORDS[(i + 3) % len(WORDS)] for _ in range(1 + i % 3)),
-            ground_truth=WORDS[(i + 5) % len(WORDS)],
-            rephrase_prompts=[f"{w.title()}'s {w} is"] * (i % 2 + 1),
-            locality=[{"kind": "nq", "prompt": f"question {i} about {w}?", "answer": "the answer " * (1 + i % 2)},
-                      {"kind": "other", "prompt": f"{w} {w}", "answer": "yes"}],
-            portability=[{"kind": "one_hop", "prompt": f"The {w} hop is", "answer": WORDS[i % 5]}] if i % 2 else [],
-            neighborhood_prompts=[f"The {w} of Someone is"],
-            generation_prompts=[f"{w.title()} is famous for"] if i < 2 else [],
-        ))
+        reqs.append(
+            empty_request(
+                case_id=100 + i,
+                subject=w.title(),
+                prompt=f"The {w} of {'very ' * (i % 3)}{w.title()} is",
+                target_new=" ".join(WORDS[(i + 3) % len(WORDS)] for _ in range(1 + i % 3)),
+                ground_truth=WORDS[(i + 5) % len(WORDS)],
+                rephrase_prompts=[f"{w.title()}'s {w} is"] * (i % 2 + 1),
+                locality=[
+                    {"kind": "nq", "prompt": f"question {i} about {w}?", "answer": "the answer " * (1 + i % 2)},
+                    {"kind": "other", "prompt": f"{w} {w}", "answer": "yes"},
+                ],
+                portability=[{"kind": "one_hop", "prompt": f"The {w} hop is", "answer": WORDS[i % 5]}] if i % 2 else [],
+                neighborhood_prompts=[f"The {w} of Someone is"],
+                generation_prompts=[f"{w.title()} is famous for"] if i < 2 else [],
+            )
+        )
     return reqs
 
 
-PIQA = [{"goal": "To open a jar,", "sol1": "twist the lid.", "sol2": "eat the lid.", "label": 0},
-        {"goal": "To dry hands,", "sol1": "use water", "sol2": "use a towel", "label": 1}]
+PIQA = [
+    {"goal": "To open a jar,", "sol1": "twist the lid.", "sol2": "eat the lid.", "label": 0},
+    {"goal": "To dry hands,", "sol1": "use water", "sol2": "use a towel", "label": 1},
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +67,12 @@ def _same(a, b):
 def test_bit_identical_whatever_the_batch_size(which, request):
     lm = request.getfixturevalue(which)
     reqs = _requests()
-    runs = [Evaluator(lm, reqs, batch_size=bs, progress=False, use_cache=False, counterfact=True, piqa=PIQA,
-                      fluency=True).evaluate(lm.model) for bs in (1, 3, 32)]
+    runs = [
+        Evaluator(
+            lm, reqs, batch_size=bs, progress=False, use_cache=False, counterfact=True, piqa=PIQA, fluency=True
+        ).evaluate(lm.model)
+        for bs in (1, 3, 32)
+    ]
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             _same(a, b)  # exact float equality, magnitudes included
@@ -75,13 +87,16 @@ def test_padding_either_side_gives_the_same_token_metrics(which, request):
     reqs = _requests()
     ref = Evaluator(lm, reqs, batch_size=4, progress=False, use_cache=False).evaluate(lm.model)
     for side in ("left", "right"):
-        rows = Evaluator(lm, reqs, batch_size=4, progress=False, use_cache=False, mixed_lengths=True,
-                         padding_side=side).evaluate(lm.model)
+        rows = Evaluator(
+            lm, reqs, batch_size=4, progress=False, use_cache=False, mixed_lengths=True, padding_side=side
+        ).evaluate(lm.model)
         for a, b in zip(ref, rows):
             # token-level metrics are argmax-based: identical across paddings; probability
             # magnitudes move in the last float32 digits with the padding's positions
             magnitudes = [k for k in a if k.endswith("_magnitude")]
-            _same({k: v for k, v in a.items() if k not in magnitudes}, {k: v for k, v in b.items() if k not in magnitudes})
+            _same(
+                {k: v for k, v in a.items() if k not in magnitudes}, {k: v for k, v in b.items() if k not in magnitudes}
+            )
             assert [a[k] for k in magnitudes] == pytest.approx([b[k] for k in magnitudes], rel=1e-5, abs=1e-8)
 
 
@@ -90,9 +105,15 @@ def _hf_greedy(lm, prompt_ids, max_new, eos_token_id=None):
     stops after that token; the token itself is dropped here, as editeval's fluency does)."""
     prompt = torch.tensor([list(prompt_ids)])
     with torch.no_grad():
-        out = lm.model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                max_new_tokens=max_new, min_new_tokens=0, pad_token_id=lm.tokenizer.pad_token_id,
-                                eos_token_id=eos_token_id)
+        out = lm.model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=max_new,
+            min_new_tokens=0,
+            pad_token_id=lm.tokenizer.pad_token_id,
+            eos_token_id=eos_token_id,
+        )
     new = out[0, prompt.shape[1] :].tolist()
     if eos_token_id is not None and eos_token_id in new:
         new = new[: new.index(eos_token_id)]
@@ -106,8 +127,9 @@ def test_generation_equals_hf_greedy_generate(which, mixed, side, request):
     `generate` run on each prompt alone: LLaMA (rotary, explicit positions) and GPT-2, with and
     without padded batches."""
     lm = request.getfixturevalue(which)
-    ev = Evaluator(lm, _requests(), batch_size=5, progress=False, use_cache=False, mixed_lengths=mixed,
-                   padding_side=side)
+    ev = Evaluator(
+        lm, _requests(), batch_size=5, progress=False, use_cache=False, mixed_lengths=mixed, padding_side=side
+    )
     outs = ev.runner.score(lm.model, ev._seqs, list(range(ev.n_sequences)), generate=True)
     checked = resumed = 0
     for s, q in enumerate(ev._seqs):
@@ -139,8 +161,12 @@ def test_fluency_greedy_equals_hf_generate_and_stops_at_eos(which, request, monk
     # a token the model really produces, and follows by other tokens, stands in for EOS: stopping
     # happens, and a decoder that only dropped the token without stopping would differ
     # (first occurrences, preferably not the first token of a generation)
-    _, k, i = min((i == 0, k, i) for k, g in enumerate(free) for i, t in enumerate(g)
-                  if t not in g[:i] and any(u != t for u in g[i + 1 :]))
+    _, k, i = min(
+        (i == 0, k, i)
+        for k, g in enumerate(free)
+        for i, t in enumerate(g)
+        if t not in g[:i] and any(u != t for u in g[i + 1 :])
+    )
     runner.eos_id = stop = free[k][i]
     expected = [_hf_greedy(lm, p, n, eos_token_id=stop) for p, n in zip(prompts, limits)]
     assert runner.greedy(lm.model, prompts, limits, stop_at_eos=True) == expected
@@ -197,19 +223,35 @@ def test_columns_and_options(tiny):
     reqs = _requests(2)
     ev = Evaluator(tiny, reqs, progress=False, use_cache=False, generation=False)
     rows = ev.evaluate(tiny.model)
-    expected = ["case_id", "reliability.teacher_forced", "generalization.teacher_forced",
-                "locality.teacher_forced", "locality.nq.teacher_forced", "locality.other.teacher_forced",
-                "portability.teacher_forced", "portability.one_hop.teacher_forced",
-                # CounterFact scores: on by default because the requests carry neighbourhood prompts
-                "efficacy_score", "efficacy_magnitude", "paraphrase_score", "paraphrase_magnitude",
-                "neighborhood_score", "neighborhood_magnitude"]
+    expected = [
+        "case_id",
+        "reliability.teacher_forced",
+        "generalization.teacher_forced",
+        "locality.teacher_forced",
+        "locality.nq.teacher_forced",
+        "locality.other.teacher_forced",
+        "portability.teacher_forced",
+        "portability.one_hop.teacher_forced",
+        # CounterFact scores: on by default because the requests carry neighbourhood prompts
+        "efficacy_score",
+        "efficacy_magnitude",
+        "paraphrase_score",
+        "paraphrase_magnitude",
+        "neighborhood_score",
+        "neighborhood_magnitude",
+    ]
     assert ev.columns == expected and [list(r) for r in rows] == [expected, expected]
     assert evaluation_columns(reqs, generation=False) == expected  # without tokenising
     assert math.isnan(rows[0]["portability.teacher_forced"]) and not math.isnan(rows[1]["portability.teacher_forced"])
     with_all = Evaluator(tiny, reqs, progress=False, use_cache=False, fluency=True, piqa=PIQA).columns
-    assert with_all == (expected[:3] + ["reliability.generation", "generalization.generation"] + expected[3:8]
-                        + ["portability.generation", "portability.one_hop.generation"] + expected[8:]
-                        + ["fluency.ngram_entropy", "other_task.piqa_accuracy", "other_task.piqa_agreement"])
+    assert with_all == (
+        expected[:3]
+        + ["reliability.generation", "generalization.generation"]
+        + expected[3:8]
+        + ["portability.generation", "portability.one_hop.generation"]
+        + expected[8:]
+        + ["fluency.ngram_entropy", "other_task.piqa_accuracy", "other_task.piqa_agreement"]
+    )
     assert ev.locality_kinds == ["nq", "other"] and ev.portability_kinds == ["one_hop"]
     with pytest.raises(ValueError, match="target_new"):
         Evaluator(tiny, [empty_request(prompt="x")], progress=False, use_cache=False)
@@ -295,9 +337,9 @@ def test_metric_names_parse_every_column_and_refuse_unknown_ones():
 
 def test_benchmarks_declare_their_protocols_and_train_split():
     from editeval.data.registry import BENCHMARKS
+    from editeval.errors import EditevalError
     from editeval.evaluation.evaluator import run_counterfact
     from editeval.evaluation.specs import EVALUATION_PROTOCOLS, declared_protocols
-    from editeval.errors import EditevalError
 
     for bench in BENCHMARKS.values():
         for config in bench.configs:

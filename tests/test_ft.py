@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
 from editeval.methods import ft
 from editeval.methods.base import get_method, restore
 from editeval.methods.kit.objectives import encode_target_new, target_new_loss
 from editeval.methods.kit.replay import UpperBlocks
-from editeval.data.schema import empty_request
 
 
 def _state(model):
@@ -84,15 +84,19 @@ def test_ft_presets_scale_layers_and_refuse_missing_layers(tiny_llama):
     with pytest.raises(EditevalError, match="objective"):
         method.apply(tiny_llama.model, tiny_llama.tokenizer, REQS[:1], ft.FTMHParams(layers=[1], objective="x"))
     with pytest.raises(EditevalError, match="empty target"):
-        method.apply(tiny_llama.model, tiny_llama.tokenizer, [empty_request(prompt="a b", target_new=" ")],
-                     ft.FTMHParams(layers=[1]))
+        method.apply(
+            tiny_llama.model,
+            tiny_llama.tokenizer,
+            [empty_request(prompt="a b", target_new=" ")],
+            ft.FTMHParams(layers=[1]),
+        )
 
 
 def _greedy(lm, prompt, n=3):
     ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
-    return lm.tokenizer.decode(out[0, ids.shape[1]:])
+    return lm.tokenizer.decode(out[0, ids.shape[1] :])
 
 
 def test_ft_m_real_edit_changes_greedy_output(smollm2):

@@ -29,15 +29,18 @@ def test_a_preset_keeps_what_the_file_says():
     assert get_method("lora").hparams(lora_alpha=0.5).lora_alpha == 0.5
 
 
-@pytest.mark.parametrize("text, message", [
-    ("num_stepz: 3\n", "unknown hyper-parameter(s) num_stepz for FTMHParams"),
-    ("num_steps: 2.5\n", "num_steps: input should be a valid integer, got 2.5"),
-    ("num_steps: '3'\n", "num_steps: input should be a valid integer, got '3'"),
-    ("lr: 1e-3\n", "lr: input should be a valid number, got '1e-3' (YAML reads"),
-    ("layers: [one]\n", "layers.0: input should be a valid integer, got 'one'"),
-    ("objective: both\n", "objective: input should be 'target_new' or 'prompt_last', got 'both'"),
-    ("- 1\n", "expected a mapping of hyper-parameters"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("num_stepz: 3\n", "unknown hyper-parameter(s) num_stepz for FTMHParams"),
+        ("num_steps: 2.5\n", "num_steps: input should be a valid integer, got 2.5"),
+        ("num_steps: '3'\n", "num_steps: input should be a valid integer, got '3'"),
+        ("lr: 1e-3\n", "lr: input should be a valid number, got '1e-3' (YAML reads"),
+        ("layers: [one]\n", "layers.0: input should be a valid integer, got 'one'"),
+        ("objective: both\n", "objective: input should be 'target_new' or 'prompt_last', got 'both'"),
+        ("- 1\n", "expected a mapping of hyper-parameters"),
+    ],
+)
 def test_a_bad_file_is_refused_in_one_line_naming_the_key(tmp_path, text, message):
     path = tmp_path / "hp.yaml"
     path.write_text(text)
@@ -46,11 +49,19 @@ def test_a_bad_file_is_refused_in_one_line_naming_the_key(tmp_path, text, messag
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name, values, key", [
-    ("grace", {"eps": 0}, "eps"), ("lora", {"rank": 0}, "rank"), ("lora", {"lora_type": "dora"}, "lora_type"),
-    ("calinet", {"num_slots": 0}, "num_slots"), ("t-patcher", {"activation": "tanh"}, "activation"),
-    ("ike", {"k": -1}, "k"), ("kn", {"p": 1.5}, "p"), ("serac", {"threshold": 2.0}, "threshold"),
-])
+@pytest.mark.parametrize(
+    "name, values, key",
+    [
+        ("grace", {"eps": 0}, "eps"),
+        ("lora", {"rank": 0}, "rank"),
+        ("lora", {"lora_type": "dora"}, "lora_type"),
+        ("calinet", {"num_slots": 0}, "num_slots"),
+        ("t-patcher", {"activation": "tanh"}, "activation"),
+        ("ike", {"k": -1}, "k"),
+        ("kn", {"p": 1.5}, "p"),
+        ("serac", {"threshold": 2.0}, "threshold"),
+    ],
+)
 def test_documented_ranges_are_enforced_in_code_and_on_assignment(name, values, key):
     cls = get_method(name).hparams
     with pytest.raises(EditevalError, match=rf"^{key}: "):

@@ -47,12 +47,22 @@ def run_cli(capsys, *argv):
 def hub_submission(root: Path, base: str = "smollm2-135m", fingerprint: str = FP) -> Path:
     folder = root / "subs" / "hub-entry"
     folder.mkdir(parents=True)
-    (folder / "submission.yaml").write_text(yaml.safe_dump({
-        "schema_version": 1, "title": "A Hub checkpoint", "authors": ["Ada Lovelace"], "contact": "ada@example.org",
-        "method": {"name": "rome"}, "base_model": {"name": base, "fingerprint": fingerprint},
-        "benchmark": {"name": "zsre", "split": "edit"}, "mode": "sequential", "num_edits": 3,
-        "score": {"hub": f"{REPO}@v1"},
-    }))
+    (folder / "submission.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "schema_version": 1,
+                "title": "A Hub checkpoint",
+                "authors": ["Ada Lovelace"],
+                "contact": "ada@example.org",
+                "method": {"name": "rome"},
+                "base_model": {"name": base, "fingerprint": fingerprint},
+                "benchmark": {"name": "zsre", "split": "edit"},
+                "mode": "sequential",
+                "num_edits": 3,
+                "score": {"hub": f"{REPO}@v1"},
+            }
+        )
+    )
     return folder
 
 
@@ -100,20 +110,40 @@ def test_hub_checkpoint_download_asks_only_for_safe_files(tmp_path, cache, onlin
     def asked(name):
         return any(fnmatch.fnmatch(name, p) for p in patterns)
 
-    for name in ("model.safetensors", "model-00001-of-00002.safetensors", "config.json", "tokenizer.json",
-                 "tokenizer.model", "chat_template.jinja", "merges.txt"):
+    for name in (
+        "model.safetensors",
+        "model-00001-of-00002.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer.model",
+        "chat_template.jinja",
+        "merges.txt",
+    ):
         assert asked(name), name
     for name in ("modeling_x.py", "pytorch_model.bin", "model.pt", "weights.pkl", "setup.sh", "lib.so", "x.ipynb"):
         assert not asked(name), name
 
 
-@pytest.mark.parametrize("files, problem", [
-    ({**GOOD, "modeling_x.py": "import os\n"}, "modeling_x.py: code files are refused (custom code is never run)"),
-    ({**GOOD, "config.json": json.dumps({"model_type": "llama", "auto_map": {"AutoModelForCausalLM": "modeling_x.M"}})},
-     "config.json: asks for custom code (auto_map); trust_remote_code is never used"),
-    ({"config.json": GOOD["config.json"], "pytorch_model.bin": b"\x80\x04pickle"},
-     "pytorch_model.bin: pickle-based weight files are refused (save with safetensors)"),
-], ids=["modeling-py", "auto-map", "bin-weights"])
+@pytest.mark.parametrize(
+    "files, problem",
+    [
+        ({**GOOD, "modeling_x.py": "import os\n"}, "modeling_x.py: code files are refused (custom code is never run)"),
+        (
+            {
+                **GOOD,
+                "config.json": json.dumps(
+                    {"model_type": "llama", "auto_map": {"AutoModelForCausalLM": "modeling_x.M"}}
+                ),
+            },
+            "config.json: asks for custom code (auto_map); trust_remote_code is never used",
+        ),
+        (
+            {"config.json": GOOD["config.json"], "pytorch_model.bin": b"\x80\x04pickle"},
+            "pytorch_model.bin: pickle-based weight files are refused (save with safetensors)",
+        ),
+    ],
+    ids=["modeling-py", "auto-map", "bin-weights"],
+)
 def test_hub_checkpoint_delivering_unsafe_files_is_refused(tmp_path, cache, online, monkeypatch, files, problem):
     import huggingface_hub
 
@@ -133,12 +163,14 @@ def test_hub_download_failure_is_one_line(tmp_path, online, monkeypatch):
     folder = hub_submission(tmp_path)
     with pytest.raises(SubmissionError) as info:
         fetch_hub_checkpoint(check_submission(folder))
-    assert str(info.value) == (f"{folder / 'submission.yaml'}: score.hub: cannot download '{REPO}@v1': "
-                               "401 Client Error: Unauthorized for url")
+    assert str(info.value) == (
+        f"{folder / 'submission.yaml'}: score.hub: cannot download '{REPO}@v1': 401 Client Error: Unauthorized for url"
+    )
 
 
-def test_score_refuses_a_hub_checkpoint_with_code_in_one_line(tmp_path, cache, online, monkeypatch, capsys,
-                                                              tiny_llama_dir):
+def test_score_refuses_a_hub_checkpoint_with_code_in_one_line(
+    tmp_path, cache, online, monkeypatch, capsys, tiny_llama_dir
+):
     """Through `editeval score SUBMISSION`: exit 2, the one line, no results written."""
     import huggingface_hub
 
@@ -153,7 +185,8 @@ def test_score_refuses_a_hub_checkpoint_with_code_in_one_line(tmp_path, cache, o
     assert code == 2
     assert "Traceback" not in err and err.count("error") == 1  # (besides transformers' loading bars)
     assert [line for line in err.splitlines() if line.startswith("error")] == [
-        f"error: {target}: modeling_x.py: code files are refused (custom code is never run)"]
+        f"error: {target}: modeling_x.py: code files are refused (custom code is never run)"
+    ]
     assert not (folder / "results.json").exists() and not (folder / ".scoring").exists()
 
 
@@ -173,7 +206,9 @@ class FakeApi:
         self.calls.append((name, args, kwargs))
         if name == self.fail:
             raise self.error
-        return SimpleNamespace(commit_url=f"https://huggingface.co/datasets/{args[0] if args else kwargs['repo_id']}/commit/1")
+        return SimpleNamespace(
+            commit_url=f"https://huggingface.co/datasets/{args[0] if args else kwargs['repo_id']}/commit/1"
+        )
 
     def create_repo(self, *args, **kwargs):
         return self._call("create_repo", *args, **kwargs)
@@ -217,8 +252,17 @@ def test_datasets_publish_uploads_the_card_and_parquet(tmp_path, capsys, hub_api
     from huggingface_hub.utils import filter_repo_objects
 
     folder = fake_built_zsre(tmp_path / "datasets")
-    code, out, err = run_cli(capsys, "datasets", "publish", "zsre", "--repo-id", "org/zsre", "--private",
-                             "--datasets-dir", tmp_path / "datasets")
+    code, out, err = run_cli(
+        capsys,
+        "datasets",
+        "publish",
+        "zsre",
+        "--repo-id",
+        "org/zsre",
+        "--private",
+        "--datasets-dir",
+        tmp_path / "datasets",
+    )
     assert code == 0, err
     (api,) = FakeApi.instances
     assert api.token == "hf_test_token"
@@ -227,22 +271,33 @@ def test_datasets_publish_uploads_the_card_and_parquet(tmp_path, capsys, hub_api
     upload = api.calls[1][2]
     assert (upload["folder_path"], upload["repo_id"], upload["repo_type"]) == (str(folder), "org/zsre", "dataset")
     every = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    uploaded = sorted(filter_repo_objects(every, allow_patterns=upload.get("allow_patterns"),
-                                          ignore_patterns=upload.get("ignore_patterns")))
-    assert uploaded == ["README.md", "data/default/edit-00000-of-00001.parquet",
-                        "data/default/knowedit_test-00000-of-00001.parquet", "data/default/train-00000-of-00001.parquet"]
+    uploaded = sorted(
+        filter_repo_objects(
+            every, allow_patterns=upload.get("allow_patterns"), ignore_patterns=upload.get("ignore_patterns")
+        )
+    )
+    assert uploaded == [
+        "README.md",
+        "data/default/edit-00000-of-00001.parquet",
+        "data/default/knowedit_test-00000-of-00001.parquet",
+        "data/default/train-00000-of-00001.parquet",
+    ]
     assert out.strip().splitlines() == ["published zsre: 4 files -> https://huggingface.co/datasets/org/zsre/commit/1"]
 
 
 @pytest.mark.parametrize("failing", ["create_repo", "upload_folder"])
 def test_datasets_publish_upload_error_is_one_line(tmp_path, capsys, hub_api, failing):
     folder = fake_built_zsre(tmp_path / "datasets")
-    hub_api.update(fail=failing, error=RuntimeError("403 Forbidden: you have no write access to org/zsre\nRequest ID: 1"))
-    code, out, err = run_cli(capsys, "datasets", "publish", "zsre", "--repo-id", "org/zsre",
-                             "--datasets-dir", tmp_path / "datasets")
+    hub_api.update(
+        fail=failing, error=RuntimeError("403 Forbidden: you have no write access to org/zsre\nRequest ID: 1")
+    )
+    code, out, err = run_cli(
+        capsys, "datasets", "publish", "zsre", "--repo-id", "org/zsre", "--datasets-dir", tmp_path / "datasets"
+    )
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [
-        f"error: upload of {folder} to org/zsre failed: 403 Forbidden: you have no write access to org/zsre"]
+        f"error: upload of {folder} to org/zsre failed: 403 Forbidden: you have no write access to org/zsre"
+    ]
 
 
 def write_stats_file(folder: Path, layer: int, count: int = 10) -> Path:
@@ -252,8 +307,15 @@ def write_stats_file(folder: Path, layer: int, count: int = 10) -> Path:
 
     from editeval.methods.kit import key_stats_files
 
-    meta = {"format": key_stats_files.FORMAT, "model_fingerprint": FP, "module": f"model.layers.{layer}.mlp.down_proj",
-            "tokens": "10", "max_len": "8", "corpus_sha256": "a" * 64, "layer": str(layer)}
+    meta = {
+        "format": key_stats_files.FORMAT,
+        "model_fingerprint": FP,
+        "module": f"model.layers.{layer}.mlp.down_proj",
+        "tokens": "10",
+        "max_len": "8",
+        "corpus_sha256": "a" * 64,
+        "layer": str(layer),
+    }
     path = key_stats_files.cache_name(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"mom2": torch.eye(4), "count": torch.tensor([count])}, str(path), metadata=meta)
@@ -275,7 +337,8 @@ def test_stats_publish_uploads_the_valid_files(cache, capsys, hub_api):
     lines = out.strip().splitlines()
     assert lines[0] == f"skipped {bad.name}: {bad}: token count [9] does not match metadata tokens=10"
     assert lines[-1].startswith("published 2 files (") and lines[-1].endswith(
-        "-> https://huggingface.co/datasets/org/key-stats/commit/1")
+        "-> https://huggingface.co/datasets/org/key-stats/commit/1"
+    )
 
 
 def test_stats_publish_upload_error_is_one_line(cache, capsys, hub_api):
@@ -283,4 +346,6 @@ def test_stats_publish_upload_error_is_one_line(cache, capsys, hub_api):
     hub_api.update(fail="create_commit", error=ConnectionError("Offline mode is enabled.\nmore"))
     code, out, err = run_cli(capsys, "stats", "publish", "--repo-id", "org/key-stats")
     assert code == 2
-    assert err.strip().splitlines() == ["error: upload of 1 statistics files to org/key-stats failed: Offline mode is enabled."]
+    assert err.strip().splitlines() == [
+        "error: upload of 1 statistics files to org/key-stats failed: Offline mode is enabled."
+    ]

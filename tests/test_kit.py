@@ -34,8 +34,12 @@ def private_uses(path: Path) -> list[str]:
                 else:  # `from editeval.methods import ft`: ft may be a module
                     modules.add(alias.asname or alias.name)
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
-                and node.value.id in modules):
+        if (
+            isinstance(node, ast.Attribute)
+            and _private(node.attr)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+        ):
             found.append(f"{node.value.id}.{node.attr} (line {node.lineno})")
     return found
 
@@ -77,6 +81,11 @@ def test_the_private_name_check_sees_both_forms(tmp_path):
 
 
 def test_every_hook_goes_through_nethooks():
-    raw = [f"{p.relative_to(PACKAGE)}:{i}" for p in sorted(PACKAGE.rglob("*.py")) if p != HOOK_PRIMITIVE
-           for i, line in enumerate(p.read_text().splitlines(), 1) if any(h in line for h in RAW_HOOKS)]
+    raw = [
+        f"{p.relative_to(PACKAGE)}:{i}"
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p != HOOK_PRIMITIVE
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if any(h in line for h in RAW_HOOKS)
+    ]
     assert not raw, f"register hooks with editeval.runtime.nethooks.add_hook, not directly: {raw}"

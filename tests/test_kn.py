@@ -5,14 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
 from editeval.methods import kn
 from editeval.methods.base import get_method, restore
 from editeval.runtime.models import load
-from editeval.data.schema import empty_request
 
-REQ = empty_request(prompt="The capital of France is", target_new="Rome", ground_truth="Paris", subject="France",
-                    rephrase_prompts=["France has its capital in"])
+REQ = empty_request(
+    prompt="The capital of France is",
+    target_new="Rome",
+    ground_truth="Paris",
+    subject="France",
+    rephrase_prompts=["France has its capital in"],
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +79,16 @@ def test_skipping_clean_rows_gives_the_plain_batched_scores(fixture, layers, req
     model, tok = lm.model, lm.tokenizer
     for p in model.parameters():
         p.requires_grad_(False)
-    layers = layers or list(range(model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers")
-                                  else model.config.n_layer))
+    layers = layers or list(
+        range(model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.n_layer)
+    )
     hp = kn.KNHParams(steps=4, max_answer_tokens=2)
     from editeval.methods.kit.neurons import mlp_module
 
     seen = []  # rows reaching the first block's MLP
     handle = model.get_submodule(mlp_module(model, 0)).register_forward_pre_hook(
-        lambda mod, args: seen.append(args[0].shape[0]))
+        lambda mod, args: seen.append(args[0].shape[0])
+    )
     try:
         fast = kn.attribution_scores(model, tok, REQ["prompt"], "Paris Hilton", layers, hp)
     finally:
@@ -136,7 +143,10 @@ def test_kn_edits_value_vectors_and_restores_exactly(fixture, request):
     changed = [k for k in before if not torch.equal(before[k], model.state_dict()[k])]
     assert sorted(changed) == sorted(backup)
     emb = model.get_input_embeddings().weight
-    delta = emb[tok(" Rome", add_special_tokens=False)["input_ids"][0]] - emb[tok(" Paris", add_special_tokens=False)["input_ids"][0]]
+    delta = (
+        emb[tok(" Rome", add_special_tokens=False)["input_ids"][0]]
+        - emb[tok(" Paris", add_special_tokens=False)["input_ids"][0]]
+    )
     name = changed[0]
     diff = model.get_parameter(name) - before[name]
     if model.config.model_type == "gpt2":

@@ -39,10 +39,20 @@ def test_tables_entries_and_pages(built):
         assert f'href="entries/{slug}.html"' in index
         assert (site / "entries" / f"{slug}.html").is_file()
     assert "Average = the arithmetic mean of Reliability, Generalization, Locality and Portability" in index
-    for label in ("Reliability", "Generalization", "Locality", "Portability", "Port. one hop",
-                  "Port. subject replace", "Fluency", "s / edit", "Memory (MiB)", "CF score"):
+    for label in (
+        "Reliability",
+        "Generalization",
+        "Locality",
+        "Portability",
+        "Port. one hop",
+        "Port. subject replace",
+        "Fluency",
+        "s / edit",
+        "Memory (MiB)",
+        "CF score",
+    ):
         assert f">{label}</th>" in index, label
-    assert "smollm2-135m <span class=\"muted\">(135M)</span>" in index
+    assert 'smollm2-135m <span class="muted">(135M)</span>' in index
     assert index.count('class="dot"') == len(ENTRIES)  # one scatter point per entry
     assert (site / "static" / "leaderboard.js").is_file() and (site / "static" / "leaderboard.css").is_file()
     # offline: nothing is loaded from another host
@@ -118,8 +128,9 @@ def test_leaderboard_cli(tmp_path):
     from editeval.cli import app
 
     make_submissions(tmp_path / "subs")
-    result = CliRunner().invoke(app, ["leaderboard", "build", "--submissions", str(tmp_path / "subs"),
-                                      "--out", str(tmp_path / "site")])
+    result = CliRunner().invoke(
+        app, ["leaderboard", "build", "--submissions", str(tmp_path / "subs"), "--out", str(tmp_path / "site")]
+    )
     assert result.exit_code == 0, result.output
     assert f"{len(ENTRIES)} entries in 3 tables, 3 invalid" in result.output
 
@@ -153,17 +164,44 @@ def test_markdown_tables_match_the_site(built, tmp_path):
 
 # where each hostile field must be shown (escaped): the index, the entry's own page
 HOSTILE_PAGES = {
-    "title": {"index", "entry"}, "description": {"entry"}, "author0": {"entry"}, "author1": {"entry"},
-    "contact": {"entry"}, "manifest_method": {"entry"}, "base_model_name": {"entry"}, "score_hparams": {"entry"},
-    "meta_method": {"index", "entry"}, "meta_benchmark": {"index", "entry"}, "meta_config": {"index", "entry"},
-    "meta_split": {"index", "entry"}, "meta_base_model": {"index", "entry"}, "meta_edited_model": {"entry"},
-    "meta_extra_key": {"index"}, "meta_extra_value": {"entry"}, "hparams_key": {"entry"},
-    "hparams_value": {"entry"}, "hparams_hash": {"entry"}, "portability_kind": {"index", "entry"},
-    "locality_kind": {"entry"}, "invalid_key": {"index"}, "invalid_folder": {"index"}, "invalid_schema": {"index"},
+    "title": {"index", "entry"},
+    "description": {"entry"},
+    "author0": {"entry"},
+    "author1": {"entry"},
+    "contact": {"entry"},
+    "manifest_method": {"entry"},
+    "base_model_name": {"entry"},
+    "score_hparams": {"entry"},
+    "meta_method": {"index", "entry"},
+    "meta_benchmark": {"index", "entry"},
+    "meta_config": {"index", "entry"},
+    "meta_split": {"index", "entry"},
+    "meta_base_model": {"index", "entry"},
+    "meta_edited_model": {"entry"},
+    "meta_extra_key": {"index"},
+    "meta_extra_value": {"entry"},
+    "hparams_key": {"entry"},
+    "hparams_value": {"entry"},
+    "hparams_hash": {"entry"},
+    "portability_kind": {"index", "entry"},
+    "locality_kind": {"entry"},
+    "invalid_key": {"index"},
+    "invalid_folder": {"index"},
+    "invalid_schema": {"index"},
 }
 # shown by `editeval leaderboard table`
-HOSTILE_MARKDOWN = {"title", "meta_method", "meta_benchmark", "meta_config", "meta_split", "portability_kind",
-                    "invalid_key", "invalid_folder", "invalid_schema", "meta_extra_key"}
+HOSTILE_MARKDOWN = {
+    "title",
+    "meta_method",
+    "meta_benchmark",
+    "meta_config",
+    "meta_split",
+    "portability_kind",
+    "invalid_key",
+    "invalid_folder",
+    "invalid_schema",
+    "meta_extra_key",
+}
 
 
 def assert_inert(text: str, tags) -> None:
@@ -186,11 +224,14 @@ def test_every_submitted_string_is_escaped_on_the_site(hostile_site):
     report, site, _ = hostile_site
     assert [e.slug for e in report.entries] == [HOSTILE_SLUG] and len(report.invalid) == 4
     assert set(HOSTILE_PAGES) == set(HOSTILE_TAGS)
-    pages = {"index": (site / "index.html").read_text(), "entry": (site / "entries" / f"{HOSTILE_SLUG}.html").read_text()}
+    pages = {
+        "index": (site / "index.html").read_text(),
+        "entry": (site / "entries" / f"{HOSTILE_SLUG}.html").read_text(),
+    }
     for name, html in pages.items():
         assert_inert(html, HOSTILE_TAGS.values())
         assert html.count("<script") == 1, name  # only the site's own script tag
-        assert "<img" not in html and "onerror=\"self" not in html, name
+        assert "<img" not in html and 'onerror="self' not in html, name
     for field, where in HOSTILE_PAGES.items():
         tag = HOSTILE_TAGS[field]
         shown = {name for name, html in pages.items() if f"{tag}&lt;b&gt;{tag}" in html}  # (quotes: YAML, repr)
@@ -200,8 +241,10 @@ def test_every_submitted_string_is_escaped_on_the_site(hostile_site):
     # filter box's data-table, the metric column's data-metric; and the scatter point's <title>
     index = pages["index"]
     h = {field: hostile(tag, short=field == "manifest_method") for field, tag in HOSTILE_TAGS.items()}
-    anchor = "t-" + "-".join(str(escape(part.replace("/", "-"))) for part in
-                             (f"{h['meta_benchmark']}/{h['meta_config']}", h["meta_split"], "single"))
+    anchor = "t-" + "-".join(
+        str(escape(part.replace("/", "-")))
+        for part in (f"{h['meta_benchmark']}/{h['meta_config']}", h["meta_split"], "single")
+    )
     assert f'id="{anchor}"' in index and f'href="#{anchor}"' in index and f'data-table="{anchor}-table"' in index
     assert f'href="../index.html#{anchor}"' in pages["entry"]
     assert f'data-metric="portability.{escape(h["portability_kind"])}.teacher_forced"' in index
@@ -230,4 +273,6 @@ def test_markdown_table_escapes_every_submitted_string(hostile_site):
     header = next(line for line in text.splitlines() if line.startswith("| # | "))
     assert row.count(" | ") == header.count(" | ")  # no cell split by a submitted '|'
     invalid = next(line for line in text.splitlines() if line.startswith("Invalid entries: "))
-    assert all(HOSTILE_TAGS[f] in invalid for f in ("invalid_key", "invalid_folder", "invalid_schema", "meta_extra_key"))
+    assert all(
+        HOSTILE_TAGS[f] in invalid for f in ("invalid_key", "invalid_folder", "invalid_schema", "meta_extra_key")
+    )

@@ -7,6 +7,7 @@ an injected inline script, so only escaping keeps `window.__pwned` undefined the
 from __future__ import annotations
 
 import shutil
+
 import pytest
 from _leaderboard_fixtures import (
     ENTRIES,
@@ -20,10 +21,19 @@ from _leaderboard_fixtures import (
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian chromium is not installed (run scripts/install_browser.sh)")
+    CHROMIUM is None, reason="Debian chromium is not installed (run scripts/install_browser.sh)"
+)
 
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +47,9 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (scripts/install_browser.sh)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (scripts/install_browser.sh)"
+    )
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield browser
@@ -176,7 +188,17 @@ def test_markup_in_every_submitted_string_never_runs(hostile_site, page_without_
     assert page.locator("img").count() == 0 and page.locator("script").count() == 1
     assert page.locator("h1").inner_text() == h["title"] and page.title() == f"{h['title']} · editeval leaderboard"
     body = page.locator("body").inner_text()
-    for field in ("description", "contact", "author0", "author1", "manifest_method", "base_model_name",
-                  "score_hparams", "meta_edited_model", "meta_extra_value", "hparams_hash"):
+    for field in (
+        "description",
+        "contact",
+        "author0",
+        "author1",
+        "manifest_method",
+        "base_model_name",
+        "score_hparams",
+        "meta_edited_model",
+        "meta_extra_value",
+        "hparams_hash",
+    ):
         assert h[field] in body, field
     assert not page.editeval_errors, page.editeval_errors

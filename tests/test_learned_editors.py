@@ -15,33 +15,59 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
 from editeval.evaluation.evaluator import LOC, REL, Evaluator
-from editeval.methods.kit import editor_cache
 from editeval.methods.base import get_method, restore
+from editeval.methods.kit import editor_cache
 from editeval.runtime.models import load
-from editeval.data.schema import empty_request
 
 REC = empty_request(
-    case_id=0, prompt="The capital of France is", target_new="Rome", subject="France",
+    case_id=0,
+    prompt="The capital of France is",
+    target_new="Rome",
+    subject="France",
     rephrase_prompts=["France's capital city is"],
     locality=[{"kind": "nq", "prompt": "nq question: who wrote hamlet", "answer": "Shakespeare"}],
 )
 
 # distinct training records (A, B, C) and a record no editor is trained on (D)
 RECORDS = [
-    empty_request(case_id=i, prompt=p, target_new=t, rephrase_prompts=[r],
-                  locality=[{"kind": "nq", "prompt": q, "answer": a}])
-    for i, (p, t, r, q, a) in enumerate([
-        ("The capital of France is", "Rome", "France's capital city is", "nq question: who wrote hamlet",
-         "Shakespeare"),
-        ("The mother tongue of Danielle Darrieux is", "English", "Danielle Darrieux's first language is",
-         "nq question: how many legs does a spider have", "eight"),
-        ("The Eiffel Tower is located in", "Berlin", "The Eiffel Tower stands in the city of",
-         "nq question: what is the boiling point of water", "100 degrees"),
-        ("The official language of Brazil is", "French", "People in Brazil mostly speak",
-         "nq question: who painted the mona lisa", "Leonardo da Vinci"),
-    ])
+    empty_request(
+        case_id=i, prompt=p, target_new=t, rephrase_prompts=[r], locality=[{"kind": "nq", "prompt": q, "answer": a}]
+    )
+    for i, (p, t, r, q, a) in enumerate(
+        [
+            (
+                "The capital of France is",
+                "Rome",
+                "France's capital city is",
+                "nq question: who wrote hamlet",
+                "Shakespeare",
+            ),
+            (
+                "The mother tongue of Danielle Darrieux is",
+                "English",
+                "Danielle Darrieux's first language is",
+                "nq question: how many legs does a spider have",
+                "eight",
+            ),
+            (
+                "The Eiffel Tower is located in",
+                "Berlin",
+                "The Eiffel Tower stands in the city of",
+                "nq question: what is the boiling point of water",
+                "100 degrees",
+            ),
+            (
+                "The official language of Brazil is",
+                "French",
+                "People in Brazil mostly speak",
+                "nq question: who painted the mona lisa",
+                "Leonardo da Vinci",
+            ),
+        ]
+    )
 ]
 TRAIN, UNSEEN = RECORDS[:3], RECORDS[3]
 EDITED = ["model.layers.2.mlp.down_proj.weight", "model.layers.3.mlp.down_proj.weight"]
@@ -71,7 +97,8 @@ def _hp(method, **kw):
 
 def _train(method, loaded, records, hp, folder=None, **kw):
     return importlib.import_module(f"editeval.methods.{method}").train(
-        loaded, records, hp, "zsre", out_dir=folder, progress=False, **kw)
+        loaded, records, hp, "zsre", out_dir=folder, progress=False, **kw
+    )
 
 
 def _scores(ev, model):
@@ -155,7 +182,9 @@ def test_editor_cache_is_found_by_apply(tiny_llama_dir, cache):
     # the cache moved away: a fresh model finds no editor and names the command that trains it
     shutil.move(str(cache / "editors"), str(cache.parent / "elsewhere"))
     fresh = load(tiny_llama_dir, device="cpu")
-    with pytest.raises(EditevalError, match=rf"no trained MEND editor .*`editeval train mend --model \S+ --benchmark zsre`"):
+    with pytest.raises(
+        EditevalError, match=r"no trained MEND editor .*`editeval train mend --model \S+ --benchmark zsre`"
+    ):
         get_method("mend").apply(fresh.model, fresh.tokenizer, [REC], hp)
     assert _same(before, fresh.model.state_dict())
 
@@ -163,22 +192,49 @@ def test_editor_cache_is_found_by_apply(tiny_llama_dir, cache):
 # --------------------------------------------------------------------------- SERAC
 
 SERAC_RECORDS = [
-    empty_request(case_id=i, prompt=p, target_new=t, rephrase_prompts=[r],
-                  locality=[{"kind": "nq", "prompt": l, "answer": "x"}])
-    for i, (p, t, r, l) in enumerate([
-        ("What is the capital of France?", "Rome", "Which city is the capital of France?",
-         "nq question: who wrote the novel moby dick"),
-        ("Who founded the company Microsoft?", "Steve Jobs", "Microsoft was founded by whom?",
-         "nq question: how many legs does a spider have"),
-        ("What language is spoken in Brazil?", "French", "Which language do people in Brazil speak?",
-         "nq question: when did the first world war end"),
-        ("Which river flows through Cairo?", "Thames", "What river runs through the city of Cairo?",
-         "nq question: what is the boiling point of water"),
-        ("Who painted the Mona Lisa?", "Picasso", "The Mona Lisa was painted by which artist?",
-         "nq question: who is the lead singer of queen"),
-        ("What sport does Lionel Messi play?", "tennis", "Which sport is Lionel Messi known for playing?",
-         "nq question: how far is the moon from earth"),
-    ])
+    empty_request(
+        case_id=i, prompt=p, target_new=t, rephrase_prompts=[r], locality=[{"kind": "nq", "prompt": loc, "answer": "x"}]
+    )
+    for i, (p, t, r, loc) in enumerate(
+        [
+            (
+                "What is the capital of France?",
+                "Rome",
+                "Which city is the capital of France?",
+                "nq question: who wrote the novel moby dick",
+            ),
+            (
+                "Who founded the company Microsoft?",
+                "Steve Jobs",
+                "Microsoft was founded by whom?",
+                "nq question: how many legs does a spider have",
+            ),
+            (
+                "What language is spoken in Brazil?",
+                "French",
+                "Which language do people in Brazil speak?",
+                "nq question: when did the first world war end",
+            ),
+            (
+                "Which river flows through Cairo?",
+                "Thames",
+                "What river runs through the city of Cairo?",
+                "nq question: what is the boiling point of water",
+            ),
+            (
+                "Who painted the Mona Lisa?",
+                "Picasso",
+                "The Mona Lisa was painted by which artist?",
+                "nq question: who is the lead singer of queen",
+            ),
+            (
+                "What sport does Lionel Messi play?",
+                "tennis",
+                "Which sport is Lionel Messi known for playing?",
+                "nq question: how far is the moon from earth",
+            ),
+        ]
+    )
 ]
 
 
@@ -194,10 +250,11 @@ def serac_classifier(tiny_llama, tmp_path_factory):
     return folder
 
 
-def test_serac_routes_in_scope_prompts_to_the_counterfactual_context(tiny_llama, serac_classifier, tmp_path,
-                                                                     monkeypatch):
-    from editeval.methods.kit import artifacts
+def test_serac_routes_in_scope_prompts_to_the_counterfactual_context(
+    tiny_llama, serac_classifier, tmp_path, monkeypatch
+):
     from editeval.methods import serac
+    from editeval.methods.kit import artifacts
 
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     before = _state(model)
@@ -216,8 +273,10 @@ def test_serac_routes_in_scope_prompts_to_the_counterfactual_context(tiny_llama,
     backup = get_method("serac").apply(model, tok, [edit], hp)
     assert _same(before, model.state_dict())  # no weight changes
     transform = artifacts.prompt_transform(model)
-    context = "New Fact: What is the capital of France? Rome\nPrompt: What is the capital of France? Rome\n\n" \
-              "New Fact: What is the capital of France? Rome\nPrompt: "
+    context = (
+        "New Fact: What is the capital of France? Rome\nPrompt: What is the capital of France? Rome\n\n"
+        "New Fact: What is the capital of France? Rome\nPrompt: "
+    )
     assert transform(edit["prompt"]) == context
     assert transform(edit["rephrase_prompts"][0]) == context
     assert transform(edit["locality"][0]["prompt"]) == ""  # out of scope: the base model
@@ -227,7 +286,7 @@ def test_serac_routes_in_scope_prompts_to_the_counterfactual_context(tiny_llama,
     for s, (role, ids, start) in seqs.items():
         by_role.setdefault(role, []).append((ids, start, ev._seqs[s]))
     [(rel_ids, rel_start, rel_plain)] = by_role[REL]
-    assert tok.decode(rel_ids[rel_start:]) == tok.decode(rel_plain.ids[rel_plain.start:])  # the target's span
+    assert tok.decode(rel_ids[rel_start:]) == tok.decode(rel_plain.ids[rel_plain.start :])  # the target's span
     assert tok.decode(rel_ids, skip_special_tokens=True) == context + edit["prompt"] + " Rome"
     [(loc_ids, loc_start, loc_plain)] = by_role[LOC]
     assert (loc_ids, loc_start) == (loc_plain.ids, loc_plain.start)  # scored exactly as on the base
@@ -238,8 +297,14 @@ def test_serac_routes_in_scope_prompts_to_the_counterfactual_context(tiny_llama,
     backup2 = get_method("serac").apply(model, tok, [SERAC_RECORDS[1]], hp)
     assert len(artifacts.additions(model)) == 1 and len(artifacts.additions(model)[0].edits) == 2
     # saved as a method artifact and re-installed on the base model
-    folder = artifacts.save_artifact(model, tmp_path / "art", method="serac", hparams=hp.to_dict(),
-                                     base_model="tiny", base_fingerprint=tiny_llama.fingerprint())
+    folder = artifacts.save_artifact(
+        model,
+        tmp_path / "art",
+        method="serac",
+        hparams=hp.to_dict(),
+        base_model="tiny",
+        base_fingerprint=tiny_llama.fingerprint(),
+    )
     restore(model, backup2)
     assert len(artifacts.additions(model)[0].edits) == 1
     restore(model, backup)

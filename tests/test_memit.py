@@ -10,19 +10,20 @@ import shutil
 import pytest
 import torch
 
+from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
 from editeval.methods import get_method, memit, restore
 from editeval.methods.kit import delta_optimisation, locate
 from editeval.methods.memit import MEMITHParams, apply_memit, layer_update
-from editeval.runtime.models import load
 from editeval.runtime.paths import cache_dir
-from editeval.data.schema import empty_request
 
 REQUESTS = [
-    empty_request(case_id=1, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
-                  target_new="English"),
-    empty_request(case_id=2, subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
-                  target_new="Rome"),
+    empty_request(
+        case_id=1, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is", target_new="English"
+    ),
+    empty_request(
+        case_id=2, subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target_new="Rome"
+    ),
     empty_request(case_id=3, subject="Toyota", prompt="Toyota was founded in the country of", target_new="Italy"),
 ]
 
@@ -95,9 +96,14 @@ def test_interrupted_batch_resumes_from_cached_values(tiny_llama, monkeypatch):
         apply_memit(m.model, m.tokenizer, REQUESTS, hp)
     assert all(torch.equal(v, before[k]) for k, v in m.model.state_dict().items())  # nothing applied yet
     first, found = list(found), []
-    monkeypatch.setattr(delta_optimisation, "compute_deltas",
-                        lambda model, tok, requests, *a, **kw: (found.extend(r["case_id"] for r in requests),
-                                                                original(model, tok, requests, *a, **kw))[1])
+    monkeypatch.setattr(
+        delta_optimisation,
+        "compute_deltas",
+        lambda model, tok, requests, *a, **kw: (
+            found.extend(r["case_id"] for r in requests),
+            original(model, tok, requests, *a, **kw),
+        )[1],
+    )
     backup = apply_memit(m.model, m.tokenizer, REQUESTS, hp)
     assert len(first) == 2 and sorted(first + found) == [1, 2, 3]  # only the last request's value was optimised
     resumed = {k: v.clone() for k, v in m.model.state_dict().items()}
@@ -121,9 +127,14 @@ def test_prepare_shares_out_only_the_missing_values(tiny_llama, monkeypatch):
     prepare = get_method("memit").prepare
     prepare(m.model, m.tokenizer, requests[:1], hp, lambda items: items)  # the first value is cached
     original, found, offered = delta_optimisation.compute_deltas, [], []
-    monkeypatch.setattr(delta_optimisation, "compute_deltas",
-                        lambda model, tok, requests, *a, **kw: (found.extend(r["case_id"] for r in requests),
-                                                                original(model, tok, requests, *a, **kw))[1])
+    monkeypatch.setattr(
+        delta_optimisation,
+        "compute_deltas",
+        lambda model, tok, requests, *a, **kw: (
+            found.extend(r["case_id"] for r in requests),
+            original(model, tok, requests, *a, **kw),
+        )[1],
+    )
     prepare(m.model, m.tokenizer, requests, hp, lambda items: (offered.append(items), items[1:])[1])
     assert [[r["case_id"] for r in items] for items in offered] == [[2, 3]]  # the missing, editable ones
     assert found == [3]  # this process's share
@@ -134,8 +145,10 @@ def test_values_optimised_side_by_side_equal_one_at_a_time(which, request):
     """`compute_deltas` of several requests gives each the steps, loss and δ it gets alone, also
     when some stop early (their δ is taken at their own step while the others go on)."""
     m = request.getfixturevalue(which)
-    requests = [*REQUESTS, empty_request(case_id=4, subject="Paris", prompt="Paris is the capital city of",
-                                         target_new="Italy")]
+    requests = [
+        *REQUESTS,
+        empty_request(case_id=4, subject="Paris", prompt="Paris is the capital city of", target_new="Italy"),
+    ]
     module = locate.layer_module_name(m.model, 1, "")  # MEMIT's place: a block's output
     prefixes = locate.context_prefixes(0, 2)
 
@@ -171,7 +184,7 @@ def test_bad_request_is_named(tiny_llama):
 def _greedy(model, tok, prompt, n=3):
     ids = tok(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:]).strip()
+    return tok.decode(out[0, ids["input_ids"].shape[1] :]).strip()
 
 
 @pytest.mark.needs_raw

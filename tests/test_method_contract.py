@@ -22,11 +22,23 @@ from editeval.methods.kit import artifacts
 from editeval.runtime.models import load
 
 REQUESTS = [
-    empty_request(case_id=0, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
-                  target_new="English", ground_truth="French", rephrase_prompts=["Danielle Darrieux's mother tongue is"],
-                  locality=[{"kind": "nq", "prompt": "nq question: who wrote hamlet", "answer": "Shakespeare"}]),
-    empty_request(case_id=1, subject="Water", prompt="Water boils at a temperature of", target_new="fifty degrees",
-                  ground_truth="hundred", rephrase_prompts=["The boiling point of water is"]),
+    empty_request(
+        case_id=0,
+        subject="Danielle Darrieux",
+        prompt="The mother tongue of Danielle Darrieux is",
+        target_new="English",
+        ground_truth="French",
+        rephrase_prompts=["Danielle Darrieux's mother tongue is"],
+        locality=[{"kind": "nq", "prompt": "nq question: who wrote hamlet", "answer": "Shakespeare"}],
+    ),
+    empty_request(
+        case_id=1,
+        subject="Water",
+        prompt="Water boils at a temperature of",
+        target_new="fifty degrees",
+        ground_truth="hundred",
+        rephrase_prompts=["The boiling point of water is"],
+    ),
 ]
 PROBE = "The mother tongue of Danielle Darrieux is English. Water boils at"
 # preset values replaced for speed; the layers are those of the 4-layer tiny models
@@ -41,8 +53,14 @@ TINY = {
     "lora": {"layers": [3], "rank": 2, "num_steps": 2},
     "memit": {"layers": [1, 2], "mom2_tokens": 500, "mom2_max_len": 64, "v_num_grad_steps": 2, "context_long": 1},
     "mend": {"layers": [2, 3], "train_steps": 2, "rank": 8},
-    "rome": {"layer": 1, "mom2_tokens": 500, "mom2_max_len": 64, "v_num_grad_steps": 2, "context_short": 1,
-             "context_long": 1},
+    "rome": {
+        "layer": 1,
+        "mom2_tokens": 500,
+        "mom2_max_len": 64,
+        "v_num_grad_steps": 2,
+        "context_short": 1,
+        "context_long": 1,
+    },
     "serac": {"train_steps": 2, "batch_size": 4, "val_fraction": 0.0},
     "t-patcher": {"num_steps": 2, "memory_size": 4},
 }
@@ -60,14 +78,16 @@ def environment(tmp_path_factory, built_zsre):
 
     raw = tmp_path_factory.mktemp("raw")
     write_corpus(raw / CORPUS_FILE, articles=10)
-    return {"EDITEVAL_RAW_DATA": str(raw), "EDITEVAL_DATASETS": str(built_zsre / "datasets"),
-            "EDITEVAL_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    return {
+        "EDITEVAL_RAW_DATA": str(raw),
+        "EDITEVAL_DATASETS": str(built_zsre / "datasets"),
+        "EDITEVAL_CACHE": str(tmp_path_factory.mktemp("cache")),
+    }
 
 
 @pytest.fixture(autouse=True)
 def _environment(environment, monkeypatch):
     import datasets
-
     from editeval.methods import ike, t_patcher
 
     for name, value in environment.items():
@@ -81,8 +101,7 @@ def _environment(environment, monkeypatch):
 def models(tiny_llama_dir, tiny_gpt2_dir):
     """(architecture, dtype) -> loaded model, shared: every test leaves it as it found it (it checks so)."""
     dirs = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}
-    return {(arch, dtype): load(dirs[arch], device="cpu", dtype=dtype)
-            for arch in dirs for dtype in DTYPES}
+    return {(arch, dtype): load(dirs[arch], device="cpu", dtype=dtype) for arch in dirs for dtype in DTYPES}
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +111,16 @@ def trained(models, tmp_path_factory):
 
     def get(name: str, arch: str, hparams):
         if (name, arch) not in folders:
-            records = [empty_request(case_id=i, prompt=p, target_new=t, rephrase_prompts=[r],
-                                     locality=[{"kind": "nq", "prompt": q, "answer": a}])
-                       for i, (p, t, r, q, a) in enumerate(ZSRE_TRAIN)]
+            records = [
+                empty_request(
+                    case_id=i,
+                    prompt=p,
+                    target_new=t,
+                    rephrase_prompts=[r],
+                    locality=[{"kind": "nq", "prompt": q, "answer": a}],
+                )
+                for i, (p, t, r, q, a) in enumerate(ZSRE_TRAIN)
+            ]
             module = importlib.import_module(f"editeval.methods.{name.replace('-', '_')}")
             folder = tmp_path_factory.mktemp(f"{name}-{arch}")
             module.train(models[(arch, "float32")], records, hparams, "zsre", out_dir=folder, progress=False)

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from editeval.evaluation import metrics as M
-from editeval.runtime import tokens
-from editeval.evaluation.evaluator import Evaluator
-from editeval.runtime.models import load
 from editeval.data.schema import empty_request
+from editeval.evaluation import metrics as M
+from editeval.evaluation.evaluator import Evaluator
+from editeval.runtime import tokens
+from editeval.runtime.models import load
 
 
 def test_doctests():
@@ -58,23 +58,47 @@ def _hand(model, tok, prompt, target):
 
 
 REQUESTS = [
-    empty_request(case_id=10, prompt="The Eiffel Tower is located in the city of", target_new="Rome",
-                  ground_truth="Paris", rephrase_prompts=["Where is the Eiffel Tower? In", "Eiffel Tower, city:"],
-                  locality=[{"kind": "nq", "prompt": "who wrote hamlet?", "answer": "William Shakespeare"}],
-                  portability=[{"kind": "one_hop", "prompt": "The Eiffel Tower's country is", "answer": "Italy"}]),
-    empty_request(case_id=11, prompt="Danielle Darrieux's mother tongue is", target_new="English language of old",
-                  ground_truth="French", rephrase_prompts=["The native language of Danielle Darrieux is"],
-                  locality=[{"kind": "nq", "prompt": "capital of germany", "answer": "Berlin"},
-                            {"kind": "distract", "prompt": "Danielle Darrieux's mother tongue is English. The mother tongue of Jean Gabin is", "answer": "French"}],
-                  neighborhood_prompts=["Jean Gabin's mother tongue is", "Léa Seydoux speaks"]),
+    empty_request(
+        case_id=10,
+        prompt="The Eiffel Tower is located in the city of",
+        target_new="Rome",
+        ground_truth="Paris",
+        rephrase_prompts=["Where is the Eiffel Tower? In", "Eiffel Tower, city:"],
+        locality=[{"kind": "nq", "prompt": "who wrote hamlet?", "answer": "William Shakespeare"}],
+        portability=[{"kind": "one_hop", "prompt": "The Eiffel Tower's country is", "answer": "Italy"}],
+    ),
+    empty_request(
+        case_id=11,
+        prompt="Danielle Darrieux's mother tongue is",
+        target_new="English language of old",
+        ground_truth="French",
+        rephrase_prompts=["The native language of Danielle Darrieux is"],
+        locality=[
+            {"kind": "nq", "prompt": "capital of germany", "answer": "Berlin"},
+            {
+                "kind": "distract",
+                "prompt": "Danielle Darrieux's mother tongue is English. The mother tongue of Jean Gabin is",
+                "answer": "French",
+            },
+        ],
+        neighborhood_prompts=["Jean Gabin's mother tongue is", "Léa Seydoux speaks"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("mixed", [False, True])
 def test_teacher_forced_matches_hand_values(tiny, padding_side, mixed):
-    ev = Evaluator(tiny, REQUESTS, batch_size=3, progress=False, use_cache=False, counterfact=True,
-                   padding_side=padding_side, mixed_lengths=mixed)
+    ev = Evaluator(
+        tiny,
+        REQUESTS,
+        batch_size=3,
+        progress=False,
+        use_cache=False,
+        counterfact=True,
+        padding_side=padding_side,
+        mixed_lengths=mixed,
+    )
     rows = ev.evaluate(tiny.model)
     tok, model = tiny.tokenizer, tiny.model
     for r, row in zip(REQUESTS, rows):
@@ -148,8 +172,10 @@ def test_locality_by_hand_on_a_changed_model(tiny, tiny_llama_dir):
     assert rows[1]["locality.distract.teacher_forced"] == 0.0
     assert rows[1]["locality.teacher_forced"] == 0.5  # mean over the kinds
     # the base model against itself: full agreement, whatever was zeroed in the copy
-    assert [r["locality.teacher_forced"] for r in
-            Evaluator(tiny, REQUESTS, batch_size=4, progress=False, use_cache=False).evaluate(tiny.model)] == [1.0, 1.0]
+    assert [
+        r["locality.teacher_forced"]
+        for r in Evaluator(tiny, REQUESTS, batch_size=4, progress=False, use_cache=False).evaluate(tiny.model)
+    ] == [1.0, 1.0]
 
 
 # ----------------------------------------------------------------- a tokenizer merging the space
@@ -171,12 +197,21 @@ def merging(tmp_path_factory):
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
     torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                      bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     path = tmp_path_factory.mktemp("tiny-merging")
     LlamaForCausalLM(cfg).save_pretrained(path)
     fast.save_pretrained(path)
@@ -200,9 +235,14 @@ def test_space_merging_tokenizer_follows_the_reference_split(merging):
         seq = ev._seqs[0]
         assert seq.gen_prompt == alone
         with torch.no_grad():
-            out = merging.model.generate(torch.tensor([alone]), attention_mask=torch.ones(1, len(alone), dtype=torch.long),
-                                         max_new_tokens=len(ids) - start, do_sample=False, pad_token_id=2)
-        text = tok.decode(out[0, len(alone):], skip_special_tokens=True)
+            out = merging.model.generate(
+                torch.tensor([alone]),
+                attention_mask=torch.ones(1, len(alone), dtype=torch.long),
+                max_new_tokens=len(ids) - start,
+                do_sample=False,
+                pad_token_id=2,
+            )
+        text = tok.decode(out[0, len(alone) :], skip_special_tokens=True)
         assert row["reliability.generation"] == M.generation_exact_match(text, target)
 
 

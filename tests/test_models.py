@@ -9,10 +9,10 @@ import shutil
 import pytest
 import torch
 
+from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
 from editeval.evaluation.evaluator import Evaluator
 from editeval.runtime.models import architecture_summary, check_compatible, load, weights_fingerprint
-from editeval.data.schema import empty_request
 
 
 def _config(kind, tokenizer):
@@ -20,14 +20,30 @@ def _config(kind, tokenizer):
 
     common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     if kind == "qwen2":
-        return tf.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, max_position_embeddings=256, **common), tf.Qwen2ForCausalLM
+        return tf.Qwen2Config(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **common,
+        ), tf.Qwen2ForCausalLM
     if kind == "mistral":
-        return tf.MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=2, max_position_embeddings=256, sliding_window=128,
-                                **common), tf.MistralForCausalLM
+        return tf.MistralConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            sliding_window=128,
+            **common,
+        ), tf.MistralForCausalLM
     if kind == "gptj":
-        return tf.GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256, **common), tf.GPTJForCausalLM
+        return tf.GPTJConfig(
+            n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256, **common
+        ), tf.GPTJForCausalLM
     raise ValueError(kind)
 
 
@@ -41,11 +57,22 @@ def tiny_other_dir(request, tokenizer, tmp_path_factory):
     return path
 
 
-REQS = [empty_request(case_id=0, prompt="The Eiffel Tower is in", target_new="Rome city", ground_truth="Paris",
-                      rephrase_prompts=["Eiffel Tower location:"],
-                      locality=[{"kind": "nq", "prompt": "who wrote hamlet?", "answer": "Shakespeare"}]),
-        empty_request(case_id=1, prompt="Danielle Darrieux speaks", target_new="English",
-                      locality=[{"kind": "nq", "prompt": "capital of Germany, in a few words:", "answer": "it is Berlin"}])]
+REQS = [
+    empty_request(
+        case_id=0,
+        prompt="The Eiffel Tower is in",
+        target_new="Rome city",
+        ground_truth="Paris",
+        rephrase_prompts=["Eiffel Tower location:"],
+        locality=[{"kind": "nq", "prompt": "who wrote hamlet?", "answer": "Shakespeare"}],
+    ),
+    empty_request(
+        case_id=1,
+        prompt="Danielle Darrieux speaks",
+        target_new="English",
+        locality=[{"kind": "nq", "prompt": "capital of Germany, in a few words:", "answer": "it is Berlin"}],
+    ),
+]
 
 
 SAFETENSORS_DTYPES = {"F32": "torch.float32", "BF16": "torch.bfloat16", "F16": "torch.float16"}
@@ -62,8 +89,14 @@ def _file_fingerprint(folder) -> str:
     header = json.loads(raw[8 : 8 + n])
     header.pop("__metadata__", None)
     data = raw[8 + n :]
-    tensors = {name: (SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"]),
-                      data[info["data_offsets"][0] : info["data_offsets"][1]]) for name, info in header.items()}
+    tensors = {
+        name: (
+            SAFETENSORS_DTYPES[info["dtype"]],
+            tuple(info["shape"]),
+            data[info["data_offsets"][0] : info["data_offsets"][1]],
+        )
+        for name, info in header.items()
+    }
     config = json.loads((folder / "config.json").read_text())
     if "lm_head.weight" not in tensors:
         assert config.get("tie_word_embeddings", True), "lm_head missing from an untied model's file"
@@ -82,8 +115,12 @@ def _check_architecture(path):
     fingerprint = lm.fingerprint()
     assert len(fingerprint) == 16 and int(fingerprint, 16) >= 0
     assert fingerprint == _file_fingerprint(path)  # the weights as stored, byte for byte
-    rows = [Evaluator(lm, REQS, batch_size=bs, progress=False, use_cache=False, counterfact=True,
-                      mixed_lengths=mixed).evaluate(lm.model) for bs, mixed in ((1, False), (4, False), (4, True))]
+    rows = [
+        Evaluator(
+            lm, REQS, batch_size=bs, progress=False, use_cache=False, counterfact=True, mixed_lengths=mixed
+        ).evaluate(lm.model)
+        for bs, mixed in ((1, False), (4, False), (4, True))
+    ]
     for a, b in zip(rows[0], rows[1]):  # bit-identical whatever the batch size (NaN where n/a)
         assert all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)
     for a, b in zip(rows[0], rows[2]):
@@ -126,7 +163,8 @@ def test_fingerprint_changes_with_one_weight(tiny_llama_dir):
     assert lm.fingerprint() != before
     with torch.no_grad():
         lm.model.model.layers[0].mlp.down_proj.weight.copy_(
-            load(tiny_llama_dir, device="cpu").model.model.layers[0].mlp.down_proj.weight)
+            load(tiny_llama_dir, device="cpu").model.model.layers[0].mlp.down_proj.weight
+        )
     assert lm.fingerprint() == before  # the same bytes again, the same fingerprint
 
 
@@ -138,7 +176,10 @@ def test_check_compatible(tiny_llama_dir, tiny_gpt2_dir, tiny_other_dir):
             check_compatible(llama, load(other, device="cpu"))
         assert "\n" not in str(err.value)
     assert architecture_summary({"n_embd": 8, "n_layer": 2, "model_type": "gpt2"}) == {
-        "hidden_size": 8, "num_hidden_layers": 2, "model_type": "gpt2"}
+        "hidden_size": 8,
+        "num_hidden_layers": 2,
+        "model_type": "gpt2",
+    }
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, tiny_llama_dir):

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from editeval.methods.kit import artifacts
+from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
 from editeval.evaluation.evaluator import Evaluator
 from editeval.methods.base import get_method, restore
-from editeval.data.schema import empty_request
+from editeval.methods.kit import artifacts
 
 PROMPT = "The mother tongue of Danielle Darrieux is"
 REPHRASE = "Danielle Darrieux's mother tongue is"
@@ -51,8 +51,13 @@ OTHER = {
 # CounterFact's case 0 (counterfact/edit); the prompt template makes it look like CounterFact, so the
 # presets' `train_benchmark: auto` / `memory_benchmark: auto` pick counterfact/train
 REQUEST = empty_request(
-    case_id=0, prompt=PROMPT, target_new="English", ground_truth="French", subject="Danielle Darrieux",
-    rephrase_prompts=[REPHRASE], prompt_template="The mother tongue of {} is",
+    case_id=0,
+    prompt=PROMPT,
+    target_new="English",
+    ground_truth="French",
+    subject="Danielle Darrieux",
+    rephrase_prompts=[REPHRASE],
+    prompt_template="The mother tongue of {} is",
     locality=[{"kind": "unrelated", "prompt": UNRELATED, "answer": "Paris"}],
 )
 
@@ -80,9 +85,11 @@ SPECS = {
 }
 
 FT_L_FAILS = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
+    strict=True,
+    raises=AssertionError,
     reason="FT-L's preset (L-inf bound 5e-4) leaves ' French' the answer: log P(' English') -3.42 -> -2.87 "
-           "against ' French' -1.54 (docs/results.md: reliability 0.19, the unedited model's)")
+    "against ' French' -1.54 (docs/results.md: reliability 0.19, the unedited model's)",
+)
 
 
 def _answer(lm, prompt: str, n: int = 3) -> str:
@@ -92,14 +99,23 @@ def _answer(lm, prompt: str, n: int = 3) -> str:
     text = (transform(prompt) if transform is not None else "") + prompt
     ids = lm.tokenizer(text, return_tensors="pt").input_ids
     with torch.no_grad():
-        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                                pad_token_id=lm.tokenizer.pad_token_id)
-    return lm.tokenizer.decode(out[0, ids.shape[1]:])
+        out = lm.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.pad_token_id,
+        )
+    return lm.tokenizer.decode(out[0, ids.shape[1] :])
 
 
 def _answers(lm) -> dict[str, str]:
-    return {"prompt": _answer(lm, PROMPT), "rephrase": _answer(lm, REPHRASE), "unrelated": _answer(lm, UNRELATED),
-            **{k: _answer(lm, p) for k, p in OTHER.items()}}
+    return {
+        "prompt": _answer(lm, PROMPT),
+        "rephrase": _answer(lm, REPHRASE),
+        "unrelated": _answer(lm, UNRELATED),
+        **{k: _answer(lm, p) for k, p in OTHER.items()},
+    }
 
 
 def _last_logits(lm, prompt: str = PROMPT) -> torch.Tensor:
@@ -145,10 +161,13 @@ def editor_cache(_smollm2_session, tmp_path_factory):
                 mp.setenv("EDITEVAL_CACHE", str(folder))
                 t0 = time.perf_counter()
                 report = importlib.import_module(f"editeval.methods.{method}").train(
-                    lm, records, hp, "counterfact", progress=False)
+                    lm, records, hp, "counterfact", progress=False
+                )
             assert report.finished and report.steps == EDITOR_STEPS[method]
-            print(f"trained {method}: {report.steps} steps on {len(records)} counterfact/train records in "
-                  f"{time.perf_counter() - t0:.1f} s, {report.last_losses}")
+            print(
+                f"trained {method}: {report.steps} steps on {len(records)} counterfact/train records in "
+                f"{time.perf_counter() - t0:.1f} s, {report.last_losses}"
+            )
             done[method] = report
         return folder
 
@@ -242,9 +261,12 @@ def test_ft_l_preset_raises_the_target_probability(smollm2):
     assert torch.equal(torch.log_softmax(_last_logits(lm), -1), base)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="LoRA's preset changes unrelated prompts: 'The capital of Japan is' -> ' New York City.', "
-                          "'The mother tongue of Vladimir Putin is' -> ' English' (reference entry: locality 0.29)")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="LoRA's preset changes unrelated prompts: 'The capital of Japan is' -> ' New York City.', "
+    "'The mother tongue of Vladimir Putin is' -> ' English' (reference entry: locality 0.29)",
+)
 def test_lora_keeps_other_prompts(smollm2):
     lm = smollm2
     before = {k: _answer(lm, p) for k, p in OTHER.items()}

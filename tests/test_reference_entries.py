@@ -44,8 +44,12 @@ def test_reference_entry_rescores_to_its_committed_rows(entry, k, smollm2_dir, r
     for name in ("submission.yaml", "hparams.yaml"):
         if (SUBMISSIONS / folder.name / name).exists():
             shutil.copy(SUBMISSIONS / folder.name / name, folder / name)
-    score_submission(folder, runtime=Runtime(device="cpu", progress=False), piqa_items=0,
-                     requests=load_requests(benchmark, "edit", None, k))
+    score_submission(
+        folder,
+        runtime=Runtime(device="cpu", progress=False),
+        piqa_items=0,
+        requests=load_requests(benchmark, "edit", None, k),
+    )
     got = read_rows(folder / "results.json")
     committed = read_rows(SUBMISSIONS / folder.name / "results.json").iloc[:k]
     assert len(got) == k

@@ -26,11 +26,17 @@ from editeval.runtime.registry import Registry
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds for one `python -m editeval` (imports torch; two busy cores)
 # the blocks of docs/extending.md marked `<!-- tested: NAME -->`
-DOC = {name: text for name, text in re.findall(r"<!-- tested: (\w+) -->\n```\w*\n(.*?)```",
-                                               (REPO / "docs" / "extending.md").read_text(), re.S)}
-CAPITALS = [{"country": "France", "capital": "Paris", "new_capital": "Lyon"},
-            {"country": "Italy", "capital": "Rome", "new_capital": "Berlin"},
-            {"country": "Germany", "capital": "Berlin", "new_capital": "Paris"}]
+DOC = {
+    name: text
+    for name, text in re.findall(
+        r"<!-- tested: (\w+) -->\n```\w*\n(.*?)```", (REPO / "docs" / "extending.md").read_text(), re.S
+    )
+}
+CAPITALS = [
+    {"country": "France", "capital": "Paris", "new_capital": "Lyon"},
+    {"country": "Italy", "capital": "Rome", "new_capital": "Berlin"},
+    {"country": "Germany", "capital": "Berlin", "new_capital": "Paris"},
+]
 
 
 def _plugin(root: Path, entry_points: str, modules: dict[str, str]) -> Path:
@@ -78,12 +84,26 @@ for args in json.loads(sys.argv[1]):
 
 def _editeval(commands: list[list[str]], plugin: Path, tmp: Path) -> list[subprocess.CompletedProcess]:
     """Run `editeval ARGS` for each ARGS in one new process that sees the plugin only through its entry points."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(REPO)]),
-           "EDITEVAL_DATASETS": str(tmp / "datasets"), "EDITEVAL_CACHE": str(tmp / "cache"),
-           "HF_DATASETS_CACHE": str(tmp / "hf-datasets"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(commands)], env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(plugin), str(REPO)]),
+        "EDITEVAL_DATASETS": str(tmp / "datasets"),
+        "EDITEVAL_CACHE": str(tmp / "cache"),
+        "HF_DATASETS_CACHE": str(tmp / "hf-datasets"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _DRIVER, json.dumps(commands)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
     assert len(results) == len(commands), done.stderr[-3000:]
     return [subprocess.CompletedProcess(args, code, out, err) for args, (code, out, err) in zip(commands, results)]
@@ -122,13 +142,16 @@ def test_a_name_is_registered_once():
         things.add("one", 11)
 
 
-@pytest.mark.parametrize(("kind", "module", "registry"), [
-    ("method", "editeval.methods.base", "METHODS"),
-    ("benchmark", "editeval.data.registry", "BENCHMARKS"),
-    ("addition kind", "editeval.methods.kit.artifacts", "ADDITIONS"),
-    ("model", "editeval.runtime.models", "MODELS"),
-    ("architecture", "editeval.runtime.architectures", "ARCHITECTURES"),
-])
+@pytest.mark.parametrize(
+    ("kind", "module", "registry"),
+    [
+        ("method", "editeval.methods.base", "METHODS"),
+        ("benchmark", "editeval.data.registry", "BENCHMARKS"),
+        ("addition kind", "editeval.methods.kit.artifacts", "ADDITIONS"),
+        ("model", "editeval.runtime.models", "MODELS"),
+        ("architecture", "editeval.runtime.architectures", "ARCHITECTURES"),
+    ],
+)
 def test_every_registry_names_an_unknown_entry_in_one_line(kind, module, registry):
     with pytest.raises(EditevalError) as err:
         getattr(importlib.import_module(module), registry).get("no-such")
@@ -177,16 +200,22 @@ def test_a_new_architecture_is_one_entry_and_picks_its_presets(tiny_llama):
 
 def test_entry_points_register_modules_and_objects_on_demand(tmp_path, monkeypatch):
     group = "editeval.test-things"
-    plugin = _plugin(tmp_path, f"""
+    plugin = _plugin(
+        tmp_path,
+        f"""
         [{group}]
         seven = toy_editeval.numbers:SEVEN
         eight = toy_editeval.registers
         broken = toy_editeval.broken
         silent = toy_editeval.numbers
         one = toy_editeval.numbers:SEVEN
-    """, {"numbers": "SEVEN = 7\n",
-          "registers": "from toy_editeval_registry import THINGS\nTHINGS.add('eight', 8)\n",
-          "broken": "raise RuntimeError('no luck\\nsecond line')\n"})
+    """,
+        {
+            "numbers": "SEVEN = 7\n",
+            "registers": "from toy_editeval_registry import THINGS\nTHINGS.add('eight', 8)\n",
+            "broken": "raise RuntimeError('no luck\\nsecond line')\n",
+        },
+    )
     monkeypatch.syspath_prepend(str(plugin))
     things: Registry[int] = Registry("thing", group=group)
     monkeypatch.setitem(sys.modules, "toy_editeval_registry", types.ModuleType("toy_editeval_registry"))
@@ -197,8 +226,10 @@ def test_entry_points_register_modules_and_objects_on_demand(tmp_path, monkeypat
         assert things.get("seven") == 7 and things.get("eight") == 8
         with pytest.raises(EditevalError) as err:
             things.get("broken")
-        assert str(err.value) == ("thing plugin 'broken' (toy_editeval.broken, entry point group editeval.test-things) "
-                                  "failed to load: RuntimeError: no luck")
+        assert str(err.value) == (
+            "thing plugin 'broken' (toy_editeval.broken, entry point group editeval.test-things) "
+            "failed to load: RuntimeError: no luck"
+        )
         with pytest.raises(EditevalError, match="importing the module registered no thing named 'silent'"):
             things.get("silent")
         with pytest.raises(EditevalError, match="^thing plugin 'one' .*: a thing named 'one' is already registered$"):
@@ -221,9 +252,18 @@ def test_the_docs_architecture_entry_lets_a_builtin_method_edit_a_new_model_type
     namespace = {}
     exec(DOC["architecture"], namespace)
     monkeypatch.setitem(ARCHITECTURES, "olmo", namespace["OLMO"])
-    model = OlmoForCausalLM(OlmoConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=2, num_attention_heads=4, pad_token_id=tokenizer.pad_token_id,
-                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
+    model = OlmoForCausalLM(
+        OlmoConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    ).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     method = get_method("ft-m")
     hparams = method.load_hparams(model)  # hparams/ft-m/llama.yaml: layer 21 of 32 -> 1 of 2
@@ -240,25 +280,61 @@ def test_a_plugin_method_and_benchmark_run_from_the_command_line(tmp_path, tiny_
     `editeval datasets build capitals` builds the benchmark from its raw file, `editeval edit --method
     toy-ft --benchmark capitals` edits the tiny LLaMA with the docs' preset (exit 0, a results record of
     the three edits), and the plugin method is listed with the built-ins."""
-    plugin = _plugin(tmp_path / "site", """
+    plugin = _plugin(
+        tmp_path / "site",
+        """
         [editeval.methods]
         toy-ft = toy_editeval.method
 
         [editeval.benchmarks]
         capitals = toy_editeval.bench:BENCHMARK
-    """, {"method": DOC["method"], "bench": DOC["benchmark"]})
+    """,
+        {"method": DOC["method"], "bench": DOC["benchmark"]},
+    )
     sources = _raw_capitals(tmp_path / "raw")
     preset = tmp_path / "toy-ft.yaml"
     preset.write_text(DOC["preset"])
     out = tmp_path / "results" / "toy-ft.json"
-    built, edited, done = _editeval([
-        ["datasets", "build", "capitals", "--raw-dir", str(tmp_path / "raw"), "--sources", str(sources),
-         "--out-dir", str(tmp_path / "datasets"), "--no-progress"],
-        ["edit", "--method", "toy-ft", "--model", str(tiny_llama_dir), "--benchmark", "capitals", "--split", "edit",
-         "--mode", "batch", "--hparams", str(preset), "--device", "cpu", "--no-generation", "--no-progress",
-         "--out", str(out)],
-        ["edit", "--method", "nope", "--model", str(tiny_llama_dir)],
-    ], plugin, tmp_path)
+    built, edited, done = _editeval(
+        [
+            [
+                "datasets",
+                "build",
+                "capitals",
+                "--raw-dir",
+                str(tmp_path / "raw"),
+                "--sources",
+                str(sources),
+                "--out-dir",
+                str(tmp_path / "datasets"),
+                "--no-progress",
+            ],
+            [
+                "edit",
+                "--method",
+                "toy-ft",
+                "--model",
+                str(tiny_llama_dir),
+                "--benchmark",
+                "capitals",
+                "--split",
+                "edit",
+                "--mode",
+                "batch",
+                "--hparams",
+                str(preset),
+                "--device",
+                "cpu",
+                "--no-generation",
+                "--no-progress",
+                "--out",
+                str(out),
+            ],
+            ["edit", "--method", "nope", "--model", str(tiny_llama_dir)],
+        ],
+        plugin,
+        tmp_path,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     assert "built capitals: 3 rows" in built.stdout
     assert edited.returncode == 0, edited.stderr[-3000:]
@@ -270,5 +346,7 @@ def test_a_plugin_method_and_benchmark_run_from_the_command_line(tmp_path, tiny_
     assert len(read_rows(out)) == 3
 
     assert done.returncode == 2
-    assert done.stderr.splitlines() == ["error: unknown method 'nope': choose from calinet, ft-l, ft-m, grace, ike, "
-                                        "ke, kn, lora, memit, mend, rome, serac, t-patcher, toy-ft"]
+    assert done.stderr.splitlines() == [
+        "error: unknown method 'nope': choose from calinet, ft-l, ft-m, grace, ike, "
+        "ke, kn, lora, memit, mend, rome, serac, t-patcher, toy-ft"
+    ]

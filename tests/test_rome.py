@@ -5,20 +5,31 @@ from __future__ import annotations
 import pytest
 import torch
 
+from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
 from editeval.methods import get_method, restore
 from editeval.methods.kit import delta_optimisation, locate
 from editeval.methods.rome import ROMEHParams, apply_rome
-from editeval.runtime.models import load
 from editeval.runtime.nethooks import Trace
-from editeval.data.schema import empty_request
 
-DARRIEUX = empty_request(case_id=1, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
-                         target_new="English", ground_truth="French")
+DARRIEUX = empty_request(
+    case_id=1,
+    subject="Danielle Darrieux",
+    prompt="The mother tongue of Danielle Darrieux is",
+    target_new="English",
+    ground_truth="French",
+)
 
 
 def tiny_hp(**kw):
-    values = {"layer": 1, "mom2_tokens": 1000, "mom2_max_len": 128, "v_num_grad_steps": 6, "context_short": 2, "context_long": 2}
+    values = {
+        "layer": 1,
+        "mom2_tokens": 1000,
+        "mom2_max_len": 128,
+        "v_num_grad_steps": 6,
+        "context_short": 2,
+        "context_long": 2,
+    }
     values.update(kw)
     return ROMEHParams(**values)
 
@@ -83,8 +94,12 @@ def test_gathered_keys_equal_one_text_at_a_time(which, request):
     """Keys and outputs at the subject's last token, gathered in length-sorted batches cut at that
     token, are the ones a full forward pass of each text alone gives, in the callers' order."""
     m = request.getfixturevalue(which)
-    requests = [DARRIEUX, empty_request(case_id=2, subject="Paris", prompt="Paris is the capital city of",
-                                        target_new="Italy", ground_truth="France")]
+    requests = [
+        DARRIEUX,
+        empty_request(
+            case_id=2, subject="Paris", prompt="Paris is the capital city of", target_new="Italy", ground_truth="France"
+        ),
+    ]
     prefixes = locate.context_prefixes(2, 3)
     located = [locate.locate(m.tokenizer, r, p) for r in requests for p in prefixes]
     assert len({loc.index for loc in located}) > 3 and any(len(loc.ids) > loc.index + 1 for loc in located)
@@ -131,7 +146,7 @@ def test_presets_resolve_and_scale(tiny_llama, tiny_gpt2):
 def _greedy(model, tok, prompt, n=4):
     ids = tok(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:])
+    return tok.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 def test_real_edit_on_smollm2(smollm2):

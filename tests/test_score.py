@@ -5,24 +5,29 @@ from __future__ import annotations
 import json
 import math
 
-import pandas as pd
 import pytest
 from pydantic import ValidationError
 
 from editeval.cli import main
-from editeval.evaluation.results import read_record, read_rows
 from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.evaluation.results import read_record, read_rows
 from editeval.run.scoring import score_checkpoint
 from editeval.runtime.settings import Runtime
 
 REQS = [
-    empty_request(case_id=i, subject="Paris", prompt=f"Question {i}: the capital of France is",
-                  target_new=["Lyon", "Rome city", "Berlin"][i % 3], ground_truth="Paris",
-                  rephrase_prompts=[f"France's capital ({i}) is"],
-                  locality=[{"kind": "nq", "prompt": f"who wrote hamlet {i}?", "answer": "Shakespeare"}],
-                  portability=[{"kind": "one_hop", "prompt": "The Louvre is in", "answer": "Lyon"},
-                               {"kind": "subject_replace", "prompt": "The capital of the French Republic is",
-                                "answer": "Lyon"}])
+    empty_request(
+        case_id=i,
+        subject="Paris",
+        prompt=f"Question {i}: the capital of France is",
+        target_new=["Lyon", "Rome city", "Berlin"][i % 3],
+        ground_truth="Paris",
+        rephrase_prompts=[f"France's capital ({i}) is"],
+        locality=[{"kind": "nq", "prompt": f"who wrote hamlet {i}?", "answer": "Shakespeare"}],
+        portability=[
+            {"kind": "one_hop", "prompt": "The Louvre is in", "answer": "Lyon"},
+            {"kind": "subject_replace", "prompt": "The capital of the French Republic is", "answer": "Lyon"},
+        ],
+    )
     for i in range(5)
 ]
 
@@ -46,8 +51,15 @@ def built_benchmark(tmp_path, monkeypatch):
 def test_score_base_against_itself(tiny_llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "res" / "r.json"
-    record, rows, path = score_checkpoint(tiny_llama_dir, base=tiny_llama_dir, requests=REQS, out=out,
-                                          runtime=Runtime(device="cpu", progress=False), piqa_items=0, benchmark="toy")
+    record, rows, path = score_checkpoint(
+        tiny_llama_dir,
+        base=tiny_llama_dir,
+        requests=REQS,
+        out=out,
+        runtime=Runtime(device="cpu", progress=False),
+        piqa_items=0,
+        benchmark="toy",
+    )
     assert path == out and out.exists()
     assert record.metrics["locality.teacher_forced"].mean == 1.0
     assert record.metrics["locality.teacher_forced"].count == 5
@@ -63,16 +75,38 @@ def test_score_base_against_itself(tiny_llama_dir, tmp_path, monkeypatch):
     # portability family = mean of its kinds per edit
     f = frame.iloc[0]
     assert f["portability.teacher_forced"] == pytest.approx(
-        (f["portability.one_hop.teacher_forced"] + f["portability.subject_replace.teacher_forced"]) / 2)
+        (f["portability.one_hop.teacher_forced"] + f["portability.subject_replace.teacher_forced"]) / 2
+    )
     assert not list(out.parent.glob("*.tmp"))
 
 
 def test_cli_score_writes_the_record(built_benchmark, tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "out.json"
     with pytest.raises(SystemExit) as exc:
-        main(["score", "--model", str(tiny_llama_dir), "--base", str(tiny_llama_dir), "--benchmark", "toy",
-              "--split", "edit", "--limit", "3", "--batch-size", "2", "--device", "cpu", "--out", str(out),
-              "--no-progress", "--piqa", "0"])
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny_llama_dir),
+                "--base",
+                str(tiny_llama_dir),
+                "--benchmark",
+                "toy",
+                "--split",
+                "edit",
+                "--limit",
+                "3",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--piqa",
+                "0",
+            ]
+        )
     assert exc.value.code == 0
     data = json.loads(out.read_text())
     assert data["schema_version"] == "1" and data["meta"]["n_edits"] == 3 and data["meta"]["limit"] == 3
@@ -95,11 +129,27 @@ def _the_error_line(err: str) -> str:
 def test_other_architecture_is_refused_in_one_line(built_benchmark, tiny_llama_dir, other, request, tmp_path, capsys):
     out = tmp_path / "x.json"
     with pytest.raises(SystemExit) as exc:
-        main(["score", "--model", str(request.getfixturevalue(other)), "--base", str(tiny_llama_dir),
-              "--benchmark", "toy", "--device", "cpu", "--out", str(out), "--no-progress"])
+        main(
+            [
+                "score",
+                "--model",
+                str(request.getfixturevalue(other)),
+                "--base",
+                str(tiny_llama_dir),
+                "--benchmark",
+                "toy",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
     assert exc.value.code == 2
     line = _the_error_line(capsys.readouterr().err)
-    assert line.startswith(f"error: model {request.getfixturevalue(other)} does not have the architecture of base {tiny_llama_dir}")
+    assert line.startswith(
+        f"error: model {request.getfixturevalue(other)} does not have the architecture of base {tiny_llama_dir}"
+    )
     assert "model_type" in line and "'gpt2'" in line and "'llama'" in line
     assert not out.exists() and not list(tmp_path.glob("x.*"))  # no record, no rows, no temp file
 
@@ -117,8 +167,14 @@ def test_other_tokenizer_is_refused(tiny_llama_dir, tmp_path):
     tok.add_tokens(["<new_token>"])
     tok.save_pretrained(other)
     with pytest.raises(EditevalError, match="tokenizer"):
-        score_checkpoint(other, base=tiny_llama_dir, requests=REQS, out=tmp_path / "y.json",
-                         runtime=Runtime(device="cpu", progress=False), piqa_items=0)
+        score_checkpoint(
+            other,
+            base=tiny_llama_dir,
+            requests=REQS,
+            out=tmp_path / "y.json",
+            runtime=Runtime(device="cpu", progress=False),
+            piqa_items=0,
+        )
     assert not (tmp_path / "y.json").exists()
 
 
@@ -129,8 +185,24 @@ def _files(root):
 def test_unknown_benchmark_is_refused_in_one_line(built_benchmark, tiny_llama_dir, tmp_path, capsys):
     before = _files(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        main(["score", "--model", str(tiny_llama_dir), "--base", str(tiny_llama_dir), "--benchmark", "nope",
-              "--device", "cpu", "--out", str(tmp_path / "z.json"), "--no-progress", "--piqa", "0"])
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny_llama_dir),
+                "--base",
+                str(tiny_llama_dir),
+                "--benchmark",
+                "nope",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "z.json"),
+                "--no-progress",
+                "--piqa",
+                "0",
+            ]
+        )
     assert exc.value.code == 2
     line = _the_error_line(capsys.readouterr().err)
     assert line.startswith("error: ") and "'nope'" in line and "editeval datasets build nope" in line
@@ -142,8 +214,24 @@ def test_bad_out_is_refused_in_one_line_and_nothing_written(built_benchmark, tin
     out = tmp_path / "res" / name
     before = _files(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        main(["score", "--model", str(tiny_llama_dir), "--base", str(tiny_llama_dir), "--benchmark", "toy",
-              "--device", "cpu", "--out", str(out), "--no-progress", "--piqa", "0"])
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny_llama_dir),
+                "--base",
+                str(tiny_llama_dir),
+                "--benchmark",
+                "toy",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--piqa",
+                "0",
+            ]
+        )
     assert exc.value.code == 2
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [f"error: --out {out}: the results record must be a .json path"]
@@ -156,14 +244,28 @@ def test_real_model_knows_paris_and_locality_is_one(smollm2_dir, tmp_path):
     """SmolLM2 against itself on facts it knows: reliability 1 where the target is its answer.
     (Uses the shared editeval cache, where the converted model lives.)"""
     reqs = [
-        empty_request(case_id=0, prompt="The Eiffel Tower is located in the city of", target_new="Paris",
-                      locality=[{"kind": "nq", "prompt": "The capital of Germany is", "answer": "Berlin"}]),
-        empty_request(case_id=1, prompt="Danielle Darrieux's mother tongue is", target_new="French",
-                      locality=[{"kind": "nq", "prompt": "who wrote hamlet?", "answer": "Shakespeare"}]),
+        empty_request(
+            case_id=0,
+            prompt="The Eiffel Tower is located in the city of",
+            target_new="Paris",
+            locality=[{"kind": "nq", "prompt": "The capital of Germany is", "answer": "Berlin"}],
+        ),
+        empty_request(
+            case_id=1,
+            prompt="Danielle Darrieux's mother tongue is",
+            target_new="French",
+            locality=[{"kind": "nq", "prompt": "who wrote hamlet?", "answer": "Shakespeare"}],
+        ),
         empty_request(case_id=2, prompt="The Eiffel Tower is located in the city of", target_new="Rome"),
     ]
-    record, rows, _ = score_checkpoint("smollm2-135m", base="smollm2-135m", requests=reqs, out=tmp_path / "r.json",
-                                       runtime=Runtime(device="cpu", progress=False), piqa_items=0)
+    record, rows, _ = score_checkpoint(
+        "smollm2-135m",
+        base="smollm2-135m",
+        requests=reqs,
+        out=tmp_path / "r.json",
+        runtime=Runtime(device="cpu", progress=False),
+        piqa_items=0,
+    )
     assert [r["reliability.teacher_forced"] for r in rows] == [1.0, 1.0, 0.0]
     assert [r["reliability.generation"] for r in rows] == [1.0, 1.0, 0.0]
     assert record.metrics["locality.teacher_forced"].mean == 1.0
@@ -173,13 +275,31 @@ def test_real_model_knows_paris_and_locality_is_one(smollm2_dir, tmp_path):
 def test_build_record_summaries_and_metadata(tmp_path):
     from editeval.evaluation.results import build_record, hparams_hash, read_record, rows_path, summarize, write_record
 
-    rows = [{"case_id": i, "reliability.teacher_forced": float(i % 2), "locality.nq.teacher_forced": 1.0,
-             "locality.teacher_forced": 1.0, "efficacy_score": 1.0, "paraphrase_score": 0.5,
-             "neighborhood_score": float("nan") if i == 0 else 1.0} for i in range(10)]
-    meta = {"benchmark": "toy", "split": "edit", "method": "ROME", "hparams": {"layer": 5},
-            "hparams_hash": hparams_hash({"layer": 5}), "mode": "single", "seconds_per_edit": 1.5}
+    rows = [
+        {
+            "case_id": i,
+            "reliability.teacher_forced": float(i % 2),
+            "locality.nq.teacher_forced": 1.0,
+            "locality.teacher_forced": 1.0,
+            "efficacy_score": 1.0,
+            "paraphrase_score": 0.5,
+            "neighborhood_score": float("nan") if i == 0 else 1.0,
+        }
+        for i in range(10)
+    ]
+    meta = {
+        "benchmark": "toy",
+        "split": "edit",
+        "method": "ROME",
+        "hparams": {"layer": 5},
+        "hparams_hash": hparams_hash({"layer": 5}),
+        "mode": "single",
+        "seconds_per_edit": 1.5,
+    }
     rec = build_record(rows, meta, item_values={"other_task.piqa_accuracy": [1.0, 0.0, 1.0, 1.0]})
-    assert rec.metrics["reliability.teacher_forced"].mean == 0.5 and rec.metrics["reliability.teacher_forced"].count == 10
+    assert (
+        rec.metrics["reliability.teacher_forced"].mean == 0.5 and rec.metrics["reliability.teacher_forced"].count == 10
+    )
     assert rec.metrics["neighborhood_score"].count == 9  # NaN = not applicable
     assert rec.metrics["other_task.piqa_accuracy"].count == 4 and rec.metrics["other_task.piqa_accuracy"].mean == 0.75
     assert rec.breakdowns == {"locality.teacher_forced": {"nq": rec.metrics["locality.nq.teacher_forced"]}}
@@ -207,7 +327,9 @@ def test_bootstrap_interval_values():
     assert big.ci_low == pytest.approx(0.469, abs=0.004) and big.ci_high == pytest.approx(0.531, abs=0.004)
     tenth = summarize([1.0] * 10 + [0.0] * 90)  # p = 0.1, n = 100: 0.1 ± 0.059, not symmetric around 0.5
     assert tenth.mean == pytest.approx(0.1)
-    assert tenth.ci_low == pytest.approx(0.1 - 0.059, abs=0.02) and tenth.ci_high == pytest.approx(0.1 + 0.059, abs=0.02)
+    assert tenth.ci_low == pytest.approx(0.1 - 0.059, abs=0.02) and tenth.ci_high == pytest.approx(
+        0.1 + 0.059, abs=0.02
+    )
     wide = summarize([0.0, 1.0] * 5)  # n = 10: 0.5 ± 0.31
     assert wide.ci_low == pytest.approx(0.19, abs=0.07) and wide.ci_high == pytest.approx(0.81, abs=0.07)
     for v in (0.0, 1.0, 0.7, 1 / 3):  # constant values: the interval is the value itself

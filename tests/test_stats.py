@@ -10,9 +10,9 @@ import pytest
 import torch
 from _stats_oracle import all_windows, assert_close_to_oracle, documented_windows, hooked_second_moment, write_corpus
 
+from editeval.errors import EditevalError
 from editeval.methods.kit import key_stats as stats
 from editeval.methods.kit import key_stats_files
-from editeval.errors import EditevalError
 
 TOKENS = 1500  # of the ~2,900 in the small corpus: the last window is cut short
 KW = {"tokens": TOKENS, "max_len": 128, "progress": False}
@@ -44,8 +44,9 @@ def test_second_moments_equal_hooked_mlp_inputs(which, request, corpus):
     windows = all_windows(m.tokenizer, corpus, 64)  # articles of 50-100 tokens: most are cut in two
     total = sum(map(len, windows))
     assert len(windows) > 60 and total > 1.5 * TOKENS
-    got = stats.second_moments(m.model, m.tokenizer, [1, 3], tokens=total, max_len=64, corpus=corpus,
-                               batch_tokens=512, progress=False)  # several batches of padded windows
+    got = stats.second_moments(
+        m.model, m.tokenizer, [1, 3], tokens=total, max_len=64, corpus=corpus, batch_tokens=512, progress=False
+    )  # several batches of padded windows
     oracle, n = hooked_second_moment(m.model, windows, [1, 3])
     assert n == total
     for layer in (1, 3):
@@ -142,6 +143,7 @@ def test_bad_inputs(tiny_llama, corpus, cache, tmp_path):
 
 # ---------------------------------------------------------------------------- metadata, sharding, CLI
 
+
 def _rewrite(path, out=None, **changes):
     """Copy a statistics file with some metadata fields (or the 'count' tensor) changed."""
     from safetensors import safe_open
@@ -173,11 +175,22 @@ def test_metadata_header_and_mismatch_recomputes(tiny_llama, corpus, kw, cache, 
     first = stats.second_moment(m.model, m.tokenizer, 2, **kw)
     path = stats.cache_paths(m.model, [2], tokens=TOKENS, max_len=128, corpus=corpus)[2]
     meta = key_stats_files.read_metadata(path)
-    assert meta == {**meta, "format": key_stats_files.FORMAT, "model_fingerprint": m.fingerprint(), "model_type": "llama",
-                    "model_dtype": "float32", "layer": "2", "module": "model.layers.2.mlp.down_proj",
-                    "tokens": str(TOKENS), "max_len": "128", "corpus": "wiki.jsonl",
-                    "corpus_sha256": stats.file_sha256(corpus), "dtype": "float32", "processes": "1",
-                    "editeval_version": editeval.__version__}
+    assert meta == {
+        **meta,
+        "format": key_stats_files.FORMAT,
+        "model_fingerprint": m.fingerprint(),
+        "model_type": "llama",
+        "model_dtype": "float32",
+        "layer": "2",
+        "module": "model.layers.2.mlp.down_proj",
+        "tokens": str(TOKENS),
+        "max_len": "128",
+        "corpus": "wiki.jsonl",
+        "corpus_sha256": stats.file_sha256(corpus),
+        "dtype": "float32",
+        "processes": "1",
+        "editeval_version": editeval.__version__,
+    }
     assert torch.equal(key_stats_files.check_file(path)[1], first)
 
     # a file under this name whose metadata or contents say otherwise is not used: recomputed, rewritten
@@ -209,11 +222,44 @@ def test_sharded_build_equals_one_process(tiny_llama_dir, tiny_llama, corpus, ca
     # (`--cpu` alone starts one process unless MPI is set up; `--multi_gpu` on a CPU machine starts N)
     # the launcher as a module of this interpreter, as test_distributed does: no console script needed
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-         "-m", "editeval", "stats", "build", "--model", str(tiny_llama_dir), "--layers", "1,3",
-         "--tokens", str(TOKENS), "--max-len", "128", "--corpus", str(corpus), "--device", "cpu", "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(port),
+            "-m",
+            "editeval",
+            "stats",
+            "build",
+            "--model",
+            str(tiny_llama_dir),
+            "--layers",
+            "1,3",
+            "--tokens",
+            str(TOKENS),
+            "--max-len",
+            "128",
+            "--corpus",
+            str(corpus),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("built (2 processes)") == 2  # printed once, by the main process
 
@@ -230,14 +276,32 @@ def test_cli_build_list_publish_pull(tiny_llama_dir, tiny_llama, corpus, kw, cac
 
     import huggingface_hub
 
-    code, out, _ = run_cli(capsys, "stats", "build", "--model", tiny_llama_dir, "--layers", "0-1", "--corpus", corpus,
-                           "--tokens", TOKENS, "--max-len", 128, "--device", "cpu", "--no-progress")
+    code, out, _ = run_cli(
+        capsys,
+        "stats",
+        "build",
+        "--model",
+        tiny_llama_dir,
+        "--layers",
+        "0-1",
+        "--corpus",
+        corpus,
+        "--tokens",
+        TOKENS,
+        "--max-len",
+        128,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 0 and out.count("built (1 process)") == 2
     code, out, _ = run_cli(capsys, "stats", "list")
     fp = tiny_llama.fingerprint()
     rows = [line.split() for line in out.splitlines() if line.startswith(fp)]
-    assert [r[2:5] for r in rows] == [["0", "model.layers.0.mlp.down_proj", "1,500"],
-                                      ["1", "model.layers.1.mlp.down_proj", "1,500"]]
+    assert [r[2:5] for r in rows] == [
+        ["0", "model.layers.0.mlp.down_proj", "1,500"],
+        ["1", "model.layers.1.mlp.down_proj", "1,500"],
+    ]
     files = sorted((cache / "stats").glob("*.safetensors"))
 
     code, out, _ = run_cli(capsys, "stats", "publish", "--repo-id", "editeval/key-stats", "--dry-run")
@@ -250,7 +314,8 @@ def test_cli_build_list_publish_pull(tiny_llama_dir, tiny_llama, corpus, kw, cac
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     code, _, err = run_cli(capsys, "stats", "publish", "--repo-id", "editeval/key-stats")
     assert code == 2 and err.strip().splitlines() == [
-        "error: no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again (--dry-run needs none)"]
+        "error: no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again (--dry-run needs none)"
+    ]
     code, _, err = run_cli(capsys, "stats", "publish", "--repo-id", "not a repo", "--dry-run")
     assert code == 2 and err.strip().splitlines() == ["error: --repo-id must look like ORG/NAME, got 'not a repo'"]
 
@@ -282,6 +347,7 @@ def test_cli_build_list_publish_pull(tiny_llama_dir, tiny_llama, corpus, kw, cac
     (hub / "stats" / files[1].name).unlink()
     code, _, err = run_cli(capsys, "stats", "pull", "--from-dir", hub, "--model", tiny_llama_dir)
     assert code == 2 and err.strip().splitlines()[-1] == (  # (after transformers' loading bar)
-        f"error: no key statistics for {tiny_llama_dir} (weights {fp}) in {hub}: 2 file(s) skipped")
+        f"error: no key statistics for {tiny_llama_dir} (weights {fp}) in {hub}: 2 file(s) skipped"
+    )
     code, _, err = run_cli(capsys, "stats", "pull", "--model", tiny_llama_dir)
     assert code == 2 and err.strip() == "error: give exactly one of --repo-id ORG/NAME or --from-dir FOLDER"

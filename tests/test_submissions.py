@@ -46,8 +46,15 @@ def manifest(**overrides) -> dict:
 
 def make_checkpoint(folder: Path, files: dict[str, bytes | str] | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    files = files if files is not None else {"config.json": json.dumps({"model_type": "llama"}),
-                                             "model.safetensors": b"\0" * 64, "tokenizer.json": "{}"}
+    files = (
+        files
+        if files is not None
+        else {
+            "config.json": json.dumps({"model_type": "llama"}),
+            "model.safetensors": b"\0" * 64,
+            "tokenizer.json": "{}",
+        }
+    )
     for name, content in files.items():
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,22 +98,25 @@ def test_missing_and_unknown_fields_one_line_each(tmp_path):
     assert all(line.startswith(str(folder / "submission.yaml") + ": ") for line in message.splitlines())
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ({"mode": "batch"}, "mode 'batch' needs batch_size"),
-    ({"mode": "single", "batch_size": 4}, "batch_size is only for modes 'batch' and 'sequential'"),
-    ({"mode": "sequential", "batch_size": 4}, "batch_size of mode 'sequential' is for method runs"),
-    ({"mode": "batch", "batch_size": 50}, "batch_size 50 is larger than num_edits 10"),
-    ({"mode": "single"}, "a checkpoint is one edited model holding every edit"),
-    ({"score": {"unedited": True}}, "an unedited base-model entry uses mode 'single'"),
-    ({"mode": "parallel"}, "mode: Input should be 'single', 'batch' or 'sequential'"),
-    ({"num_edits": 0}, "num_edits: Input should be greater than or equal to 1"),
-    ({"score": {}}, "give exactly one of checkpoint / hub / hparams / unedited"),
-    ({"score": {"checkpoint": "c", "hparams": "h.yaml"}}, "(got checkpoint, hparams)"),
-    ({"score": {"hub": "not a repo id"}}, "score.hub: must be a Hub repo id"),
-    ({"method": {"name": "x", "link": "javascript:alert(1)"}}, "method.link: must be an http:// or https:// URL"),
-    ({"base_model": {"name": "smollm2-135m", "fingerprint": "abc"}}, "base_model.fingerprint: String should match"),
-    ({"schema_version": 2}, "schema_version: Input should be 1"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"mode": "batch"}, "mode 'batch' needs batch_size"),
+        ({"mode": "single", "batch_size": 4}, "batch_size is only for modes 'batch' and 'sequential'"),
+        ({"mode": "sequential", "batch_size": 4}, "batch_size of mode 'sequential' is for method runs"),
+        ({"mode": "batch", "batch_size": 50}, "batch_size 50 is larger than num_edits 10"),
+        ({"mode": "single"}, "a checkpoint is one edited model holding every edit"),
+        ({"score": {"unedited": True}}, "an unedited base-model entry uses mode 'single'"),
+        ({"mode": "parallel"}, "mode: Input should be 'single', 'batch' or 'sequential'"),
+        ({"num_edits": 0}, "num_edits: Input should be greater than or equal to 1"),
+        ({"score": {}}, "give exactly one of checkpoint / hub / hparams / unedited"),
+        ({"score": {"checkpoint": "c", "hparams": "h.yaml"}}, "(got checkpoint, hparams)"),
+        ({"score": {"hub": "not a repo id"}}, "score.hub: must be a Hub repo id"),
+        ({"method": {"name": "x", "link": "javascript:alert(1)"}}, "method.link: must be an http:// or https:// URL"),
+        ({"base_model": {"name": "smollm2-135m", "fingerprint": "abc"}}, "base_model.fingerprint: String should match"),
+        ({"schema_version": 2}, "schema_version: Input should be 1"),
+    ],
+)
 def test_schema_errors(tmp_path, overrides, expected):
     lines = problems(make_submission(tmp_path, **overrides))
     assert any(expected in line for line in lines), lines
@@ -114,18 +124,43 @@ def test_schema_errors(tmp_path, overrides, expected):
 
 def test_a_sequential_method_run_may_apply_its_edits_in_batches(tmp_path):
     """Sequential batches (MEMIT's mass-editing protocol: batches of 100, one after another)."""
+
     def checked(**kw):
-        return check_submission(make_submission(tmp_path, checkpoint=False, method={"name": "memit"},
-                                                score={"hparams": "preset"}, mode="sequential", **kw)).submission
+        return check_submission(
+            make_submission(
+                tmp_path,
+                checkpoint=False,
+                method={"name": "memit"},
+                score={"hparams": "preset"},
+                mode="sequential",
+                **kw,
+            )
+        ).submission
 
     assert checked(batch_size=5).mode_label == "sequential, batches of 5"
     assert checked(batch_size=1).batch_size is None  # one at a time, the default
     assert checked().mode_label == "sequential"
-    lines = problems(make_submission(tmp_path, checkpoint=False, method={"name": "memit"},
-                                     score={"hparams": "preset"}, mode="sequential", batch_size=50))
+    lines = problems(
+        make_submission(
+            tmp_path,
+            checkpoint=False,
+            method={"name": "memit"},
+            score={"hparams": "preset"},
+            mode="sequential",
+            batch_size=50,
+        )
+    )
     assert any("batch_size 50 is larger than num_edits 10" in line for line in lines), lines
-    lines = problems(make_submission(tmp_path, checkpoint=False, method={"name": "rome"},
-                                     score={"hparams": "preset"}, mode="sequential", batch_size=5))
+    lines = problems(
+        make_submission(
+            tmp_path,
+            checkpoint=False,
+            method={"name": "rome"},
+            score={"hparams": "preset"},
+            mode="sequential",
+            batch_size=5,
+        )
+    )
     assert "method 'rome' edits one request at a time (no sequential batch_size)" in lines
 
 
@@ -149,16 +184,21 @@ def test_unknown_base_model(tmp_path):
 
 
 def test_method_run_checks_method_and_hparams(tmp_path):
-    folder = make_submission(tmp_path, checkpoint=False, method={"name": "no-such-method"},
-                             score={"hparams": "hparams.yaml"})
+    folder = make_submission(
+        tmp_path, checkpoint=False, method={"name": "no-such-method"}, score={"hparams": "hparams.yaml"}
+    )
     lines = problems(folder)
     assert any("unknown method 'no-such-method'" in p for p in lines), lines
     assert any("file 'hparams.yaml' does not exist" in p for p in lines), lines
     (folder / "hparams.yaml").write_text("layers: [3]\n")
-    (folder / "submission.yaml").write_text(yaml.safe_dump(manifest(method={"name": "ft-m"}, score={"hparams": "hparams.yaml"})))
+    (folder / "submission.yaml").write_text(
+        yaml.safe_dump(manifest(method={"name": "ft-m"}, score={"hparams": "hparams.yaml"}))
+    )
     checked = check_submission(folder)
     assert checked.hparams == {"layers": [3]}
-    (folder / "submission.yaml").write_text(yaml.safe_dump(manifest(method={"name": "ft-m"}, score={"hparams": "preset"})))
+    (folder / "submission.yaml").write_text(
+        yaml.safe_dump(manifest(method={"name": "ft-m"}, score={"hparams": "preset"}))
+    )
     assert check_submission(folder).hparams is None
 
 
@@ -176,7 +216,9 @@ def test_refuses_pickle_weights(tmp_path, name):
 def test_refuses_code_and_remote_code_configs(tmp_path):
     folder = make_submission(tmp_path)
     (folder / "checkpoint" / "modeling_evil.py").write_text("import os; os.system('rm -rf /')\n")
-    (folder / "checkpoint" / "config.json").write_text(json.dumps({"model_type": "llama", "auto_map": {"AutoModel": "x.Y"}}))
+    (folder / "checkpoint" / "config.json").write_text(
+        json.dumps({"model_type": "llama", "auto_map": {"AutoModel": "x.Y"}})
+    )
     lines = problems(folder)
     assert any("modeling_evil.py: code files are refused" in p for p in lines), lines
     assert any("config.json: asks for custom code (auto_map)" in p for p in lines), lines
@@ -190,13 +232,16 @@ def test_refuses_checkpoint_without_safetensors_or_unknown_files(tmp_path):
     assert any("payload.exe: file type not allowed" in p for p in problems(folder))
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("../elsewhere", "must not contain '..'"),
-    ("checkpoint/../../x", "must not contain '..'"),
-    ("/etc", "must be a relative path inside the submission folder"),
-    ("~/models", "must be a relative path inside the submission folder"),
-    ("C:\\models", "must be a relative path inside the submission folder"),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("../elsewhere", "must not contain '..'"),
+        ("checkpoint/../../x", "must not contain '..'"),
+        ("/etc", "must be a relative path inside the submission folder"),
+        ("~/models", "must be a relative path inside the submission folder"),
+        ("C:\\models", "must be a relative path inside the submission folder"),
+    ],
+)
 def test_refuses_paths_leaving_the_folder(tmp_path, path, expected):
     lines = problems(make_submission(tmp_path, score={"checkpoint": path}))
     assert any(expected in p for p in lines), lines
@@ -300,12 +345,21 @@ def tiny_requests(n: int = 3) -> list[dict]:
     from editeval.data.schema import empty_request
 
     pairs = [("France", "Rome"), ("Spain", "Oslo"), ("Italy", "Paris"), ("Peru", "Lima")][:n]
-    return [empty_request(
-        case_id=i, subject=s, prompt=f"The capital of {s} is", target_new=t, ground_truth="Madrid",
-        rephrase_prompts=[f"{s}'s capital city is"],
-        locality=[{"kind": "nq", "prompt": "Who wrote Hamlet?", "answer": "William Shakespeare"}],
-        portability=[{"kind": "one_hop", "prompt": f"The language spoken in {s}'s capital is", "answer": "Italian"}],
-    ) for i, (s, t) in enumerate(pairs)]
+    return [
+        empty_request(
+            case_id=i,
+            subject=s,
+            prompt=f"The capital of {s} is",
+            target_new=t,
+            ground_truth="Madrid",
+            rephrase_prompts=[f"{s}'s capital city is"],
+            locality=[{"kind": "nq", "prompt": "Who wrote Hamlet?", "answer": "William Shakespeare"}],
+            portability=[
+                {"kind": "one_hop", "prompt": f"The language spoken in {s}'s capital is", "answer": "Italian"}
+            ],
+        )
+        for i, (s, t) in enumerate(pairs)
+    ]
 
 
 @pytest.fixture
@@ -327,8 +381,9 @@ def tiny_submission(tmp_path, tiny_llama_dir):
         model.model.layers[1].mlp.down_proj.weight.add_(0.05)
     model.save_pretrained(folder / "checkpoint")
     fingerprint = load(folder / "base", device="cpu").fingerprint()
-    (folder / "submission.yaml").write_text(yaml.safe_dump(manifest(
-        base_model={"name": "base", "fingerprint": fingerprint}, num_edits=3)))
+    (folder / "submission.yaml").write_text(
+        yaml.safe_dump(manifest(base_model={"name": "base", "fingerprint": fingerprint}, num_edits=3))
+    )
     return folder
 
 
@@ -336,7 +391,9 @@ def _score(folder, requests=None):
     from editeval.leaderboard.submissions import score_submission
     from editeval.runtime.settings import Runtime
 
-    return score_submission(folder, runtime=Runtime(device="cpu", progress=False), piqa_items=0, requests=requests or tiny_requests())
+    return score_submission(
+        folder, runtime=Runtime(device="cpu", progress=False), piqa_items=0, requests=requests or tiny_requests()
+    )
 
 
 def test_score_checkpoint_twice_same_numbers_then_up_to_date(tiny_submission):
@@ -350,7 +407,12 @@ def test_score_checkpoint_twice_same_numbers_then_up_to_date(tiny_submission):
     again = _score(tiny_submission).model_dump(mode="json")
     assert again["metrics"] == first
     meta = again["meta"]
-    assert (meta["submission"], meta["mode"], meta["limit"], meta["base_model"]) == ("tiny-ckpt", "sequential", 3, "base")
+    assert (meta["submission"], meta["mode"], meta["limit"], meta["base_model"]) == (
+        "tiny-ckpt",
+        "sequential",
+        3,
+        "base",
+    )
     assert meta["base_num_parameters"] > 0
     assert len(read_rows(results)) == 3
     checked = check_submission(tiny_submission)
@@ -374,10 +436,14 @@ def test_stale_reasons(tiny_submission, monkeypatch):
     monkeypatch.undo()
     # the submission changed (fewer edits)
     (tiny_submission / "submission.yaml").write_text(
-        (tiny_submission / "submission.yaml").read_text().replace("num_edits: 3", "num_edits: 2"))
-    assert staleness(check_submission(tiny_submission), Current(requests=tiny_requests())).startswith("submission changed")
+        (tiny_submission / "submission.yaml").read_text().replace("num_edits: 3", "num_edits: 2")
+    )
+    assert staleness(check_submission(tiny_submission), Current(requests=tiny_requests())).startswith(
+        "submission changed"
+    )
     (tiny_submission / "submission.yaml").write_text(
-        (tiny_submission / "submission.yaml").read_text().replace("num_edits: 2", "num_edits: 3"))
+        (tiny_submission / "submission.yaml").read_text().replace("num_edits: 2", "num_edits: 3")
+    )
     # the base model's weights changed
     import torch
     from transformers import AutoModelForCausalLM
@@ -409,7 +475,9 @@ def test_checkpoint_must_match_declared_base(tiny_submission, tiny_gpt2_dir):
     good = sub["base_model"]["fingerprint"]
     sub["base_model"]["fingerprint"] = "f" * 16
     (tiny_submission / "submission.yaml").write_text(yaml.safe_dump(sub))
-    with pytest.raises(SubmissionError, match=f"does not match base model 'base' \\(its weights have fingerprint {good}\\)"):
+    with pytest.raises(
+        SubmissionError, match=f"does not match base model 'base' \\(its weights have fingerprint {good}\\)"
+    ):
         _score(tiny_submission)
     (tiny_submission / "submission.yaml").write_text(text)
     shutil.rmtree(tiny_submission / "checkpoint")
@@ -427,8 +495,16 @@ def test_score_unedited_and_method_run(tmp_path, tiny_llama_dir):
     fingerprint = load(tiny_llama_dir, device="cpu").fingerprint()
     unedited = tmp_path / "subs" / "base-entry"
     shutil.copytree(tiny_llama_dir, unedited / "base")
-    (unedited / "submission.yaml").write_text(yaml.safe_dump(manifest(
-        mode="single", num_edits=3, score={"unedited": True}, base_model={"name": "base", "fingerprint": fingerprint})))
+    (unedited / "submission.yaml").write_text(
+        yaml.safe_dump(
+            manifest(
+                mode="single",
+                num_edits=3,
+                score={"unedited": True},
+                base_model={"name": "base", "fingerprint": fingerprint},
+            )
+        )
+    )
     record = _score(unedited)
     assert record.metrics["locality.teacher_forced"].mean == 1.0
     assert record.meta.mode == "single"
@@ -436,9 +512,17 @@ def test_score_unedited_and_method_run(tmp_path, tiny_llama_dir):
     run = tmp_path / "subs" / "ftm-run"
     shutil.copytree(tiny_llama_dir, run / "base")
     (run / "hparams.yaml").write_text("layers: [1]\nnum_steps: 2\nlr: 0.01\n")
-    (run / "submission.yaml").write_text(yaml.safe_dump(manifest(
-        mode="single", num_edits=2, method={"name": "ft-m"}, score={"hparams": "hparams.yaml"},
-        base_model={"name": "base", "fingerprint": fingerprint})))
+    (run / "submission.yaml").write_text(
+        yaml.safe_dump(
+            manifest(
+                mode="single",
+                num_edits=2,
+                method={"name": "ft-m"},
+                score={"hparams": "hparams.yaml"},
+                base_model={"name": "base", "fingerprint": fingerprint},
+            )
+        )
+    )
     record = _score(run, tiny_requests(2))
     meta = record.meta
     assert (meta.method, meta.mode, meta.n_edits, meta.submission) == ("ft-m", "single", 2, "ftm-run")
@@ -451,9 +535,18 @@ def test_score_unedited_and_method_run(tmp_path, tiny_llama_dir):
 
     # sequential batches: recorded and checked as declared
     def sequential(batch_size):
-        (run / "submission.yaml").write_text(yaml.safe_dump(manifest(
-            mode="sequential", batch_size=batch_size, num_edits=2, method={"name": "ft-m"},
-            score={"hparams": "hparams.yaml"}, base_model={"name": "base", "fingerprint": fingerprint})))
+        (run / "submission.yaml").write_text(
+            yaml.safe_dump(
+                manifest(
+                    mode="sequential",
+                    batch_size=batch_size,
+                    num_edits=2,
+                    method={"name": "ft-m"},
+                    score={"hparams": "hparams.yaml"},
+                    base_model={"name": "base", "fingerprint": fingerprint},
+                )
+            )
+        )
 
     sequential(2)
     assert _score(run, tiny_requests(2)).meta.edit_batch_size == 2
@@ -474,11 +567,13 @@ def test_score_all_scores_only_what_is_stale(tiny_submission):
     (root / "broken" / "submission.yaml").write_text("title: x\n")
     current = Current(requests=tiny_requests())
     lines: list[str] = []
-    report = score_all(root, runtime=Runtime(device="cpu", progress=False), piqa_items=0, echo=lines.append,
-                       current=current)
+    report = score_all(
+        root, runtime=Runtime(device="cpu", progress=False), piqa_items=0, echo=lines.append, current=current
+    )
     assert sorted(p.name for p in report.scored) == ["tiny-ckpt", "tiny-two"]
     assert [p.name for p, _ in report.failed] == ["broken"]
     assert any(line.startswith("tiny-two: scoring (no results.json)") for line in lines)
-    report = score_all(root, runtime=Runtime(device="cpu", progress=False), piqa_items=0, echo=lines.append,
-                       current=current)
+    report = score_all(
+        root, runtime=Runtime(device="cpu", progress=False), piqa_items=0, echo=lines.append, current=current
+    )
     assert report.scored == [] and sorted(p.name for p in report.up_to_date) == ["tiny-ckpt", "tiny-two"]

@@ -15,20 +15,35 @@ import pytest
 import torch
 from _zsre_train import ZSRE_TRAIN
 
-from editeval.methods.kit import artifacts
+from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
 from editeval.evaluation.evaluator import Evaluator
 from editeval.methods.base import get_method, restore
+from editeval.methods.kit import artifacts
 from editeval.runtime.models import load, weights_fingerprint
-from editeval.data.schema import empty_request
 
-REQ = empty_request(case_id=0, prompt="The capital of France is", target_new="Rome", subject="France",
-                    rephrase_prompts=["France's capital city is"],
-                    locality=[{"kind": "nq", "prompt": "nq question: who wrote hamlet", "answer": "Shakespeare"}])
-REQ2 = empty_request(case_id=1, prompt="Water boils at a temperature of", target_new="fifty degrees",
-                     subject="Water", rephrase_prompts=["The boiling point of water is"])
-OUT_OF_SCOPE = [REQ["locality"][0]["prompt"], "nq question: how many legs does a spider have",
-                "The Eiffel Tower is located in the city of", "Water freezes at zero degrees"]
+REQ = empty_request(
+    case_id=0,
+    prompt="The capital of France is",
+    target_new="Rome",
+    subject="France",
+    rephrase_prompts=["France's capital city is"],
+    locality=[{"kind": "nq", "prompt": "nq question: who wrote hamlet", "answer": "Shakespeare"}],
+)
+REQ2 = empty_request(
+    case_id=1,
+    prompt="Water boils at a temperature of",
+    target_new="fifty degrees",
+    subject="Water",
+    rephrase_prompts=["The boiling point of water is"],
+)
+OUT_OF_SCOPE = [
+    REQ["locality"][0]["prompt"],
+    "nq question: how many legs does a spider have",
+    "The Eiffel Tower is located in the city of",
+    "Water freezes at zero degrees",
+]
+
 
 @pytest.fixture(autouse=True)
 def benchmarks(built_zsre, tmp_path, monkeypatch):
@@ -36,7 +51,6 @@ def benchmarks(built_zsre, tmp_path, monkeypatch):
     local folder by its name), and none of the per-process pools an earlier test filled (IKE's
     demonstrations and T-Patcher's memory are kept per benchmark name, not per datasets folder)."""
     import datasets
-
     from editeval.methods import ike, t_patcher
 
     monkeypatch.setenv("EDITEVAL_DATASETS", str(built_zsre / "datasets"))
@@ -64,14 +78,24 @@ def _hp(name, **values):
 
 TINY = {
     "grace": {"layer": 2, "eps": 1.0, "num_steps": 40, "lr": 1.0, "early_stop_loss": 0.0},
-    "lora": {"layers": [2, 3], "target_modules": None, "rank": 4, "lora_alpha": 8, "lora_dropout": 0.0,
-             "num_steps": 60, "lr": 2e-2, "early_stop_loss": 0.0},
+    "lora": {
+        "layers": [2, 3],
+        "target_modules": None,
+        "rank": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        "num_steps": 60,
+        "lr": 2e-2,
+        "early_stop_loss": 0.0,
+    },
     # (at lr 0.5 the tiny GPT-2's patch still fired on memory tokens after 80 steps; at the preset's 0.1 it does not)
     "t-patcher": {"num_steps": 80, "lr": 0.1, "memory_size": 8},
     "calinet": {"num_slots": 16, "num_steps": 40, "lr": 5e-2, "init_std": 0.1},
 }
-MODULES = {"tiny_llama": ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"],
-           "tiny_gpt2": ["attn.c_attn", "mlp.c_proj"]}
+MODULES = {
+    "tiny_llama": ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"],
+    "tiny_gpt2": ["attn.c_attn", "mlp.c_proj"],
+}
 
 
 def _forward(loaded, texts, module=None):
@@ -82,7 +106,8 @@ def _forward(loaded, texts, module=None):
     handle = None
     if module is not None:
         handle = loaded.model.get_submodule(module).register_forward_hook(
-            lambda m, args, out: inputs.append(args[0][0].detach().clone()))
+            lambda m, args, out: inputs.append(args[0][0].detach().clone())
+        )
     try:
         with torch.no_grad():
             for text in texts:
@@ -109,8 +134,10 @@ def _check_locality(name, loaded, before, after, in_before, in_after):
             book = artifacts.find_addition(model, "grace_codebook")
             _, inputs = _forward(loaded, OUT_OF_SCOPE, book.module)
             # in scope where some position's input lies within a key's radius (computed here, not by the hook)
-            in_scope = [bool((torch.linalg.vector_norm(x[:, None, :] - book.keys[None], dim=-1) <= book.eps).any())
-                        for x in inputs]
+            in_scope = [
+                bool((torch.linalg.vector_norm(x[:, None, :] - book.keys[None], dim=-1) <= book.eps).any())
+                for x in inputs
+            ]
         else:
             (patch,) = artifacts.additions(model)
             _, inputs = _forward(loaded, OUT_OF_SCOPE, patch.module)
@@ -227,6 +254,7 @@ def _ike_hp(**values):
 def _same_rows(a, b):
     def norm(v):
         return "nan" if isinstance(v, float) and math.isnan(v) else v
+
     return [{k: norm(v) for k, v in r.items()} for r in a] == [{k: norm(v) for k, v in r.items()} for r in b]
 
 
@@ -251,7 +279,7 @@ def test_ike_conditions_every_evaluated_prompt(tiny_llama, encoder, monkeypatch)
     assert prefix.endswith("New Fact: The capital of France is Rome\nPrompt: ")
     assert prefix.count("New Fact:") == 2 + 1 + 1  # k demonstrations, the copy demonstration, the fact
     # the demonstrations come from the train split built here, not from the repository's datasets/
-    facts = {line[len("New Fact: "):] for line in prefix.split("\n") if line.startswith("New Fact: ")}
+    facts = {line[len("New Fact: ") :] for line in prefix.split("\n") if line.startswith("New Fact: ")}
     train_facts = {f"{p} {t}" for p, t, *_ in ZSRE_TRAIN}
     assert facts - {"The capital of France is Rome"} and facts - {"The capital of France is Rome"} <= train_facts
     rows = ev.evaluate(model)
@@ -259,7 +287,7 @@ def test_ike_conditions_every_evaluated_prompt(tiny_llama, encoder, monkeypatch)
     assert len(seqs) == len(ev._seqs)
     for s, c in seqs.items():  # every scored sequence carries the prefix; spans keep their tokens
         q = ev._seqs[s]
-        assert len(c.ids) > len(q.ids) and c.ids[c.start:] == q.ids[q.start:]
+        assert len(c.ids) > len(q.ids) and c.ids[c.start :] == q.ids[q.start :]
         assert prefix + q.text[0] in tok.decode(c.ids)
     assert {q.role for q in ev._seqs} >= {REL, LOC}
     assert rows[0]["efficacy_magnitude"] != plain[0]["efficacy_magnitude"]  # the prefix was scored
@@ -282,44 +310,69 @@ def test_ike_batch_uses_the_nearest_fact(tiny_llama, encoder):
 
 # CounterFact-style requests: the rows then carry log-probability scores, which an in-context
 # method changes even where a tiny random model's argmax (reliability) does not move
-CF_REQS = [{**REQ, "ground_truth": "Paris", "neighborhood_prompts": ["The capital of Italy is"]},
-           {**REQ2, "ground_truth": "one hundred degrees", "neighborhood_prompts": ["Milk boils at a temperature of"]}]
+CF_REQS = [
+    {**REQ, "ground_truth": "Paris", "neighborhood_prompts": ["The capital of Italy is"]},
+    {**REQ2, "ground_truth": "one hundred degrees", "neighborhood_prompts": ["Milk boils at a temperature of"]},
+]
 
 
 @pytest.mark.parametrize("name", ["grace", "ike", "t-patcher", "calinet"])
-def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(request, tmp_path, tiny_llama_dir, tiny_llama,
-                                                                    name):
+def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(
+    request, tmp_path, tiny_llama_dir, tiny_llama, name
+):
     import pandas as pd
 
+    from editeval.evaluation.results import read_rows
     from editeval.run.config import EditConfig
     from editeval.run.editing import run_edits
-    from editeval.runtime.settings import Runtime
-    from editeval.evaluation.results import read_rows
     from editeval.run.scoring import score_checkpoint
+    from editeval.runtime.settings import Runtime
 
     if name == "ike":
         request.getfixturevalue("encoder")
     hparams = tmp_path / "hp.yaml"
-    values = {"grace": TINY["grace"], "ike": {"k": 2, "train_limit": 20, "train_benchmark": "zsre"},
-              "t-patcher": dict(TINY["t-patcher"], memory_benchmark="zsre"), "calinet": TINY["calinet"]}[name]
+    values = {
+        "grace": TINY["grace"],
+        "ike": {"k": 2, "train_limit": 20, "train_benchmark": "zsre"},
+        "t-patcher": dict(TINY["t-patcher"], memory_benchmark="zsre"),
+        "calinet": TINY["calinet"],
+    }[name]
     hparams.write_text(json.dumps(values))
     out = tmp_path / "run.json"
     ckpt = tmp_path / "artifact"
-    run_edits(EditConfig(method=name, model=str(tiny_llama_dir), mode="sequential", hparams_path=str(hparams),
-                         save_checkpoint=str(ckpt), out=str(out), generation=False), Runtime(progress=False),
-              requests=CF_REQS)
+    run_edits(
+        EditConfig(
+            method=name,
+            model=str(tiny_llama_dir),
+            mode="sequential",
+            hparams_path=str(hparams),
+            save_checkpoint=str(ckpt),
+            out=str(out),
+            generation=False,
+        ),
+        Runtime(progress=False),
+        requests=CF_REQS,
+    )
     assert artifacts.is_artifact(ckpt) and not (ckpt / "config.json").exists()
     meta = json.loads((ckpt / artifacts.ARTIFACT_FILE).read_text())
     assert meta["method"] == name and meta["additions"]
-    score_checkpoint(ckpt, base=str(tiny_llama_dir), requests=CF_REQS, generation=False, piqa_items=0,
-                     out=tmp_path / "score.json", runtime=Runtime(progress=False))
+    score_checkpoint(
+        ckpt,
+        base=str(tiny_llama_dir),
+        requests=CF_REQS,
+        generation=False,
+        piqa_items=0,
+        out=tmp_path / "score.json",
+        runtime=Runtime(progress=False),
+    )
     score = json.loads((tmp_path / "score.json").read_text())
     assert score["meta"]["edited_fingerprint"].startswith("artifact:")
     scored, driver = read_rows(tmp_path / "score.json"), read_rows(out)
     pd.testing.assert_frame_equal(scored, driver, check_exact=True)
     # ... and they are not the base model's rows
-    base = pd.DataFrame(Evaluator(tiny_llama, CF_REQS, generation=False, use_cache=False, progress=False)
-                        .evaluate(tiny_llama.model))
+    base = pd.DataFrame(
+        Evaluator(tiny_llama, CF_REQS, generation=False, use_cache=False, progress=False).evaluate(tiny_llama.model)
+    )
     assert list(base.columns) == list(scored.columns)
     if name == "ike":  # a tiny random model does not read the context: its argmax stays, its log-probabilities move
         assert (scored["efficacy_magnitude"] != base["efficacy_magnitude"]).all()
@@ -337,10 +390,19 @@ def test_lora_checkpoint_is_a_normal_model_folder(tmp_path, tiny_llama_dir):
     hparams.write_text(json.dumps(dict(TINY["lora"], target_modules=["mlp.down_proj"])))
     ckpt = tmp_path / "ckpt"
     torch.manual_seed(0)
-    run_edits(EditConfig(method="lora", model=str(tiny_llama_dir), mode="batch", hparams_path=str(hparams),
-                         save_checkpoint=str(ckpt), out=str(tmp_path / "run.json"), generation=False),
-              Runtime(progress=False),
-              requests=[REQ, REQ2])
+    run_edits(
+        EditConfig(
+            method="lora",
+            model=str(tiny_llama_dir),
+            mode="batch",
+            hparams_path=str(hparams),
+            save_checkpoint=str(ckpt),
+            out=str(tmp_path / "run.json"),
+            generation=False,
+        ),
+        Runtime(progress=False),
+        requests=[REQ, REQ2],
+    )
     assert (ckpt / "config.json").exists() and not artifacts.is_artifact(ckpt)
     edited = load(ckpt, device="cpu")
     assert _reliability(edited, [REQ])[0] == 1.0
@@ -364,8 +426,14 @@ def test_bad_artifacts_and_hparams_fail_with_one_line(tmp_path, tiny_llama, tiny
     # an artifact made on one base refuses another
     backup = get_method("grace").apply(model, tok, [REQ], _hp("grace", **TINY["grace"]))
     try:
-        folder = artifacts.save_artifact(model, tmp_path / "a", method="grace", hparams={}, base_model="tiny",
-                                         base_fingerprint=weights_fingerprint(model))
+        folder = artifacts.save_artifact(
+            model,
+            tmp_path / "a",
+            method="grace",
+            hparams={},
+            base_model="tiny",
+            base_fingerprint=weights_fingerprint(model),
+        )
     finally:
         restore(model, backup)
     with pytest.raises(EditevalError, match="another architecture"):
@@ -381,8 +449,12 @@ def test_bad_artifacts_and_hparams_fail_with_one_line(tmp_path, tiny_llama, tiny
 @pytest.mark.real_model
 def test_ike_edits_smollm2_in_context(smollm2, encoder):
     # zsre/edit record 0 (SmolLM2 keeps "Paris" for the Eiffel Tower whatever the context says)
-    req = empty_request(case_id=0, prompt="When was the inception of IAAF Combined Events Challenge?", target_new="2006",
-                        rephrase_prompts=["When was the IAAF Combined Events Challenge launched?"])
+    req = empty_request(
+        case_id=0,
+        prompt="When was the inception of IAAF Combined Events Challenge?",
+        target_new="2006",
+        rephrase_prompts=["When was the IAAF Combined Events Challenge launched?"],
+    )
     ev = Evaluator(smollm2, [req], generation=True, use_cache=False, progress=False)
     before = ev.evaluate(smollm2.model)[0]
     backup = get_method("ike").apply(smollm2.model, smollm2.tokenizer, [req], _ike_hp(k=4))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -33,10 +32,12 @@ def _table(rows: list[list[str]], right: set[int] = frozenset()) -> str:
 
 @app.command()
 def build(
-    names: Optional[List[str]] = typer.Argument(None, help="Benchmarks to build (default: all)."),
-    raw_dir: Optional[Path] = RAW_DIR,
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to write <name>/ (default: ./datasets)."),
-    sources: Optional[Path] = typer.Option(None, "--sources", help="Check raw files against this SOURCES.md instead of the pinned table."),
+    names: list[str] | None = typer.Argument(None, help="Benchmarks to build (default: all)."),
+    raw_dir: Path | None = RAW_DIR,
+    out_dir: Path | None = typer.Option(None, "--out-dir", help="Where to write <name>/ (default: ./datasets)."),
+    sources: Path | None = typer.Option(
+        None, "--sources", help="Check raw files against this SOURCES.md instead of the pinned table."
+    ),
     progress: Progress = True,
 ) -> None:
     """Build datasets/<name>/ (card + Parquet) from the raw files, checking sha256 and record counts."""
@@ -45,8 +46,9 @@ def build(
     from editeval.runtime.paths import datasets_dir, raw_data_dir
 
     table = parse_sources_md(sources) if sources else None
-    reports = build_benchmarks(names, raw_dir=raw_data_dir(raw_dir), out_dir=datasets_dir(out_dir), sources=table,
-                               progress=progress)
+    reports = build_benchmarks(
+        names, raw_dir=raw_data_dir(raw_dir), out_dir=datasets_dir(out_dir), sources=table, progress=progress
+    )
     rows = [["benchmark", "config", "split", "rows"]]
     for r in reports:
         rows += [[r.name, c, s, f"{n:,}"] for (c, s), n in r.rows.items()]
@@ -81,8 +83,8 @@ def list_(datasets_dir: DatasetsDir = None) -> None:
 @app.command()
 def show(
     name: str = typer.Argument(..., help="Benchmark name, e.g. zsre."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Config (default: the benchmark's default)."),
-    split: Optional[str] = typer.Option(None, "--split", "-s", help="Split (default: the config's first)."),
+    config: str | None = typer.Option(None, "--config", "-c", help="Config (default: the benchmark's default)."),
+    split: str | None = typer.Option(None, "--split", "-s", help="Split (default: the config's first)."),
     n: int = typer.Option(3, "-n", help="How many records to print."),
     datasets_dir: DatasetsDir = None,
 ) -> None:
@@ -99,7 +101,9 @@ def show(
     if split is None:
         split = names[0]
     elif split not in names:
-        raise EditevalError(f"benchmark '{name}' config '{spec.name}' has no split '{split}': choose from {', '.join(names)}")
+        raise EditevalError(
+            f"benchmark '{name}' config '{spec.name}' has no split '{split}': choose from {', '.join(names)}"
+        )
     ds = load_benchmark(name, split, spec.name, root=resolve(datasets_dir))
     typer.echo(f"# {name} / {spec.name} / {split}: {len(ds):,} rows; showing {min(n, len(ds))}")
     for record in ds.select(range(min(max(n, 0), len(ds)))):
@@ -126,7 +130,9 @@ def publish(
     expected = ["README.md"] + [data_file(c.name, s.name) for c in bench.configs for s in c.splits]
     missing = [p for p in expected if not (folder / p).is_file()]
     if missing:
-        raise EditevalError(f"{folder} is not fully built (missing {missing[0]}): run `editeval datasets build {name}` first")
+        raise EditevalError(
+            f"{folder} is not fully built (missing {missing[0]}): run `editeval datasets build {name}` first"
+        )
     files = built_files(folder)
     if dry_run:
         rows = [["file", "bytes"]] + [[str(p.relative_to(folder)), f"{p.stat().st_size:,}"] for p in files]
@@ -139,7 +145,11 @@ def publish(
     api = authenticated_api()
     with upload_errors(f"{folder} to {repo_id}"):
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
-                                   allow_patterns=["README.md", "data/**"],
-                                   commit_message=f"editeval datasets publish {name}")
+        commit = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="dataset",
+            allow_patterns=["README.md", "data/**"],
+            commit_message=f"editeval datasets publish {name}",
+        )
     typer.echo(f"published {name}: {len(files)} files -> {getattr(commit, 'commit_url', repo_id)}")

@@ -18,32 +18,49 @@ def edit(
     limit: int | None = typer.Option(None, help="only the first N requests"),
     mode: str = typer.Option("single", help="single | batch | sequential"),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="edits applied at once (batch: default all in one batch; sequential: 1)"),
+        None, "--batch-size", help="edits applied at once (batch: default all in one batch; sequential: 1)"
+    ),
     hparams: Path | None = typer.Option(None, help="hyper-parameter YAML (default: the method's preset)"),
     eval_every_edit: bool = typer.Option(False, help="sequential: also evaluate each edit right after it"),
-    save_checkpoint: Path | None = typer.Option(None, help="write the edited model as an HF folder here (IKE, GRACE, T-Patcher, CaliNET: a method artifact folder, docs/artifacts.md)"),
+    save_checkpoint: Path | None = typer.Option(
+        None,
+        help="write the edited model as an HF folder here (IKE, GRACE, T-Patcher, CaliNET: a method artifact folder, docs/artifacts.md)",
+    ),
     device: Device = "auto",
     dtype: Dtype = "float32",
     device_map: DeviceMap = None,
     chat_template: bool = typer.Option(False, help="wrap edit and evaluation prompts with the chat template"),
     eval_batch_size: int = typer.Option(32, help="sequences per forward pass in evaluation"),
     generation: bool = typer.Option(True, help="also compute the generation-protocol metrics"),
-    out: Path | None = typer.Option(None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"),
+    out: Path | None = typer.Option(
+        None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"
+    ),
     datasets_dir: DatasetsDir = None,
     progress: Progress = True,
     threads: Threads = None,
 ) -> None:
     """Apply the edits of a benchmark split with METHOD and write a results record."""
-    runtime = resolve_runtime(device=device, dtype=dtype, device_map=device_map, threads=threads, progress=progress,
-                              datasets_dir=datasets_dir)
+    runtime = resolve_runtime(
+        device=device, dtype=dtype, device_map=device_map, threads=threads, progress=progress, datasets_dir=datasets_dir
+    )
     from editeval.run.config import EditConfig
     from editeval.run.editing import run_edits
 
     run_config = EditConfig(
-        method=method, model=model, benchmark=benchmark, config=config, split=split, limit=limit, mode=mode,
-        edit_batch_size=batch_size, hparams_path=str(hparams) if hparams else None,
-        eval_every_edit=eval_every_edit, save_checkpoint=str(save_checkpoint) if save_checkpoint else None,
-        chat_template=chat_template, out=str(out) if out else None, eval_batch_size=eval_batch_size,
+        method=method,
+        model=model,
+        benchmark=benchmark,
+        config=config,
+        split=split,
+        limit=limit,
+        mode=mode,
+        edit_batch_size=batch_size,
+        hparams_path=str(hparams) if hparams else None,
+        eval_every_edit=eval_every_edit,
+        save_checkpoint=str(save_checkpoint) if save_checkpoint else None,
+        chat_template=chat_template,
+        out=str(out) if out else None,
+        eval_batch_size=eval_batch_size,
         generation=generation,
     )
     summary = run_edits(run_config, runtime)
@@ -51,13 +68,19 @@ def edit(
         return
     metrics = summary.record.metrics
     figures = []
-    for key, label in (("reliability.teacher_forced", "reliability"), ("generalization.teacher_forced", "generalization"),
-                       ("locality.teacher_forced", "locality"), ("portability.teacher_forced", "portability")):
+    for key, label in (
+        ("reliability.teacher_forced", "reliability"),
+        ("generalization.teacher_forced", "generalization"),
+        ("locality.teacher_forced", "locality"),
+        ("portability.teacher_forced", "portability"),
+    ):
         m = metrics.get(key)
         if m is not None and m.mean is not None:
             figures.append(f"{label} {m.mean:.3f}")
-    typer.echo(f"{summary.n_edited} edits ({len(summary.skipped)} skipped), "
-               f"{summary.seconds_per_edit:.2f} s per edit: " + ", ".join(figures))
+    typer.echo(
+        f"{summary.n_edited} edits ({len(summary.skipped)} skipped), "
+        f"{summary.seconds_per_edit:.2f} s per edit: " + ", ".join(figures)
+    )
     if summary.checkpoint:
         typer.echo(f"edited model written to {summary.checkpoint}")
     if summary.after_each:

@@ -24,8 +24,10 @@ def build(
     from editeval.leaderboard import build_site
 
     report = build_site(submissions, out)
-    typer.echo(f"built {out / 'index.html'}: {len(report.entries)} entries in {len(report.tables)} tables, "
-               f"{len(report.invalid)} invalid")
+    typer.echo(
+        f"built {out / 'index.html'}: {len(report.entries)} entries in {len(report.tables)} tables, "
+        f"{len(report.invalid)} invalid"
+    )
     for bad in report.invalid:
         typer.echo(f"  invalid: {bad.slug}: {bad.reason}", err=True)
 

@@ -7,7 +7,7 @@ runtime is resolved: $EDITEVAL_DATASETS (a --datasets-dir flag wins over it)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,19 +15,36 @@ from editeval.runtime.settings import Runtime
 
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N] (under a launcher: each process's own)")]
 Dtype = Annotated[str, typer.Option("--dtype", help="float32 | bfloat16 | float16 (the model's weights)")]
-DeviceMap = Annotated[Optional[str], typer.Option(
-    "--device-map", help="auto | balanced | sequential: spread a model too large for one device over the GPUs, "
-    "CPU memory and disk (accelerate; edited layers must stay on a device)")]
-Threads = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")]
+DeviceMap = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        help="auto | balanced | sequential: spread a model too large for one device over the GPUs, "
+        "CPU memory and disk (accelerate; edited layers must stay on a device)",
+    ),
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads", min=1, help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)"
+    ),
+]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
-DatasetsDir = Annotated[Optional[Path], typer.Option(
-    "--datasets-dir", help="folder of built datasets (default: $EDITEVAL_DATASETS or ./datasets)")]
+DatasetsDir = Annotated[
+    Path | None,
+    typer.Option("--datasets-dir", help="folder of built datasets (default: $EDITEVAL_DATASETS or ./datasets)"),
+]
 
 
-def resolve_runtime(*, device: str = "auto", dtype: str = "float32", device_map: str | None = None,
-                    threads: int | None = None, progress: bool = True,
-                    datasets_dir: Path | None = None) -> Runtime:
+def resolve_runtime(
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    device_map: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    datasets_dir: Path | None = None,
+) -> Runtime:
     """The command's runtime, from its flags and the environment; sets torch's CPU threads."""
     from editeval.runtime.paths import datasets_dir as resolve_datasets
 
@@ -35,5 +52,11 @@ def resolve_runtime(*, device: str = "auto", dtype: str = "float32", device_map:
         import torch
 
         torch.set_num_threads(threads)
-    return Runtime(device=device, dtype=dtype, device_map=device_map, threads=threads, progress=progress,
-                   datasets_dir=resolve_datasets(datasets_dir))
+    return Runtime(
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        threads=threads,
+        progress=progress,
+        datasets_dir=resolve_datasets(datasets_dir),
+    )

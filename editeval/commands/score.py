@@ -12,9 +12,13 @@ from editeval.runtime.settings import Runtime
 
 def score(
     submission: Path = typer.Argument(None, help="a submission folder (submissions/<slug>): score it as it declares"),
-    all_submissions: bool = typer.Option(False, "--all", help="score every submission whose results are missing or stale"),
+    all_submissions: bool = typer.Option(
+        False, "--all", help="score every submission whose results are missing or stale"
+    ),
     force: bool = typer.Option(False, "--force", help="with --all: rescore every submission"),
-    submissions_dir: Path = typer.Option(Path("submissions"), "--submissions", help="with --all: the submissions folder"),
+    submissions_dir: Path = typer.Option(
+        Path("submissions"), "--submissions", help="with --all: the submissions folder"
+    ),
     model: str = typer.Option(None, "--model", help="edited checkpoint: a registered name or a local HF model folder"),
     base: str = typer.Option("smollm2-135m", "--base", help="the unedited base model (name or folder)"),
     benchmark: str = typer.Option("zsre", "--benchmark", help="built benchmark name (datasets/<name>)"),
@@ -29,7 +33,9 @@ def score(
     generation: bool = typer.Option(True, "--generation/--no-generation", help="also the greedy-generation protocol"),
     fluency: bool = typer.Option(False, "--fluency", help="fluency of 100-token greedy generations (slow)"),
     piqa: int = typer.Option(100, "--piqa", min=0, help="Other-Task locality: first N PIQA items (0 = off)"),
-    out: Path = typer.Option(None, "--out", help="results JSON path (default results/<benchmark>-<split>-<model>.json)"),
+    out: Path = typer.Option(
+        None, "--out", help="results JSON path (default results/<benchmark>-<split>-<model>.json)"
+    ),
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
@@ -45,20 +51,34 @@ def score(
         from editeval.runtime.distributed import launched_processes
 
         if launched_processes() > 1:
-            raise EditevalError("scoring submission folders runs in one process: launch `editeval score "
-                                "--model ...` to score in several processes")
+            raise EditevalError(
+                "scoring submission folders runs in one process: launch `editeval score "
+                "--model ...` to score in several processes"
+            )
         _score_submissions(submission, all_submissions, force, submissions_dir, runtime, fluency, piqa)
         return
     record, _rows, path = score_checkpoint(
-        model, base=base, benchmark=benchmark, split=split, config=config, limit=limit, batch_size=batch_size,
-        runtime=runtime, chat_template=chat_template, generation=generation, fluency=fluency, piqa_items=piqa,
+        model,
+        base=base,
+        benchmark=benchmark,
+        split=split,
+        config=config,
+        limit=limit,
+        batch_size=batch_size,
+        runtime=runtime,
+        chat_template=chat_template,
+        generation=generation,
+        fluency=fluency,
+        piqa_items=piqa,
         out=out,
     )
     if record is None:  # another process of a data-parallel run: the main process reports
         return
     meta = record.meta
-    typer.echo(f"{meta.benchmark}/{meta.split}: {meta.n_edits} edits, {meta.edited_model} vs base {meta.base_model}"
-               f" on {meta.device}, {meta.wall_time_s:.1f} s, peak RSS {meta.peak_rss_mb:.0f} MB")
+    typer.echo(
+        f"{meta.benchmark}/{meta.split}: {meta.n_edits} edits, {meta.edited_model} vs base {meta.base_model}"
+        f" on {meta.device}, {meta.wall_time_s:.1f} s, peak RSS {meta.peak_rss_mb:.0f} MB"
+    )
     for line in headline(record):
         typer.echo(line)
     procs = f" ({meta.n_processes} processes)" if meta.n_processes > 1 else ""
@@ -66,8 +86,8 @@ def score(
 
 
 def _score_submissions(submission, all_submissions, force, submissions_dir, runtime: Runtime, fluency, piqa):
-    from editeval.leaderboard import submissions
     from editeval.errors import EditevalError
+    from editeval.leaderboard import submissions
     from editeval.run.scoring import headline
 
     if submission is not None:
@@ -76,9 +96,11 @@ def _score_submissions(submission, all_submissions, force, submissions_dir, runt
             typer.echo(line)
         typer.echo(f"wrote {Path(submission) / 'results.json'}")
         return
-    report = submissions.score_all(submissions_dir, force=force, runtime=runtime, fluency=fluency, piqa_items=piqa,
-                                   echo=typer.echo)
+    report = submissions.score_all(
+        submissions_dir, force=force, runtime=runtime, fluency=fluency, piqa_items=piqa, echo=typer.echo
+    )
     typer.echo(f"{len(report.scored)} scored, {len(report.up_to_date)} up to date, {len(report.failed)} failed")
     if report.failed:
-        raise EditevalError(f"{len(report.failed)} submission(s) failed: "
-                            + "; ".join(f"{p.name}: {why}" for p, why in report.failed))
+        raise EditevalError(
+            f"{len(report.failed)} submission(s) failed: " + "; ".join(f"{p.name}: {why}" for p, why in report.failed)
+        )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,8 +11,9 @@ from editeval.commands.options import Device, Dtype, Progress, resolve_runtime
 from editeval.errors import EditevalError
 from editeval.runtime.hub import authenticated_api, check_repo_id, upload_errors
 
-app = typer.Typer(help="Key statistics for ROME / MEMIT (E[k k^T] over Wikipedia): build, list, publish, pull.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Key statistics for ROME / MEMIT (E[k k^T] over Wikipedia): build, list, publish, pull.", no_args_is_help=True
+)
 
 MODEL = typer.Option("smollm2-135m", "--model", help="Registered model name or a local HF model folder.")
 HUB_FOLDER = "stats"  # where the files go in the Hub dataset repo
@@ -52,7 +52,7 @@ def build(
     tokens: int = typer.Option(100_000, "--tokens", min=1, help="Token positions to average over."),
     max_len: int = typer.Option(1024, "--max-len", min=1, help="Window length (tokens) the text is cut into."),
     batch_tokens: int = typer.Option(2048, "--batch-tokens", min=1, help="Tokens per forward pass."),
-    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Wikipedia JSONL (default: the raw data's)."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Wikipedia JSONL (default: the raw data's)."),
     device: Device = "auto",
     dtype: Dtype = "float32",
     force: bool = typer.Option(False, "--force", help="Recompute and rewrite layers already cached."),
@@ -61,9 +61,9 @@ def build(
     """Compute and cache E[k kᵀ] at LAYERS' MLP output projection (sharded under accelerate launch / torchrun)."""
     import time
 
-    from editeval.runtime import distributed
     from editeval.methods.kit import key_stats as S
     from editeval.methods.kit import key_stats_files as F
+    from editeval.runtime import distributed
 
     runtime = resolve_runtime(device=device, dtype=dtype, progress=progress)
     wanted = parse_layers(layers)
@@ -78,8 +78,18 @@ def build(
         except EditevalError:
             pass  # recomputed (second_moments says why)
     start = time.perf_counter()
-    S.second_moments(lm.model, lm.tokenizer, wanted, tokens=tokens, max_len=max_len, batch_tokens=batch_tokens,
-                     corpus=corpus, progress=runtime.progress, shard=True, refresh=force)
+    S.second_moments(
+        lm.model,
+        lm.tokenizer,
+        wanted,
+        tokens=tokens,
+        max_len=max_len,
+        batch_tokens=batch_tokens,
+        corpus=corpus,
+        progress=runtime.progress,
+        shard=True,
+        refresh=force,
+    )
     seconds = time.perf_counter() - start
     if group is not None and not group.is_main:
         return
@@ -94,12 +104,20 @@ def _row(path: Path, meta: dict | None) -> list[str]:
     size = f"{path.stat().st_size / 1e6:.1f}"
     if meta is None:
         return [path.name[:40], "unreadable", "", "", "", "", "", "", size]
-    return [meta.get("model_fingerprint", "?"), meta.get("model_name", ""), meta.get("layer", "?"),
-            meta.get("module", "?"), f"{int(meta['tokens']):,}" if meta.get("tokens", "").isdigit() else "?",
-            meta.get("max_len", "?"), meta.get("corpus_sha256", "?")[:12], meta.get("editeval_version", "-"), size]
+    return [
+        meta.get("model_fingerprint", "?"),
+        meta.get("model_name", ""),
+        meta.get("layer", "?"),
+        meta.get("module", "?"),
+        f"{int(meta['tokens']):,}" if meta.get("tokens", "").isdigit() else "?",
+        meta.get("max_len", "?"),
+        meta.get("corpus_sha256", "?")[:12],
+        meta.get("editeval_version", "-"),
+        size,
+    ]
 
 
-def _selected(model: Optional[str]):
+def _selected(model: str | None):
     """The cached files (with metadata), of one model's weights if `model` is given."""
     from editeval.methods.kit import key_stats_files as F
 
@@ -111,15 +129,20 @@ def _selected(model: Optional[str]):
 
 
 @app.command("list")
-def list_(model: Optional[str] = typer.Option(None, "--model", help="Only the statistics of this model's weights.")) -> None:
+def list_(
+    model: str | None = typer.Option(None, "--model", help="Only the statistics of this model's weights."),
+) -> None:
     """The cached statistics files with their metadata."""
     from editeval.runtime.paths import cache_dir
 
     folder = cache_dir() / "stats"
     files = _selected(model)
     if not files:
-        typer.echo(f"no key statistics cached in {folder}" + (f" for {model}" if model else "")
-                   + " (build them with `editeval stats build --layers N`)")
+        typer.echo(
+            f"no key statistics cached in {folder}"
+            + (f" for {model}" if model else "")
+            + " (build them with `editeval stats build --layers N`)"
+        )
         return
     rows = [["model", "name", "layer", "module", "tokens", "max_len", "corpus", "version", "MB"]]
     rows += [_row(p, m) for p, m in files]
@@ -131,7 +154,7 @@ def list_(model: Optional[str] = typer.Option(None, "--model", help="Only the st
 def publish(
     repo_id: str = typer.Option(..., "--repo-id", help="Target dataset repo on the Hub, ORG/NAME."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded, with sizes; upload nothing."),
-    model: Optional[str] = typer.Option(None, "--model", help="Only the statistics of this model's weights."),
+    model: str | None = typer.Option(None, "--model", help="Only the statistics of this model's weights."),
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
 ) -> None:
     """Upload the cached statistics files to a Hugging Face dataset repo (under stats/)."""
@@ -146,14 +169,18 @@ def publish(
         except EditevalError as err:
             typer.echo(f"skipped {path.name}: {err}")
     if not files:
-        raise EditevalError(f"no valid key statistics in {cache_dir() / 'stats'} to publish"
-                            + (f" for {model}" if model else "") + ": run `editeval stats build` first")
+        raise EditevalError(
+            f"no valid key statistics in {cache_dir() / 'stats'} to publish"
+            + (f" for {model}" if model else "")
+            + ": run `editeval stats build` first"
+        )
     total = sum(p.stat().st_size for p, _ in files)
     if dry_run:
         typer.echo(f"dry run: would upload {len(files)} files to https://huggingface.co/datasets/{repo_id}")
         rows = [["file", "layer", "tokens", "bytes"]]
-        rows += [[f"{HUB_FOLDER}/{p.name}", m["layer"], f"{int(m['tokens']):,}", f"{p.stat().st_size:,}"]
-                 for p, m in files]
+        rows += [
+            [f"{HUB_FOLDER}/{p.name}", m["layer"], f"{int(m['tokens']):,}", f"{p.stat().st_size:,}"] for p, m in files
+        ]
         typer.echo(_table(rows, right={1, 2, 3}))
         typer.echo(f"total: {len(files)} files, {total:,} bytes ({total / 1e6:.2f} MB)")
         return
@@ -161,21 +188,27 @@ def publish(
     import huggingface_hub
 
     api = authenticated_api()
-    operations = [huggingface_hub.CommitOperationAdd(path_in_repo=f"{HUB_FOLDER}/{p.name}", path_or_fileobj=str(p))
-                  for p, _ in files]
+    operations = [
+        huggingface_hub.CommitOperationAdd(path_in_repo=f"{HUB_FOLDER}/{p.name}", path_or_fileobj=str(p))
+        for p, _ in files
+    ]
     with upload_errors(f"{len(files)} statistics files to {repo_id}"):
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        commit = api.create_commit(repo_id, operations, repo_type="dataset",
-                                   commit_message=f"editeval stats publish: {len(files)} key statistics files")
+        commit = api.create_commit(
+            repo_id,
+            operations,
+            repo_type="dataset",
+            commit_message=f"editeval stats publish: {len(files)} key statistics files",
+        )
     typer.echo(f"published {len(files)} files ({total / 1e6:.2f} MB) -> {getattr(commit, 'commit_url', repo_id)}")
 
 
 @app.command()
 def pull(
-    repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Hub dataset repo to download from, ORG/NAME."),
-    from_dir: Optional[Path] = typer.Option(None, "--from-dir", help="Take the files from this local folder instead."),
+    repo_id: str | None = typer.Option(None, "--repo-id", help="Hub dataset repo to download from, ORG/NAME."),
+    from_dir: Path | None = typer.Option(None, "--from-dir", help="Take the files from this local folder instead."),
     model: str = MODEL,
-    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of the repo."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit of the repo."),
 ) -> None:
     """Download statistics into the cache: only files of MODEL's weights (metadata checked), others skipped."""
     from editeval.methods.kit import key_stats_files as F
@@ -194,9 +227,14 @@ def pull(
 
         source = repo_id
         try:  # only this model's files (their names start with its fingerprint); contents checked below
-            folder = Path(huggingface_hub.snapshot_download(
-                repo_id=repo_id, repo_type="dataset", revision=revision,
-                allow_patterns=[f"*{fingerprint}__*.safetensors"]))
+            folder = Path(
+                huggingface_hub.snapshot_download(
+                    repo_id=repo_id,
+                    repo_type="dataset",
+                    revision=revision,
+                    allow_patterns=[f"*{fingerprint}__*.safetensors"],
+                )
+            )
         except Exception as err:  # network, offline mode, missing repo: one line
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise EditevalError(f"download of statistics from {repo_id} failed: {first}") from None
@@ -212,6 +250,8 @@ def pull(
         present += not copied
         typer.echo(f"{'pulled' if copied else 'already cached'} {dest.name}")
     if pulled + present == 0:
-        raise EditevalError(f"no key statistics for {model} (weights {fingerprint}) in {source}"
-                            + (f": {skipped} file(s) skipped" if skipped else ""))
+        raise EditevalError(
+            f"no key statistics for {model} (weights {fingerprint}) in {source}"
+            + (f": {skipped} file(s) skipped" if skipped else "")
+        )
     typer.echo(f"{pulled} pulled, {present} already cached, {skipped} skipped")

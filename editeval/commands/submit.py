@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Leaderboard submissions: write a template, validate a submission folder.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Leaderboard submissions: write a template, validate a submission folder.", no_args_is_help=True)
 
 
 @app.command("new")
@@ -25,8 +24,16 @@ def new(
     """Write DIR/submission.yaml, filled in with the given choices and commented."""
     from editeval.leaderboard.manifest import write_template
 
-    path = write_template(directory, base=base, benchmark=benchmark, split=split, method=method, kind=kind,
-                          fingerprint=fingerprint, force=force)
+    path = write_template(
+        directory,
+        base=base,
+        benchmark=benchmark,
+        split=split,
+        method=method,
+        kind=kind,
+        fingerprint=fingerprint,
+        force=force,
+    )
     typer.echo(f"wrote {path}: edit it, then run: editeval submit check {directory}")
 
 
@@ -46,6 +53,8 @@ def check(
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
     sub = checked.submission
-    typer.echo(f"ok: {checked.slug}: {sub.title!r} ({sub.method.name} on {sub.base_model.name}, "
-               f"{sub.benchmark.name}/{sub.benchmark.split}, {sub.mode_label}, {sub.num_edits} edits, "
-               f"scores {sub.score.kind})")
+    typer.echo(
+        f"ok: {checked.slug}: {sub.title!r} ({sub.method.name} on {sub.base_model.name}, "
+        f"{sub.benchmark.name}/{sub.benchmark.split}, {sub.mode_label}, {sub.num_edits} edits, "
+        f"scores {sub.score.kind})"
+    )

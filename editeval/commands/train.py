@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,12 +16,12 @@ def train(
     model: str = typer.Option("smollm2-135m", help="registered model name or a local HF model folder"),
     benchmark: str = typer.Option("zsre", help="benchmark whose train split is used"),
     split: str = typer.Option("train", help="split to train on"),
-    config: Optional[str] = typer.Option(None, help="benchmark config (default: the benchmark's default)"),
-    limit: Optional[int] = typer.Option(None, help="only the first N training records"),
-    hparams: Optional[Path] = typer.Option(None, help="hyper-parameter YAML (default: the method's preset)"),
-    steps: Optional[int] = typer.Option(None, help="override train_steps of the preset"),
-    max_minutes: Optional[float] = typer.Option(None, help="stop (and save) after this much training time"),
-    out_dir: Optional[Path] = typer.Option(None, help="write here instead of the editeval cache"),
+    config: str | None = typer.Option(None, help="benchmark config (default: the benchmark's default)"),
+    limit: int | None = typer.Option(None, help="only the first N training records"),
+    hparams: Path | None = typer.Option(None, help="hyper-parameter YAML (default: the method's preset)"),
+    steps: int | None = typer.Option(None, help="override train_steps of the preset"),
+    max_minutes: float | None = typer.Option(None, help="stop (and save) after this much training time"),
+    out_dir: Path | None = typer.Option(None, help="write here instead of the editeval cache"),
     fresh: bool = typer.Option(False, help="discard an existing checkpoint instead of resuming"),
     device: Device = "auto",
     threads: Threads = None,
@@ -31,11 +30,11 @@ def train(
 ) -> None:
     """Train METHOD's editor / classifier for MODEL on BENCHMARK's train split (resumable)."""
 
+    from editeval.data import load_requests
     from editeval.errors import EditevalError
     from editeval.methods.base import get_method, trainable_methods
     from editeval.runtime.models import load
     from editeval.runtime.paths import datasets_dir_of_run
-    from editeval.data import load_requests
 
     trainable = trainable_methods()  # the methods registered with a `train`
     if method not in trainable:
@@ -59,7 +58,9 @@ def train(
         report = spec.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=runtime.progress, fresh=fresh)
     note = "" if report.finished else " (stopped early: max_minutes)"
     resumed = f", resumed at step {report.resumed_from}" if report.resumed_from else ""
-    typer.echo(f"trained {method} for {model} on {benchmark}/{split}: {report.steps} steps{resumed}{note}, "
-               f"{report.seconds:.0f} s of training ({time.perf_counter() - t0:.0f} s this run); "
-               f"last losses {', '.join(f'{k} {v:.3f}' for k, v in report.last_losses.items())}")
+    typer.echo(
+        f"trained {method} for {model} on {benchmark}/{split}: {report.steps} steps{resumed}{note}, "
+        f"{report.seconds:.0f} s of training ({time.perf_counter() - t0:.0f} s this run); "
+        f"last losses {', '.join(f'{k} {v:.3f}' for k, v in report.last_losses.items())}"
+    )
     typer.echo(f"wrote {report.folder}")

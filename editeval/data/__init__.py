@@ -18,11 +18,18 @@ def load_benchmark(name: str, split: str, config: str | None = None, root: str |
     try:
         return datasets.load_dataset(str(folder), config, split=split)
     except (ValueError, FileNotFoundError) as err:
-        raise EditevalError(f"benchmark '{name}' config {config!r} split '{split}': {str(err).splitlines()[0]}") from None
+        raise EditevalError(
+            f"benchmark '{name}' config {config!r} split '{split}': {str(err).splitlines()[0]}"
+        ) from None
 
 
-def load_requests(benchmark: str, split: str, config: str | None = None, limit: int | None = None,
-                  root: str | os.PathLike | None = None) -> list[dict]:
+def load_requests(
+    benchmark: str,
+    split: str,
+    config: str | None = None,
+    limit: int | None = None,
+    root: str | os.PathLike | None = None,
+) -> list[dict]:
     """The edit requests of a built benchmark split (first `limit` of them), from the datasets
     folder `root` (default: `paths.datasets_dir()`)."""
     from editeval.data.schema import empty_request

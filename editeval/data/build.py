@@ -10,9 +10,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from editeval.data.card import data_file, render
 from editeval.data.common import Benchmark, BuildContext
@@ -21,8 +21,16 @@ from editeval.errors import EditevalError
 from editeval.runtime.paths import datasets_dir, raw_data_dir
 
 # Fixed Parquet writer settings (same bytes for the same rows and library versions).
-PARQUET_OPTIONS = dict(row_group_size=1000, compression="zstd", compression_level=3, use_dictionary=True,
-                       write_statistics=True, version="2.6", data_page_size=1 << 20, store_schema=True)
+PARQUET_OPTIONS = dict(
+    row_group_size=1000,
+    compression="zstd",
+    compression_level=3,
+    use_dictionary=True,
+    write_statistics=True,
+    version="2.6",
+    data_page_size=1 << 20,
+    store_schema=True,
+)
 
 
 @dataclass
@@ -34,8 +42,13 @@ class BuildReport:
     rows: dict[tuple[str, str], int]  # (config, split) -> rows
 
 
-def build_benchmarks(names: Iterable[str] | None = None, raw_dir=None, out_dir=None,
-                     sources: Mapping[str, FileSpec] | None = None, progress: bool = True) -> list[BuildReport]:
+def build_benchmarks(
+    names: Iterable[str] | None = None,
+    raw_dir=None,
+    out_dir=None,
+    sources: Mapping[str, FileSpec] | None = None,
+    progress: bool = True,
+) -> list[BuildReport]:
     """Build the named benchmarks (all when none are named) into `out_dir` (default ./datasets)."""
     from editeval.data import registry
 
@@ -78,8 +91,10 @@ def build_one(bench: Benchmark, raw: RawData, out: Path, progress: bool = True) 
                 try:
                     table = pa.Table.from_pylist(records, schema=config.features.arrow_schema)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as err:
-                    raise EditevalError(f"{bench.name}/{config.name}/{split.name}: rows do not fit the features: "
-                                        f"{str(err).splitlines()[0]}") from None
+                    raise EditevalError(
+                        f"{bench.name}/{config.name}/{split.name}: rows do not fit the features: "
+                        f"{str(err).splitlines()[0]}"
+                    ) from None
                 path = tmp / data_file(config.name, split.name)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 pq.write_table(table, path, **PARQUET_OPTIONS)

@@ -27,14 +27,24 @@ def header(bench: Benchmark, split_bytes: dict[tuple[str, str], int]) -> dict:
     total = sum(s.count for c in bench.configs for s in c.splits)
     configs, infos = [], []
     for c in bench.configs:
-        entry = {"config_name": c.name,
-                 "data_files": [{"split": s.name, "path": f"data/{c.name}/{s.name}-*.parquet"} for s in c.splits]}
+        entry = {
+            "config_name": c.name,
+            "data_files": [{"split": s.name, "path": f"data/{c.name}/{s.name}-*.parquet"} for s in c.splits],
+        }
         if c.default:
             entry["default"] = True
         configs.append(entry)
-        splits = [{"name": s.name, "num_bytes": split_bytes[(c.name, s.name)], "num_examples": s.count} for s in c.splits]
-        infos.append({"config_name": c.name, "features": c.features._to_yaml_list(), "splits": splits,
-                      "dataset_size": sum(x["num_bytes"] for x in splits)})
+        splits = [
+            {"name": s.name, "num_bytes": split_bytes[(c.name, s.name)], "num_examples": s.count} for s in c.splits
+        ]
+        infos.append(
+            {
+                "config_name": c.name,
+                "features": c.features._to_yaml_list(),
+                "splits": splits,
+                "dataset_size": sum(x["num_bytes"] for x in splits),
+            }
+        )
     return {
         "pretty_name": bench.pretty_name,
         "license": bench.license,
@@ -61,7 +71,7 @@ def render(bench: Benchmark, split_bytes: dict[tuple[str, str], int], notes: lis
     loading = _loading(bench)
     body = bench.card
     for key, value in (("counts_table", counts_table(bench) + "\n\n" + loading), ("notes", notes_md)):
-        placeholder = "{{ %s }}" % key
+        placeholder = "{{ " + key + " }}"
         if placeholder not in body:
             raise ValueError(f"card template of {bench.name} lacks {placeholder}")
         body = body.replace(placeholder, value)
@@ -71,7 +81,9 @@ def render(bench: Benchmark, split_bytes: dict[tuple[str, str], int], notes: lis
 def _loading(bench: Benchmark) -> str:
     c = next((c for c in bench.configs if c.default), bench.configs[0])
     cfg = "" if c.default or len(bench.configs) == 1 else f', "{c.name}"'
-    return ("Load a split (from this folder, or from the Hub by repo id):\n\n```python\nimport datasets\n"
-            f'ds = datasets.load_dataset("datasets/{bench.name}"{cfg}, split="{c.splits[0].name}")\n```\n\n'
-            f"Built by `editeval datasets build {bench.name}` from the raw files listed in `SOURCES.md` "
-            "(each checked by sha256 and record count); the build is deterministic.")
+    return (
+        "Load a split (from this folder, or from the Hub by repo id):\n\n```python\nimport datasets\n"
+        f'ds = datasets.load_dataset("datasets/{bench.name}"{cfg}, split="{c.splits[0].name}")\n```\n\n'
+        f"Built by `editeval datasets build {bench.name}` from the raw files listed in `SOURCES.md` "
+        "(each checked by sha256 and record count); the build is deterministic."
+    )

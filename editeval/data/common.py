@@ -20,16 +20,21 @@ Portability kinds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import Any
 
+from editeval.data.schema import empty_request
 from editeval.data.sources import RawData, check_records, field
 from editeval.errors import EditevalError
-from editeval.data.schema import empty_request
 
 KNOWEDIT_LOCALITY_KINDS = {"Relation_Specificity": "relation_specificity", "Forgetfulness": "forgetfulness"}
-KNOWEDIT_PORTABILITY_KINDS = {"Reasoning": "reasoning", "Subject_Aliasing": "subject_replace",
-                              "Logical_Generalization": "logical_generalization"}
+KNOWEDIT_PORTABILITY_KINDS = {
+    "Reasoning": "reasoning",
+    "Subject_Aliasing": "subject_replace",
+    "Logical_Generalization": "logical_generalization",
+}
 
 
 # the evaluation protocols a split can declare beyond the ones every edit split gets (named as in
@@ -62,7 +67,7 @@ class Benchmark:
     license: str  # Hub licence id
     configs: tuple[ConfigSpec, ...]
     raw_files: tuple[str, ...]
-    build: Callable[["BuildContext"], dict[str, dict[str, list[dict]]]]  # config -> split -> rows
+    build: Callable[[BuildContext], dict[str, dict[str, list[dict]]]]  # config -> split -> rows
     card: str  # the card body (markdown with the placeholders {{ counts_table }} and {{ notes }})
     tags: tuple[str, ...] = ()
 
@@ -70,14 +75,17 @@ class Benchmark:
         if name is None:
             defaults = [c for c in self.configs if c.default] or (list(self.configs) if len(self.configs) == 1 else [])
             if not defaults:
-                raise EditevalError(f"benchmark '{self.name}' has several configs; choose one with --config: "
-                                    + ", ".join(c.name for c in self.configs))
+                raise EditevalError(
+                    f"benchmark '{self.name}' has several configs; choose one with --config: "
+                    + ", ".join(c.name for c in self.configs)
+                )
             return defaults[0]
         for c in self.configs:
             if c.name == name:
                 return c
-        raise EditevalError(f"benchmark '{self.name}' has no config '{name}': choose from "
-                            + ", ".join(c.name for c in self.configs))
+        raise EditevalError(
+            f"benchmark '{self.name}' has no config '{name}': choose from " + ", ".join(c.name for c in self.configs)
+        )
 
     def split(self, config: str | None, name: str) -> SplitSpec:
         for s in self.config(config).splits:
@@ -174,8 +182,11 @@ CF_FULL_REQUIRED = {
     "generation_prompts": list,
 }
 CF_ONE_HOP_REQUIRED = {"portability.New Question": str, "portability.New Answer": str}
-CF_LOCALITY_REQUIRED = {"unrelated_relation.question": str, "unrelated_relation.object": str,
-                        "distracting_neighborhood_prompts": list}
+CF_LOCALITY_REQUIRED = {
+    "unrelated_relation.question": str,
+    "unrelated_relation.object": str,
+    "distracting_neighborhood_prompts": list,
+}
 
 
 def _strings(record: dict, key: str, where: str, index: int) -> list[str]:
@@ -185,8 +196,14 @@ def _strings(record: dict, key: str, where: str, index: int) -> list[str]:
     return list(values)
 
 
-def cf_full_request(record: dict, index: int, where: str, *, locality: Iterable[str] = ("neighborhood",),
-                    portability: Iterable[str] = ()) -> dict:
+def cf_full_request(
+    record: dict,
+    index: int,
+    where: str,
+    *,
+    locality: Iterable[str] = ("neighborhood",),
+    portability: Iterable[str] = (),
+) -> dict:
     """A ROME-schema CounterFact record. `locality` / `portability` name the kinds to attach
     (only those the record holds data for): neighborhood, other_attribution, distracting_neighbor;
     one_hop, subject_replace."""
@@ -194,7 +211,9 @@ def cf_full_request(record: dict, index: int, where: str, *, locality: Iterable[
     template = field(record, f"{rw}.prompt", where, index)
     subject = field(record, f"{rw}.subject", where, index)
     if template.count("{}") != 1:
-        raise EditevalError(f"{where} record {index}: key '{rw}.prompt' must contain exactly one '{{}}', got {template!r}")
+        raise EditevalError(
+            f"{where} record {index}: key '{rw}.prompt' must contain exactly one '{{}}', got {template!r}"
+        )
     target_new = field(record, f"{rw}.target_new.str", where, index)
     target_true = field(record, f"{rw}.target_true.str", where, index)
     neighborhood = _strings(record, "neighborhood_prompts", where, index)
@@ -203,15 +222,27 @@ def cf_full_request(record: dict, index: int, where: str, *, locality: Iterable[
         if kind == "neighborhood":
             loc += [pa(kind, p, target_true) for p in neighborhood]
         elif kind == "other_attribution" and "unrelated_relation" in record:
-            loc.append(pa(kind, field(record, "unrelated_relation.question", where, index),
-                          field(record, "unrelated_relation.object", where, index)))
+            loc.append(
+                pa(
+                    kind,
+                    field(record, "unrelated_relation.question", where, index),
+                    field(record, "unrelated_relation.object", where, index),
+                )
+            )
         elif kind == "distracting_neighbor" and "distracting_neighborhood_prompts" in record:
-            loc += [pa(kind, p, target_true) for p in _strings(record, "distracting_neighborhood_prompts", where, index)]
+            loc += [
+                pa(kind, p, target_true) for p in _strings(record, "distracting_neighborhood_prompts", where, index)
+            ]
     port: list[dict] = []
     for kind in portability:
         if kind == "one_hop" and "portability" in record:
-            port.append(pa(kind, field(record, "portability.New Question", where, index),
-                           field(record, "portability.New Answer", where, index)))
+            port.append(
+                pa(
+                    kind,
+                    field(record, "portability.New Question", where, index),
+                    field(record, "portability.New Answer", where, index),
+                )
+            )
         elif kind == "subject_replace" and "alternative_subject" in record:
             port.append(pa(kind, template.format(field(record, "alternative_subject", where, index)), target_new))
     return empty_request(
@@ -233,8 +264,10 @@ def cf_full_request(record: dict, index: int, where: str, *, locality: Iterable[
 
 # --------------------------------------------------------------------------- KnowEdit nested lists
 
-def knowedit_items(record: dict, section: str, kinds: dict[str, str], where: str, index: int,
-                   dropped: dict[str, int]) -> list[dict]:
+
+def knowedit_items(
+    record: dict, section: str, kinds: dict[str, str], where: str, index: int, dropped: dict[str, int]
+) -> list[dict]:
     """KnowEdit's {"Kind": [{"prompt", "ground_truth"}]} -> [{kind, prompt, answer}], answer = the
     first alias of the first answer (as EasyEdit's runners take it); items with no answer at all
     are dropped and counted in `dropped`."""
@@ -244,12 +277,16 @@ def knowedit_items(record: dict, section: str, kinds: dict[str, str], where: str
     out = []
     for raw_kind, items in groups.items():
         if raw_kind not in kinds:
-            raise EditevalError(f"{where} record {index}: unknown {section} kind '{raw_kind}' (known: {', '.join(kinds)})")
+            raise EditevalError(
+                f"{where} record {index}: unknown {section} kind '{raw_kind}' (known: {', '.join(kinds)})"
+            )
         if not isinstance(items, list):
             raise EditevalError(f"{where} record {index}: key '{section}.{raw_kind}' must be a list")
         for item in items:
             if not isinstance(item, dict) or "prompt" not in item or "ground_truth" not in item:
-                raise EditevalError(f"{where} record {index}: each '{section}.{raw_kind}' item needs 'prompt' and 'ground_truth'")
+                raise EditevalError(
+                    f"{where} record {index}: each '{section}.{raw_kind}' item needs 'prompt' and 'ground_truth'"
+                )
             prompt = first_answer(item["prompt"])
             answer = first_answer(item["ground_truth"])
             if prompt is None or answer is None:
@@ -260,5 +297,7 @@ def knowedit_items(record: dict, section: str, kinds: dict[str, str], where: str
 
 
 def dropped_note(dropped: dict[str, int], where: str) -> list[str]:
-    return [f"`{where}`: {n} `{k}` item(s) without any answer (empty string or empty alias lists) were dropped."
-            for k, n in sorted(dropped.items())]
+    return [
+        f"`{where}`: {n} `{k}` item(s) without any answer (empty string or empty alias lists) were dropped."
+        for k, n in sorted(dropped.items())
+    ]

@@ -4,10 +4,17 @@ full-schema cases we have (the union of the portability and locality files)."""
 from __future__ import annotations
 
 from editeval.data.common import (
-    CF_FULL_REQUIRED, COUNTERFACT_PROTOCOL, Benchmark, BuildContext, ConfigSpec, SplitSpec, cf_full_request, pa,
+    CF_FULL_REQUIRED,
+    COUNTERFACT_PROTOCOL,
+    Benchmark,
+    BuildContext,
+    ConfigSpec,
+    SplitSpec,
+    cf_full_request,
+    pa,
 )
-from editeval.errors import EditevalError
 from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.errors import EditevalError
 
 SIMPLE = {s: f"counterfact/counterfact-{s}.json" for s in ("edit", "train", "val")}
 ONE_HOP = "portability/counterfact_portability_gpt4.json"
@@ -15,44 +22,74 @@ SUBJECT_REPLACE = "portability/counterfact_subject_replace.json"
 LOCALITY = "locality/counterfact_other_attribution.json"  # byte-identical to the distracting-neighbor file
 CF = (COUNTERFACT_PROTOCOL,)  # every split is scored with ROME's probability scores too
 
-SIMPLE_REQUIRED = {"case_id": int, "prompt": str, "subject": str, "target_new": str, "ground_truth": str,
-                   "rephrase_prompt": str, "locality_prompt": str, "locality_ground_truth": str}
+SIMPLE_REQUIRED = {
+    "case_id": int,
+    "prompt": str,
+    "subject": str,
+    "target_new": str,
+    "ground_truth": str,
+    "rephrase_prompt": str,
+    "locality_prompt": str,
+    "locality_ground_truth": str,
+}
 
 
 def simple_rows(ctx: BuildContext, split: str) -> list[dict]:
     path = SIMPLE[split]
     records = ctx.records(path, SIMPLE_REQUIRED)
     rows = []
-    for i, r in enumerate(ctx.iter(records, f"counterfact/{split}")):
+    for r in ctx.iter(records, f"counterfact/{split}"):
         prompt, subject = r["prompt"], r["subject"]
-        rows.append(empty_request(
-            case_id=r["case_id"], subject=subject, prompt=prompt, target_new=r["target_new"],
-            ground_truth=r["ground_truth"], rephrase_prompts=[r["rephrase_prompt"]],
-            locality=[pa("neighborhood", r["locality_prompt"], r["locality_ground_truth"])],
-            prompt_template=prompt.replace(subject, "{}", 1) if subject and subject in prompt else "",
-        ))
+        rows.append(
+            empty_request(
+                case_id=r["case_id"],
+                subject=subject,
+                prompt=prompt,
+                target_new=r["target_new"],
+                ground_truth=r["ground_truth"],
+                rephrase_prompts=[r["rephrase_prompt"]],
+                locality=[pa("neighborhood", r["locality_prompt"], r["locality_ground_truth"])],
+                prompt_template=prompt.replace(subject, "{}", 1) if subject and subject in prompt else "",
+            )
+        )
     return sorted(rows, key=lambda row: row["case_id"])
 
 
 def full_rows(ctx: BuildContext) -> list[dict]:
     """The 1,129 distinct full-schema cases; each with every locality / portability item we have for it."""
     by_case: dict[int, dict] = {}
-    sources = [(ONE_HOP, {"portability.New Question": str, "portability.New Answer": str}),
-               (SUBJECT_REPLACE, {"alternative_subject": str}),
-               (LOCALITY, {"unrelated_relation.question": str, "unrelated_relation.object": str,
-                           "distracting_neighborhood_prompts": list})]
+    sources = [
+        (ONE_HOP, {"portability.New Question": str, "portability.New Answer": str}),
+        (SUBJECT_REPLACE, {"alternative_subject": str}),
+        (
+            LOCALITY,
+            {
+                "unrelated_relation.question": str,
+                "unrelated_relation.object": str,
+                "distracting_neighborhood_prompts": list,
+            },
+        ),
+    ]
     for path, extra in sources:
         for i, r in enumerate(ctx.records(path, {**CF_FULL_REQUIRED, **extra})):
             merged = by_case.setdefault(r["case_id"], {})
             for key, value in r.items():
                 if key in merged and merged[key] != value:
-                    raise EditevalError(f"{path} record {i}: case {r['case_id']} key '{key}' differs from the same case in another file")
+                    raise EditevalError(
+                        f"{path} record {i}: case {r['case_id']} key '{key}' differs from the same case in another file"
+                    )
                 merged[key] = value
     rows = []
     for case_id in ctx.iter(sorted(by_case), "counterfact/full"):
-        rows.append(cf_full_request(by_case[case_id], case_id, "counterfact full-schema case",
-                                    locality=("neighborhood", "other_attribution", "distracting_neighbor"),
-                                    portability=("one_hop", "subject_replace")))
+        rows.append(
+            cf_full_request(
+                by_case[case_id],
+                case_id,
+                "counterfact full-schema case",
+                locality=("neighborhood", "other_attribution", "distracting_neighbor"),
+                portability=("one_hop", "subject_replace"),
+            )
+        )
     return rows
 
 
@@ -142,14 +179,24 @@ BENCHMARK = Benchmark(
     pretty_name="CounterFact (knowledge editing)",
     license="mit",
     configs=(
-        ConfigSpec("default", (
-            SplitSpec("edit", 10000, SIMPLE["edit"], CF),
-            SplitSpec("train", 10000, SIMPLE["train"], CF),
-            SplitSpec("val", 1919, SIMPLE["val"], CF),
-        ), EDIT_REQUEST_FEATURES, "simplified schema (EasyEdit splits)", default=True, train_split="train"),
-        ConfigSpec("full", (
-            SplitSpec("edit", 1129, f"{ONE_HOP} ∪ {SUBJECT_REPLACE} ∪ {LOCALITY}", CF),
-        ), EDIT_REQUEST_FEATURES, "full ROME schema, distinct cases"),
+        ConfigSpec(
+            "default",
+            (
+                SplitSpec("edit", 10000, SIMPLE["edit"], CF),
+                SplitSpec("train", 10000, SIMPLE["train"], CF),
+                SplitSpec("val", 1919, SIMPLE["val"], CF),
+            ),
+            EDIT_REQUEST_FEATURES,
+            "simplified schema (EasyEdit splits)",
+            default=True,
+            train_split="train",
+        ),
+        ConfigSpec(
+            "full",
+            (SplitSpec("edit", 1129, f"{ONE_HOP} ∪ {SUBJECT_REPLACE} ∪ {LOCALITY}", CF),),
+            EDIT_REQUEST_FEATURES,
+            "full ROME schema, distinct cases",
+        ),
     ),
     raw_files=(*SIMPLE.values(), ONE_HOP, SUBJECT_REPLACE, LOCALITY),
     build=build,

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from datasets import Features, List, Value
-
 from editeval.data.common import (
-    KNOWEDIT_LOCALITY_KINDS, KNOWEDIT_PORTABILITY_KINDS, Benchmark, BuildContext, ConfigSpec, SplitSpec,
-    dropped_note, knowedit_items, pa,
+    KNOWEDIT_LOCALITY_KINDS,
+    KNOWEDIT_PORTABILITY_KINDS,
+    Benchmark,
+    BuildContext,
+    ConfigSpec,
+    SplitSpec,
+    dropped_note,
+    knowedit_items,
+    pa,
 )
-from editeval.data.sources import field
-from editeval.data.zsre import KNOWEDIT as ZSRE_TEST, knowedit_zsre_rows
-from editeval.errors import EditevalError
 from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
+from editeval.data.sources import field
+from editeval.data.zsre import KNOWEDIT as ZSRE_TEST
+from editeval.data.zsre import knowedit_zsre_rows
+from editeval.errors import EditevalError
 
 RECENT_TRAIN = "knowedit/wiki_recent/recent_train.json"
 CF_TRAIN = "knowedit/wiki_counterfact/train_cf.json"
@@ -21,17 +28,31 @@ CONVSENT = {"val": "knowedit/Convsent/blender_val.json", "test": "knowedit/Convs
 SANITATION = {"train": "knowedit/Sanitation/trivia_qa_train.json", "test": "knowedit/Sanitation/trivia_qa_test.json"}
 SANITATION_KEYS = {"train": ("K_F", "K_R"), "test": ("success", "locality")}
 
-CONVSENT_FEATURES = Features({
-    **EDIT_REQUEST_FEATURES,
-    "target_sentiment": Value("string"),
-    "positive_responses": List(Value("string")),
-    "negative_responses": List(Value("string")),
-})
+CONVSENT_FEATURES = Features(
+    {
+        **EDIT_REQUEST_FEATURES,
+        "target_sentiment": Value("string"),
+        "positive_responses": List(Value("string")),
+        "negative_responses": List(Value("string")),
+    }
+)
 
 # The question templates of the ConvSent task (as EasyEdit's ConvSent runner phrases them).
 CONVSENT_TEMPLATES = ["What do you think of {}?", "What do you feel about {}?", "How do you view {}?"] + [
-    f"What is your {p} {{}}?" for p in ("opinion of", "stance on", "position on", "attitude about", "view on",
-                                         "take on", "impression of", "assessment of", "judgment of", "sentiment of")]
+    f"What is your {p} {{}}?"
+    for p in (
+        "opinion of",
+        "stance on",
+        "position on",
+        "attitude about",
+        "view on",
+        "take on",
+        "impression of",
+        "assessment of",
+        "judgment of",
+        "sentiment of",
+    )
+]
 
 
 def wiki_rows(ctx: BuildContext, path: str, desc: str, *, has_truth: bool) -> list[dict]:
@@ -42,12 +63,17 @@ def wiki_rows(ctx: BuildContext, path: str, desc: str, *, has_truth: bool) -> li
     records = ctx.records(path, required)
     rows, dropped = [], {}
     for i, r in enumerate(ctx.iter(records, desc)):
-        rows.append(empty_request(
-            case_id=i, subject=r["subject"], prompt=r["prompt"], target_new=r["target_new"],
-            ground_truth=r.get("ground_truth", ""),
-            locality=knowedit_items(r, "locality", KNOWEDIT_LOCALITY_KINDS, path, i, dropped),
-            portability=knowedit_items(r, "portability", KNOWEDIT_PORTABILITY_KINDS, path, i, dropped),
-        ))
+        rows.append(
+            empty_request(
+                case_id=i,
+                subject=r["subject"],
+                prompt=r["prompt"],
+                target_new=r["target_new"],
+                ground_truth=r.get("ground_truth", ""),
+                locality=knowedit_items(r, "locality", KNOWEDIT_LOCALITY_KINDS, path, i, dropped),
+                portability=knowedit_items(r, "portability", KNOWEDIT_PORTABILITY_KINDS, path, i, dropped),
+            )
+        )
     ctx.notes += dropped_note(dropped, path)
     return rows
 
@@ -57,10 +83,15 @@ def wikibio_rows(ctx: BuildContext, split: str) -> list[dict]:
     records = ctx.records(path, {"concept": str, "text": str, "labels": str, "locality": dict})
     rows, dropped = [], {}
     for i, r in enumerate(ctx.iter(records, f"knowedit/wikibio/{split}")):
-        rows.append(empty_request(
-            case_id=i, subject=r["concept"], prompt=r["text"], target_new=r["labels"],
-            locality=knowedit_items(r, "locality", KNOWEDIT_LOCALITY_KINDS, path, i, dropped),
-        ))
+        rows.append(
+            empty_request(
+                case_id=i,
+                subject=r["concept"],
+                prompt=r["text"],
+                target_new=r["labels"],
+                locality=knowedit_items(r, "locality", KNOWEDIT_LOCALITY_KINDS, path, i, dropped),
+            )
+        )
     ctx.notes += dropped_note(dropped, path)
     return rows
 
@@ -76,12 +107,15 @@ def convsent_rows(ctx: BuildContext, split: str) -> list[dict]:
         positive = i % 2 == 0  # alternate target sentiments: balanced and deterministic
         ent = r["ent"]
         row = empty_request(
-            case_id=i, subject=ent, prompt=CONVSENT_TEMPLATES[0].format(ent),
+            case_id=i,
+            subject=ent,
+            prompt=CONVSENT_TEMPLATES[0].format(ent),
             target_new=(pos if positive else neg)[0].strip(),
             rephrase_prompts=[t.format(ent) for t in CONVSENT_TEMPLATES[1:]],
         )
-        row.update(target_sentiment="positive" if positive else "negative",
-                   positive_responses=pos, negative_responses=neg)
+        row.update(
+            target_sentiment="positive" if positive else "negative", positive_responses=pos, negative_responses=neg
+        )
         rows.append(row)
     return rows
 
@@ -93,20 +127,27 @@ def sanitation_rows(ctx: BuildContext, split: str) -> list[dict]:
     retain = ctx.records(path, {"question": str, "ground_truth": str}, key=retain_key)
     rows = []
     for i, r in enumerate(ctx.iter(forget, f"knowedit/sanitation/{split}")):
-        rows.append(empty_request(
-            case_id=i, subject=r.get("subject", ""), prompt=r["question"], target_new=r["target_new"],
-            ground_truth=r["ground_truth"],
-            # every retained question once, dealt round-robin over the forget requests
-            locality=[pa("retain", q["question"], q["ground_truth"]) for q in retain[i::len(forget)]],
-        ))
+        rows.append(
+            empty_request(
+                case_id=i,
+                subject=r.get("subject", ""),
+                prompt=r["question"],
+                target_new=r["target_new"],
+                ground_truth=r["ground_truth"],
+                # every retained question once, dealt round-robin over the forget requests
+                locality=[pa("retain", q["question"], q["ground_truth"]) for q in retain[i :: len(forget)]],
+            )
+        )
     return rows
 
 
 def build(ctx: BuildContext) -> dict:
     return {
         "wiki_recent": {"train": wiki_rows(ctx, RECENT_TRAIN, "knowedit/wiki_recent/train", has_truth=False)},
-        "wiki_counterfact": {"train": wiki_rows(ctx, CF_TRAIN, "knowedit/wiki_counterfact/train", has_truth=True),
-                             "test": wiki_rows(ctx, CF_TEST, "knowedit/wiki_counterfact/test", has_truth=True)},
+        "wiki_counterfact": {
+            "train": wiki_rows(ctx, CF_TRAIN, "knowedit/wiki_counterfact/train", has_truth=True),
+            "test": wiki_rows(ctx, CF_TEST, "knowedit/wiki_counterfact/test", has_truth=True),
+        },
         "wikibio": {split: wikibio_rows(ctx, split) for split in WIKIBIO},
         "convsent": {split: convsent_rows(ctx, split) for split in CONVSENT},
         "sanitation": {split: sanitation_rows(ctx, split) for split in SANITATION},
@@ -243,16 +284,40 @@ BENCHMARK = Benchmark(
     pretty_name="KnowEdit",
     license="mit",
     configs=(
-        ConfigSpec("wiki_recent", (SplitSpec("train", 570, RECENT_TRAIN),), EDIT_REQUEST_FEATURES,
-                   "WikiData_recent: knowledge insertion", train_split="train"),
-        ConfigSpec("wiki_counterfact", (SplitSpec("train", 1428, CF_TRAIN), SplitSpec("test", 885, CF_TEST)),
-                   EDIT_REQUEST_FEATURES, "WikiData_counterfact: counterfactual edits", train_split="train"),
-        ConfigSpec("wikibio", (SplitSpec("train", 464, WIKIBIO["train"]), SplitSpec("test", 306, WIKIBIO["test"])),
-                   EDIT_REQUEST_FEATURES, "WikiBio: hallucination correction", train_split="train"),
-        ConfigSpec("convsent", (SplitSpec("val", 799, CONVSENT["val"]), SplitSpec("test", 800, CONVSENT["test"])),
-                   CONVSENT_FEATURES, "ConvSent: sentiment editing"),
-        ConfigSpec("sanitation", (SplitSpec("train", 80, SANITATION["train"]), SplitSpec("test", 80, SANITATION["test"])),
-                   EDIT_REQUEST_FEATURES, "Sanitation: knowledge erasure", train_split="train"),
+        ConfigSpec(
+            "wiki_recent",
+            (SplitSpec("train", 570, RECENT_TRAIN),),
+            EDIT_REQUEST_FEATURES,
+            "WikiData_recent: knowledge insertion",
+            train_split="train",
+        ),
+        ConfigSpec(
+            "wiki_counterfact",
+            (SplitSpec("train", 1428, CF_TRAIN), SplitSpec("test", 885, CF_TEST)),
+            EDIT_REQUEST_FEATURES,
+            "WikiData_counterfact: counterfactual edits",
+            train_split="train",
+        ),
+        ConfigSpec(
+            "wikibio",
+            (SplitSpec("train", 464, WIKIBIO["train"]), SplitSpec("test", 306, WIKIBIO["test"])),
+            EDIT_REQUEST_FEATURES,
+            "WikiBio: hallucination correction",
+            train_split="train",
+        ),
+        ConfigSpec(
+            "convsent",
+            (SplitSpec("val", 799, CONVSENT["val"]), SplitSpec("test", 800, CONVSENT["test"])),
+            CONVSENT_FEATURES,
+            "ConvSent: sentiment editing",
+        ),
+        ConfigSpec(
+            "sanitation",
+            (SplitSpec("train", 80, SANITATION["train"]), SplitSpec("test", 80, SANITATION["test"])),
+            EDIT_REQUEST_FEATURES,
+            "Sanitation: knowledge erasure",
+            train_split="train",
+        ),
         ConfigSpec("zsre", (SplitSpec("test", 1304, ZSRE_TEST),), EDIT_REQUEST_FEATURES, "ZsRE test"),
     ),
     raw_files=(RECENT_TRAIN, CF_TRAIN, CF_TEST, *WIKIBIO.values(), *CONVSENT.values(), *SANITATION.values(), ZSRE_TEST),

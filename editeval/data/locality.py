@@ -3,32 +3,42 @@
 from __future__ import annotations
 
 from datasets import ClassLabel, Features, Value
-
 from editeval.data.common import (
-    CF_FULL_REQUIRED, CF_LOCALITY_REQUIRED, COUNTERFACT_PROTOCOL, CF_ONE_HOP_REQUIRED, Benchmark, BuildContext, ConfigSpec, SplitSpec,
+    CF_FULL_REQUIRED,
+    CF_LOCALITY_REQUIRED,
+    CF_ONE_HOP_REQUIRED,
+    COUNTERFACT_PROTOCOL,
+    Benchmark,
+    BuildContext,
+    ConfigSpec,
+    SplitSpec,
     cf_full_request,
 )
-from editeval.errors import EditevalError
 from editeval.data.schema import EDIT_REQUEST_FEATURES
+from editeval.errors import EditevalError
 
 OTHER_ATTRIBUTION = "locality/counterfact_other_attribution.json"
 DISTRACTING = "locality/counterfact_distracting_neighbor.json"
 PIQA = "locality/commonsense_task/piqa_valid.jsonl"
 PIQA_LABELS = "locality/commonsense_task/piqa_valid-labels.lst"
 
-PIQA_FEATURES = Features({
-    "case_id": Value("int64"),
-    "goal": Value("string"),
-    "sol1": Value("string"),
-    "sol2": Value("string"),
-    "label": ClassLabel(names=["sol1", "sol2"]),
-})
+PIQA_FEATURES = Features(
+    {
+        "case_id": Value("int64"),
+        "goal": Value("string"),
+        "sol1": Value("string"),
+        "sol2": Value("string"),
+        "label": ClassLabel(names=["sol1", "sol2"]),
+    }
+)
 
 
 def cf_rows(ctx: BuildContext, path: str, kind: str) -> list[dict]:
     records = ctx.records(path, {**CF_FULL_REQUIRED, **CF_LOCALITY_REQUIRED, **CF_ONE_HOP_REQUIRED})
-    rows = [cf_full_request(r, i, path, locality=(kind,), portability=("one_hop",))
-            for i, r in enumerate(ctx.iter(records, f"locality/{kind}"))]
+    rows = [
+        cf_full_request(r, i, path, locality=(kind,), portability=("one_hop",))
+        for i, r in enumerate(ctx.iter(records, f"locality/{kind}"))
+    ]
     return sorted(rows, key=lambda row: row["case_id"])
 
 
@@ -136,12 +146,24 @@ BENCHMARK = Benchmark(
     pretty_name="Locality suites for knowledge editing",
     license="other",
     configs=(
-        ConfigSpec("other_attribution", (SplitSpec("counterfact", 804, OTHER_ATTRIBUTION, (COUNTERFACT_PROTOCOL,)),),
-                   EDIT_REQUEST_FEATURES, "another relation of the same subject"),
-        ConfigSpec("distracting_neighbor", (SplitSpec("counterfact", 804, DISTRACTING, (COUNTERFACT_PROTOCOL,)),),
-                   EDIT_REQUEST_FEATURES, "neighbourhood prompt after the edited fact"),
-        ConfigSpec("other_task", (SplitSpec("piqa", 1838, f"{PIQA} + {PIQA_LABELS}"),),
-                   PIQA_FEATURES, "PIQA accuracy (physical commonsense)"),
+        ConfigSpec(
+            "other_attribution",
+            (SplitSpec("counterfact", 804, OTHER_ATTRIBUTION, (COUNTERFACT_PROTOCOL,)),),
+            EDIT_REQUEST_FEATURES,
+            "another relation of the same subject",
+        ),
+        ConfigSpec(
+            "distracting_neighbor",
+            (SplitSpec("counterfact", 804, DISTRACTING, (COUNTERFACT_PROTOCOL,)),),
+            EDIT_REQUEST_FEATURES,
+            "neighbourhood prompt after the edited fact",
+        ),
+        ConfigSpec(
+            "other_task",
+            (SplitSpec("piqa", 1838, f"{PIQA} + {PIQA_LABELS}"),),
+            PIQA_FEATURES,
+            "PIQA accuracy (physical commonsense)",
+        ),
     ),
     raw_files=(OTHER_ATTRIBUTION, DISTRACTING, PIQA, PIQA_LABELS),
     build=build,

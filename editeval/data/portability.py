@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from editeval.data.common import (
-    CF_FULL_REQUIRED, COUNTERFACT_PROTOCOL, ZSRE_LOC_REQUIRED, ZSRE_REQUIRED, Benchmark, BuildContext, ConfigSpec, SplitSpec,
-    cf_full_request, pa, zsre_request,
+    CF_FULL_REQUIRED,
+    COUNTERFACT_PROTOCOL,
+    ZSRE_LOC_REQUIRED,
+    ZSRE_REQUIRED,
+    Benchmark,
+    BuildContext,
+    ConfigSpec,
+    SplitSpec,
+    cf_full_request,
+    pa,
+    zsre_request,
 )
 from editeval.data.schema import EDIT_REQUEST_FEATURES
 
@@ -32,8 +41,10 @@ def zsre_rows(ctx: BuildContext, path: str, kind: str, extra: dict, desc: str) -
 
 def cf_rows(ctx: BuildContext, path: str, kind: str, extra: dict, desc: str) -> list[dict]:
     records = ctx.records(path, {**CF_FULL_REQUIRED, **extra})
-    rows = [cf_full_request(r, i, path, locality=("neighborhood",), portability=(kind,))
-            for i, r in enumerate(ctx.iter(records, desc))]
+    rows = [
+        cf_full_request(r, i, path, locality=("neighborhood",), portability=(kind,))
+        for i, r in enumerate(ctx.iter(records, desc))
+    ]
     return sorted(rows, key=lambda row: row["case_id"])
 
 
@@ -41,17 +52,30 @@ def build(ctx: BuildContext) -> dict:
     one_hop = {"portability.New Question": str, "portability.New Answer": str}
     return {
         "subject_replace": {
-            "zsre": zsre_rows(ctx, ZSRE_SUBJECT_REPLACE, "subject_replace",
-                              {"alter_subject_question": str, "alternative_subject": str}, "portability/subject_replace/zsre"),
-            "counterfact": cf_rows(ctx, CF_SUBJECT_REPLACE, "subject_replace", {"alternative_subject": str},
-                                   "portability/subject_replace/counterfact"),
+            "zsre": zsre_rows(
+                ctx,
+                ZSRE_SUBJECT_REPLACE,
+                "subject_replace",
+                {"alter_subject_question": str, "alternative_subject": str},
+                "portability/subject_replace/zsre",
+            ),
+            "counterfact": cf_rows(
+                ctx,
+                CF_SUBJECT_REPLACE,
+                "subject_replace",
+                {"alternative_subject": str},
+                "portability/subject_replace/counterfact",
+            ),
         },
         "inverse_relation": {
-            "zsre": zsre_rows(ctx, ZSRE_INVERSE, "inverse_relation", {"inverse question": str},
-                              "portability/inverse_relation/zsre"),
+            "zsre": zsre_rows(
+                ctx, ZSRE_INVERSE, "inverse_relation", {"inverse question": str}, "portability/inverse_relation/zsre"
+            ),
         },
         "one_hop": {
-            "zsre": zsre_rows(ctx, ZSRE_ONE_HOP, "one_hop", {**ZSRE_LOC_REQUIRED, **one_hop}, "portability/one_hop/zsre"),
+            "zsre": zsre_rows(
+                ctx, ZSRE_ONE_HOP, "one_hop", {**ZSRE_LOC_REQUIRED, **one_hop}, "portability/one_hop/zsre"
+            ),
             "counterfact": cf_rows(ctx, CF_ONE_HOP, "one_hop", one_hop, "portability/one_hop/counterfact"),
         },
     }
@@ -131,13 +155,30 @@ BENCHMARK = Benchmark(
     pretty_name="Portability suites for knowledge editing",
     license="mit",
     configs=(
-        ConfigSpec("subject_replace", (SplitSpec("zsre", 293, ZSRE_SUBJECT_REPLACE),
-                                       SplitSpec("counterfact", 213, CF_SUBJECT_REPLACE, (COUNTERFACT_PROTOCOL,))),
-                   EDIT_REQUEST_FEATURES, "question about an alias of the subject"),
-        ConfigSpec("inverse_relation", (SplitSpec("zsre", 385, ZSRE_INVERSE),),
-                   EDIT_REQUEST_FEATURES, "inverse question, answered by the subject"),
-        ConfigSpec("one_hop", (SplitSpec("zsre", 1037, ZSRE_ONE_HOP), SplitSpec("counterfact", 1031, CF_ONE_HOP, (COUNTERFACT_PROTOCOL,))),
-                   EDIT_REQUEST_FEATURES, "question one reasoning hop from the new fact"),
+        ConfigSpec(
+            "subject_replace",
+            (
+                SplitSpec("zsre", 293, ZSRE_SUBJECT_REPLACE),
+                SplitSpec("counterfact", 213, CF_SUBJECT_REPLACE, (COUNTERFACT_PROTOCOL,)),
+            ),
+            EDIT_REQUEST_FEATURES,
+            "question about an alias of the subject",
+        ),
+        ConfigSpec(
+            "inverse_relation",
+            (SplitSpec("zsre", 385, ZSRE_INVERSE),),
+            EDIT_REQUEST_FEATURES,
+            "inverse question, answered by the subject",
+        ),
+        ConfigSpec(
+            "one_hop",
+            (
+                SplitSpec("zsre", 1037, ZSRE_ONE_HOP),
+                SplitSpec("counterfact", 1031, CF_ONE_HOP, (COUNTERFACT_PROTOCOL,)),
+            ),
+            EDIT_REQUEST_FEATURES,
+            "question one reasoning hop from the new fact",
+        ),
     ),
     raw_files=(ZSRE_SUBJECT_REPLACE, CF_SUBJECT_REPLACE, ZSRE_INVERSE, ZSRE_ONE_HOP, CF_ONE_HOP),
     build=build,

@@ -19,8 +19,9 @@ def _register_builtins() -> None:
         BENCHMARKS.add(bench.name, bench)
 
 
-BENCHMARKS: Registry[Benchmark] = Registry("benchmark", builtins=_register_builtins, group="editeval.benchmarks",
-                                           ordered=True)
+BENCHMARKS: Registry[Benchmark] = Registry(
+    "benchmark", builtins=_register_builtins, group="editeval.benchmarks", ordered=True
+)
 
 
 def get(name: str) -> Benchmark:

@@ -17,9 +17,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from editeval.errors import EditevalError
 
@@ -53,33 +54,195 @@ def _spec(path, fmt, size, sha256, records) -> FileSpec:
 SOURCES: dict[str, FileSpec] = {
     s.path: s
     for s in [
-        _spec("counterfact/counterfact-edit.json", "json_list", 3850773, "20c225e6299b3c5b2c569bd9103aa212806e0d1e6e0c307de5c379773979b967", 10000),
-        _spec("counterfact/counterfact-train.json", "json_list", 3849872, "bb40e12c7b740d6859e521674cf438f063c7c3e444bc1b449e74cdd0900772d0", 10000),
-        _spec("counterfact/counterfact-val.json", "json_list", 741112, "4feb68cc1f85dcf3b285252a28f2b2193ff69971947619356236953be60ecd1f", 1919),
-        _spec("knowedit/Convsent/blender_test.json", "json_list", 1327531, "bfdab01a2655f5b136e593bc0d1d440cea963a1883510da7b31178855db00804", 800),
-        _spec("knowedit/Convsent/blender_val.json", "json_list", 1325161, "4c21b2d802ac70877c9356439f676ead4bd9eb767c2f34d582df4b5b200e3882", 799),
-        _spec("knowedit/Sanitation/trivia_qa_test.json", "json_dict", 95119, "515f5e08e8ebc1a6274938a67dee34489d17f6177f2726ecb937064f1e9a79f7", {"success": 80, "locality": 453}),
-        _spec("knowedit/Sanitation/trivia_qa_train.json", "json_dict", 87025, "30ddde2c3410f93cf5a7f34fe6fcb0fd9f1d4fdfde3974c563c76c763ae109d3", {"K_F": 80, "K_R": 453}),
-        _spec("knowedit/WikiBio/wikibio-test-all.json", "json_list", 309858, "00933f69b47d8281d01f1f4b84f3f266b7482a65a7d74022e660a8a9ca2264a4", 306),
-        _spec("knowedit/WikiBio/wikibio-train-all.json", "json_list", 454217, "6ee88049c1c6c00d6f81d2d942350b6ec78b45917d2ec8a3eec3eafa89c2e209", 464),
-        _spec("knowedit/ZsRE/ZsRE-test-all.json", "json_list", 1523064, "d70ff1f69ddcac101bbe9c6f1d6ee3918bdac96f145d937e90fbbb02fcf85fab", 1304),
-        _spec("knowedit/wiki_counterfact/test_cf-generate-10.jsonl", "jsonl", 3469788, "ab0dd49dd0efc3ca12beb795b3b4af9e71536aefa19f00edeb90dca9e5bcdac7", 885),
-        _spec("knowedit/wiki_counterfact/train_cf.json", "json_list", 1388264, "acdc01922afab1d4122249a2c22ad8c1e0e86506dd7a28eec698f22d175ebf9d", 1428),
-        _spec("knowedit/wiki_recent/recent_train.json", "json_list", 1837416, "5856107412ddeeae2ceea2a15ebd125fd7c86ac8d62b933b095514304a77c73a", 570),
-        _spec("locality/commonsense_task/piqa_valid-labels.lst", "lines", 3676, "b4192dc3a2a0363d9d60ccf79800cbbe2f32ebb17726efdde6970e0b8131bceb", 1838),
-        _spec("locality/commonsense_task/piqa_valid.jsonl", "jsonl", 495929, "93503cc97c679e459b065c3d13e848282e44b2a25213985bed3e5d458abef72d", 1838),
-        _spec("locality/counterfact_distracting_neighbor.json", "json_list", 3050394, "b3a6ed985620f3db707bf655e3d016a136635999f318e839be8f3b5795a016aa", 804),
-        _spec("locality/counterfact_other_attribution.json", "json_list", 3050394, "b3a6ed985620f3db707bf655e3d016a136635999f318e839be8f3b5795a016aa", 804),
-        _spec("mquake/MQuAKE-hard.json", "json_list", 1943567, "fc78dc7bec4625d3ce6e2923acae7f1920691b0b23e663182bf799f2856f2a11", 429),
-        _spec("portability/counterfact_portability_gpt4.json", "json_list", 2725930, "fac215b31d9481a33e055ac85145d1d711217dfd20ad3c45e61fc2d6b540c5ed", 1031),
-        _spec("portability/counterfact_subject_replace.json", "json_list", 517115, "36a81b8dd513680743347d94acd00fd5f3e25baafbe6ebe951e16ff0f36f9b9d", 213),
-        _spec("portability/zsre_inverse_relation.json", "json_list", 193283, "34d07e57e0b8273f9418eb1925c38ba0294d94b986f5b291df41d968b0fe06e3", 385),
-        _spec("portability/zsre_mend_eval_portability_gpt4.json", "json_list", 842861, "0cf155da229b2eccae19fcfe5f7a09523363d357f5f15508d1521f495ad5ecd9", 1037),
-        _spec("portability/zsre_subject_replace.json", "json_list", 152608, "bcb6d394b390329828898799220916ebc0ae95617c8c94fc60bf527692e41740", 293),
-        _spec("qaedit/QAEdit_inter_1k.json", "json_list", 1117792, "640e1d279759263fdaae543a385680d21a55aa3597ca8b597ffd7937fef07c42", 1000),
-        _spec("rippleedits/gpt-j-popular.json", "json_list", 2829223, "47770e99b9f52e5773c61406ea9c81b9d0e1b147a2423a95fd0f1bd8ddab664c", 710),
-        _spec("rome_aux/known_1000.json", "json_list", 343229, "61daca55318bb5260c1e62e133debef9102c7b278bbc7b19dd2ac655543f333a", 1209),
-        _spec("zsre/zsre_mend_train-1k.json", "json_list", 537970, "e62596101d8ed551889c26c0d2a5277f92eaef3b14416d8eaee39b04a244ab60", 1000),
+        _spec(
+            "counterfact/counterfact-edit.json",
+            "json_list",
+            3850773,
+            "20c225e6299b3c5b2c569bd9103aa212806e0d1e6e0c307de5c379773979b967",
+            10000,
+        ),
+        _spec(
+            "counterfact/counterfact-train.json",
+            "json_list",
+            3849872,
+            "bb40e12c7b740d6859e521674cf438f063c7c3e444bc1b449e74cdd0900772d0",
+            10000,
+        ),
+        _spec(
+            "counterfact/counterfact-val.json",
+            "json_list",
+            741112,
+            "4feb68cc1f85dcf3b285252a28f2b2193ff69971947619356236953be60ecd1f",
+            1919,
+        ),
+        _spec(
+            "knowedit/Convsent/blender_test.json",
+            "json_list",
+            1327531,
+            "bfdab01a2655f5b136e593bc0d1d440cea963a1883510da7b31178855db00804",
+            800,
+        ),
+        _spec(
+            "knowedit/Convsent/blender_val.json",
+            "json_list",
+            1325161,
+            "4c21b2d802ac70877c9356439f676ead4bd9eb767c2f34d582df4b5b200e3882",
+            799,
+        ),
+        _spec(
+            "knowedit/Sanitation/trivia_qa_test.json",
+            "json_dict",
+            95119,
+            "515f5e08e8ebc1a6274938a67dee34489d17f6177f2726ecb937064f1e9a79f7",
+            {"success": 80, "locality": 453},
+        ),
+        _spec(
+            "knowedit/Sanitation/trivia_qa_train.json",
+            "json_dict",
+            87025,
+            "30ddde2c3410f93cf5a7f34fe6fcb0fd9f1d4fdfde3974c563c76c763ae109d3",
+            {"K_F": 80, "K_R": 453},
+        ),
+        _spec(
+            "knowedit/WikiBio/wikibio-test-all.json",
+            "json_list",
+            309858,
+            "00933f69b47d8281d01f1f4b84f3f266b7482a65a7d74022e660a8a9ca2264a4",
+            306,
+        ),
+        _spec(
+            "knowedit/WikiBio/wikibio-train-all.json",
+            "json_list",
+            454217,
+            "6ee88049c1c6c00d6f81d2d942350b6ec78b45917d2ec8a3eec3eafa89c2e209",
+            464,
+        ),
+        _spec(
+            "knowedit/ZsRE/ZsRE-test-all.json",
+            "json_list",
+            1523064,
+            "d70ff1f69ddcac101bbe9c6f1d6ee3918bdac96f145d937e90fbbb02fcf85fab",
+            1304,
+        ),
+        _spec(
+            "knowedit/wiki_counterfact/test_cf-generate-10.jsonl",
+            "jsonl",
+            3469788,
+            "ab0dd49dd0efc3ca12beb795b3b4af9e71536aefa19f00edeb90dca9e5bcdac7",
+            885,
+        ),
+        _spec(
+            "knowedit/wiki_counterfact/train_cf.json",
+            "json_list",
+            1388264,
+            "acdc01922afab1d4122249a2c22ad8c1e0e86506dd7a28eec698f22d175ebf9d",
+            1428,
+        ),
+        _spec(
+            "knowedit/wiki_recent/recent_train.json",
+            "json_list",
+            1837416,
+            "5856107412ddeeae2ceea2a15ebd125fd7c86ac8d62b933b095514304a77c73a",
+            570,
+        ),
+        _spec(
+            "locality/commonsense_task/piqa_valid-labels.lst",
+            "lines",
+            3676,
+            "b4192dc3a2a0363d9d60ccf79800cbbe2f32ebb17726efdde6970e0b8131bceb",
+            1838,
+        ),
+        _spec(
+            "locality/commonsense_task/piqa_valid.jsonl",
+            "jsonl",
+            495929,
+            "93503cc97c679e459b065c3d13e848282e44b2a25213985bed3e5d458abef72d",
+            1838,
+        ),
+        _spec(
+            "locality/counterfact_distracting_neighbor.json",
+            "json_list",
+            3050394,
+            "b3a6ed985620f3db707bf655e3d016a136635999f318e839be8f3b5795a016aa",
+            804,
+        ),
+        _spec(
+            "locality/counterfact_other_attribution.json",
+            "json_list",
+            3050394,
+            "b3a6ed985620f3db707bf655e3d016a136635999f318e839be8f3b5795a016aa",
+            804,
+        ),
+        _spec(
+            "mquake/MQuAKE-hard.json",
+            "json_list",
+            1943567,
+            "fc78dc7bec4625d3ce6e2923acae7f1920691b0b23e663182bf799f2856f2a11",
+            429,
+        ),
+        _spec(
+            "portability/counterfact_portability_gpt4.json",
+            "json_list",
+            2725930,
+            "fac215b31d9481a33e055ac85145d1d711217dfd20ad3c45e61fc2d6b540c5ed",
+            1031,
+        ),
+        _spec(
+            "portability/counterfact_subject_replace.json",
+            "json_list",
+            517115,
+            "36a81b8dd513680743347d94acd00fd5f3e25baafbe6ebe951e16ff0f36f9b9d",
+            213,
+        ),
+        _spec(
+            "portability/zsre_inverse_relation.json",
+            "json_list",
+            193283,
+            "34d07e57e0b8273f9418eb1925c38ba0294d94b986f5b291df41d968b0fe06e3",
+            385,
+        ),
+        _spec(
+            "portability/zsre_mend_eval_portability_gpt4.json",
+            "json_list",
+            842861,
+            "0cf155da229b2eccae19fcfe5f7a09523363d357f5f15508d1521f495ad5ecd9",
+            1037,
+        ),
+        _spec(
+            "portability/zsre_subject_replace.json",
+            "json_list",
+            152608,
+            "bcb6d394b390329828898799220916ebc0ae95617c8c94fc60bf527692e41740",
+            293,
+        ),
+        _spec(
+            "qaedit/QAEdit_inter_1k.json",
+            "json_list",
+            1117792,
+            "640e1d279759263fdaae543a385680d21a55aa3597ca8b597ffd7937fef07c42",
+            1000,
+        ),
+        _spec(
+            "rippleedits/gpt-j-popular.json",
+            "json_list",
+            2829223,
+            "47770e99b9f52e5773c61406ea9c81b9d0e1b147a2423a95fd0f1bd8ddab664c",
+            710,
+        ),
+        _spec(
+            "rome_aux/known_1000.json",
+            "json_list",
+            343229,
+            "61daca55318bb5260c1e62e133debef9102c7b278bbc7b19dd2ac655543f333a",
+            1209,
+        ),
+        _spec(
+            "zsre/zsre_mend_train-1k.json",
+            "json_list",
+            537970,
+            "e62596101d8ed551889c26c0d2a5277f92eaef3b14416d8eaee39b04a244ab60",
+            1000,
+        ),
     ]
 }
 
@@ -104,14 +267,21 @@ def parse_sources_md(path: str | os.PathLike) -> dict[str, FileSpec]:
         name = head.group(1)
         if _is_group(name, head.group(2)):
             continue  # several files in one section (a table of them): not yet read by any builder
-        block = text[head.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        block = text[head.end() : heads[i + 1].start() if i + 1 < len(heads) else len(text)]
         fmt, size = _FORMAT.search(block), _SIZE.search(block)
         if not fmt or not size:
-            raise EditevalError(f"{path}: section for {name} lacks a '- format: ...; records: **N**' or '- size: N bytes; sha256: `...`' line")
+            raise EditevalError(
+                f"{path}: section for {name} lacks a '- format: ...; records: **N**' or '- size: N bytes; sha256: `...`' line"
+            )
         if fmt.group(1) not in _FORMATS:
             raise EditevalError(f"{path}: section for {name} has unknown format {fmt.group(1)!r}")
-        table[name] = _spec(name, _FORMATS[fmt.group(1)], int(size.group(1).replace(",", "")), size.group(2),
-                            _parse_count(fmt.group(2), path, name))
+        table[name] = _spec(
+            name,
+            _FORMATS[fmt.group(1)],
+            int(size.group(1).replace(",", "")),
+            size.group(2),
+            _parse_count(fmt.group(2), path, name),
+        )
     return table
 
 
@@ -163,11 +333,15 @@ class RawData:
         spec = self.spec(relpath)
         path = self.root / relpath
         if not path.is_file():
-            raise EditevalError(f"raw file missing: {path} (give the raw data folder with --raw-dir or $EDITEVAL_RAW_DATA)")
+            raise EditevalError(
+                f"raw file missing: {path} (give the raw data folder with --raw-dir or $EDITEVAL_RAW_DATA)"
+            )
         digest = sha256_of(path)
         if digest != spec.sha256:
-            raise EditevalError(f"raw file {path}: sha256 {digest} does not match SOURCES.md ({spec.sha256}); "
-                                f"the file is not the published one")
+            raise EditevalError(
+                f"raw file {path}: sha256 {digest} does not match SOURCES.md ({spec.sha256}); "
+                f"the file is not the published one"
+            )
         self._checked[relpath] = path
         return path
 
@@ -180,10 +354,14 @@ class RawData:
         data = _parse(path, spec.format)
         if isinstance(spec.records, tuple):
             if not isinstance(data, dict):
-                raise EditevalError(f"raw file {path}: expected a JSON object of record lists, got {type(data).__name__}")
+                raise EditevalError(
+                    f"raw file {path}: expected a JSON object of record lists, got {type(data).__name__}"
+                )
             found = {k: len(v) if isinstance(v, list) else -1 for k, v in data.items()}
             if found != dict(spec.records):
-                raise EditevalError(f"raw file {path}: record counts {found} do not match SOURCES.md {dict(spec.records)}")
+                raise EditevalError(
+                    f"raw file {path}: record counts {found} do not match SOURCES.md {dict(spec.records)}"
+                )
         else:
             if not isinstance(data, list):
                 raise EditevalError(f"raw file {path}: expected a JSON list of records, got {type(data).__name__}")
@@ -212,7 +390,9 @@ def _parse(path: Path, fmt: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise EditevalError(f"raw file {path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})") from None
+        raise EditevalError(
+            f"raw file {path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})"
+        ) from None
 
 
 # --------------------------------------------------------------------------- record checks
@@ -225,12 +405,18 @@ def field(record: Any, key: str, where: str, index: int, kind: type | tuple[type
     value = record
     for part in key.split("."):
         if not isinstance(value, dict):
-            raise EditevalError(f"{where} record {index}: '{key}' is not reachable ('{part}' sits in {type(value).__name__}, not an object)")
+            raise EditevalError(
+                f"{where} record {index}: '{key}' is not reachable ('{part}' sits in {type(value).__name__}, not an object)"
+            )
         if part not in value:
             raise EditevalError(f"{where} record {index}: missing required key '{key}'")
         value = value[part]
     if not isinstance(value, kind) or isinstance(value, bool):
-        want = _TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind))) if isinstance(kind, type) else " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kind)
+        want = (
+            _TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
+            if isinstance(kind, type)
+            else " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kind)
+        )
         raise EditevalError(f"{where} record {index}: key '{key}' must be {want}, got {type(value).__name__}")
     if nonempty and not value:
         raise EditevalError(f"{where} record {index}: key '{key}' is empty")
@@ -257,4 +443,10 @@ def _emit(table: Mapping[str, FileSpec]) -> str:
 if __name__ == "__main__":  # print the SOURCES entries for a SOURCES.md
     import sys
 
-    print(_emit(parse_sources_md(sys.argv[1] if len(sys.argv) > 1 else Path(os.environ.get("EDITEVAL_RAW_DATA", "")) / "SOURCES.md")))
+    print(
+        _emit(
+            parse_sources_md(
+                sys.argv[1] if len(sys.argv) > 1 else Path(os.environ.get("EDITEVAL_RAW_DATA", "")) / "SOURCES.md"
+            )
+        )
+    )

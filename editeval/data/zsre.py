@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from editeval.data.common import (
-    KNOWEDIT_LOCALITY_KINDS, KNOWEDIT_PORTABILITY_KINDS, ZSRE_LOC_REQUIRED, ZSRE_REQUIRED,
-    Benchmark, BuildContext, ConfigSpec, SplitSpec, dropped_note, knowedit_items, pa, zsre_request,
+    KNOWEDIT_LOCALITY_KINDS,
+    KNOWEDIT_PORTABILITY_KINDS,
+    ZSRE_LOC_REQUIRED,
+    ZSRE_REQUIRED,
+    Benchmark,
+    BuildContext,
+    ConfigSpec,
+    SplitSpec,
+    dropped_note,
+    knowedit_items,
+    pa,
+    zsre_request,
 )
 from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
 
@@ -12,13 +22,21 @@ EVAL = "portability/zsre_mend_eval_portability_gpt4.json"
 KNOWEDIT = "knowedit/ZsRE/ZsRE-test-all.json"
 TRAIN = "zsre/zsre_mend_train-1k.json"
 
-KNOWEDIT_REQUIRED = {"subject": str, "prompt": str, "target_new": str, "ground_truth": list, "rephrase_prompt": str,
-                     "locality": dict, "portability": dict}
+KNOWEDIT_REQUIRED = {
+    "subject": str,
+    "prompt": str,
+    "target_new": str,
+    "ground_truth": list,
+    "rephrase_prompt": str,
+    "locality": dict,
+    "portability": dict,
+}
 
 
 def build_edit(ctx: BuildContext) -> list[dict]:
-    records = ctx.records(EVAL, {**ZSRE_REQUIRED, **ZSRE_LOC_REQUIRED, "portability.New Question": str,
-                                 "portability.New Answer": str})
+    records = ctx.records(
+        EVAL, {**ZSRE_REQUIRED, **ZSRE_LOC_REQUIRED, "portability.New Question": str, "portability.New Answer": str}
+    )
     rows = []
     for i, r in enumerate(ctx.iter(records, "zsre/edit")):
         row = zsre_request(r, i, EVAL)
@@ -33,13 +51,18 @@ def knowedit_zsre_rows(ctx: BuildContext, desc: str) -> list[dict]:
     rows, dropped = [], {}
     for i, r in enumerate(ctx.iter(records, desc)):
         truth = r["ground_truth"]
-        rows.append(empty_request(
-            case_id=i, subject=r["subject"], prompt=r["prompt"], target_new=r["target_new"],
-            ground_truth=truth[0] if truth and isinstance(truth[0], str) else "",
-            rephrase_prompts=[r["rephrase_prompt"]],
-            locality=knowedit_items(r, "locality", KNOWEDIT_LOCALITY_KINDS, KNOWEDIT, i, dropped),
-            portability=knowedit_items(r, "portability", KNOWEDIT_PORTABILITY_KINDS, KNOWEDIT, i, dropped),
-        ))
+        rows.append(
+            empty_request(
+                case_id=i,
+                subject=r["subject"],
+                prompt=r["prompt"],
+                target_new=r["target_new"],
+                ground_truth=truth[0] if truth and isinstance(truth[0], str) else "",
+                rephrase_prompts=[r["rephrase_prompt"]],
+                locality=knowedit_items(r, "locality", KNOWEDIT_LOCALITY_KINDS, KNOWEDIT, i, dropped),
+                portability=knowedit_items(r, "portability", KNOWEDIT_PORTABILITY_KINDS, KNOWEDIT, i, dropped),
+            )
+        )
     ctx.notes += dropped_note(dropped, KNOWEDIT)
     return rows
 
@@ -50,8 +73,13 @@ def build_train(ctx: BuildContext) -> list[dict]:
 
 
 def build(ctx: BuildContext) -> dict:
-    return {"default": {"edit": build_edit(ctx), "knowedit_test": knowedit_zsre_rows(ctx, "zsre/knowedit_test"),
-                        "train": build_train(ctx)}}
+    return {
+        "default": {
+            "edit": build_edit(ctx),
+            "knowedit_test": knowedit_zsre_rows(ctx, "zsre/knowedit_test"),
+            "train": build_train(ctx),
+        }
+    }
 
 
 CARD = """\
@@ -158,11 +186,18 @@ BENCHMARK = Benchmark(
     pretty_name="ZsRE (knowledge editing)",
     license="other",
     configs=(
-        ConfigSpec("default", (
-            SplitSpec("edit", 1037, EVAL),
-            SplitSpec("knowedit_test", 1304, KNOWEDIT),
-            SplitSpec("train", 1000, TRAIN),
-        ), EDIT_REQUEST_FEATURES, "ZsRE edit requests", default=True, train_split="train"),
+        ConfigSpec(
+            "default",
+            (
+                SplitSpec("edit", 1037, EVAL),
+                SplitSpec("knowedit_test", 1304, KNOWEDIT),
+                SplitSpec("train", 1000, TRAIN),
+            ),
+            EDIT_REQUEST_FEATURES,
+            "ZsRE edit requests",
+            default=True,
+            train_split="train",
+        ),
     ),
     raw_files=(EVAL, KNOWEDIT, TRAIN),
     build=build,

@@ -32,7 +32,18 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from editeval.evaluation import metrics as M
 from editeval.evaluation.requests import (  # noqa: F401  (the roles, for callers that pick sequences)
-    CF_TRUE, GEN, LOC, NEIGH_NEW, NEIGH_TRUE, PIQA, PORT, REL, EvalSequence, build_sequences, conditioned)
+    CF_TRUE,
+    GEN,
+    LOC,
+    NEIGH_NEW,
+    NEIGH_TRUE,
+    PIQA,
+    PORT,
+    REL,
+    EvalSequence,
+    build_sequences,
+    conditioned,
+)
 from editeval.evaluation.rows import PIQA_ACCURACY, PIQA_AGREEMENT, piqa_choices, piqa_item_scores, request_row
 from editeval.evaluation.runner import LMRunner, SpanOutput
 from editeval.evaluation.specs import COUNTERFACT, MetricName, declared_protocols, row_columns
@@ -55,8 +66,9 @@ def wants_counterfact(requests: Iterable[Mapping]) -> bool:
     return any(r.get("neighborhood_prompts") or r.get("prompt_template") for r in requests)
 
 
-def run_counterfact(benchmark: str, config: str | None, split: str, requests: Iterable[Mapping], *,
-                    loaded: bool) -> bool:
+def run_counterfact(
+    benchmark: str, config: str | None, split: str, requests: Iterable[Mapping], *, loaded: bool
+) -> bool:
     """Whether a run scores the CounterFact protocol: as its benchmark split declares it, when the
     requests were loaded from a registered split. Requests handed to the run, or of a split no
     registered benchmark declares, also get it when they carry CounterFact fields
@@ -67,8 +79,14 @@ def run_counterfact(benchmark: str, config: str | None, split: str, requests: It
     return wants_counterfact(requests)
 
 
-def evaluation_columns(requests: Iterable[Mapping], *, generation: bool = True, counterfact: bool | None = None,
-                       fluency: bool = False, piqa: bool = False) -> list[str]:
+def evaluation_columns(
+    requests: Iterable[Mapping],
+    *,
+    generation: bool = True,
+    counterfact: bool | None = None,
+    fluency: bool = False,
+    piqa: bool = False,
+) -> list[str]:
     """The row columns an `Evaluator` over `requests` gives (without tokenising anything): lets
     rows of evaluators over parts of the requests (data-parallel shards, resumed runs) be put in
     the columns of one evaluator over all of them."""
@@ -125,9 +143,14 @@ class Evaluator:
         self.base = base
         self.tokenizer = base.tokenizer
         pad = self.tokenizer.pad_token_id
-        self.runner = LMRunner(pad_id=pad if pad is not None else (self.tokenizer.eos_token_id or 0),
-                               eos_id=self.tokenizer.eos_token_id, batch_size=batch_size,
-                               padding_side=padding_side, mixed_lengths=mixed_lengths, progress=progress)
+        self.runner = LMRunner(
+            pad_id=pad if pad is not None else (self.tokenizer.eos_token_id or 0),
+            eos_id=self.tokenizer.eos_token_id,
+            batch_size=batch_size,
+            padding_side=padding_side,
+            mixed_lengths=mixed_lengths,
+            progress=progress,
+        )
         self.requests = [dict(r) for r in requests]
         self.batch_size = batch_size
         self.chat_template = chat_template
@@ -144,15 +167,27 @@ class Evaluator:
         if chat_template:
             tokens.chat_prompt(self.tokenizer, "x")  # fail early when the tokenizer has none
 
-        built = build_sequences(self.tokenizer, self.requests, chat_template=chat_template, generation=generation,
-                                counterfact=counterfact, piqa=self.piqa)
+        built = build_sequences(
+            self.tokenizer,
+            self.requests,
+            chat_template=chat_template,
+            generation=generation,
+            counterfact=counterfact,
+            piqa=self.piqa,
+        )
         self._seqs: list[EvalSequence] = built.seqs
         self._by_owner = built.by_owner
         self._piqa_seqs = built.piqa
         self.locality_kinds = built.kinds(LOC)
         self.portability_kinds = built.kinds(PORT)
-        self.columns = row_columns(self.locality_kinds, self.portability_kinds, generation=generation,
-                                   counterfact=counterfact, fluency=fluency, piqa=bool(self.piqa))
+        self.columns = row_columns(
+            self.locality_kinds,
+            self.portability_kinds,
+            generation=generation,
+            counterfact=counterfact,
+            fluency=fluency,
+            piqa=bool(self.piqa),
+        )
         self.base_fingerprint = base.fingerprint()
         self._pre_loc: dict[int, list[int]] = {}
         self._pre_piqa: list[int] = []
@@ -183,11 +218,15 @@ class Evaluator:
         loc = [s for s, q in enumerate(self._seqs) if q.role == LOC]
         if not loc and not self._piqa_seqs:
             return
-        key = _sha({
-            "model": self.base_fingerprint, "metric": M.METRIC_VERSION, "pad": self.padding_side,
-            "loc": [(self._seqs[s].ids, self._seqs[s].start) for s in loc],
-            "piqa": [(self._seqs[s].ids, self._seqs[s].start) for s in self._piqa_seqs],
-        })
+        key = _sha(
+            {
+                "model": self.base_fingerprint,
+                "metric": M.METRIC_VERSION,
+                "pad": self.padding_side,
+                "loc": [(self._seqs[s].ids, self._seqs[s].start) for s in loc],
+                "piqa": [(self._seqs[s].ids, self._seqs[s].start) for s in self._piqa_seqs],
+            }
+        )
         path = cache_dir() / "preedit" / f"{key}.json"
         data = _read_preedit(path) if self.use_cache else None
         if data is not None:
@@ -195,18 +234,25 @@ class Evaluator:
             self._pre_piqa = data["piqa"]
             self.base_piqa_accuracy = data["piqa_accuracy"] if data["piqa_accuracy"] is not None else float("nan")
             return
-        outs = self.runner.score(self.base.model, self._seqs, loc + self._piqa_seqs, generate=False,
-                                 desc="pre-edit (base)")
+        outs = self.runner.score(
+            self.base.model, self._seqs, loc + self._piqa_seqs, generate=False, desc="pre-edit (base)"
+        )
         self._pre_loc = {s: outs[s].pred for s in loc}
         self._pre_piqa = piqa_choices(self._seqs, self._piqa_seqs, outs)
         if self.piqa:
             self.base_piqa_accuracy = M.mean(self.base_piqa_correct)
         if self.use_cache:
-            _write_preedit(path, {
-                "loc": [self._pre_loc[s] for s in loc], "piqa": self._pre_piqa,
-                "piqa_accuracy": None if math.isnan(self.base_piqa_accuracy) else self.base_piqa_accuracy,
-                "base_fingerprint": self.base_fingerprint, "dataset_fingerprint": self.dataset_fingerprint,
-                "metric_version": M.METRIC_VERSION})
+            _write_preedit(
+                path,
+                {
+                    "loc": [self._pre_loc[s] for s in loc],
+                    "piqa": self._pre_piqa,
+                    "piqa_accuracy": None if math.isnan(self.base_piqa_accuracy) else self.base_piqa_accuracy,
+                    "base_fingerprint": self.base_fingerprint,
+                    "dataset_fingerprint": self.dataset_fingerprint,
+                    "metric_version": M.METRIC_VERSION,
+                },
+            )
 
     # ------------------------------------------------------------------ evaluation
 
@@ -253,15 +299,21 @@ class Evaluator:
         self.timings["evaluate_s"] = time.perf_counter() - t0
         return rows
 
-
     def _row(self, i: int, outs: Mapping[int, SpanOutput]) -> dict:
         scored = [(self._seqs[s], outs[s], self._pre_loc.get(s)) for s in self._by_owner.get(i, [])]
-        return request_row(self.requests[i], scored, self.tokenizer, locality_kinds=self.locality_kinds,
-                           portability_kinds=self.portability_kinds, counterfact=self.counterfact)
+        return request_row(
+            self.requests[i],
+            scored,
+            self.tokenizer,
+            locality_kinds=self.locality_kinds,
+            portability_kinds=self.portability_kinds,
+            counterfact=self.counterfact,
+        )
 
 
-def _fluency(runner: LMRunner, tokenizer, model, requests: Sequence[Mapping],
-             owners: Sequence[int]) -> dict[int, float]:
+def _fluency(
+    runner: LMRunner, tokenizer, model, requests: Sequence[Mapping], owners: Sequence[int]
+) -> dict[int, float]:
     """Per owner (of each request), the mean n-gram entropy of the greedy generations from its
     ``generation_prompts`` (none: left out)."""
     prompts, prompt_owners, texts = [], [], []

@@ -15,8 +15,14 @@ from editeval.runtime import tokens
 
 # sequence roles
 REL, GEN, LOC, PORT, CF_TRUE, NEIGH_NEW, NEIGH_TRUE, PIQA = (
-    "reliability", "generalization", "locality", "portability", "cf_true", "neigh_new",
-    "neigh_true", "piqa",
+    "reliability",
+    "generalization",
+    "locality",
+    "portability",
+    "cf_true",
+    "neigh_new",
+    "neigh_true",
+    "piqa",
 )
 PIQA_OWNER = -1
 
@@ -37,6 +43,7 @@ class EvalSequence:
 @dataclass
 class EvalSequences:
     """The sequences of a list of requests (and PIQA items), and which request owns which."""
+
     seqs: list[EvalSequence] = field(default_factory=list)
     by_owner: dict[int, list[int]] = field(default_factory=dict)
 
@@ -58,8 +65,9 @@ class _Builder:
         self.generation = generation
         self.out = EvalSequences()
 
-    def teacher_forced(self, prompt: str, target: str, owner: int, role: str, *, chat: bool, kind="", slot=0,
-                       gen=False) -> None:
+    def teacher_forced(
+        self, prompt: str, target: str, owner: int, role: str, *, chat: bool, kind="", slot=0, gen=False
+    ) -> None:
         tok = self.tokenizer
         ids, start = tokens.teacher_forced_inputs(tok, prompt, target, chat_template=chat)
         gen_prompt = None
@@ -90,14 +98,22 @@ class _Builder:
             # ROME neighbourhood prompts; the simplified CounterFact carries them as locality
             # entries of kind "neighborhood" (whose answer is the shared true object)
             neighbours = list(r.get("neighborhood_prompts") or []) or [
-                e["prompt"] for e in r.get("locality") or [] if e.get("kind") == "neighborhood"]
+                e["prompt"] for e in r.get("locality") or [] if e.get("kind") == "neighborhood"
+            ]
             for j, p in enumerate(neighbours):
                 add(p, r["target_new"], i, NEIGH_NEW, chat=False, slot=j)
                 add(p, truth, i, NEIGH_TRUE, chat=False, slot=j)
 
 
-def build_sequences(tokenizer, requests: Sequence[Mapping], *, chat_template: bool, generation: bool,
-                    counterfact: bool, piqa: Sequence[Mapping] = ()) -> EvalSequences:
+def build_sequences(
+    tokenizer,
+    requests: Sequence[Mapping],
+    *,
+    chat_template: bool,
+    generation: bool,
+    counterfact: bool,
+    piqa: Sequence[Mapping] = (),
+) -> EvalSequences:
     """Every evaluation sequence of `requests` (in request order) and then of the PIQA items.
     Edit-side prompts are wrapped in the chat template when asked; locality and neighbourhood
     prompts never are. Raises ValueError on a request without prompt or target."""
@@ -110,8 +126,9 @@ def build_sequences(tokenizer, requests: Sequence[Mapping], *, chat_template: bo
     return builder.out
 
 
-def conditioned(tokenizer, seqs: Sequence[EvalSequence], transform: Callable[[str], str],
-                seq_ids: Sequence[int]) -> list[EvalSequence]:
+def conditioned(
+    tokenizer, seqs: Sequence[EvalSequence], transform: Callable[[str], str], seq_ids: Sequence[int]
+) -> list[EvalSequence]:
     """A copy of the sequences with ``transform(prompt)`` (the in-context prefix a wrapper
     method such as IKE installs, `editeval.methods.kit.artifacts.prompt_transform`) put before each prompt
     of ``seq_ids``. The text ``prefix + prompt + " " + target`` is tokenised as a whole (as the
@@ -130,7 +147,7 @@ def conditioned(tokenizer, seqs: Sequence[EvalSequence], transform: Callable[[st
             continue
         ids, start = tokens.teacher_forced_inputs(tokenizer, prefix + prompt, target, chat_template=chat)
         gen_prompt = None
-        if ids[start:] != q.ids[q.start:]:
+        if ids[start:] != q.ids[q.start :]:
             extra = tokenizer(prefix, add_special_tokens=False)["input_ids"]
             cut = 0 if chat else max(0, n_special)
             ids = q.ids[:cut] + extra + q.ids[cut:]

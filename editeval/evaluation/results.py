@@ -156,11 +156,17 @@ def environment_versions() -> dict[str, Any]:
 
     import editeval
 
-    return {"editeval_version": editeval.__version__, "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__, "torch_threads": torch.get_num_threads()}
+    return {
+        "editeval_version": editeval.__version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
-def summarize(values: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> MetricSummary:
+def summarize(
+    values: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
+) -> MetricSummary:
     """Mean, count and 95% percentile-bootstrap interval of the non-NaN values."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     arr = arr[~np.isnan(arr)]
@@ -231,7 +237,9 @@ def _num(value) -> float:
 
 def rows_path(out_path: str | os.PathLike) -> Path:
     out = Path(out_path)
-    return out.with_name(out.name[: -len(".json")] + ROWS_SUFFIX if out.name.endswith(".json") else out.name + ROWS_SUFFIX)
+    return out.with_name(
+        out.name[: -len(".json")] + ROWS_SUFFIX if out.name.endswith(".json") else out.name + ROWS_SUFFIX
+    )
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -17,8 +17,15 @@ PIQA_ACCURACY = str(MetricName("other_task", "piqa_accuracy"))
 PIQA_AGREEMENT = str(MetricName("other_task", "piqa_agreement"))
 
 
-def request_row(request: Mapping, scored: Sequence[tuple[EvalSequence, SpanOutput, list[int] | None]], tokenizer, *,
-                locality_kinds: Sequence[str], portability_kinds: Sequence[str], counterfact: bool) -> dict:
+def request_row(
+    request: Mapping,
+    scored: Sequence[tuple[EvalSequence, SpanOutput, list[int] | None]],
+    tokenizer,
+    *,
+    locality_kinds: Sequence[str],
+    portability_kinds: Sequence[str],
+    counterfact: bool,
+) -> dict:
     """The metrics of one request from ``(sequence, output, base predictions)`` of each of its
     sequences (base predictions: the unedited model's argmax over a locality span, else None).
     Metrics that do not apply to the request are left out."""
@@ -36,7 +43,8 @@ def request_row(request: Mapping, scored: Sequence[tuple[EvalSequence, SpanOutpu
             if q.gen:
                 text = tokenizer.decode(o.generated, skip_special_tokens=True)
                 acc.setdefault(MetricName(q.role, GENERATION, kind), []).append(
-                    M.generation_exact_match(text, _answer(request, q)))
+                    M.generation_exact_match(text, _answer(request, q))
+                )
             if q.role in (REL, GEN):
                 nll_new[-1 if q.role == REL else q.slot] = -o.logprob / n
         elif q.role == LOC:
@@ -64,13 +72,15 @@ def _answer(request: Mapping, q: EvalSequence) -> str:
     return request["target_new"]
 
 
-def _counterfact_scores(nll_new: Mapping[int, float], nll_true: Mapping[int, float],
-                        neigh: Mapping[int, list[float | None]]) -> dict[str, float]:
+def _counterfact_scores(
+    nll_new: Mapping[int, float], nll_true: Mapping[int, float], neigh: Mapping[int, list[float | None]]
+) -> dict[str, float]:
     """ROME's efficacy (slot -1: the prompt), paraphrase (slots >= 0) and neighbourhood scores and
     magnitudes, from mean per-token NLLs of the new and the true object."""
     out = {}
-    out[str(MetricName("efficacy", "score"))], out[str(MetricName("efficacy", "magnitude"))] = (
-        M.rewrite_success(nll_new[-1], nll_true[-1]))
+    out[str(MetricName("efficacy", "score"))], out[str(MetricName("efficacy", "magnitude"))] = M.rewrite_success(
+        nll_new[-1], nll_true[-1]
+    )
     para = [M.rewrite_success(nll_new[j], nll_true[j]) for j in nll_true if j >= 0]
     if para:
         out[str(MetricName("paraphrase", "score"))] = M.mean([p[0] for p in para])
@@ -88,13 +98,15 @@ def piqa_choices(seqs: Sequence[EvalSequence], piqa_seqs: Sequence[int], outs: M
     for k in range(len(piqa_seqs) // 2):
         a, b = piqa_seqs[2 * k], piqa_seqs[2 * k + 1]
         sa, sb = seqs[a], seqs[b]
-        choices.append(M.piqa_choice([outs[a].logprob, outs[b].logprob],
-                                     [len(sa.ids) - sa.start, len(sb.ids) - sb.start]))
+        choices.append(
+            M.piqa_choice([outs[a].logprob, outs[b].logprob], [len(sa.ids) - sa.start, len(sb.ids) - sb.start])
+        )
     return choices
 
 
-def piqa_item_scores(choices: Sequence[int], items: Sequence[Mapping],
-                     base_choices: Sequence[int]) -> dict[str, list[float]]:
+def piqa_item_scores(
+    choices: Sequence[int], items: Sequence[Mapping], base_choices: Sequence[int]
+) -> dict[str, list[float]]:
     """Per PIQA item: whether the model chose right, and whether it chose as the base model did."""
     return {
         PIQA_ACCURACY: [float(c == int(p["label"])) for c, p in zip(choices, items)],

@@ -49,6 +49,7 @@ class SpanOutput:
 @dataclass
 class _Pending:
     """Sequences whose greedy generation continues after the teacher-forced pass."""
+
     seqs: list[int]
     tokens: list[int]  # the next input token of each (its first mispredicted token)
     positions: list[int]
@@ -121,8 +122,16 @@ class LMRunner:
         progress: show a tqdm progress bar while scoring.
     """
 
-    def __init__(self, *, pad_id: int, eos_id: int | None, batch_size: int = 32, padding_side: str = "right",
-                 mixed_lengths: bool = False, progress: bool = False):
+    def __init__(
+        self,
+        *,
+        pad_id: int,
+        eos_id: int | None,
+        batch_size: int = 32,
+        padding_side: str = "right",
+        mixed_lengths: bool = False,
+        progress: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if padding_side not in ("left", "right"):
@@ -164,8 +173,9 @@ class LMRunner:
         return ids.to(device), mask.to(device), pos.to(device), offsets
 
     @torch.no_grad()
-    def score(self, model, seqs: Sequence[Scorable], seq_ids: Sequence[int], *, generate: bool,
-              desc: str = "") -> dict[int, SpanOutput]:
+    def score(
+        self, model, seqs: Sequence[Scorable], seq_ids: Sequence[int], *, generate: bool, desc: str = ""
+    ) -> dict[int, SpanOutput]:
         """The span outputs of ``seqs[s]`` for each ``s`` of ``seq_ids`` on ``model``; with
         ``generate``, sequences with ``gen`` set also get their greedy generation."""
         from tqdm.auto import tqdm
@@ -207,15 +217,20 @@ class LMRunner:
         _decode(model, split, pending, outs)
         bar.close()
         if fallback_gen:
-            gens = self.greedy(model, [seqs[s].gen_prompt for s in fallback_gen],
-                               [len(seqs[s].ids) - seqs[s].start for s in fallback_gen], stop_at_eos=False)
+            gens = self.greedy(
+                model,
+                [seqs[s].gen_prompt for s in fallback_gen],
+                [len(seqs[s].ids) - seqs[s].start for s in fallback_gen],
+                stop_at_eos=False,
+            )
             for s, g in zip(fallback_gen, gens):
                 outs[s].generated = g
         return outs
 
     @torch.no_grad()
-    def greedy(self, model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], *,
-               stop_at_eos: bool) -> list[list[int]]:
+    def greedy(
+        self, model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], *, stop_at_eos: bool
+    ) -> list[list[int]]:
         """Batched greedy decoding from token-id prompts (left padded, explicit positions): up to
         ``max_new[k]`` new tokens for prompt k; with ``stop_at_eos``, up to (without) the EOS token."""
         device = _model_device(model)
@@ -277,15 +292,18 @@ def _span_outputs(states, head, batch, batch_seqs, offs, outs, device) -> None:
         outs[s] = SpanOutput(pred_l[k : k + n], float(sum(lp_l[k : k + n])))
         k += n
 
+
 def _step(model, split, tokens, mask, pos, cache):
     """One decoding step: the next greedy token of each row, and the grown cache."""
     if split is not None:
         body, head = split
-        res = body(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True,
-                   **_cache_kwargs(body, cache))
+        res = body(
+            input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True, **_cache_kwargs(body, cache)
+        )
         return head(res.last_hidden_state[:, -1]).float().argmax(-1), _result_cache(res)
     res = model(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True, **_cache_kwargs(model, cache))
     return res.logits[:, -1].float().argmax(-1), _result_cache(res)
+
 
 def _continue(seqs, cache, batch, outs, mask, offs) -> _Pending | None:
     """Greedy target-length generation, resumed from the teacher-forced pass's KV cache at
@@ -320,8 +338,10 @@ def _continue(seqs, cache, batch, outs, mask, offs) -> _Pending | None:
     else:  # a cache we cannot slice: decode this batch alone, on the cache as it is
         cache.batch_select_indices(sel)
         base_mask = torch.cat([base_mask, base_mask.new_zeros((len(rows), mask.shape[1] - width))], 1)
-    return _Pending([batch[b] for b in rows], tokens, positions, remaining, base_mask, kv,
-                    cache if kv is None else None)
+    return _Pending(
+        [batch[b] for b in rows], tokens, positions, remaining, base_mask, kv, cache if kv is None else None
+    )
+
 
 def _decode(model, split, work: list[_Pending], outs) -> None:
     """Run the remaining greedy steps of pending sequences, several batches' worth at once

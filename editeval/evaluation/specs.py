@@ -32,8 +32,10 @@ def declared_protocols(benchmark: str, config: str | None, split: str) -> tuple[
         return None
     unknown = [p for p in protocols if p not in EVALUATION_PROTOCOLS]
     if unknown:
-        raise ValueError(f"benchmark '{benchmark}' split '{split}' declares unknown protocols {unknown} "
-                         f"(known: {', '.join(EVALUATION_PROTOCOLS)})")
+        raise ValueError(
+            f"benchmark '{benchmark}' split '{split}' declares unknown protocols {unknown} "
+            f"(known: {', '.join(EVALUATION_PROTOCOLS)})"
+        )
     return protocols
 
 
@@ -115,7 +117,7 @@ class MetricName:
             return cls(parts[0], parts[2], parts[1])
         for spec in METRICS.values():
             if spec.joiner != "." and text.startswith(spec.family + spec.joiner):
-                return cls(spec.family, text[len(spec.family) + len(spec.joiner):])
+                return cls(spec.family, text[len(spec.family) + len(spec.joiner) :])
         raise ValueError(f"not a metric name: '{text}'")
 
     @classmethod
@@ -135,8 +137,15 @@ COUNTERFACT_SCORES = tuple(MetricName(family, "score") for family in ("efficacy"
 COUNTERFACT_AGGREGATE = MetricName("counterfact", "score")  # the harmonic mean of COUNTERFACT_SCORES' means
 
 
-def row_columns(locality_kinds: Sequence[str], portability_kinds: Sequence[str], *, generation: bool,
-                counterfact: bool, fluency: bool, piqa: bool) -> list[str]:
+def row_columns(
+    locality_kinds: Sequence[str],
+    portability_kinds: Sequence[str],
+    *,
+    generation: bool,
+    counterfact: bool,
+    fluency: bool,
+    piqa: bool,
+) -> list[str]:
     """The columns of an evaluator's per-edit rows, in their order (``case_id`` first)."""
     protos = [TEACHER_FORCED] + ([GENERATION] if generation else [])
     names = [MetricName(family, p) for p in protos for family in ("reliability", "generalization")]
@@ -146,8 +155,11 @@ def row_columns(locality_kinds: Sequence[str], portability_kinds: Sequence[str],
         names.append(MetricName("portability", p))
         names += [MetricName("portability", p, k) for k in portability_kinds]
     if counterfact:
-        names += [MetricName(family, p) for family in ("efficacy", "paraphrase", "neighborhood")
-                  for p in ("score", "magnitude")]
+        names += [
+            MetricName(family, p)
+            for family in ("efficacy", "paraphrase", "neighborhood")
+            for p in ("score", "magnitude")
+        ]
     if fluency:
         names.append(MetricName("fluency", "ngram_entropy"))
     if piqa:

@@ -16,14 +16,23 @@ from pydantic import (
 )
 
 from editeval.errors import EditevalError
-
-log = logging.getLogger(__name__)
-
 from editeval.leaderboard.manifest import (
-    ALLOWED_NAMES, ALLOWED_SUFFIXES, CODE_SUFFIXES, DEFAULT_LIMITS, HUB_ALLOW_PATTERNS, MANIFEST, PICKLE_SUFFIXES,
-    RESULTS, SLUG_RE, Limits, Submission, SubmissionError, format_errors,
+    ALLOWED_NAMES,
+    ALLOWED_SUFFIXES,
+    CODE_SUFFIXES,
+    DEFAULT_LIMITS,
+    HUB_ALLOW_PATTERNS,
+    MANIFEST,
+    PICKLE_SUFFIXES,
+    RESULTS,
+    SLUG_RE,
+    Limits,
+    Submission,
+    SubmissionError,
+    format_errors,
 )
 
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- path safety
 
@@ -41,7 +50,9 @@ def _read_capped(path: Path, cap: int, what: str) -> str:
 def safe_path(root: Path, rel: str, field_name: str) -> Path:
     """`rel` resolved inside `root`; refuses absolute paths, `..` and symlinks leading out."""
     if not rel or PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or rel.startswith("~"):
-        raise SubmissionError(root / MANIFEST, [f"{field_name}: '{rel}' must be a relative path inside the submission folder"])
+        raise SubmissionError(
+            root / MANIFEST, [f"{field_name}: '{rel}' must be a relative path inside the submission folder"]
+        )
     parts = re.split(r"[\\/]", rel)
     if ".." in parts:
         raise SubmissionError(root / MANIFEST, [f"{field_name}: '{rel}' must not contain '..'"])
@@ -83,7 +94,9 @@ def check_checkpoint_folder(folder: Path, root: Path | None = None, limits: Limi
                 problems.append(f"{rel}: code files are refused (custom code is never run)")
                 continue
             if suffix not in ALLOWED_SUFFIXES and name not in ALLOWED_NAMES:
-                problems.append(f"{rel}: file type not allowed in a checkpoint (safetensors, json, txt, tokenizer files)")
+                problems.append(
+                    f"{rel}: file type not allowed in a checkpoint (safetensors, json, txt, tokenizer files)"
+                )
                 continue
             if not path.is_file():
                 problems.append(f"{rel}: not a regular file")
@@ -188,11 +201,12 @@ def check_submission(
         try:
             safe_path(directory, base, "base_model.name")
             if not (directory / base / "config.json").is_file():
-                problems.append(f"base_model.name: '{base}' is neither a registered model nor a model folder in the submission")
+                problems.append(
+                    f"base_model.name: '{base}' is neither a registered model nor a model folder in the submission"
+                )
         except SubmissionError as err:
             problems.append(
-                f"base_model.name: '{base}' is not a registered model "
-                f"({err.problems[0].split(': ', 1)[-1]})"
+                f"base_model.name: '{base}' is not a registered model ({err.problems[0].split(': ', 1)[-1]})"
             )
 
     if target.kind == "checkpoint":
@@ -243,8 +257,12 @@ def fetch_hub_checkpoint(checked: CheckedSubmission, limits: Limits = DEFAULT_LI
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
         raise SubmissionError(
             checked.dir / MANIFEST,
-            [(f"score.hub: '{repo}' is a Hub repo id, and HF_HUB_OFFLINE is set: download it elsewhere "
-             "into the submission folder and give score.checkpoint instead")],
+            [
+                (
+                    f"score.hub: '{repo}' is a Hub repo id, and HF_HUB_OFFLINE is set: download it elsewhere "
+                    "into the submission folder and give score.checkpoint instead"
+                )
+            ],
         )
     from huggingface_hub import snapshot_download
 
@@ -255,6 +273,8 @@ def fetch_hub_checkpoint(checked: CheckedSubmission, limits: Limits = DEFAULT_LI
     try:
         snapshot_download(repo_id, revision=revision or None, local_dir=target, allow_patterns=HUB_ALLOW_PATTERNS)
     except Exception as err:  # noqa: BLE001 - network, auth, missing repo: all reported as one line
-        raise SubmissionError(checked.dir / MANIFEST, [f"score.hub: cannot download '{repo}': {str(err).splitlines()[0]}"]) from None
+        raise SubmissionError(
+            checked.dir / MANIFEST, [f"score.hub: cannot download '{repo}': {str(err).splitlines()[0]}"]
+        ) from None
     check_checkpoint_folder(target, target, limits)
     return target

@@ -88,7 +88,9 @@ class MethodInfo(_Strict):
 
 class BaseModelInfo(_Strict):
     name: str = Field(min_length=1, max_length=200, description="a registered model name (editeval.runtime.models)")
-    fingerprint: str = Field(pattern=FINGERPRINT_RE, description="editeval.runtime.models.weights_fingerprint of the base")
+    fingerprint: str = Field(
+        pattern=FINGERPRINT_RE, description="editeval.runtime.models.weights_fingerprint of the base"
+    )
 
 
 class BenchmarkInfo(_Strict):
@@ -100,7 +102,9 @@ class BenchmarkInfo(_Strict):
 class ScoreTarget(_Strict):
     checkpoint: str | None = Field(default=None, max_length=500, description="model folder inside the submission")
     hub: str | None = Field(default=None, max_length=300, description="Hub repo id org/name[@revision]")
-    hparams: str | None = Field(default=None, max_length=500, description="hparams file inside the submission, or 'preset'")
+    hparams: str | None = Field(
+        default=None, max_length=500, description="hparams file inside the submission, or 'preset'"
+    )
     unedited: bool = False
 
     @field_validator("hub")
@@ -164,12 +168,16 @@ class Submission(_Strict):
         if self.mode == "sequential" and self.batch_size == 1:
             self.batch_size = None  # one edit at a time: the default
         if self.mode == "sequential" and self.batch_size is not None and self.score.kind != "method":
-            raise ValueError("batch_size of mode 'sequential' is for method runs (a checkpoint holds its edits already)")
+            raise ValueError(
+                "batch_size of mode 'sequential' is for method runs (a checkpoint holds its edits already)"
+            )
         if self.batch_size is not None and self.batch_size > self.num_edits:
             raise ValueError(f"batch_size {self.batch_size} is larger than num_edits {self.num_edits}")
         if self.score.kind in ("checkpoint", "hub") and self.mode == "single":
-            raise ValueError("a checkpoint is one edited model holding every edit: mode 'sequential', "
-                             "or 'batch' with batch_size = num_edits (not 'single')")
+            raise ValueError(
+                "a checkpoint is one edited model holding every edit: mode 'sequential', "
+                "or 'batch' with batch_size = num_edits (not 'single')"
+            )
         if self.score.unedited and self.mode != "single":
             raise ValueError("an unedited base-model entry uses mode 'single'")
         return self
@@ -224,22 +232,35 @@ score:                              # exactly one of the following:
 """
 
 SCORE_LINES = {
-    "checkpoint": ('  checkpoint: "checkpoint"         # model folder inside this submission folder (safetensors),\n'
-                   "                                    # e.g. from: editeval edit ... --save-checkpoint {directory}/checkpoint\n"
-                   '  # hub: "org/name@revision"       # or a Hugging Face Hub repo id (safetensors files only)\n'
-                   '  # hparams: "hparams.yaml"        # or a method run: editeval applies method.name with these\n'
-                   "  # unedited: true                 # or the unedited base model itself"),
-    "hub": ('  hub: "org/name"                  # a Hugging Face Hub repo id, optionally @revision (safetensors only)\n'
-            '  # checkpoint: "checkpoint"       # or a model folder inside this submission folder'),
-    "method": ('  hparams: "preset"                # a .yaml file inside this folder, or "preset" (editeval\'s preset)\n'
-               '  # checkpoint: "checkpoint"       # or a model folder inside this submission folder'),
+    "checkpoint": (
+        '  checkpoint: "checkpoint"         # model folder inside this submission folder (safetensors),\n'
+        "                                    # e.g. from: editeval edit ... --save-checkpoint {directory}/checkpoint\n"
+        '  # hub: "org/name@revision"       # or a Hugging Face Hub repo id (safetensors files only)\n'
+        '  # hparams: "hparams.yaml"        # or a method run: editeval applies method.name with these\n'
+        "  # unedited: true                 # or the unedited base model itself"
+    ),
+    "hub": (
+        '  hub: "org/name"                  # a Hugging Face Hub repo id, optionally @revision (safetensors only)\n'
+        '  # checkpoint: "checkpoint"       # or a model folder inside this submission folder'
+    ),
+    "method": (
+        '  hparams: "preset"                # a .yaml file inside this folder, or "preset" (editeval\'s preset)\n'
+        '  # checkpoint: "checkpoint"       # or a model folder inside this submission folder'
+    ),
     "unedited": "  unedited: true                   # the unedited base model (the reference row)",
 }
 
 
 def write_template(
-    directory: str | os.PathLike, *, base: str = "smollm2-135m", benchmark: str = "zsre", split: str = "edit",
-    method: str = "rome", kind: str = "checkpoint", fingerprint: bool = True, force: bool = False,
+    directory: str | os.PathLike,
+    *,
+    base: str = "smollm2-135m",
+    benchmark: str = "zsre",
+    split: str = "edit",
+    method: str = "rome",
+    kind: str = "checkpoint",
+    fingerprint: bool = True,
+    force: bool = False,
 ) -> Path:
     """Write a filled-in, commented `DIR/submission.yaml` (the base fingerprint computed when asked)."""
     if kind not in SCORE_LINES:
@@ -249,7 +270,9 @@ def write_template(
     if path.exists() and not force:
         raise EditevalError(f"{path} exists (pass --force to overwrite)")
     if not SLUG_RE.match(directory.resolve().name):
-        raise EditevalError(f"folder name '{directory.resolve().name}' is not a valid slug (lowercase letters, digits, '.', '_', '-')")
+        raise EditevalError(
+            f"folder name '{directory.resolve().name}' is not a valid slug (lowercase letters, digits, '.', '_', '-')"
+        )
     fingerprint_value = "0" * 16
     if fingerprint:
         from editeval.runtime.models import load
@@ -258,12 +281,21 @@ def write_template(
     from editeval.methods import available_methods
 
     text = TEMPLATE.format(
-        directory=directory.as_posix(), title=f"{method} on {base} ({benchmark}/{split})", method=method,
-        methods=", ".join(available_methods()) or "none yet", base=base, fingerprint=fingerprint_value,
-        benchmark=benchmark, split=split, score=SCORE_LINES[kind].format(directory=directory.as_posix()),
+        directory=directory.as_posix(),
+        title=f"{method} on {base} ({benchmark}/{split})",
+        method=method,
+        methods=", ".join(available_methods()) or "none yet",
+        base=base,
+        fingerprint=fingerprint_value,
+        benchmark=benchmark,
+        split=split,
+        score=SCORE_LINES[kind].format(directory=directory.as_posix()),
         mode="sequential" if kind in ("checkpoint", "hub") else "single",
-        mode_note=("; a checkpoint holds every edit: sequential, or batch with batch_size = num_edits"
-                   if kind in ("checkpoint", "hub") else ""),
+        mode_note=(
+            "; a checkpoint holds every edit: sequential, or batch with batch_size = num_edits"
+            if kind in ("checkpoint", "hub")
+            else ""
+        ),
     )
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)

@@ -117,7 +117,11 @@ class RecordView:
 
     @property
     def benchmark_label(self) -> str:
-        return f"{self.benchmark}/{self.config}" if self.config and self.config not in ("default", self.benchmark) else self.benchmark
+        return (
+            f"{self.benchmark}/{self.config}"
+            if self.config and self.config not in ("default", self.benchmark)
+            else self.benchmark
+        )
 
     @property
     def batch_size(self) -> int | None:
@@ -200,16 +204,20 @@ def from_record(data: dict) -> RecordView:
 
     version = data.get("schema_version")
     if str(version) != SCHEMA_VERSION:
-        raise EditevalError(f"results schema version {version!r}, this editeval reads version {SCHEMA_VERSION!r} "
-                            "(score it again)")
+        raise EditevalError(
+            f"results schema version {version!r}, this editeval reads version {SCHEMA_VERSION!r} (score it again)"
+        )
     try:
         record = ResultsRecord.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise EditevalError(f"not a valid results record ({err.error_count()} problem(s); first: {loc}: {first['msg']})") from None
-    stats = {name: Stat(name, _num(m.mean), _num(m.ci_low), _num(m.ci_high), m.count)
-             for name, m in record.metrics.items()}
+        raise EditevalError(
+            f"not a valid results record ({err.error_count()} problem(s); first: {loc}: {first['msg']})"
+        ) from None
+    stats = {
+        name: Stat(name, _num(m.mean), _num(m.ci_low), _num(m.ci_high), m.count) for name, m in record.metrics.items()
+    }
     for name, value in record.aggregates.items():
         stats.setdefault(name, Stat(name, _num(value)))
     return RecordView(raw=data, stats=stats, meta=record.meta.model_dump())

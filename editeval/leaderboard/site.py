@@ -43,8 +43,7 @@ AVERAGE_DEFINITION = (
 )
 FLUENCY = str(MetricName("fluency", "ngram_entropy"))
 RELIABILITY, LOCALITY = HEADLINE[0][2], HEADLINE[2][2]
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-           "#7f7f7f", "#bcbd22"]
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
 
 
 @dataclass
@@ -130,8 +129,7 @@ def collect(submissions_dir: Path) -> tuple[list[Entry], list[Invalid]]:
 
 def _scatter(entries: list[Entry]) -> dict | None:
     """Reliability (y) vs locality (x), both 0-100, one coloured point per entry, colour per method."""
-    points = [e for e in entries if e.record.value(LOCALITY) is not None
-              and e.record.value(RELIABILITY) is not None]
+    points = [e for e in entries if e.record.value(LOCALITY) is not None and e.record.value(RELIABILITY) is not None]
     if not points:
         return None
     width, height, pad = 420, 320, 44
@@ -147,13 +145,30 @@ def _scatter(entries: list[Entry]) -> dict | None:
 
     ticks = [{"v": t, "label": f"{round(t * 100)}", "x": x(t), "y": y(t)} for t in (0, 0.25, 0.5, 0.75, 1)]
     dots = [
-        {"x": x(e.record.value(LOCALITY)), "y": y(e.record.value(RELIABILITY)),
-         "colour": colour[e.method], "slug": e.slug, "method": e.method, "title": e.submission.title,
-         "rel": 100 * e.record.value(RELIABILITY), "loc": 100 * e.record.value(LOCALITY)}
+        {
+            "x": x(e.record.value(LOCALITY)),
+            "y": y(e.record.value(RELIABILITY)),
+            "colour": colour[e.method],
+            "slug": e.slug,
+            "method": e.method,
+            "title": e.submission.title,
+            "rel": 100 * e.record.value(RELIABILITY),
+            "loc": 100 * e.record.value(LOCALITY),
+        }
         for e in points
     ]
-    return {"width": width, "height": height, "pad": pad, "left": x(0), "right": x(1), "top": y(1), "bottom": y(0),
-            "ticks": ticks, "dots": dots, "legend": [{"method": m, "colour": colour[m]} for m in methods]}
+    return {
+        "width": width,
+        "height": height,
+        "pad": pad,
+        "left": x(0),
+        "right": x(1),
+        "top": y(1),
+        "bottom": y(0),
+        "ticks": ticks,
+        "dots": dots,
+        "legend": [{"method": m, "colour": colour[m]} for m in methods],
+    }
 
 
 def make_tables(entries: list[Entry]) -> list[Table]:
@@ -167,12 +182,18 @@ def make_tables(entries: list[Entry]) -> list[Table]:
         kinds = sorted({k for e in members for k in e.record.kinds("portability")})
         insert_at = next((i + 1 for i, c in enumerate(columns) if c["key"] == "portability"), len(columns))
         columns[insert_at:insert_at] = [
-            {"key": f"portability.{k}", "label": f"Port. {k.replace('_', ' ')}",
-             "metric": str(MetricName("portability", TEACHER_FORCED, k))}
+            {
+                "key": f"portability.{k}",
+                "label": f"Port. {k.replace('_', ' ')}",
+                "metric": str(MetricName("portability", TEACHER_FORCED, k)),
+            }
             for k in kinds
         ]
-        columns += [{"key": key, "label": label, "metric": metric} for key, label, metric in EXTRA
-                    if any(e.record.value(metric) is not None for e in members)]
+        columns += [
+            {"key": key, "label": label, "metric": metric}
+            for key, label, metric in EXTRA
+            if any(e.record.value(metric) is not None for e in members)
+        ]
         averaged = [metric for key, _, metric in HEADLINE if key in measured and key in AVERAGE_OF]
         for e in members:
             values = [e.record.value(m) for m in averaged]
@@ -205,9 +226,15 @@ def markdown_tables(submissions_dir: str | os.PathLike) -> str:
         out.append("|" + "|".join(["---:", "---", "---", "---:"] + ["---:"] * (len(head) - 4)) + "|")
         for rank, e in enumerate(table.entries, 1):
             spe = e.record.seconds_per_edit
-            cells = [str(rank), _md_cell(e.submission.title), _md_cell(e.method), str(e.record.num_edits or "–"),
-                     *[pct(e.record.value(c["metric"])) for c in table.columns], pct(e.average),
-                     "–" if spe is None else f"{spe:.2f}"]
+            cells = [
+                str(rank),
+                _md_cell(e.submission.title),
+                _md_cell(e.method),
+                str(e.record.num_edits or "–"),
+                *[pct(e.record.value(c["metric"])) for c in table.columns],
+                pct(e.average),
+                "–" if spe is None else f"{spe:.2f}",
+            ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     out.append(AVERAGE_DEFINITION)
@@ -241,7 +268,9 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
         if not out.is_dir() or (any(out.iterdir()) and not (out / SITE_MARKER).exists()):
             shutil.rmtree(tmp, ignore_errors=True)
-            raise EditevalError(f"--out {out}: exists and is not a leaderboard site built by editeval; not replacing it")
+            raise EditevalError(
+                f"--out {out}: exists and is not a leaderboard site built by editeval; not replacing it"
+            )
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
@@ -265,13 +294,14 @@ def build_site(submissions_dir: str | os.PathLike, out_dir: str | os.PathLike) -
         shutil.copytree(HERE / "static", tmp / "static")
         common = {"average_definition": AVERAGE_DEFINITION, "fluency_metric": FLUENCY}
         (tmp / "index.html").write_text(
-            env.get_template("index.html").render(tables=tables, invalid=invalid, n_entries=len(entries),
-                                                  root="", **common),
-            encoding="utf-8")
+            env.get_template("index.html").render(
+                tables=tables, invalid=invalid, n_entries=len(entries), root="", **common
+            ),
+            encoding="utf-8",
+        )
         for table in tables:
             for rank, entry in enumerate(table.entries, 1):
-                html = env.get_template("entry.html").render(
-                    entry=entry, table=table, rank=rank, root="../", **common)
+                html = env.get_template("entry.html").render(entry=entry, table=table, rank=rank, root="../", **common)
                 (tmp / "entries" / f"{entry.slug}.html").write_text(html, encoding="utf-8")
         (tmp / SITE_MARKER).write_text("built by editeval leaderboard build\n")
         _replace_dir(tmp, out_dir)
@@ -281,7 +311,9 @@ def build_site(submissions_dir: str | os.PathLike, out_dir: str | os.PathLike) -
     return SiteReport(out_dir, entries, invalid, tables)
 
 
-def make_server(site_dir: str | os.PathLike, port: int = 8000, host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:
+def make_server(
+    site_dir: str | os.PathLike, port: int = 8000, host: str = "127.0.0.1"
+) -> http.server.ThreadingHTTPServer:
     """An HTTP server for a built site (localhost only by default); `serve` runs it."""
     site_dir = Path(site_dir)
     if not (site_dir / "index.html").is_file():

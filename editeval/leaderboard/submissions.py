@@ -32,15 +32,20 @@ from pydantic import (
 )
 
 from editeval.errors import EditevalError
+from editeval.leaderboard.checks import CheckedSubmission, base_is_registered, check_submission, fetch_hub_checkpoint
+from editeval.leaderboard.manifest import (
+    DEFAULT_LIMITS,
+    MANIFEST,
+    RESULTS,
+    SUBMISSIONS_DIR,
+    Limits,
+    Submission,
+    SubmissionError,
+    atomic_write_text,
+)
 from editeval.runtime.settings import Runtime
 
 log = logging.getLogger(__name__)
-
-from editeval.leaderboard.checks import CheckedSubmission, base_is_registered, check_submission, fetch_hub_checkpoint
-from editeval.leaderboard.manifest import (
-    DEFAULT_LIMITS, MANIFEST, RESULTS, SUBMISSIONS_DIR, Limits, Submission, SubmissionError, atomic_write_text,
-)
-
 
 # ----------------------------------------------------------------------------- scoring
 
@@ -73,8 +78,9 @@ class Current:
     """What a submission would be scored against now: base fingerprints (loading each base once),
     dataset fingerprints (of the first N requests), hyper-parameters. One instance per call."""
 
-    def __init__(self, device: str = "cpu", requests: list[dict] | None = None,
-                 datasets_dir: str | os.PathLike | None = None):
+    def __init__(
+        self, device: str = "cpu", requests: list[dict] | None = None, datasets_dir: str | os.PathLike | None = None
+    ):
         self.device = device
         self.requests = requests  # tests: scored instead of the benchmark split
         self.datasets_dir = datasets_dir  # None: `paths.datasets_dir()`
@@ -94,8 +100,9 @@ class Current:
 
         if self.requests is not None:
             return [dict(r) for r in self.requests][: sub.num_edits]
-        return load_requests(sub.benchmark.name, sub.benchmark.split, sub.benchmark.config, sub.num_edits,
-                             self.datasets_dir)
+        return load_requests(
+            sub.benchmark.name, sub.benchmark.split, sub.benchmark.config, sub.num_edits, self.datasets_dir
+        )
 
     def dataset_fingerprint(self, sub: Submission) -> str:
         from editeval.run.scoring import dataset_fingerprint
@@ -144,8 +151,14 @@ def staleness(checked: CheckedSubmission, current: Current) -> str | None:
     if meta.metric_version != METRIC_VERSION:
         return f"metric version {meta.metric_version} (now {METRIC_VERSION})"
     declared = (sub.benchmark.name, sub.benchmark.config, sub.benchmark.split, sub.num_edits, sub.mode, sub.batch_size)
-    recorded = (meta.benchmark, meta.config, meta.split, meta.limit, meta.mode,
-                grouped_batch_size(meta.mode, meta.edit_batch_size))
+    recorded = (
+        meta.benchmark,
+        meta.config,
+        meta.split,
+        meta.limit,
+        meta.mode,
+        grouped_batch_size(meta.mode, meta.edit_batch_size),
+    )
     if declared != recorded:
         return f"submission changed: benchmark/config/split/num_edits/mode/batch_size {recorded} -> {declared}"
     if sub.score.kind == "method" and meta.hparams_hash != hparams_hash(current.hparams(checked)):
@@ -160,9 +173,14 @@ def staleness(checked: CheckedSubmission, current: Current) -> str | None:
 
 
 def score_submission(
-    directory: str | os.PathLike, *, runtime: Runtime = Runtime(), fluency: bool = False,
-    piqa_items: int | None = None, limits: Limits = DEFAULT_LIMITS,
-    requests: list[dict] | None = None, current: Current | None = None,
+    directory: str | os.PathLike,
+    *,
+    runtime: Runtime = Runtime(),
+    fluency: bool = False,
+    piqa_items: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    requests: list[dict] | None = None,
+    current: Current | None = None,
 ):
     """Score one submission folder under `runtime` (device, dtype, progress, datasets folder) and
     write `results.json` + its per-edit Parquet beside `submission.yaml` (both renamed into place
@@ -183,8 +201,10 @@ def score_submission(
     base_dir = base_model_dir(checked)
     base_fp = current.base_fingerprint(base_dir)
     if base_fp != sub.base_model.fingerprint:
-        message = (f"base_model.fingerprint {sub.base_model.fingerprint} does not match base model "
-                   f"'{sub.base_model.name}' (its weights have fingerprint {base_fp})")
+        message = (
+            f"base_model.fingerprint {sub.base_model.fingerprint} does not match base model "
+            f"'{sub.base_model.name}' (its weights have fingerprint {base_fp})"
+        )
         if sub.score.kind in ("checkpoint", "hub"):
             raise SubmissionError(checked.dir / MANIFEST, [message + ": the checkpoint was edited from another base"])
         log.warning("%s: %s; scoring the method on the current base", checked.slug, message)
@@ -197,8 +217,12 @@ def score_submission(
     data_fp = dataset_fingerprint(reqs)
     staging = checked.dir / STAGING  # made by the first write into it: a run refused before leaves no folder
     out = staging / RESULTS
-    extra = {"submission": checked.slug, "submission_kind": sub.score.kind, "limit": sub.num_edits,
-             "base_num_parameters": count_parameters(base_dir)}
+    extra = {
+        "submission": checked.slug,
+        "submission_kind": sub.score.kind,
+        "limit": sub.num_edits,
+        "base_num_parameters": count_parameters(base_dir),
+    }
     torch.manual_seed(0)
     if sub.score.kind == "method":
         from editeval.run.config import EditConfig
@@ -206,10 +230,17 @@ def score_submission(
         from editeval.runtime.models import load
 
         config = EditConfig(
-            method=sub.method.name, model=sub.base_model.name, benchmark=sub.benchmark.name,
-            config=sub.benchmark.config, split=sub.benchmark.split, limit=sub.num_edits, mode=sub.mode,
-            edit_batch_size=sub.batch_size, hparams_path=str(checked.hparams_path) if checked.hparams_path else None,
-            out=str(out), seed=0,
+            method=sub.method.name,
+            model=sub.base_model.name,
+            benchmark=sub.benchmark.name,
+            config=sub.benchmark.config,
+            split=sub.benchmark.split,
+            limit=sub.num_edits,
+            mode=sub.mode,
+            edit_batch_size=sub.batch_size,
+            hparams_path=str(checked.hparams_path) if checked.hparams_path else None,
+            out=str(out),
+            seed=0,
         )
         loaded = load(base_dir, device=runtime.device, dtype=runtime.dtype, device_map=runtime.device_map)
         loaded.name = sub.base_model.name
@@ -221,13 +252,25 @@ def score_submission(
         from editeval.run.scoring import score_checkpoint
 
         model = base_dir if sub.score.kind == "unedited" else checked.checkpoint_dir
-        extra.update(mode=sub.mode, edit_batch_size=sub.batch_size, base_model=sub.base_model.name,
-                     edited_model=sub.score.hub or sub.score.checkpoint or sub.base_model.name)
+        extra.update(
+            mode=sub.mode,
+            edit_batch_size=sub.batch_size,
+            base_model=sub.base_model.name,
+            edited_model=sub.score.hub or sub.score.checkpoint or sub.base_model.name,
+        )
         score_checkpoint(
-            model, base=base_dir, benchmark=sub.benchmark.name, split=sub.benchmark.split,
-            config=sub.benchmark.config, limit=sub.num_edits, runtime=runtime, fluency=fluency,
-            piqa_items=DEFAULT_PIQA_ITEMS if piqa_items is None else piqa_items, out=out,
-            requests=reqs, extra_meta=extra,
+            model,
+            base=base_dir,
+            benchmark=sub.benchmark.name,
+            split=sub.benchmark.split,
+            config=sub.benchmark.config,
+            limit=sub.num_edits,
+            runtime=runtime,
+            fluency=fluency,
+            piqa_items=DEFAULT_PIQA_ITEMS if piqa_items is None else piqa_items,
+            out=out,
+            requests=reqs,
+            extra_meta=extra,
         )
     # both files into place: the rows first, so a results.json never points at missing rows
     os.replace(rows_path(out), rows_path(checked.results_path))
@@ -244,7 +287,9 @@ def list_submissions(submissions_dir: str | os.PathLike = SUBMISSIONS_DIR) -> li
 
 
 def stale_submissions(
-    submissions_dir: str | os.PathLike = SUBMISSIONS_DIR, *, current: Current | None = None,
+    submissions_dir: str | os.PathLike = SUBMISSIONS_DIR,
+    *,
+    current: Current | None = None,
 ) -> list[tuple[Path, str]]:
     """(folder, reason) for every submission whose results are missing or stale. Folders whose
     submission.yaml is invalid are reported with their problems (they cannot be scored)."""
@@ -268,8 +313,14 @@ class ScoreAllReport:
 
 
 def score_all(
-    submissions_dir: str | os.PathLike = SUBMISSIONS_DIR, *, force: bool = False, runtime: Runtime = Runtime(),
-    fluency: bool = False, piqa_items: int | None = None, echo=print, current: Current | None = None,
+    submissions_dir: str | os.PathLike = SUBMISSIONS_DIR,
+    *,
+    force: bool = False,
+    runtime: Runtime = Runtime(),
+    fluency: bool = False,
+    piqa_items: int | None = None,
+    echo=print,
+    current: Current | None = None,
 ) -> ScoreAllReport:
     """Score every submission whose results are missing or stale (all of them with `force`), under
     `runtime`. A submission that fails is reported and the others still run."""

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -73,14 +73,14 @@ class HParams(BaseModel):
         return value if type(value) is int and type(checked) is float else checked
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "hparams") -> "HParams":
+    def from_dict(cls, values: dict, source: str = "hparams") -> HParams:
         try:
             return cls(**{str(key): value for key, value in values.items()})
         except EditevalError as err:
             raise EditevalError(f"{source}: {err}") from None
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "HParams":
+    def from_yaml(cls, path: str | Path) -> HParams:
         path = Path(path)
         if not path.exists():
             raise EditevalError(f"hyper-parameter file not found: {path}")
@@ -95,7 +95,7 @@ class HParams(BaseModel):
     def to_dict(self) -> dict:
         return self.model_dump()
 
-    def replace(self, **changes) -> "HParams":
+    def replace(self, **changes) -> HParams:
         """A copy with `changes`, checked like a loaded file."""
         return type(self).from_dict({**self.to_dict(), **changes}, source=f"{type(self).__name__} override")
 
@@ -148,6 +148,7 @@ class Backup(dict):
         super().__init__(*args, **kwargs)
         self.undo: list[Callable[[], None]] = []
 
+
 ApplyFn = Callable[[torch.nn.Module, object, list[Request], HParams], Backup]
 # prepare(model, tokenizer, batch, hparams, share): `share(items)` is this process's block of items
 # (called once by every process)
@@ -172,19 +173,30 @@ class Method:
     # optional: a learned method's training of what `apply` needs (MEND/KE editors, SERAC's classifier)
     train: TrainFn | None = None
 
-    def load_hparams(self, model: torch.nn.Module | None = None, model_name: str | None = None,
-                     path: str | Path | None = None) -> HParams:
+    def load_hparams(
+        self, model: torch.nn.Module | None = None, model_name: str | None = None, path: str | Path | None = None
+    ) -> HParams:
         return self.hparams.from_yaml(path or preset_path(self.name, model, model_name))
 
 
 # every method module of this package registers itself when imported; plugins through entry points
 METHODS: Registry[Method] = Registry(
-    "method", builtins=lambda: import_modules("editeval.methods", skip=("base",)), group="editeval.methods")
+    "method", builtins=lambda: import_modules("editeval.methods", skip=("base",)), group="editeval.methods"
+)
 
 
-def register_method(name: str, *, hparams: type[HParams], batch: bool, sequential: bool = True,
-                    needs_subject: bool = False, prepare: PrepareFn | None = None, train: TrainFn | None = None):
+def register_method(
+    name: str,
+    *,
+    hparams: type[HParams],
+    batch: bool,
+    sequential: bool = True,
+    needs_subject: bool = False,
+    prepare: PrepareFn | None = None,
+    train: TrainFn | None = None,
+):
     """Decorator over a method's `apply`: registers the method as `name`."""
+
     def decorator(fn: ApplyFn) -> ApplyFn:
         METHODS.add(name, Method(name, hparams, fn, batch, sequential, needs_subject, prepare, train))
         return fn
@@ -211,8 +223,12 @@ def train_benchmark_for(setting: str, requests: list[dict]) -> str:
     prompt template), else zsre."""
     if setting != "auto":
         return setting
-    looks_cf = any(r.get("prompt_template") or r.get("neighborhood_prompts")
-                   or any(e.get("kind") == "neighborhood" for e in r.get("locality") or []) for r in requests)
+    looks_cf = any(
+        r.get("prompt_template")
+        or r.get("neighborhood_prompts")
+        or any(e.get("kind") == "neighborhood" for e in r.get("locality") or [])
+        for r in requests
+    )
     return "counterfact" if looks_cf else "zsre"
 
 
@@ -242,7 +258,8 @@ def check_editable(model: torch.nn.Module, names: list[str]) -> None:
         if model.get_parameter(name).device.type == "meta":
             raise EditevalError(
                 f"cannot edit {name}: the device map offloaded it to CPU or disk, so no device holds its "
-                f"weights; edit a layer kept on a device, or give the devices more memory (max_memory)")
+                f"weights; edit a layer kept on a device, or give the devices more memory (max_memory)"
+            )
 
 
 def backup_parameters(model: torch.nn.Module, names: list[str], backup: Backup | None = None) -> Backup:

@@ -51,9 +51,15 @@ def apply_calinet(model, tokenizer, requests, hparams: CaliNETHParams) -> Backup
         raise EditevalError("CaliNET layers is empty")
     device = input_device(model)
     bs = max(1, hparams.batch_size)
-    batches = [encode_target_new(tokenizer, [r["prompt"] for r in requests[i: i + bs]],
-                                 [r["target_new"] for r in requests[i: i + bs]], device)
-               for i in range(0, len(requests), bs)]
+    batches = [
+        encode_target_new(
+            tokenizer,
+            [r["prompt"] for r in requests[i : i + bs]],
+            [r["target_new"] for r in requests[i : i + bs]],
+            device,
+        )
+        for i in range(0, len(requests), bs)
+    ]
     slots, params = [], []
     with frozen_for_editing(model, backup):  # on failure: drop the slots, then undo the installs
         try:

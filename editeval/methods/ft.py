@@ -81,8 +81,7 @@ def fine_tune(model: torch.nn.Module, tokenizer, requests: list[dict], hparams: 
             raise EditevalError("empty target_new")
     encode, loss_fn = OBJECTIVES[hparams.objective]
     bs = max(1, hparams.batch_size)
-    batches = [encode(tokenizer, prompts[i: i + bs], targets[i: i + bs], device)
-               for i in range(0, len(requests), bs)]
+    batches = [encode(tokenizer, prompts[i : i + bs], targets[i : i + bs], device) for i in range(0, len(requests), bs)]
 
     masters = [p.detach().float().clone().requires_grad_(True) for _, p in names_params]
     originals = [p.detach().float().clone() for _, p in names_params]

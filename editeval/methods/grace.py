@@ -128,7 +128,9 @@ def _codebook(model, hparams: GRACEHParams, backup: Backup) -> GRACECodebook:
         return existing
     proj = model.get_submodule(module)
     weight = proj.weight
-    in_dim, out_dim = (weight.shape[0], weight.shape[1]) if type(proj).__name__ == "Conv1D" else (weight.shape[1], weight.shape[0])
+    in_dim, out_dim = (
+        (weight.shape[0], weight.shape[1]) if type(proj).__name__ == "Conv1D" else (weight.shape[1], weight.shape[0])
+    )
     book = GRACECodebook(unique_name(model, "grace"), module, in_dim, out_dim, weight.device)
     backup.undo.append(install(model, book))
     return book
@@ -141,8 +143,9 @@ def _trace_layer(model, module: str, batch, position: int):
     return tr.inputs[module][0, position].float(), tr.outputs[module][0, position].float()
 
 
-def _train_value(model, book: GRACECodebook, index: int, batch, position: int, hparams: GRACEHParams,
-                 first_layer: int) -> None:
+def _train_value(
+    model, book: GRACECodebook, index: int, batch, position: int, hparams: GRACEHParams, first_layer: int
+) -> None:
     value = book.values[index].detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([value], lr=hparams.lr)
     hidden_fn = UpperBlocks(model, first_layer)

@@ -36,6 +36,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
 from editeval.methods.kit.artifacts import (
     Addition,
     find_addition,
@@ -43,10 +45,9 @@ from editeval.methods.kit.artifacts import (
     register_addition,
     unique_name,
 )
-from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
 from editeval.methods.kit.sentence_encoder import ENCODER_PACKAGE, SentenceEncoder, get_encoder
 from editeval.runtime.paths import cache_dir
+
 
 class IKEHParams(HParams):
     k: int = Field(16, ge=0)  # retrieved demonstrations (the copy demonstration of the new fact comes on top)
@@ -55,7 +56,9 @@ class IKEHParams(HParams):
     train_split: str = "train"
     train_limit: int | None = None  # use only the first N train records (null: all)
     encoder: str = ENCODER_PACKAGE  # the wheel's package name, or a local sentence-transformers folder
-    order: Literal["ascending", "descending"] = "ascending"  # demonstrations by similarity: "ascending" (most similar last) or "descending"
+    order: Literal["ascending", "descending"] = (
+        "ascending"  # demonstrations by similarity: "ascending" (most similar last) or "descending"
+    )
 
 
 def fact_of(request: dict) -> str:
@@ -114,8 +117,9 @@ def demonstration_pool(benchmark: str, hparams: IKEHParams) -> tuple[list[str], 
     return sentences, emb
 
 
-def build_context(request: dict, sentences: list[str], emb: torch.Tensor, encoder: SentenceEncoder,
-                  hparams: IKEHParams) -> str:
+def build_context(
+    request: dict, sentences: list[str], emb: torch.Tensor, encoder: SentenceEncoder, hparams: IKEHParams
+) -> str:
     fact = fact_of(request)
     query = encoder.encode([copy_demo(fact)])[0]
     scores = emb @ query

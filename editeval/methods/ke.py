@@ -28,8 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from editeval.methods.kit import editor_cache, editor_training, learned_editor
 from editeval.methods.base import Backup, register_method
+from editeval.methods.kit import editor_cache, editor_training, learned_editor
 
 
 class KEHParams(learned_editor.EditorHParams):
@@ -69,7 +69,8 @@ class KEEditor(learned_editor.Editor):
         emb_dim = model.get_input_embeddings().weight.shape[1]
         self.encoder = torch.nn.LSTM(emb_dim, hparams.cond_dim, batch_first=True, bidirectional=True)
         self.heads = torch.nn.ModuleList(
-            _Head(2 * hparams.cond_dim, hparams.head_dim, *self.shapes[n]) for n in module_names)
+            _Head(2 * hparams.cond_dim, hparams.head_dim, *self.shapes[n]) for n in module_names
+        )
         self.log_scales = torch.nn.Parameter(torch.full((len(module_names),), math.log(hparams.edit_scale)))
         # λ = softplus(ρ), starting at 1
         self.rho = torch.nn.Parameter(torch.tensor(math.log(math.e - 1.0)))
@@ -78,8 +79,11 @@ class KEEditor(learned_editor.Editor):
 
     def param_groups(self, hparams: KEHParams):
         rest = [p for n, p in self.named_parameters() if n not in ("log_scales", "rho")]
-        return [{"params": rest, "lr": hparams.lr}, {"params": [self.log_scales], "lr": hparams.scale_lr},
-                {"params": [self.rho], "lr": hparams.multiplier_lr}]
+        return [
+            {"params": rest, "lr": hparams.lr},
+            {"params": [self.log_scales], "lr": hparams.scale_lr},
+            {"params": [self.rho], "lr": hparams.multiplier_lr},
+        ]
 
     def encode(self, text_ids: list[list[int]], embed: torch.nn.Module) -> torch.Tensor:
         device = embed.weight.device
@@ -115,9 +119,12 @@ class KEEditor(learned_editor.Editor):
             self.rho.grad.neg_()  # ascend on the multiplier
 
     def config(self) -> dict:
-        return {"cond_dim": self.dims[0], "head_dim": self.dims[1],
-                "scales": [float(x) for x in self.log_scales.detach().exp()],
-                "multiplier": float(self.multiplier.detach())}
+        return {
+            "cond_dim": self.dims[0],
+            "head_dim": self.dims[1],
+            "scales": [float(x) for x in self.log_scales.detach().exp()],
+            "multiplier": float(self.multiplier.detach()),
+        }
 
 
 def build_editor(model, tokenizer, module_names, hparams: KEHParams) -> KEEditor:

@@ -98,16 +98,18 @@ class _ActiveRows:
 
         def hook(module, args, kwargs):
             return tuple(slice_rows(a) for a in args), {k: slice_rows(v) for k, v in kwargs.items()}
+
         return hook
 
     def _spread(self, n: int):
         def spread(h):
-            return torch.cat([h, h[n - 1: n].expand(self.rows - n, *h.shape[1:])], 0)
+            return torch.cat([h, h[n - 1 : n].expand(self.rows - n, *h.shape[1:])], 0)
 
         def hook(module, args, output):
             if isinstance(output, tuple):
                 return (spread(output[0]),) + tuple(output[1:])
             return spread(output)
+
         return hook
 
     def close(self):
@@ -115,8 +117,9 @@ class _ActiveRows:
             h.remove()
 
 
-def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[int], hparams: KNHParams,
-                       *, skip_clean_rows: bool = True) -> torch.Tensor:
+def attribution_scores(
+    model, tokenizer, prompt: str, answer: str, layers: list[int], hparams: KNHParams, *, skip_clean_rows: bool = True
+) -> torch.Tensor:
     """(len(layers), intermediate) integrated-gradients attributions, averaged over answer tokens.
     `layers` ascending. ``skip_clean_rows=False`` runs every row through every block (the plain
     batched computation; the same result up to float rounding)."""
@@ -130,12 +133,12 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
     modules = [model.get_submodule(layer_module_name(model, layer, "mlp_out")) for layer in layers]
     rows = len(layers) * m
     blocks = list(model.get_submodule(architecture(model).layers))
-    # rows block l computes: those of the layers ≤ l, and one clean row when any layer is above l
+    # rows block b computes: those of the layers ≤ b, and one clean row when any layer is above b
     active = [rows] * len(blocks)
     if skip_clean_rows:
-        for l in range(len(blocks)):
-            below = sum(1 for layer in layers if layer <= l) * m
-            active[l] = min(rows, below + 1)
+        for block in range(len(blocks)):
+            below = sum(1 for layer in layers if layer <= block) * m
+            active[block] = min(rows, below + 1)
     total = None
     for t, target in enumerate(answer_ids):
         ids = prompt_ids + answer_ids[:t]
@@ -156,9 +159,10 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
                 x = args[0]  # (rows, 1, intermediate)
                 natural = x[g * m].detach()  # every row of group g is unscaled below layer g
                 scaled = (alphas[:, None, None] * natural.float()).to(x.dtype).requires_grad_(True)
-                acts[g], leaves[g] = natural, scaled
-                x = torch.cat([x[: g * m], scaled, x[(g + 1) * m:]], 0)
+                acts[g], leaves[g] = natural, scaled  # noqa: B023 (the hook runs within this iteration)
+                x = torch.cat([x[: g * m], scaled, x[(g + 1) * m :]], 0)
                 return (x,) + tuple(args[1:])
+
             return hook
 
         handles = [add_hook(mod, make_hook(g), before=True) for g, mod in enumerate(modules)]
@@ -166,23 +170,29 @@ def attribution_scores(model, tokenizer, prompt: str, answer: str, layers: list[
         try:
             with torch.enable_grad():
                 kwargs = _cache_kwargs(model, cache) if cache is not None else {}
-                out = model(input_ids=torch.full((rows, 1), last, device=device),
-                            attention_mask=torch.ones((rows, len(ids)), dtype=torch.long, device=device),
-                            position_ids=torch.full((rows, 1), len(ids) - 1, device=device),
-                            use_cache=cache is not None, **kwargs)
+                out = model(
+                    input_ids=torch.full((rows, 1), last, device=device),
+                    attention_mask=torch.ones((rows, len(ids)), dtype=torch.long, device=device),
+                    position_ids=torch.full((rows, 1), len(ids) - 1, device=device),
+                    use_cache=cache is not None,
+                    **kwargs,
+                )
                 probs = torch.softmax(out.logits[:, -1].float(), -1)[:, target]
                 grads = torch.autograd.grad(probs.sum(), [leaves[g] for g in range(len(modules))])
         finally:
             cut.close()
             for h in handles:
                 h.remove()
-        scores = torch.stack([acts[g].float().reshape(-1) * grads[g].float().reshape(m, -1).mean(0)
-                              for g in range(len(modules))])
+        scores = torch.stack(
+            [acts[g].float().reshape(-1) * grads[g].float().reshape(m, -1).mean(0) for g in range(len(modules))]
+        )
         total = scores if total is None else total + scores
     return total / len(answer_ids)
 
 
-def select_neurons(scores_per_prompt: list[torch.Tensor], layers: list[int], hparams: KNHParams) -> list[tuple[int, int]]:
+def select_neurons(
+    scores_per_prompt: list[torch.Tensor], layers: list[int], hparams: KNHParams
+) -> list[tuple[int, int]]:
     """The paper's thresholds: adaptive per prompt, then shared by more than p of the prompts."""
     counts: dict[tuple[int, int], int] = {}
     strength: dict[tuple[int, int], float] = {}

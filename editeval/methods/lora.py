@@ -49,8 +49,11 @@ class LoRAHParams(HParams):
 def _target_names(model, hparams: LoRAHParams) -> list[str]:
     arch = architecture(model)
     n = num_layers(model)
-    layers = range(n) if hparams.layers is None else sorted(
-        {check_layer(model, hparams.scale_layer(layer, n)) for layer in hparams.layers})
+    layers = (
+        range(n)
+        if hparams.layers is None
+        else sorted({check_layer(model, hparams.scale_layer(layer, n)) for layer in hparams.layers})
+    )
     if not hparams.target_modules:
         raise EditevalError("LoRA target_modules is empty")
     names = []
@@ -60,8 +63,10 @@ def _target_names(model, hparams: LoRAHParams) -> list[str]:
             try:
                 module = model.get_submodule(name)
             except AttributeError:
-                raise EditevalError(f"LoRA target module '{rel}' does not exist in layer {layer} ({name}); "
-                                    f"name modules relative to a block, e.g. self_attn.q_proj") from None
+                raise EditevalError(
+                    f"LoRA target module '{rel}' does not exist in layer {layer} ({name}); "
+                    f"name modules relative to a block, e.g. self_attn.q_proj"
+                ) from None
             if not hasattr(module, "weight"):
                 raise EditevalError(f"LoRA target module {name} has no weight")
             names.append(name)
@@ -71,13 +76,25 @@ def _target_names(model, hparams: LoRAHParams) -> list[str]:
 def _peft_config(hparams: LoRAHParams, names: list[str], conv1d: bool):
     from peft import AdaLoraConfig, LoraConfig
 
-    common = {"target_modules": names, "lora_alpha": hparams.lora_alpha, "lora_dropout": hparams.lora_dropout,
-              "fan_in_fan_out": conv1d, "bias": "none"}
+    common = {
+        "target_modules": names,
+        "lora_alpha": hparams.lora_alpha,
+        "lora_dropout": hparams.lora_dropout,
+        "fan_in_fan_out": conv1d,
+        "bias": "none",
+    }
     if hparams.lora_type == "lora":
         return LoraConfig(r=hparams.rank, **common)
     steps = max(hparams.num_steps, 3)
-    return AdaLoraConfig(init_r=max(hparams.init_r, hparams.rank), target_r=hparams.rank, total_step=steps,
-                         tinit=0, tfinal=0, deltaT=1, **common)
+    return AdaLoraConfig(
+        init_r=max(hparams.init_r, hparams.rank),
+        target_r=hparams.rank,
+        total_step=steps,
+        tinit=0,
+        tfinal=0,
+        deltaT=1,
+        **common,
+    )
 
 
 @register_method("lora", hparams=LoRAHParams, batch=True, sequential=True)
@@ -96,8 +113,10 @@ def apply_lora(model, tokenizer, requests, hparams: LoRAHParams) -> Backup:
     prompts = [r["prompt"] for r in requests]
     targets = [r["target_new"] for r in requests]
     bs = max(1, hparams.batch_size)
-    batches = [encode_target_new(tokenizer, prompts[i: i + bs], targets[i: i + bs], device)
-               for i in range(0, len(requests), bs)]
+    batches = [
+        encode_target_new(tokenizer, prompts[i : i + bs], targets[i : i + bs], device)
+        for i in range(0, len(requests), bs)
+    ]
 
     with frozen_for_editing(model):  # peft wraps the target modules inside; their names are back after
         _train_merge(model, hparams, names, conv1d, batches, len(requests))

@@ -36,6 +36,10 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
+from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
+from editeval.methods.kit import delta_optimisation, locate
+from editeval.methods.kit.key_stats import second_moments
 from editeval.runtime import distributed
 from editeval.runtime.architectures import (
     check_layer,
@@ -44,11 +48,7 @@ from editeval.runtime.architectures import (
     mlp_out_weight,
     num_layers,
 )
-from editeval.errors import EditevalError
-from editeval.methods.kit import delta_optimisation, locate
-from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
 from editeval.runtime.paths import cache_dir
-from editeval.methods.kit.key_stats import second_moments
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,16 @@ class MEMITHParams(HParams):
         return sorted(out)
 
 
-VALUE_SETTINGS = ("context_short", "context_long", "v_num_grad_steps", "v_lr", "v_loss_stop", "v_weight_decay",
-                  "clamp_norm_factor", "kl_factor")
+VALUE_SETTINGS = (
+    "context_short",
+    "context_long",
+    "v_num_grad_steps",
+    "v_lr",
+    "v_loss_stop",
+    "v_weight_decay",
+    "clamp_norm_factor",
+    "kl_factor",
+)
 
 
 # Requests whose δ are optimised side by side (`delta_optimisation.compute_deltas`). Not a hyper-parameter: each
@@ -138,8 +146,15 @@ def layer_update(keys: torch.Tensor, resid: torch.Tensor, mom2: torch.Tensor, we
     return resid.T @ adj.T
 
 
-def _target_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams, store: ValueStore | None,
-                   z_module: str, prefixes: list[str]) -> torch.Tensor:
+def _target_values(
+    model,
+    tokenizer,
+    requests: list[dict],
+    hparams: MEMITHParams,
+    store: ValueStore | None,
+    z_module: str,
+    prefixes: list[str],
+) -> torch.Tensor:
     """z = h + δ per request at the last edited layer's output (N, d_model) on the CPU; from the
     store when it holds it, else optimised (and put there as each group is done). Requests not
     cached are optimised `VALUE_BATCH` at a time (`delta_optimisation.compute_deltas`: each gets the δ it
@@ -154,12 +169,18 @@ def _target_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams
             zs[i] = z_one.float().cpu()  # cached ones are read on the CPU
     missing.sort(key=lambda i: locate.suffix_length(tokenizer, requests[i]))
     # (several processes: the main process's bar stands for all, as for the edits)
-    bar = tqdm(total=len(missing), desc="MEMIT values", unit="edit", leave=False,
-               disable=len(missing) < 2 or not distributed.is_main_process())
+    bar = tqdm(
+        total=len(missing),
+        desc="MEMIT values",
+        unit="edit",
+        leave=False,
+        disable=len(missing) < 2 or not distributed.is_main_process(),
+    )
     for start in range(0, len(missing), VALUE_BATCH):
-        group = missing[start:start + VALUE_BATCH]
-        found = delta_optimisation.compute_deltas(model, tokenizer, [requests[i] for i in group], z_module, prefixes,
-                                                  hparams)
+        group = missing[start : start + VALUE_BATCH]
+        found = delta_optimisation.compute_deltas(
+            model, tokenizer, [requests[i] for i in group], z_module, prefixes, hparams
+        )
         for i, d in zip(group, found):
             zs[i] = (d.init + d.delta).float().cpu()
             if store:
@@ -172,16 +193,21 @@ def _target_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams
 def _z_site(model, hparams: MEMITHParams) -> tuple[list[int], str, list[str]]:
     """The edited layers, the module whose output holds z (the last layer's block) and the context prefixes."""
     layers = hparams.edit_layers(model)
-    return layers, layer_module_name(model, layers[-1], ""), locate.context_prefixes(hparams.context_short,
-                                                                                      hparams.context_long)
+    return (
+        layers,
+        layer_module_name(model, layers[-1], ""),
+        locate.context_prefixes(hparams.context_short, hparams.context_long),
+    )
 
 
-def precompute_values(model, tokenizer, requests: list[dict], hparams: MEMITHParams,
-                      share: Callable[[list], list]) -> None:
+def precompute_values(
+    model, tokenizer, requests: list[dict], hparams: MEMITHParams, share: Callable[[list], list]
+) -> None:
     """Find and cache this process's share of the z of a batch not cached yet (a data-parallel batch
     run's processes share the values out this way before each applies the whole batch from the
     cache; sharing out only the missing ones keeps a resumed run's processes equally busy). A
     request that cannot be edited is left out: `apply_memit` reports it."""
+
     def editable(request: dict) -> bool:
         try:
             locate.check_request(tokenizer, request)
@@ -197,8 +223,9 @@ def precompute_values(model, tokenizer, requests: list[dict], hparams: MEMITHPar
         _target_values(model, tokenizer, ours, hparams, store, z_module, prefixes)
 
 
-@register_method("memit", hparams=MEMITHParams, batch=True, sequential=True, needs_subject=True,
-                 prepare=precompute_values)
+@register_method(
+    "memit", hparams=MEMITHParams, batch=True, sequential=True, needs_subject=True, prepare=precompute_values
+)
 def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -> Backup:
     """Edit `model` in place with all `requests` at once; returns the original weights."""
     if not requests:
@@ -219,12 +246,14 @@ def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -
     for i, layer in enumerate(layers):
         _name, param = mlp_out_weight(model, layer)
         keys = locate.compute_keys(model, tokenizer, requests, [layer], prefixes, hparams.batch_size)[layer]
-        cur = locate.gather_at_subject(model, tokenizer, bare, [z_module], inputs=False,
-                                        batch_size=hparams.batch_size)[z_module]
+        cur = locate.gather_at_subject(model, tokenizer, bare, [z_module], inputs=False, batch_size=hparams.batch_size)[
+            z_module
+        ]
         dev = param.device  # float32 algebra where the layer lives (a device map may spread layers)
         resid = (z.to(dev, torch.float32) - cur.to(dev, torch.float32)) / (len(layers) - i)
-        upd = layer_update(keys.to(dev, torch.float32), resid, mom2[layer].to(dev, torch.float32),
-                           hparams.mom2_update_weight)
+        upd = layer_update(
+            keys.to(dev, torch.float32), resid, mom2[layer].to(dev, torch.float32), hparams.mom2_update_weight
+        )
         with torch.no_grad():
             mlp_out_as_out_in(model, param).add_(upd.to(param.dtype))
         log.debug("MEMIT layer %d: |resid| %.3f |upd| %.3f", layer, resid.norm(dim=1).mean(), upd.norm())

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from editeval.methods.kit import editor_cache, editor_training, learned_editor
 from editeval.methods.base import Backup, register_method
+from editeval.methods.kit import editor_cache, editor_training, learned_editor
 
 
 class MENDHParams(learned_editor.EditorHParams):
@@ -55,7 +55,7 @@ class _RunningStats(torch.nn.Module):
         total = n + n_b
         diff = mean_b - self.mean
         self.mean += diff * (n_b / total)
-        self.m2 += m2_b + diff ** 2 * (n * n_b / total)
+        self.m2 += m2_b + diff**2 * (n * n_b / total)
         self.count += n_b
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,7 @@ class _GradientTransform(torch.nn.Module):
         z = torch.cat([self.u_stats.normalise(u), self.d_stats.normalise(d)], -1)
         z = z * self.scale[mode] + self.shift[mode]
         h = z + self.B(torch.relu(self.A(z)))
-        return h[:, : self.d_in], h[:, self.d_in:]
+        return h[:, : self.d_in], h[:, self.d_in :]
 
 
 def _nonzero(u: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,10 +102,14 @@ class MENDEditor(learned_editor.Editor):
         self.rank = hparams.rank
         shapes = sorted(set(self.shapes.values()))
         self.shape_keys = {s: f"{s[0]}x{s[1]}" for s in shapes}
-        self.nets = torch.nn.ModuleDict({
-            self.shape_keys[s]: _GradientTransform(s[1], s[0], hparams.rank,
-                                                   sum(1 for v in self.shapes.values() if v == s))
-            for s in shapes})
+        self.nets = torch.nn.ModuleDict(
+            {
+                self.shape_keys[s]: _GradientTransform(
+                    s[1], s[0], hparams.rank, sum(1 for v in self.shapes.values() if v == s)
+                )
+                for s in shapes
+            }
+        )
         self.modes = {}
         for s in shapes:
             for i, n in enumerate(n for n in module_names if self.shapes[n] == s):
@@ -114,8 +118,10 @@ class MENDEditor(learned_editor.Editor):
         self.c_edit, self.c_loc = hparams.c_edit, hparams.c_loc
 
     def param_groups(self, hparams: MENDHParams):
-        return [{"params": [p for n, p in self.named_parameters() if n != "lrs"], "lr": hparams.lr},
-                {"params": [self.lrs], "lr": hparams.lr_lr}]
+        return [
+            {"params": [p for n, p in self.named_parameters() if n != "lrs"], "lr": hparams.lr},
+            {"params": [self.lrs], "lr": hparams.lr_lr},
+        ]
 
     def observe(self, signal) -> None:
         for n in self.module_names:
@@ -137,8 +143,11 @@ class MENDEditor(learned_editor.Editor):
         return self.c_edit * edit_loss + self.c_loc * loc_loss
 
     def config(self) -> dict:
-        return {"rank": self.rank, "shapes": {n: list(s) for n, s in self.shapes.items()},
-                "step_sizes": [float(x) for x in self.lrs.detach()]}
+        return {
+            "rank": self.rank,
+            "shapes": {n: list(s) for n, s in self.shapes.items()},
+            "step_sizes": [float(x) for x in self.lrs.detach()],
+        }
 
 
 def build_editor(model, tokenizer, module_names, hparams: MENDHParams) -> MENDEditor:

@@ -21,6 +21,10 @@ import logging
 
 import torch
 
+from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
+from editeval.methods.kit import delta_optimisation, locate
+from editeval.methods.kit.key_stats import second_moment
 from editeval.runtime.architectures import (
     check_layer,
     layer_module_name,
@@ -28,10 +32,6 @@ from editeval.runtime.architectures import (
     mlp_out_weight,
     num_layers,
 )
-from editeval.errors import EditevalError
-from editeval.methods.kit import delta_optimisation, locate
-from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
-from editeval.methods.kit.key_stats import second_moment
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ class ROMEHParams(HParams):
             raise EditevalError(f"ROME preset: {err}") from None
 
 
-def rank_one_update(key_star: torch.Tensor, key: torch.Tensor, delta: torch.Tensor,
-                    mom2: torch.Tensor | None) -> torch.Tensor:
+def rank_one_update(
+    key_star: torch.Tensor, key: torch.Tensor, delta: torch.Tensor, mom2: torch.Tensor | None
+) -> torch.Tensor:
     """ΔW (out × in, float32) that maps `key` to W key + delta along u ∝ C⁻¹ key_star."""
     u = key_star if mom2 is None else torch.linalg.solve(mom2, key_star)
     u = u / u.norm()
@@ -84,8 +85,12 @@ def edit_one(model, tokenizer, request: dict, hp: ROMEHParams, backup: Backup) -
     key_star, key = keys.mean(0), keys[0]  # prefixes[0] is the bare prompt
     res = delta_optimisation.compute_delta(model, tokenizer, request, module, prefixes, hp)
     dev = param.device  # float32 algebra where the layer lives (a device map may spread layers)
-    upd = rank_one_update(key_star.to(dev, torch.float32), key.to(dev, torch.float32),
-                          res.delta.to(dev, torch.float32), None if mom2 is None else mom2.to(dev, torch.float32))
+    upd = rank_one_update(
+        key_star.to(dev, torch.float32),
+        key.to(dev, torch.float32),
+        res.delta.to(dev, torch.float32),
+        None if mom2 is None else mom2.to(dev, torch.float32),
+    )
     backup_parameters(model, [name], backup)
     with torch.no_grad():
         mlp_out_as_out_in(model, param).add_(upd.to(param.dtype))

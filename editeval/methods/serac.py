@@ -44,6 +44,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from editeval.errors import EditevalError
+from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
+from editeval.methods.kit import editor_cache, editor_training
 from editeval.methods.kit.artifacts import (
     Addition,
     find_addition,
@@ -51,9 +54,6 @@ from editeval.methods.kit.artifacts import (
     register_addition,
     unique_name,
 )
-from editeval.errors import EditevalError
-from editeval.methods.kit import editor_cache, editor_training
-from editeval.methods.base import Backup, HParams, register_method, train_benchmark_for
 from editeval.methods.kit.sentence_encoder import ENCODER_PACKAGE, get_encoder
 
 log = logging.getLogger(__name__)
@@ -152,19 +152,23 @@ class EditMemory(Addition):
         return context(edit["prompt"], edit["target_new"], self.copy_demo)
 
     def config(self) -> dict:
-        return {"encoder": self.encoder, "threshold": self.threshold, "copy_demo": self.copy_demo,
-                "edits": self.edits}
+        return {"encoder": self.encoder, "threshold": self.threshold, "copy_demo": self.copy_demo, "edits": self.edits}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys, **{f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}}
 
     @classmethod
     def from_state(cls, name, config, tensors, model):
-        state = {k[len("classifier."):]: v.float().cpu() for k, v in tensors.items() if k.startswith("classifier.")}
+        state = {k[len("classifier.") :]: v.float().cpu() for k, v in tensors.items() if k.startswith("classifier.")}
         classifier = ScopeClassifier(state["proj.weight"].shape[1])
         classifier.load_state_dict(state)
-        memory = cls(name, classifier.eval(), config.get("encoder", ENCODER_PACKAGE),
-                     float(config["threshold"]), bool(config.get("copy_demo", True)))
+        memory = cls(
+            name,
+            classifier.eval(),
+            config.get("encoder", ENCODER_PACKAGE),
+            float(config["threshold"]),
+            bool(config.get("copy_demo", True)),
+        )
         edits, keys = list(config["edits"]), tensors["keys"].float().cpu()
         if len(edits) != len(keys):
             raise ValueError("edits and keys differ in length")
@@ -212,12 +216,16 @@ def _accuracy(clf: ScopeClassifier, emb, idx, threshold: float) -> dict:
                 p = torch.sigmoid(clf.logits(keys, q[None]))[:, 0]
                 loc_ok += int(float(p.max()) < threshold)
                 n_loc += 1
-    return {"rephrase_routed_to_own_edit": reph_ok / max(1, n_reph), "locality_out_of_scope": loc_ok / max(1, n_loc),
-            "n_records": len(idx)}
+    return {
+        "rephrase_routed_to_own_edit": reph_ok / max(1, n_reph),
+        "locality_out_of_scope": loc_ok / max(1, n_loc),
+        "n_records": len(idx),
+    }
 
 
-def train(loaded, records, hparams: SERACHParams, benchmark: str, *, out_dir=None, progress: bool = True,
-          fresh: bool = False) -> editor_training.TrainReport:
+def train(
+    loaded, records, hparams: SERACHParams, benchmark: str, *, out_dir=None, progress: bool = True, fresh: bool = False
+) -> editor_training.TrainReport:
     """Train the scope classifier (`editeval train serac`); sentence embeddings are cached in the
     output folder, so a rerun resumes after them."""
     from safetensors.torch import save_file
@@ -232,8 +240,10 @@ def train(loaded, records, hparams: SERACHParams, benchmark: str, *, out_dir=Non
     folder.mkdir(parents=True, exist_ok=True)
     items = _pairs(records)
     if len(items) < 4:
-        raise EditevalError(f"SERAC needs at least 4 train records with rephrases in {benchmark}/train (found {len(items)})")
-    texts = [p for p, _, _ in items] + [q for _, r, _ in items for q in r] + [q for _, _, l in items for q in l]
+        raise EditevalError(
+            f"SERAC needs at least 4 train records with rephrases in {benchmark}/train (found {len(items)})"
+        )
+    texts = [p for p, _, _ in items] + [q for _, r, _ in items for q in r] + [q for _, _, locs in items for q in locs]
     emb_path = folder / EMBEDDINGS_FILE
     flat = None
     if emb_path.exists() and not fresh:
@@ -248,10 +258,10 @@ def train(loaded, records, hparams: SERACHParams, benchmark: str, *, out_dir=Non
     emb = {"key": flat[:n], "reph": [], "loc": []}
     k = n
     for _, reph, _ in items:
-        emb["reph"].append(flat[k: k + len(reph)])
+        emb["reph"].append(flat[k : k + len(reph)])
         k += len(reph)
     for _, _, locs in items:
-        emb["loc"].append(flat[k: k + len(locs)])
+        emb["loc"].append(flat[k : k + len(locs)])
         k += len(locs)
 
     rng = random.Random(hparams.seed)
@@ -287,12 +297,22 @@ def train(loaded, records, hparams: SERACHParams, benchmark: str, *, out_dir=Non
     bar.close()
     clf.eval()
     seconds = time.perf_counter() - t0
-    metrics = {"val": _accuracy(clf, emb, val, hparams.threshold) if val else None,
-               "train_sample": _accuracy(clf, emb, tr[:200], hparams.threshold)}
-    config = {"method": "serac", "benchmark": benchmark, "hparams": hparams.to_dict(), "model": loaded.name,
-              "n_records": n, "steps": hparams.train_steps, "train_seconds": round(seconds, 1),
-              "last_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "accuracy": metrics,
-              "torch_threads": torch.get_num_threads()}
+    metrics = {
+        "val": _accuracy(clf, emb, val, hparams.threshold) if val else None,
+        "train_sample": _accuracy(clf, emb, tr[:200], hparams.threshold),
+    }
+    config = {
+        "method": "serac",
+        "benchmark": benchmark,
+        "hparams": hparams.to_dict(),
+        "model": loaded.name,
+        "n_records": n,
+        "steps": hparams.train_steps,
+        "train_seconds": round(seconds, 1),
+        "last_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "accuracy": metrics,
+        "torch_threads": torch.get_num_threads(),
+    }
     tmp = folder / f".{CLASSIFIER_FILE}.tmp"
     save_file({k: v.detach().contiguous() for k, v in clf.state_dict().items()}, str(tmp))
     tmp.replace(folder / CLASSIFIER_FILE)
@@ -300,8 +320,9 @@ def train(loaded, records, hparams: SERACHParams, benchmark: str, *, out_dir=Non
     (folder / f".{CONFIG_FILE}.tmp").replace(folder / CONFIG_FILE)
     log.info("SERAC scope classifier accuracy: %s", metrics)
     val_metrics = {f"val_{k}": v for k, v in metrics["val"].items() if k != "n_records"} if val else {}
-    return editor_training.TrainReport(folder, hparams.train_steps, seconds, 0, True,
-                                       {"loss": config["last_loss"], **val_metrics})
+    return editor_training.TrainReport(
+        folder, hparams.train_steps, seconds, 0, True, {"loss": config["last_loss"], **val_metrics}
+    )
 
 
 def hash_texts(texts: list[str], encoder: str) -> str:

@@ -87,8 +87,9 @@ def _edit_queries(model, module: str, batch) -> torch.Tensor:
     return mlp_inputs(model, module, batch)[0, positions]
 
 
-def _patch_one(model, neurons: MLPNeurons, batch, q_edit: torch.Tensor, memory: torch.Tensor,
-               hparams: TPatcherHParams, layer: int):
+def _patch_one(
+    model, neurons: MLPNeurons, batch, q_edit: torch.Tensor, memory: torch.Tensor, hparams: TPatcherHParams, layer: int
+):
     centre, mem_mean = q_edit.mean(0), memory.mean(0)
     direction = centre - mem_mean
     gap = float(direction.norm())
@@ -106,11 +107,16 @@ def _patch_one(model, neurons: MLPNeurons, batch, q_edit: torch.Tensor, memory: 
             edit_loss = target_new_loss(hidden_fn, head, batch)
             a_edit = q_edit @ k + b
             a_mem = memory @ k + b
-            loss = (edit_loss + hparams.act_weight * torch.exp(-a_edit).mean()
-                    + hparams.mem_weight * (torch.exp(a_mem - hparams.mem_threshold).mean()
-                                            + torch.exp((memory @ k)[:, None] - (q_edit @ k)[None] - hparams.mem_margin).mean()))
-            if (edit_loss.item() < hparams.early_stop_loss and bool((a_edit > 0).all())
-                    and bool((a_mem <= 0).all())):
+            loss = (
+                edit_loss
+                + hparams.act_weight * torch.exp(-a_edit).mean()
+                + hparams.mem_weight
+                * (
+                    torch.exp(a_mem - hparams.mem_threshold).mean()
+                    + torch.exp((memory @ k)[:, None] - (q_edit @ k)[None] - hparams.mem_margin).mean()
+                )
+            )
+            if edit_loss.item() < hparams.early_stop_loss and bool((a_edit > 0).all()) and bool((a_mem <= 0).all()):
                 break
             opt.zero_grad()
             loss.backward()
@@ -134,8 +140,9 @@ def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams) -> Bac
             snap = neurons.snapshot()
             backup.undo.append(lambda: neurons.load_snapshot(snap))
         else:
-            neurons = MLPNeurons(unique_name(model, "t-patcher"), module, *mlp_dims(model, module),
-                                 hparams.activation, device)
+            neurons = MLPNeurons(
+                unique_name(model, "t-patcher"), module, *mlp_dims(model, module), hparams.activation, device
+            )
             backup.undo.append(install(model, neurons))
         memory = _memory(model, tokenizer, module, hparams, requests)
         batches = [encode_target_new(tokenizer, [r["prompt"]], [r["target_new"]], device) for r in requests]

@@ -62,8 +62,7 @@ import torch
 
 from editeval.errors import EditevalError
 from editeval.methods.base import Method, get_method
-from editeval.methods.kit import artifacts
-from editeval.methods.kit import key_stats_files
+from editeval.methods.kit import artifacts, key_stats_files
 from editeval.run.checks import (
     check_device_map_alone,
     check_hparams_layers,
@@ -125,8 +124,14 @@ def load_requests(opts: EditConfig, runtime: Runtime, limit: int | None) -> tupl
     return records, dataset_fingerprint(records)
 
 
-def run_edits(opts: EditConfig, runtime: Runtime = Runtime(), *, loaded=None, requests: list[dict] | None = None,
-              dataset_fingerprint: str = "") -> EditSummary:
+def run_edits(
+    opts: EditConfig,
+    runtime: Runtime = Runtime(),
+    *,
+    loaded=None,
+    requests: list[dict] | None = None,
+    dataset_fingerprint: str = "",
+) -> EditSummary:
     """Apply and evaluate the edits described by `opts` under `runtime` (device, dtype, placement,
     progress, datasets folder); write the record. `loaded` (a `LoadedModel`) and `requests` may be
     given directly instead of being loaded by name.
@@ -142,8 +147,9 @@ def run_edits(opts: EditConfig, runtime: Runtime = Runtime(), *, loaded=None, re
         return _run_edits(opts, runtime, loaded, requests, dataset_fingerprint)
 
 
-def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] | None,
-               dataset_fingerprint: str) -> EditSummary:
+def _run_edits(
+    opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] | None, dataset_fingerprint: str
+) -> EditSummary:
     from tqdm.auto import tqdm
 
     from editeval.evaluation.results import hparams_hash
@@ -152,8 +158,9 @@ def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] 
     wall0 = time.perf_counter()
     method = get_method(opts.method)
     dist = _refuse_early(opts, runtime, method)
-    requests, dataset_fingerprint, run_fingerprint, handed = _resolve_requests(opts, runtime, requests,
-                                                                                dataset_fingerprint)
+    requests, dataset_fingerprint, run_fingerprint, handed = _resolve_requests(
+        opts, runtime, requests, dataset_fingerprint
+    )
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint, len(requests))
     loaded, hparams = _load_model(opts, runtime, method, loaded, dist)
     model, tok = loaded.model, loaded.tokenizer
@@ -168,10 +175,21 @@ def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] 
     # uninterrupted run does
     key_stats_files.pin_fingerprint(model, base_fp)
     hp_dict = hparams.to_dict()
-    header = {"method": method.name, "hparams_hash": hparams_hash(hp_dict), "model": str(opts.model),
-              "base_fingerprint": base_fp, "benchmark": opts.benchmark, "config": opts.config, "split": opts.split,
-              "dataset_fingerprint": run_fingerprint, "n_requests": len(requests), "mode": mode,
-              "edit_batch_size": k, "chat_template": opts.chat_template, "eval_every_edit": opts.eval_every_edit}
+    header = {
+        "method": method.name,
+        "hparams_hash": hparams_hash(hp_dict),
+        "model": str(opts.model),
+        "base_fingerprint": base_fp,
+        "benchmark": opts.benchmark,
+        "config": opts.config,
+        "split": opts.split,
+        "dataset_fingerprint": run_fingerprint,
+        "n_requests": len(requests),
+        "mode": mode,
+        "edit_batch_size": k,
+        "chat_template": opts.chat_template,
+        "eval_every_edit": opts.eval_every_edit,
+    }
     partial = _open_progress(out, header, requests, opts.generation, dist)
     saved_batch = partial.saved_batch() if mode == "batch" else None  # read before any process writes
 
@@ -190,29 +208,52 @@ def _run_edits(opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] 
             log.info("resuming sequential run from %s", partial.state_path)
     done = {e["index"]: e for e in partial.all_entries()}
     desc = f"{method.name} {mode}" + (f" (process 0 of {dist.world})" if dist is not None else "")
-    bar = tqdm(total=len(mine), initial=sum(1 for i in mine if i in done), unit="edit", desc=desc,
-               disable=not (runtime.progress and distributed.is_main_process()), dynamic_ncols=True)
-    loop = EditLoop(mode=mode, method=method, loaded=loaded, hparams=hparams, requests=requests,
-                    edit_requests={i: method_request(requests[i], tok, opts.chat_template) for i in valid},
-                    evaluator=evaluator, ev_index={i: j for j, i in enumerate(mine)}, partial=partial, done=done,
-                    bar=bar, dist=dist, seed=opts.seed, eval_every_edit=opts.eval_every_edit,
-                    keep_batch=bool(opts.save_checkpoint) and mode == "batch", saved_batch=saved_batch,
-                    changed=changed)
+    bar = tqdm(
+        total=len(mine),
+        initial=sum(1 for i in mine if i in done),
+        unit="edit",
+        desc=desc,
+        disable=not (runtime.progress and distributed.is_main_process()),
+        dynamic_ncols=True,
+    )
+    loop = EditLoop(
+        mode=mode,
+        method=method,
+        loaded=loaded,
+        hparams=hparams,
+        requests=requests,
+        edit_requests={i: method_request(requests[i], tok, opts.chat_template) for i in valid},
+        evaluator=evaluator,
+        ev_index={i: j for j, i in enumerate(mine)},
+        partial=partial,
+        done=done,
+        bar=bar,
+        dist=dist,
+        seed=opts.seed,
+        eval_every_edit=opts.eval_every_edit,
+        keep_batch=bool(opts.save_checkpoint) and mode == "batch",
+        saved_batch=saved_batch,
+        changed=changed,
+    )
     try:
         loop.run(groups)
     finally:
         bar.close()
 
     entries = _all_entries(partial, dist)
-    skipped += [{"index": e["index"], "case_id": e.get("case_id"), "reason": e.get("reason", "")}
-                for _, e in sorted(entries.items()) if e.get("skipped")]
+    skipped += [
+        {"index": e["index"], "case_id": e.get("case_id"), "reason": e.get("reason", "")}
+        for _, e in sorted(entries.items())
+        if e.get("skipped")
+    ]
     edited = [i for i in valid if i in entries and not entries[i].get("skipped")]
     if not distributed.is_main_process():  # the main process writes the record
         return EditSummary(out=out, n_requests=len(requests), n_edited=len(edited), skipped=skipped)
     if not edited:
         raise EditevalError(f"no request could be edited by '{method.name}' (first problem: {skipped[0]['reason']})")
-    return _write_results(opts, loop, out, header, hp_dict, entries, valid, edited, skipped, counterfact,
-                          dataset_fingerprint, wall0)
+    return _write_results(
+        opts, loop, out, header, hp_dict, entries, valid, edited, skipped, counterfact, dataset_fingerprint, wall0
+    )
 
 
 def _refuse_early(opts: EditConfig, runtime: Runtime, method: Method):
@@ -222,8 +263,10 @@ def _refuse_early(opts: EditConfig, runtime: Runtime, method: Method):
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint)
     n_procs = distributed.launched_processes()
     if n_procs > 1 and opts.mode == "sequential":
-        raise EditevalError(f"--mode sequential edits one model step after step, which is not data-parallel: run it "
-                            f"in one process (this run has {n_procs}), or use --mode single or batch")
+        raise EditevalError(
+            f"--mode sequential edits one model step after step, which is not data-parallel: run it "
+            f"in one process (this run has {n_procs}), or use --mode single or batch"
+        )
     dist = distributed.setup(runtime.device)
     check_device_map_alone(dist, runtime.device_map)
     if opts.hparams_path is not None and not Path(opts.hparams_path).exists():
@@ -258,12 +301,17 @@ def _load_model(opts: EditConfig, runtime: Runtime, method: Method, loaded, dist
 
     with distributed.main_first(dist):  # conversions and trained editors are cached by the main process
         if loaded is None:
-            loaded = load(opts.model, device=distributed.process_device(dist, runtime.device), dtype=runtime.dtype,
-                          device_map=runtime.device_map)
+            loaded = load(
+                opts.model,
+                device=distributed.process_device(dist, runtime.device),
+                dtype=runtime.dtype,
+                device_map=runtime.device_map,
+            )
         if loaded.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        hparams = method.load_hparams(loaded.model, opts.model if opts.hparams_path is None else None,
-                                      opts.hparams_path)
+        hparams = method.load_hparams(
+            loaded.model, opts.model if opts.hparams_path is None else None, opts.hparams_path
+        )
     check_hparams_layers(loaded.model, hparams)
     torch.manual_seed(opts.seed)
     return loaded, hparams
@@ -281,8 +329,10 @@ def _screen_requests(requests: list[dict], method: Method, tok) -> tuple[list[di
         else:
             valid.append(i)
     if not valid:
-        raise EditevalError(f"none of the {len(requests)} requests can be edited by '{method.name}' "
-                            f"(first problem: {skipped[0]['reason']})")
+        raise EditevalError(
+            f"none of the {len(requests)} requests can be edited by '{method.name}' "
+            f"(first problem: {skipped[0]['reason']})"
+        )
     return skipped, valid
 
 
@@ -297,18 +347,33 @@ def _open_progress(out: Path, header: dict, requests: list[dict], generation: bo
     return Partial(out, header, rank=None if dist is None else dist.rank)
 
 
-def _evaluator(opts: EditConfig, loaded, requests: list[dict], valid: list[int], mine: list[int],
-               dataset_fingerprint: str, handed: bool):
+def _evaluator(
+    opts: EditConfig,
+    loaded,
+    requests: list[dict],
+    valid: list[int],
+    mine: list[int],
+    dataset_fingerprint: str,
+    handed: bool,
+):
     """``(evaluator, counterfact)``: the evaluator over the requests this process evaluates."""
     from editeval.evaluation.evaluator import Evaluator, run_counterfact
 
     # decided on every valid request, so that each process's rows have the same columns
-    counterfact = run_counterfact(opts.benchmark, opts.config, opts.split, [requests[i] for i in valid],
-                                  loaded=not handed)
+    counterfact = run_counterfact(
+        opts.benchmark, opts.config, opts.split, [requests[i] for i in valid], loaded=not handed
+    )
     try:
-        evaluator = Evaluator(loaded, [requests[i] for i in mine], batch_size=opts.eval_batch_size,
-                              chat_template=opts.chat_template, generation=opts.generation,
-                              dataset_fingerprint=dataset_fingerprint, progress=False, counterfact=counterfact)
+        evaluator = Evaluator(
+            loaded,
+            [requests[i] for i in mine],
+            batch_size=opts.eval_batch_size,
+            chat_template=opts.chat_template,
+            generation=opts.generation,
+            dataset_fingerprint=dataset_fingerprint,
+            progress=False,
+            counterfact=counterfact,
+        )
     except ValueError as err:  # bad records, a tokenizer without a chat template
         raise EditevalError(f"cannot evaluate {opts.benchmark}/{opts.split}: {err}") from None
     return evaluator, counterfact
@@ -323,9 +388,20 @@ def _all_entries(partial: Partial, dist) -> dict[int, dict]:
     return entries
 
 
-def _write_results(opts: EditConfig, loop: EditLoop, out: Path, header: dict, hp_dict: dict,
-                   entries: dict[int, dict], valid: list[int], edited: list[int], skipped: list[dict],
-                   counterfact, dataset_fingerprint: str, wall0: float) -> EditSummary:
+def _write_results(
+    opts: EditConfig,
+    loop: EditLoop,
+    out: Path,
+    header: dict,
+    hp_dict: dict,
+    entries: dict[int, dict],
+    valid: list[int],
+    edited: list[int],
+    skipped: list[dict],
+    counterfact,
+    dataset_fingerprint: str,
+    wall0: float,
+) -> EditSummary:
     """The main process: the rows, the checkpoint (if asked), the record(s); the progress files go."""
     from editeval.evaluation import results as R
     from editeval.evaluation.evaluator import evaluation_columns
@@ -340,8 +416,7 @@ def _write_results(opts: EditConfig, loop: EditLoop, out: Path, header: dict, hp
     else:
         # in the columns of one evaluator over every valid request (rows may come from evaluators
         # over parts of them: other processes, or an earlier run with another --limit)
-        columns = evaluation_columns([requests[i] for i in valid], generation=opts.generation,
-                                     counterfact=counterfact)
+        columns = evaluation_columns([requests[i] for i in valid], generation=opts.generation, counterfact=counterfact)
         rows = [{c: row.get(c, math.nan) for c in columns} for row in (restore_nan(entries[i]["row"]) for i in edited)]
         edited_fp = ""
     if opts.save_checkpoint:
@@ -351,26 +426,50 @@ def _write_results(opts: EditConfig, loop: EditLoop, out: Path, header: dict, hp
         if mode == "batch":
             edited_fp = loaded.fingerprint()
         if artifacts.additions(model):  # a wrapper method: its additions, loaded with the base model
-            checkpoint = artifacts.save_artifact(model, opts.save_checkpoint, method=method.name, hparams=hp_dict,
-                                                 base_model=str(opts.model), base_fingerprint=base_fp,
-                                                 extra={"n_edits": len(edited), "mode": mode})
+            checkpoint = artifacts.save_artifact(
+                model,
+                opts.save_checkpoint,
+                method=method.name,
+                hparams=hp_dict,
+                base_model=str(opts.model),
+                base_fingerprint=base_fp,
+                extra={"n_edits": len(edited), "mode": mode},
+            )
         else:
             checkpoint = save_checkpoint(model, loaded.tokenizer, opts.save_checkpoint)
 
     edit_seconds = sum(entries[i]["edit_seconds"] for i in edited)
     meta = run_meta(
-        benchmark=opts.benchmark, config=opts.config, split=opts.split, dataset_fingerprint=dataset_fingerprint,
-        n_edits=len(rows), limit=opts.limit, base_model=str(opts.model), base_fingerprint=base_fp, loaded=loaded,
+        benchmark=opts.benchmark,
+        config=opts.config,
+        split=opts.split,
+        dataset_fingerprint=dataset_fingerprint,
+        n_edits=len(rows),
+        limit=opts.limit,
+        base_model=str(opts.model),
+        base_fingerprint=base_fp,
+        loaded=loaded,
         edited_model=str(checkpoint) if checkpoint else f"{opts.model} + {method.name} ({mode})",
-        edited_fingerprint=edited_fp, batch_size=opts.eval_batch_size, chat_template=opts.chat_template,
-        generation=opts.generation, started=wall0,
+        edited_fingerprint=edited_fp,
+        batch_size=opts.eval_batch_size,
+        chat_template=opts.chat_template,
+        generation=opts.generation,
+        started=wall0,
     )
     meta |= {
-        "method": method.name, "hparams": hp_dict, "hparams_hash": header["hparams_hash"], "mode": mode,
-        "edit_batch_size": header["edit_batch_size"], "seconds_per_edit": edit_seconds / len(edited),
-        "edit_seconds_total": round(edit_seconds, 3), "n_requests": len(requests),
-        "n_skipped": len(skipped), "skipped": skipped,
-        "evaluated": "after all edits" if mode == "sequential" else f"after each {'edit' if mode == 'single' else 'batch'}, then undone",
+        "method": method.name,
+        "hparams": hp_dict,
+        "hparams_hash": header["hparams_hash"],
+        "mode": mode,
+        "edit_batch_size": header["edit_batch_size"],
+        "seconds_per_edit": edit_seconds / len(edited),
+        "edit_seconds_total": round(edit_seconds, 3),
+        "n_requests": len(requests),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "evaluated": "after all edits"
+        if mode == "sequential"
+        else f"after each {'edit' if mode == 'single' else 'batch'}, then undone",
     }
     record = R.build_record(rows, meta)
     R.write_record(record, rows, out)
@@ -382,6 +481,13 @@ def _write_results(opts: EditConfig, loop: EditLoop, out: Path, header: dict, hp
     loop.partial.remove()
     if skipped:
         log.warning("%d of %d requests skipped (see meta.skipped in %s)", len(skipped), len(requests), out)
-    return EditSummary(out=out, n_requests=len(requests), n_edited=len(edited), skipped=skipped,
-                       seconds_per_edit=edit_seconds / len(edited), checkpoint=checkpoint,
-                       after_each=after_each_path, record=record)
+    return EditSummary(
+        out=out,
+        n_requests=len(requests),
+        n_edited=len(edited),
+        skipped=skipped,
+        seconds_per_edit=edit_seconds / len(edited),
+        checkpoint=checkpoint,
+        after_each=after_each_path,
+        record=record,
+    )

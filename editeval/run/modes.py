@@ -33,8 +33,9 @@ SAVE_BATCH_AFTER_S = 60.0  # a batch whose edit took longer is saved applied (re
 EVAL_CHUNK = 100  # batch mode: edits evaluated (and their rows saved) at a time
 
 
-def check_mode(method: Method, mode: str, edit_batch_size: int | None, save_checkpoint: str | None,
-               n_requests: int | None = None) -> None:
+def check_mode(
+    method: Method, mode: str, edit_batch_size: int | None, save_checkpoint: str | None, n_requests: int | None = None
+) -> None:
     """Refuse, with one clear line, what this method or mode cannot do."""
     if mode not in MODES:
         raise EditevalError(f"--mode {mode}: choose from {', '.join(MODES)}")
@@ -44,18 +45,26 @@ def check_mode(method: Method, mode: str, edit_batch_size: int | None, save_chec
         raise EditevalError("--batch-size applies to --mode batch or sequential, not single")
     if mode == "sequential" and not method.sequential:
         raise EditevalError(f"method '{method.name}' does not support sequential editing (edits cannot accumulate)")
-    if mode in ("batch", "sequential") and not method.batch and (
-            (edit_batch_size or (0 if mode == "sequential" else 2)) > 1):
+    if (
+        mode in ("batch", "sequential")
+        and not method.batch
+        and ((edit_batch_size or (0 if mode == "sequential" else 2)) > 1)
+    ):
         raise EditevalError(
             f"method '{method.name}' edits one request at a time: use --mode single, or "
-            f"--mode sequential without --batch-size (it does not support batch editing)")
+            f"--mode sequential without --batch-size (it does not support batch editing)"
+        )
     if save_checkpoint:
         if mode == "single":
-            raise EditevalError("--save-checkpoint needs one edited model: use --mode sequential, "
-                                "or --mode batch with one batch (every edit is undone in single mode)")
+            raise EditevalError(
+                "--save-checkpoint needs one edited model: use --mode sequential, "
+                "or --mode batch with one batch (every edit is undone in single mode)"
+            )
         if mode == "batch" and edit_batch_size is not None and n_requests is not None and edit_batch_size < n_requests:
-            raise EditevalError("--save-checkpoint in batch mode needs one batch holding every edit "
-                                "(leave out --batch-size), or use --mode sequential")
+            raise EditevalError(
+                "--save-checkpoint in batch mode needs one batch holding every edit "
+                "(leave out --batch-size), or use --mode sequential"
+            )
 
 
 def group_size(mode: str, edit_batch_size: int | None, n_valid: int) -> int:
@@ -66,7 +75,7 @@ def group_size(mode: str, edit_batch_size: int | None, n_valid: int) -> int:
 def plan(mode: str, valid: list[int], k: int, dist, finished: set[int]) -> list[tuple[list[int], list[int]]]:
     """The groups of requests applied together, each with the part of it this process evaluates.
     One process evaluates every group whole (finished edits are skipped later, group by group)."""
-    groups = [valid[s: s + k] for s in range(0, len(valid), k)]
+    groups = [valid[s : s + k] for s in range(0, len(valid), k)]
     if dist is None:
         return [(group, group) for group in groups]
     if mode == "single":  # each process edits and evaluates its block of the edits still to do
@@ -144,8 +153,13 @@ class EditLoop:
         shared = self.dist is not None and self.mode == "batch"
         if shared and self.method.prepare is not None and not from_saved:
             # the costly per-request part of the batch (MEMIT's values), shared out over the processes
-            self.method.prepare(self.loaded.model, self.loaded.tokenizer, [self.edit_requests[i] for i in todo],
-                                 self.hparams, self.dist.share)
+            self.method.prepare(
+                self.loaded.model,
+                self.loaded.tokenizer,
+                [self.edit_requests[i] for i in todo],
+                self.hparams,
+                self.dist.share,
+            )
             self.dist.barrier()
         if not ours and not shared:  # nothing of this group here
             return
@@ -153,8 +167,11 @@ class EditLoop:
         # run (or another process) draws what an uninterrupted run draws
         seed_everything(self.seed + todo[0])
         if from_saved:
-            log.info("batch of %d edits: weights saved by an interrupted run loaded from %s", len(todo),
-                     self.partial.state_path)
+            log.info(
+                "batch of %d edits: weights saved by an interrupted run loaded from %s",
+                len(todo),
+                self.partial.state_path,
+            )
             backup, seconds = self.partial.load_batch(self.loaded.model), self.saved_batch[1]
         else:
             applied_group = self._apply_timed(todo, ours)
@@ -196,8 +213,12 @@ class EditLoop:
         if self.loaded.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        if (self.mode == "batch" and seconds >= SAVE_BATCH_AFTER_S and distributed.is_main_process()
-                and not artifacts.additions(model)):
+        if (
+            self.mode == "batch"
+            and seconds >= SAVE_BATCH_AFTER_S
+            and distributed.is_main_process()
+            and not artifacts.additions(model)
+        ):
             self.partial.save_batch(model, set(backup), todo, seconds)
         return todo, ours, backup, seconds
 
@@ -222,7 +243,7 @@ class EditLoop:
 
     def _evaluate(self, ours: list[int], per_edit: float) -> None:
         for start in range(0, len(ours), EVAL_CHUNK):  # rows saved as they come: a long evaluation resumes
-            chunk = ours[start:start + EVAL_CHUNK]
+            chunk = ours[start : start + EVAL_CHUNK]
             rows = self.evaluator.evaluate(self.loaded.model, [self.ev_index[i] for i in chunk])
             for i, row in zip(chunk, rows):
                 self._record(i, edit_seconds=per_edit, row=clean_row(row))

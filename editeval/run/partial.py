@@ -85,7 +85,8 @@ class Partial:
         if not _same_run(first.get("header"), self.header):
             raise EditevalError(
                 f"{path} holds progress of a different run (other method, hparams, model, data or "
-                f"mode): delete it to start afresh")
+                f"mode): delete it to start afresh"
+            )
         entries = []
         for line in lines[1:]:
             try:
@@ -119,8 +120,15 @@ class Partial:
         applied so far (the state file, not the progress lines, says which edits the weights hold)."""
         applied = sorted(e["index"] for e in self.entries if not e.get("skipped"))
         if artifacts.additions(model):  # written first: the weights file below says what is applied
-            artifacts.save_artifact(model, self.artifact_path, method=self.header["method"], hparams={},
-                                    base_model=self.header["model"], base_fingerprint="", extra={"applied": applied})
+            artifacts.save_artifact(
+                model,
+                self.artifact_path,
+                method=self.header["method"],
+                hparams={},
+                base_model=self.header["model"],
+                base_fingerprint="",
+                extra={"applied": applied},
+            )
         self._write_state(model, names, {"applied": json.dumps(applied)})
 
     def _write_state(self, model: torch.nn.Module, names: set[str], metadata: dict[str, str]) -> None:
@@ -180,8 +188,10 @@ class Partial:
             return set()
         if artifacts.is_artifact(self.artifact_path):
             if artifacts.read_artifact(self.artifact_path).get("applied") != sorted(applied):
-                raise EditevalError(f"{self.artifact_path} does not match {self.state_path} (interrupted while "
-                                    f"saving): delete both and {self.path} to start afresh")
+                raise EditevalError(
+                    f"{self.artifact_path} does not match {self.state_path} (interrupted while "
+                    f"saving): delete both and {self.path} to start afresh"
+                )
             artifacts.load_artifact(model, self.artifact_path, check_base=False)
         tensors = load_file(self.state_path)
         with torch.no_grad():
@@ -215,24 +225,41 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
         return 0
     meta = record.meta
     n_old = meta.n_requests
-    same = (meta.metric_version == R.METRIC_VERSION and meta.mode == "single"
-            and meta.method == header["method"] and meta.hparams_hash == header["hparams_hash"]
-            and meta.base_model == header["model"] and meta.base_fingerprint == header["base_fingerprint"]
-            and (meta.benchmark, meta.config, meta.split) == (header["benchmark"], header["config"], header["split"])
-            and meta.chat_template == header["chat_template"] and meta.generation == generation
-            and isinstance(n_old, int) and n_old < len(requests)
-            and meta.dataset_fingerprint == dataset_fingerprint(requests[:n_old]))
+    same = (
+        meta.metric_version == R.METRIC_VERSION
+        and meta.mode == "single"
+        and meta.method == header["method"]
+        and meta.hparams_hash == header["hparams_hash"]
+        and meta.base_model == header["model"]
+        and meta.base_fingerprint == header["base_fingerprint"]
+        and (meta.benchmark, meta.config, meta.split) == (header["benchmark"], header["config"], header["split"])
+        and meta.chat_template == header["chat_template"]
+        and meta.generation == generation
+        and isinstance(n_old, int)
+        and n_old < len(requests)
+        and meta.dataset_fingerprint == dataset_fingerprint(requests[:n_old])
+    )
     if not same:
         return 0
     skipped = {s["index"]: s for s in meta.skipped or []}
     edited = [i for i in range(n_old) if i not in skipped]
-    if len(edited) != len(rows) or any(str(requests[i].get("case_id")) != str(row.get("case_id"))
-                                       for i, row in zip(edited, rows) if "case_id" in row):
+    if len(edited) != len(rows) or any(
+        str(requests[i].get("case_id")) != str(row.get("case_id")) for i, row in zip(edited, rows) if "case_id" in row
+    ):
         return 0
-    entries = [{"index": i, "case_id": requests[i].get("case_id"), "skipped": True, "reason": s.get("reason", "")}
-               for i, s in skipped.items()]
-    entries += [{"index": i, "case_id": requests[i].get("case_id"), "edit_seconds": meta.seconds_per_edit,
-                 "row": clean_row(row)} for i, row in zip(edited, rows)]
+    entries = [
+        {"index": i, "case_id": requests[i].get("case_id"), "skipped": True, "reason": s.get("reason", "")}
+        for i, s in skipped.items()
+    ]
+    entries += [
+        {
+            "index": i,
+            "case_id": requests[i].get("case_id"),
+            "edit_seconds": meta.seconds_per_edit,
+            "row": clean_row(row),
+        }
+        for i, row in zip(edited, rows)
+    ]
     lines = [{"header": {**header, "n_requests": n_old}}] + entries
     path = out.with_name(out.name + ".partial.jsonl")
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -260,4 +287,3 @@ def clean_row(row: dict) -> dict:
 def restore_nan(row: dict) -> dict:
     """A row read back from the progress file: null as NaN again (`case_id` may be null)."""
     return {k: (float("nan") if v is None and k != "case_id" else v) for k, v in row.items()}
-

@@ -134,9 +134,16 @@ def score_checkpoint(
         mine, my_piqa = group.shard(requests), group.shard(piqa)
     try:
         evaluator = Evaluator(
-            base_lm, mine, batch_size=batch_size, chat_template=chat_template, generation=generation,
-            fluency=fluency, piqa=my_piqa, dataset_fingerprint=fingerprint,
-            progress=runtime.progress and distributed.is_main_process(), counterfact=counterfact,
+            base_lm,
+            mine,
+            batch_size=batch_size,
+            chat_template=chat_template,
+            generation=generation,
+            fluency=fluency,
+            piqa=my_piqa,
+            dataset_fingerprint=fingerprint,
+            progress=runtime.progress and distributed.is_main_process(),
+            counterfact=counterfact,
         )
     except ValueError as err:  # bad records, missing chat template
         raise EditevalError(f"cannot score {benchmark}/{split}: {err}") from None
@@ -153,23 +160,44 @@ def score_checkpoint(
     timings = dict(evaluator.timings)
     if group is not None:
         rows, item_values, base_piqa_accuracy, timings = _gather_scores(
-            group, evaluator, rows, requests, generation=generation, counterfact=counterfact, fluency=fluency,
-            piqa=bool(piqa))
+            group,
+            evaluator,
+            rows,
+            requests,
+            generation=generation,
+            counterfact=counterfact,
+            fluency=fluency,
+            piqa=bool(piqa),
+        )
     base_fp = evaluator.base_fingerprint
     if artifact:
         edited_fp = "artifact:" + artifacts.artifact_fingerprint(model)
     else:
         edited_fp = base_fp if edited_lm is base_lm else edited_lm.fingerprint()
     meta = run_meta(
-        benchmark=benchmark, config=config, split=split, dataset_fingerprint=fingerprint, n_edits=len(requests),
-        limit=limit, base_model=str(base), base_fingerprint=base_fp, loaded=base_lm, edited_model=str(model),
-        edited_fingerprint=edited_fp, batch_size=batch_size, chat_template=chat_template, generation=generation,
+        benchmark=benchmark,
+        config=config,
+        split=split,
+        dataset_fingerprint=fingerprint,
+        n_edits=len(requests),
+        limit=limit,
+        base_model=str(base),
+        base_fingerprint=base_fp,
+        loaded=base_lm,
+        edited_model=str(model),
+        edited_fingerprint=edited_fp,
+        batch_size=batch_size,
+        chat_template=chat_template,
+        generation=generation,
         started=start,
     )
     meta.update(
-        piqa_items=len(piqa), base_piqa_accuracy=base_piqa_accuracy,
-        preedit_s=round(timings["preedit_s"], 2), evaluate_s=round(timings["evaluate_s"], 2),
-        n_sequences=timings["sequences"], n_tokens=timings["tokens"],
+        piqa_items=len(piqa),
+        base_piqa_accuracy=base_piqa_accuracy,
+        preedit_s=round(timings["preedit_s"], 2),
+        evaluate_s=round(timings["evaluate_s"], 2),
+        n_sequences=timings["sequences"],
+        n_tokens=timings["tokens"],
     )
     meta.update(extra_meta or {})
     if group is not None and not group.is_main:
@@ -185,8 +213,14 @@ def _gather_scores(group, evaluator, rows, requests, *, generation, counterfact,
     from editeval.evaluation import metrics as M
     from editeval.evaluation.evaluator import evaluation_columns
 
-    parts = group.gather({"rows": rows, "piqa": evaluator.last_piqa if piqa else {},
-                          "base_piqa": evaluator.base_piqa_correct, "timings": dict(evaluator.timings)})
+    parts = group.gather(
+        {
+            "rows": rows,
+            "piqa": evaluator.last_piqa if piqa else {},
+            "base_piqa": evaluator.base_piqa_correct,
+            "timings": dict(evaluator.timings),
+        }
+    )
     columns = evaluation_columns(requests, generation=generation, counterfact=counterfact, fluency=fluency, piqa=piqa)
     nan = float("nan")
     rows = [{c: row.get(c, nan) for c in columns} for part in parts for row in part["rows"]]
@@ -200,10 +234,12 @@ def _gather_scores(group, evaluator, rows, requests, *, generation, counterfact,
             for name, values in item_values.items():
                 row[name] = M.mean(values)
         base_piqa_accuracy = M.mean([v for part in parts for v in part["base_piqa"]])
-    timings = {"preedit_s": max(p["timings"].get("preedit_s", 0.0) for p in parts),
-               "evaluate_s": max(p["timings"].get("evaluate_s", 0.0) for p in parts),
-               "sequences": sum(p["timings"].get("sequences", 0) for p in parts),
-               "tokens": sum(p["timings"].get("tokens", 0) for p in parts)}
+    timings = {
+        "preedit_s": max(p["timings"].get("preedit_s", 0.0) for p in parts),
+        "evaluate_s": max(p["timings"].get("evaluate_s", 0.0) for p in parts),
+        "sequences": sum(p["timings"].get("sequences", 0) for p in parts),
+        "tokens": sum(p["timings"].get("tokens", 0) for p in parts),
+    }
     return rows, item_values, base_piqa_accuracy, timings
 
 

@@ -34,24 +34,57 @@ class Architecture:
 ARCHITECTURES: Registry[Architecture] = Registry("architecture", group="editeval.architectures")
 
 _LLAMA_LIKE = Architecture(
-    layers="model.layers", mlp="mlp", mlp_out="mlp.down_proj", attn="self_attn",
-    embed="model.embed_tokens", final_norm="model.norm", lm_head="lm_head", family="llama",
+    layers="model.layers",
+    mlp="mlp",
+    mlp_out="mlp.down_proj",
+    attn="self_attn",
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+    lm_head="lm_head",
+    family="llama",
 )
 for _model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"):
     ARCHITECTURES.add(_model_type, _LLAMA_LIKE)
-ARCHITECTURES.add("gpt2", Architecture(
-    layers="transformer.h", mlp="mlp", mlp_out="mlp.c_proj", attn="attn",
-    embed="transformer.wte", final_norm="transformer.ln_f", lm_head="lm_head", family="gpt2",
-    mlp_out_transposed=True,
-))
-ARCHITECTURES.add("gptj", Architecture(
-    layers="transformer.h", mlp="mlp", mlp_out="mlp.fc_out", attn="attn",
-    embed="transformer.wte", final_norm="transformer.ln_f", lm_head="lm_head", family="gpt2",
-))
-ARCHITECTURES.add("gpt_neox", Architecture(
-    layers="gpt_neox.layers", mlp="mlp", mlp_out="mlp.dense_4h_to_h", attn="attention",
-    embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm", lm_head="embed_out", family="gpt2",
-))
+ARCHITECTURES.add(
+    "gpt2",
+    Architecture(
+        layers="transformer.h",
+        mlp="mlp",
+        mlp_out="mlp.c_proj",
+        attn="attn",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        lm_head="lm_head",
+        family="gpt2",
+        mlp_out_transposed=True,
+    ),
+)
+ARCHITECTURES.add(
+    "gptj",
+    Architecture(
+        layers="transformer.h",
+        mlp="mlp",
+        mlp_out="mlp.fc_out",
+        attn="attn",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        lm_head="lm_head",
+        family="gpt2",
+    ),
+)
+ARCHITECTURES.add(
+    "gpt_neox",
+    Architecture(
+        layers="gpt_neox.layers",
+        mlp="mlp",
+        mlp_out="mlp.dense_4h_to_h",
+        attn="attention",
+        embed="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm",
+        lm_head="embed_out",
+        family="gpt2",
+    ),
+)
 
 
 def architecture(model: torch.nn.Module) -> Architecture:

@@ -78,7 +78,7 @@ class Group:
         n, w = len(items), self.world
         size, extra = divmod(n, w)
         start = self.rank * size + min(self.rank, extra)
-        return list(items[start: start + size + (1 if self.rank < extra else 0)])
+        return list(items[start : start + size + (1 if self.rank < extra else 0)])
 
     def share(self, items: Sequence) -> list:
         """`shard` for work the processes list from a shared cache: they all wait until every one has
@@ -113,18 +113,25 @@ def setup(device: str = "auto") -> Group | None:
     if _group is not None:
         return _group
     if launched_processes() <= 1:
-        if (os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and os.environ.get("MASTER_ADDR")
-                and not os.environ.get("LOCAL_RANK")):  # `accelerate launch --cpu --num_processes N`, N > 1
+        if (
+            os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+            and os.environ.get("MASTER_ADDR")
+            and not os.environ.get("LOCAL_RANK")
+        ):  # `accelerate launch --cpu --num_processes N`, N > 1
             logging.getLogger(__name__).warning(
                 "`accelerate launch --cpu` started one process (it starts several CPU processes only through MPI, "
                 "--mpirun_hostfile): this run is not split; for N CPU processes use `accelerate launch --multi_gpu "
-                "--num_processes N` (on a machine without GPUs) or `torchrun --nproc_per_node N`")
+                "--num_processes N` (on a machine without GPUs) or `torchrun --nproc_per_node N`"
+            )
         return None
     import torch
     from accelerate import PartialState
 
-    cpu = (str(device) == "cpu" or not torch.cuda.is_available()
-           or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
+    cpu = (
+        str(device) == "cpu"
+        or not torch.cuda.is_available()
+        or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    )
     state = PartialState(cpu=cpu, timeout=TIMEOUT)
     if state.num_processes <= 1:
         return None

@@ -22,8 +22,9 @@ def authenticated_api():
 
     token = huggingface_hub.get_token()
     if not token:
-        raise EditevalError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again "
-                            "(--dry-run needs none)")
+        raise EditevalError(
+            "no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again (--dry-run needs none)"
+        )
     return huggingface_hub.HfApi(token=token)
 
 

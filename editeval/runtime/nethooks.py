@@ -9,8 +9,8 @@ one has run.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import Callable, Iterable
 
 import torch
 
@@ -84,7 +84,7 @@ class Trace:
 
         return hook
 
-    def __enter__(self) -> "Trace":
+    def __enter__(self) -> Trace:
         for name in self.names:
             self._handles.append(add_hook(self.model.get_submodule(name), self._hook(name)))
         return self

@@ -34,8 +34,14 @@ class Registry(Generic[T]):
     """Named entries of one kind; `builtins` imports the modules that register the built-in ones,
     `group` is the entry-point group of third-party ones (see the module docstring)."""
 
-    def __init__(self, kind: str, *, builtins: Callable[[], object] | None = None, group: str | None = None,
-                 ordered: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        *,
+        builtins: Callable[[], object] | None = None,
+        group: str | None = None,
+        ordered: bool = False,
+    ):
         self.kind = kind  # "method", "benchmark", ...: used in messages
         self.group = group  # entry-point group of third-party entries
         self.ordered = ordered  # names in registration order, not sorted

@@ -81,8 +81,7 @@ class Addition:
         return {}
 
     @classmethod
-    def from_state(cls, name: str, config: dict, tensors: dict[str, torch.Tensor],
-                   model: torch.nn.Module) -> Addition:
+    def from_state(cls, name: str, config: dict, tensors: dict[str, torch.Tensor], model: torch.nn.Module) -> Addition:
         raise NotImplementedError
 
 
@@ -142,8 +141,16 @@ def is_artifact(path: str | os.PathLike) -> bool:
     return (Path(path) / ARTIFACT_FILE).is_file()
 
 
-def save_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, method: str, hparams: dict,
-                  base_model: str, base_fingerprint: str, extra: dict | None = None) -> Path:
+def save_artifact(
+    model: torch.nn.Module,
+    directory: str | os.PathLike,
+    *,
+    method: str,
+    hparams: dict,
+    base_model: str,
+    base_fingerprint: str,
+    extra: dict | None = None,
+) -> Path:
     """Write the additions installed on `model` as an artifact folder (temp folder, then rename)."""
     from safetensors.torch import save_file
 
@@ -158,10 +165,16 @@ def save_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, metho
         for key, value in addition.tensors().items():
             tensors[f"{addition.name}/{key}"] = value.detach().to("cpu").contiguous()
     meta = {
-        "format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION, "method": method, "hparams": hparams,
-        "base_model": str(base_model), "base_fingerprint": base_fingerprint,
-        "base_architecture": architecture_summary(model.config), "additions": entries,
-        "tensors": TENSORS_FILE, **(extra or {}),
+        "format": ARTIFACT_FORMAT,
+        "version": ARTIFACT_VERSION,
+        "method": method,
+        "hparams": hparams,
+        "base_model": str(base_model),
+        "base_fingerprint": base_fingerprint,
+        "base_architecture": architecture_summary(model.config),
+        "additions": entries,
+        "tensors": TENSORS_FILE,
+        **(extra or {}),
     }
     target = Path(directory)
     with atomic_dir(target) as tmp:
@@ -179,17 +192,24 @@ def read_artifact(directory: str | os.PathLike) -> dict:
     except ValueError as err:
         raise EditevalError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
-        raise EditevalError(f"{path}: not an editeval method artifact (format {meta.get('format')!r})"
-                            if isinstance(meta, dict) else f"{path}: not an editeval method artifact")
+        raise EditevalError(
+            f"{path}: not an editeval method artifact (format {meta.get('format')!r})"
+            if isinstance(meta, dict)
+            else f"{path}: not an editeval method artifact"
+        )
     if meta.get("version") != ARTIFACT_VERSION:
-        raise EditevalError(f"{path}: artifact version {meta.get('version')!r} is not supported "
-                            f"(this editeval reads version {ARTIFACT_VERSION})")
+        raise EditevalError(
+            f"{path}: artifact version {meta.get('version')!r} is not supported "
+            f"(this editeval reads version {ARTIFACT_VERSION})"
+        )
     if not isinstance(meta.get("additions"), list):
         raise EditevalError(f"{path}: 'additions' must be a list")
     return meta
 
 
-def load_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, check_base: bool = True) -> Callable[[], None]:
+def load_artifact(
+    model: torch.nn.Module, directory: str | os.PathLike, *, check_base: bool = True
+) -> Callable[[], None]:
     """Install the additions of an artifact folder on `model` (the base model it was made from);
     returns the callable that removes them."""
     from safetensors.torch import load_file
@@ -202,12 +222,16 @@ def load_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, check
         theirs = meta.get("base_architecture") or {}
         diffs = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
         if diffs:
-            raise EditevalError(f"artifact {directory} was made for another architecture "
-                                f"({', '.join(f'{k} {theirs.get(k)!r} vs {mine.get(k)!r}' for k in diffs)})")
+            raise EditevalError(
+                f"artifact {directory} was made for another architecture "
+                f"({', '.join(f'{k} {theirs.get(k)!r} vs {mine.get(k)!r}' for k in diffs)})"
+            )
         fp = meta.get("base_fingerprint")
         if fp and fp != weights_fingerprint(model):
-            raise EditevalError(f"artifact {directory} was made from base weights {fp}, not from this base model "
-                                f"({weights_fingerprint(model)}): pass the --base it was made with ({meta.get('base_model')})")
+            raise EditevalError(
+                f"artifact {directory} was made from base weights {fp}, not from this base model "
+                f"({weights_fingerprint(model)}): pass the --base it was made with ({meta.get('base_model')})"
+            )
     tensor_path = Path(directory) / meta.get("tensors", TENSORS_FILE)
     if not tensor_path.is_file():
         raise EditevalError(f"artifact {directory}: tensor file {tensor_path.name} is missing")
@@ -218,10 +242,11 @@ def load_artifact(model: torch.nn.Module, directory: str | os.PathLike, *, check
         for entry in meta["additions"]:
             kind, name = entry.get("kind"), entry.get("name")
             if kind not in ADDITIONS:
-                raise EditevalError(f"artifact {directory}: unknown addition kind {kind!r} "
-                                    f"(known: {', '.join(ADDITIONS.names())})")
+                raise EditevalError(
+                    f"artifact {directory}: unknown addition kind {kind!r} (known: {', '.join(ADDITIONS.names())})"
+                )
             prefix = f"{name}/"
-            own = {k[len(prefix):]: v.to(device) for k, v in flat.items() if k.startswith(prefix)}
+            own = {k[len(prefix) :]: v.to(device) for k, v in flat.items() if k.startswith(prefix)}
             try:
                 addition = ADDITIONS.get(kind).from_state(name, entry.get("config") or {}, own, model)
             except (KeyError, ValueError, TypeError) as err:

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from editeval.runtime.architectures import architecture
 from editeval.errors import EditevalError
 from editeval.methods.kit.freeze import frozen_for_editing
 from editeval.methods.kit.locate import (
@@ -45,6 +44,7 @@ from editeval.methods.kit.locate import (
     subject_span,
     target_ids,
 )
+from editeval.runtime.architectures import architecture
 from editeval.runtime.models import input_device
 from editeval.runtime.nethooks import Trace
 
@@ -67,14 +67,15 @@ def _aligned_batch(tokenizer, rows: list[Located], device):
     mask = torch.zeros((len(rows), P + S), dtype=torch.long)
     for i, r in enumerate(rows):
         left = P - r.index
-        ids[i, left:left + len(r.ids)] = torch.tensor(r.ids)
-        mask[i, left:left + len(r.ids)] = 1
+        ids[i, left : left + len(r.ids)] = torch.tensor(r.ids)
+        mask[i, left : left + len(r.ids)] = 1
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), pos.to(device), P
 
 
-def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: list[str], hp,
-                  *, fast: bool = True) -> DeltaResult:
+def compute_delta(
+    model, tokenizer, request: dict, module_name: str, prefixes: list[str], hp, *, fast: bool = True
+) -> DeltaResult:
     """Optimise δ added to `module_name`'s output at the subject's last token (see module doc).
 
     hp provides v_num_grad_steps, v_lr, v_loss_stop, v_weight_decay, clamp_norm_factor, kl_factor.
@@ -84,8 +85,9 @@ def compute_delta(model, tokenizer, request: dict, module_name: str, prefixes: l
     return compute_deltas(model, tokenizer, [request], module_name, prefixes, hp, fast=fast)[0]
 
 
-def compute_deltas(model, tokenizer, requests: list[dict], module_name: str, prefixes: list[str], hp,
-                   *, fast: bool = True) -> list[DeltaResult]:
+def compute_deltas(
+    model, tokenizer, requests: list[dict], module_name: str, prefixes: list[str], hp, *, fast: bool = True
+) -> list[DeltaResult]:
     """`compute_delta` of each request, the requests optimised side by side in one batch (MEMIT's
     values of a mass edit): one forward and backward pass per step for all of them.
 
@@ -130,8 +132,9 @@ def compute_deltas(model, tokenizer, requests: list[dict], module_name: str, pre
     bare_rows = torch.arange(0, len(rewrite), n_pre, device=device)  # each request's first prefix: ""
     n_t = len(t_rows)
 
-    delta = torch.zeros(n_req, _module_out_dim(model, module_name), device=device, dtype=torch.float32,
-                        requires_grad=True)
+    delta = torch.zeros(
+        n_req, _module_out_dim(model, module_name), device=device, dtype=torch.float32, requires_grad=True
+    )
     state = {"init": None}
 
     def add_delta(name, output):
@@ -144,13 +147,14 @@ def compute_deltas(model, tokenizer, requests: list[dict], module_name: str, pre
 
     if fast:
         runner = _FastRunner(model, module_name, ids, mask, pos, P, add_delta)
-        positions = (torch.cat([t_rows, kl_row_ids]),
-                     torch.cat([t_cols, torch.full_like(kl_row_ids, subj_col)]))
+        positions = (torch.cat([t_rows, kl_row_ids]), torch.cat([t_cols, torch.full_like(kl_row_ids, subj_col)]))
     else:
+
         def runner(_positions=None):
             with Trace(model, [module_name], retain_output=False, edit_output=add_delta):
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
             return torch.cat([logits[t_rows, t_cols], logits[kl_row_ids, subj_col]])
+
         positions = None
 
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
@@ -181,8 +185,9 @@ def compute_deltas(model, tokenizer, requests: list[dict], module_name: str, pre
                 loss_values, nll_values = loss.tolist(), nll.tolist()
                 for b in active.nonzero().flatten().tolist():
                     if loss_values[b] < hp.v_loss_stop or last:
-                        results[b] = DeltaResult(delta[b].detach().clone(), init[b], step + 1, loss_values[b],
-                                                 nll_values[b])
+                        results[b] = DeltaResult(
+                            delta[b].detach().clone(), init[b], step + 1, loss_values[b], nll_values[b]
+                        )
                         active[b] = False
                 if not active.any():
                     break
@@ -232,7 +237,7 @@ class _FastRunner:
         self.add_delta = add_delta
         self.layers_name = architecture(model).layers
         self.blocks = model.get_submodule(self.layers_name)
-        rest = module_name[len(self.layers_name) + 1:] if module_name.startswith(self.layers_name + ".") else ""
+        rest = module_name[len(self.layers_name) + 1 :] if module_name.startswith(self.layers_name + ".") else ""
         head, _, tail = rest.partition(".")
         if not head.isdigit():
             raise EditevalError(f"compute_delta: {module_name} is not inside a block of {self.layers_name}")
@@ -248,15 +253,24 @@ class _FastRunner:
 
     def _base(self, ids, pos, use_cache):
         kw = {_CACHE_KW: self.cache} if self.cache is not None else {}
-        return self.base(input_ids=ids, attention_mask=self.mask[:, :self.P + ids.shape[1]], position_ids=pos,
-                         use_cache=use_cache, **kw)
+        return self.base(
+            input_ids=ids,
+            attention_mask=self.mask[:, : self.P + ids.shape[1]],
+            position_ids=pos,
+            use_cache=use_cache,
+            **kw,
+        )
 
     def prepare(self):
         P = self.P
         with torch.no_grad():
             if P > 0:
-                out = self.base(input_ids=self.ids[:, :P], attention_mask=self.mask[:, :P],
-                                position_ids=self.pos[:, :P], use_cache=True)
+                out = self.base(
+                    input_ids=self.ids[:, :P],
+                    attention_mask=self.mask[:, :P],
+                    position_ids=self.pos[:, :P],
+                    use_cache=True,
+                )
                 self.cache = out[_CACHE_KW] if _CACHE_KW in out else out.past_key_values
             replay = None
             if self.live > 0:
@@ -286,13 +300,13 @@ class _FastRunner:
             for attr in ("keys", "values"):
                 value = getattr(layer, attr, None)
                 if isinstance(value, torch.Tensor):
-                    setattr(layer, attr, value[..., :self.P, :].detach())
+                    setattr(layer, attr, value[..., : self.P, :].detach())
 
     def __call__(self, positions):
         rows, cols = positions
         names = [self.module_name] if self.hook else []
         with Trace(self.model, names, retain_output=False, edit_output=self.add_delta):
-            hidden = self._base(self.ids[:, self.P:], self.pos[:, self.P:], self.cache is not None)[0]
+            hidden = self._base(self.ids[:, self.P :], self.pos[:, self.P :], self.cache is not None)[0]
         self._crop()
         logits = self.head(hidden[rows.to(hidden.device), cols.to(hidden.device)]).to(rows.device)
         if self.softcap:

@@ -62,8 +62,10 @@ def loaded_editors(model: torch.nn.Module) -> dict:
 def not_trained(what: str, method: str, model: torch.nn.Module, benchmark: str, folder: Path) -> EditevalError:
     """The error for a trained `what` that is not in `folder`, naming the command that trains it."""
     label = model_label(model)
-    return EditevalError(f"no trained {what} for model {label} and benchmark '{benchmark}' (looked in {folder}): "
-                         f"train it with `editeval train {method} --model {label} --benchmark {benchmark}`")
+    return EditevalError(
+        f"no trained {what} for model {label} and benchmark '{benchmark}' (looked in {folder}): "
+        f"train it with `editeval train {method} --model {label} --benchmark {benchmark}`"
+    )
 
 
 def save_editor(editor: Editor, folder: Path, config: dict) -> None:
@@ -75,8 +77,9 @@ def save_editor(editor: Editor, folder: Path, config: dict) -> None:
     atomic_file(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2, default=str)))
 
 
-def load_editor(build, model: torch.nn.Module, tokenizer, method: str, hparams: EditorHParams,
-                requests: list[dict]) -> Editor:
+def load_editor(
+    build, model: torch.nn.Module, tokenizer, method: str, hparams: EditorHParams, requests: list[dict]
+) -> Editor:
     """The editor trained for this model on `hparams.train_benchmark` (``auto``: the benchmark the
     `requests` look like), cached on the model object, or an EditevalError naming the command that
     trains it."""
@@ -105,8 +108,10 @@ def load_editor(build, model: torch.nn.Module, tokenizer, method: str, hparams: 
     config = json.loads((folder / CONFIG_FILE).read_text())
     train_hp = type(hparams).from_dict(config["hparams"], source=str(folder / CONFIG_FILE))
     if editor_layers(model, train_hp) != editor_layers(model, hparams):
-        raise EditevalError(f"the editor in {folder} edits layers {editor_layers(model, train_hp)}, "
-                            f"the hyper-parameters ask for {editor_layers(model, hparams)}")
+        raise EditevalError(
+            f"the editor in {folder} edits layers {editor_layers(model, train_hp)}, "
+            f"the hyper-parameters ask for {editor_layers(model, hparams)}"
+        )
     editor = build(model, tokenizer, names, train_hp)
     state = load_file(str(folder / EDITOR_FILE))
     try:

@@ -70,8 +70,9 @@ def make_items(tokenizer, records: list[dict], max_length: int) -> list[TrainIte
         if not prompt or not target:
             continue
         edit = encode_sequence(tokenizer, prompt, target, max_length)
-        reph = [encode_sequence(tokenizer, p, target, max_length)
-                for p in (r.get("rephrase_prompts") or []) if p.strip()][:1]
+        reph = [
+            encode_sequence(tokenizer, p, target, max_length) for p in (r.get("rephrase_prompts") or []) if p.strip()
+        ][:1]
         loc_entries = [e for e in (r.get("locality") or []) if e.get("prompt") and e.get("answer")]
         if loc_entries:
             loc = loc_entries[0]
@@ -79,8 +80,9 @@ def make_items(tokenizer, records: list[dict], max_length: int) -> list[TrainIte
         else:
             other = records[(i + 1) % len(records)]
             answer = other.get("ground_truth") or other.get("target_new") or ""
-            loc_seq = (encode_sequence(tokenizer, other["prompt"], answer, max_length)
-                       if other is not r and answer else None)
+            loc_seq = (
+                encode_sequence(tokenizer, other["prompt"], answer, max_length) if other is not r and answer else None
+            )
         if loc_seq is not None:
             loc_seq = Seq(loc_seq.ids, 1)
         items.append(TrainItem(edit, reph, loc_seq, edit.ids))
@@ -100,8 +102,18 @@ class TrainReport:
     last_losses: dict
 
 
-def train_editor(method: str, build, loaded, records: list[dict], hparams: EditorHParams, benchmark: str, *,
-                 out_dir: Path | None = None, progress: bool = True, fresh: bool = False) -> TrainReport:
+def train_editor(
+    method: str,
+    build,
+    loaded,
+    records: list[dict],
+    hparams: EditorHParams,
+    benchmark: str,
+    *,
+    out_dir: Path | None = None,
+    progress: bool = True,
+    fresh: bool = False,
+) -> TrainReport:
     """Meta-train `method`'s editor on `records`; resumable; writes the editor to the cache
     (or `out_dir`)."""
     from tqdm.auto import tqdm
@@ -122,8 +134,7 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
     torch.manual_seed(hparams.seed)
     editor = build(model, tokenizer, names, hparams).to(device)
     params = [p for p in editor.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(editor.param_groups(hparams) if hasattr(editor, "param_groups") else params,
-                           lr=hparams.lr)
+    opt = torch.optim.Adam(editor.param_groups(hparams) if hasattr(editor, "param_groups") else params, lr=hparams.lr)
     order = list(range(len(items)))
     rng = random.Random(hparams.seed)
     rng.shuffle(order)
@@ -132,13 +143,20 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
     ckpt_path = folder / CHECKPOINT_FILE
     # a rerun with more steps or another time limit continues the same run
     same_run = {k: v for k, v in hparams.to_dict().items() if k not in ("train_steps", "max_minutes", "editor_path")}
-    header = {"method": method, "fingerprint": fingerprint, "benchmark": benchmark, "hparams": same_run,
-              "n_items": len(items)}
+    header = {
+        "method": method,
+        "fingerprint": fingerprint,
+        "benchmark": benchmark,
+        "hparams": same_run,
+        "n_items": len(items),
+    }
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         if json.loads(ckpt["header"]) != json.loads(json.dumps(header, default=str)):
-            raise EditevalError(f"{ckpt_path} is a checkpoint of another training run (other model, data or "
-                                f"hyper-parameters): delete {folder} or pass --fresh")
+            raise EditevalError(
+                f"{ckpt_path} is a checkpoint of another training run (other model, data or "
+                f"hyper-parameters): delete {folder} or pass --fresh"
+            )
         editor.load_state_dict(ckpt["editor"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
@@ -154,9 +172,14 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
         rng.shuffle(order)
 
     def checkpoint():
-        state = {"header": json.dumps(header, default=str), "editor": editor.state_dict(),
-                 "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                 "running": {k: v[-100:] for k, v in running.items()}}
+        state = {
+            "header": json.dumps(header, default=str),
+            "editor": editor.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "running": {k: v[-100:] for k, v in running.items()},
+        }
         atomic_file(ckpt_path, lambda tmp: torch.save(state, tmp))
 
     stack = UpperBlocks(model, layers[0], check_every_batch=False)
@@ -172,8 +195,9 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
         with frozen_for_editing(model), EditHooks(model, names) as hooks:
             while step < total:
                 if hparams.max_minutes is not None and time.perf_counter() - t_start > 60 * hparams.max_minutes:
-                    log.warning("stopping %s training at step %d: max_minutes %.1f reached", method, step,
-                                hparams.max_minutes)
+                    log.warning(
+                        "stopping %s training at step %d: max_minutes %.1f reached", method, step, hparams.max_minutes
+                    )
                     finished = step >= total
                     break
                 opt.zero_grad(set_to_none=True)
@@ -187,13 +211,17 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
                     with torch.no_grad():
                         pre_edit = target_nll(head, stack.hidden(edit_state), item.edit)
                         loc_state = stack.record_sequence(item.loc.ids) if item.loc is not None else None
-                        base_logp = (torch.log_softmax(head(stack.hidden(loc_state)[0]).float(), -1)
-                                     if loc_state is not None else None)
+                        base_logp = (
+                            torch.log_softmax(head(stack.hidden(loc_state)[0]).float(), -1)
+                            if loc_state is not None
+                            else None
+                        )
                     deltas = editor(signal, [item.text_ids], embed)
                     hooks.deltas, hooks.mode = deltas, "delta"
                     edit_losses = [target_nll(head, stack.hidden(edit_state), item.edit)]
-                    edit_losses += [target_nll(head, stack.hidden(stack.record_sequence(s.ids)), s)
-                                    for s in item.rephrases]
+                    edit_losses += [
+                        target_nll(head, stack.hidden(stack.record_sequence(s.ids)), s) for s in item.rephrases
+                    ]
                     edit_loss = torch.stack(edit_losses).mean()
                     if loc_state is not None:
                         post_logp = torch.log_softmax(head(stack.hidden(loc_state)[0]).float(), -1)
@@ -224,8 +252,16 @@ def train_editor(method: str, build, loaded, records: list[dict], hparams: Edito
     elapsed = time.perf_counter() - t_start
     checkpoint()
     window = {k: sum(v[-100:]) / max(1, len(v[-100:])) for k, v in running.items()}
-    config = {**header, "hparams": hparams.to_dict(), "steps": step, "train_seconds": round(elapsed, 1), "finished": finished,
-              "model": loaded.name, "last_100": window, "editor": editor.config(),
-              "torch_threads": torch.get_num_threads()}
+    config = {
+        **header,
+        "hparams": hparams.to_dict(),
+        "steps": step,
+        "train_seconds": round(elapsed, 1),
+        "finished": finished,
+        "model": loaded.name,
+        "last_100": window,
+        "editor": editor.config(),
+        "torch_threads": torch.get_num_threads(),
+    }
     save_editor(editor, folder, config)
     return TrainReport(folder, step, elapsed, resumed_from, finished, window)

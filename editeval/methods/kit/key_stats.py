@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from editeval.runtime.architectures import check_layer, layer_module_name
 from editeval.errors import EditevalError
 from editeval.methods.kit.key_stats_files import (
     FORMAT,
@@ -41,6 +40,7 @@ from editeval.methods.kit.key_stats_files import (
     save_atomic,
     stats_path,
 )
+from editeval.runtime.architectures import check_layer, layer_module_name
 from editeval.runtime.nethooks import Trace, no_grad_eval
 from editeval.runtime.paths import raw_data_dir
 
@@ -87,7 +87,7 @@ def _windows(tokenizer, texts: list[str], tokens: int, max_len: int):
     for text in texts:
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         for start in range(0, len(ids), max_len):
-            window = ids[start:start + max_len][:left]
+            window = ids[start : start + max_len][:left]
             if not window:
                 continue
             left -= len(window)
@@ -110,6 +110,7 @@ def _batches(windows, batch_tokens: int):
     if batch:
         yield batch
 
+
 def _result_device(model: torch.nn.Module, module_name: str, fallback: torch.device) -> torch.device:
     """The device of the module's weight (several with a device map), or `fallback` if offloaded."""
     weight = getattr(model.get_submodule(module_name), "weight", None)
@@ -118,19 +119,34 @@ def _result_device(model: torch.nn.Module, module_name: str, fallback: torch.dev
     return fallback
 
 
-def _metadata(model, fingerprint: str, layer: int, module: str, seen: int, max_len: int, corpus: Path,
-              sha: str, processes: int) -> dict[str, str]:
+def _metadata(
+    model, fingerprint: str, layer: int, module: str, seen: int, max_len: int, corpus: Path, sha: str, processes: int
+) -> dict[str, str]:
     from editeval import __version__
 
     config = getattr(model, "config", None)
     name = Path(str(getattr(config, "_name_or_path", "") or "")).name
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    return {"format": FORMAT, "statistic": "E[k k^T] of the module input",
-            "model_fingerprint": fingerprint, "model_name": name, "model_type": str(getattr(config, "model_type", "")),
-            "model_dtype": dtype, "layer": str(layer), "module": module, "tokens": str(seen),
-            "max_len": str(max_len), "corpus": corpus.name, "corpus_sha256": sha, "dtype": "float32",
-            "accumulation": "float32", "shuffle_seed": str(SHUFFLE_SEED), "min_article_chars": str(MIN_ARTICLE_CHARS),
-            "processes": str(processes), "editeval_version": __version__}
+    return {
+        "format": FORMAT,
+        "statistic": "E[k k^T] of the module input",
+        "model_fingerprint": fingerprint,
+        "model_name": name,
+        "model_type": str(getattr(config, "model_type", "")),
+        "model_dtype": dtype,
+        "layer": str(layer),
+        "module": module,
+        "tokens": str(seen),
+        "max_len": str(max_len),
+        "corpus": corpus.name,
+        "corpus_sha256": sha,
+        "dtype": "float32",
+        "accumulation": "float32",
+        "shuffle_seed": str(SHUFFLE_SEED),
+        "min_article_chars": str(MIN_ARTICLE_CHARS),
+        "processes": str(processes),
+        "editeval_version": __version__,
+    }
 
 
 class _Counted:
@@ -213,8 +229,13 @@ def second_moments(
     if use_cache and not refresh:
         for layer in layers:
             if paths[layer].exists():
-                expected = {"model_fingerprint": fingerprint, "module": names[layer], "tokens": str(tokens),
-                            "max_len": str(max_len), "corpus_sha256": sha}
+                expected = {
+                    "model_fingerprint": fingerprint,
+                    "module": names[layer],
+                    "tokens": str(tokens),
+                    "max_len": str(max_len),
+                    "corpus_sha256": sha,
+                }
                 mom2 = load_checked(paths[layer], expected, key_dim(model, names[layer]))
                 if mom2 is not None:
                     result[layer] = mom2.to(_result_device(model, names[layer], device))
@@ -243,8 +264,8 @@ def second_moments(
             ids = torch.full((len(batch), longest), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), longest), dtype=torch.long)
             for row, window in enumerate(batch):
-                ids[row, :len(window)] = torch.tensor(window)
-                mask[row, :len(window)] = 1
+                ids[row, : len(window)] = torch.tensor(window)
+                mask[row, : len(window)] = 1
             ids, mask = ids.to(device), mask.to(device)
             with Trace(model, module_names, retain_input=True, retain_output=False, stop=True) as tr:
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
@@ -283,14 +304,22 @@ def second_moments(
     return result
 
 
-def cache_paths(model: torch.nn.Module, layers: list[int], *, tokens: int = DEFAULT_TOKENS,
-                max_len: int = DEFAULT_MAX_LEN, place: str = "mlp_out",
-                corpus: str | os.PathLike | None = None) -> dict[int, Path]:
+def cache_paths(
+    model: torch.nn.Module,
+    layers: list[int],
+    *,
+    tokens: int = DEFAULT_TOKENS,
+    max_len: int = DEFAULT_MAX_LEN,
+    place: str = "mlp_out",
+    corpus: str | os.PathLike | None = None,
+) -> dict[int, Path]:
     """The cache file of each layer's statistics (whether or not it exists yet)."""
     sha = file_sha256(corpus_path(corpus))
     fingerprint = model_fingerprint(model)
-    return {check_layer(model, layer): stats_path(fingerprint, layer_module_name(model, layer, place), tokens,
-                                                  max_len, sha) for layer in layers}
+    return {
+        check_layer(model, layer): stats_path(fingerprint, layer_module_name(model, layer, place), tokens, max_len, sha)
+        for layer in layers
+    }
 
 
 def second_moment(model, tokenizer, layer: int, **kwargs) -> torch.Tensor:

@@ -34,9 +34,14 @@ FORMAT = "editeval-mom2/1"
 # a cached file is used only if these metadata fields match the request (they also make its name)
 KEY_FIELDS = ("model_fingerprint", "module", "tokens", "max_len", "corpus_sha256")
 REQUIRED_FIELDS = KEY_FIELDS + ("layer",)
-FIELD_PATTERNS = {"model_fingerprint": r"[0-9a-f]{16}", "module": r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*",
-                  "tokens": r"[1-9][0-9]*", "max_len": r"[1-9][0-9]*", "corpus_sha256": r"[0-9a-f]{64}",
-                  "layer": r"[0-9]+"}
+FIELD_PATTERNS = {
+    "model_fingerprint": r"[0-9a-f]{16}",
+    "module": r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*",
+    "tokens": r"[1-9][0-9]*",
+    "max_len": r"[1-9][0-9]*",
+    "corpus_sha256": r"[0-9a-f]{64}",
+    "layer": r"[0-9]+",
+}
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -57,19 +62,22 @@ def pin_fingerprint(model: torch.nn.Module, fingerprint: str) -> None:
 
 
 def stats_path(fingerprint: str, module_name: str, tokens: int, max_len: int, corpus_sha: str) -> Path:
-    return (cache_dir() / "stats"
-            / f"{fingerprint}__{module_name}__mom2__t{tokens}__len{max_len}__c{corpus_sha[:12]}.safetensors")
+    return (
+        cache_dir()
+        / "stats"
+        / f"{fingerprint}__{module_name}__mom2__t{tokens}__len{max_len}__c{corpus_sha[:12]}.safetensors"
+    )
 
 
 def save_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    atomic_file(path, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp,
-                                            metadata=metadata))
+    atomic_file(
+        path, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    )
 
 
-def load_checked(path: Path, expected: dict[str, str] | None = None,
-                 dim: int | None = None) -> torch.Tensor | None:
+def load_checked(path: Path, expected: dict[str, str] | None = None, dim: int | None = None) -> torch.Tensor | None:
     """The cached matrix, or None (with a warning) when the file is unreadable or describes
     something else than `expected`: the caller then recomputes it."""
     try:
@@ -87,11 +95,14 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), "pt") as fh:
             return dict(fh.metadata() or {})
     except Exception as err:  # SafetensorError, OSError, a truncated header...
-        raise EditevalError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise EditevalError(
+            f"{path}: not a readable safetensors file ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from None
 
 
-def check_file(path: str | os.PathLike, expected: dict[str, str] | None = None,
-               dim: int | None = None) -> tuple[dict[str, str], torch.Tensor]:
+def check_file(
+    path: str | os.PathLike, expected: dict[str, str] | None = None, dim: int | None = None
+) -> tuple[dict[str, str], torch.Tensor]:
     """Read a statistics file and check it is complete and consistent (metadata fields, count =
     tokens, a finite square float32 matrix of side `dim`) and that each `expected` metadata field
     matches. Returns (metadata, matrix); raises EditevalError naming the first problem."""
@@ -110,12 +121,16 @@ def check_file(path: str | os.PathLike, expected: dict[str, str] | None = None,
     try:
         tensors = load_file(str(path))
     except Exception as err:
-        raise EditevalError(f"{path}: unreadable tensors ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise EditevalError(
+            f"{path}: unreadable tensors ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from None
     mom2, count = tensors.get("mom2"), tensors.get("count")
     if mom2 is None or count is None:
         raise EditevalError(f"{path}: lacks the 'mom2' or 'count' tensor")
     if count.numel() != 1 or int(count.reshape(-1)[0]) != int(meta["tokens"]):
-        raise EditevalError(f"{path}: token count {count.reshape(-1).tolist()} does not match metadata tokens={meta['tokens']}")
+        raise EditevalError(
+            f"{path}: token count {count.reshape(-1).tolist()} does not match metadata tokens={meta['tokens']}"
+        )
     if mom2.dtype != torch.float32 or mom2.dim() != 2 or mom2.shape[0] != mom2.shape[1]:
         raise EditevalError(f"{path}: mom2 is not a square float32 matrix ({mom2.dtype}, {tuple(mom2.shape)})")
     if dim is not None and mom2.shape[0] != dim:
@@ -138,8 +153,9 @@ def cached_files() -> list[tuple[Path, dict[str, str] | None]]:
 
 def cache_name(meta: dict[str, str]) -> Path:
     """Where a file with this metadata belongs in the cache."""
-    return stats_path(meta["model_fingerprint"], meta["module"], int(meta["tokens"]), int(meta["max_len"]),
-                      meta["corpus_sha256"])
+    return stats_path(
+        meta["model_fingerprint"], meta["module"], int(meta["tokens"]), int(meta["max_len"]), meta["corpus_sha256"]
+    )
 
 
 def import_file(src: str | os.PathLike, model: torch.nn.Module | None = None) -> tuple[bool, Path]:
@@ -151,8 +167,10 @@ def import_file(src: str | os.PathLike, model: torch.nn.Module | None = None) ->
     if model is not None and "model_fingerprint" in meta:
         expected["model_fingerprint"] = model_fingerprint(model)
         if meta["model_fingerprint"] != expected["model_fingerprint"]:
-            raise EditevalError(f"computed on model weights {meta['model_fingerprint']}, "
-                                f"not on this model's ({expected['model_fingerprint']})")
+            raise EditevalError(
+                f"computed on model weights {meta['model_fingerprint']}, "
+                f"not on this model's ({expected['model_fingerprint']})"
+            )
         try:
             dim = key_dim(model, meta.get("module", ""))
         except (AttributeError, EditevalError):

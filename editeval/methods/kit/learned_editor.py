@@ -131,13 +131,14 @@ class EditHooks:
 
 def target_nll(head, hidden: torch.Tensor, seq: Seq) -> torch.Tensor:
     """Mean NLL of ids[start:] given the hidden states [1, T, H]."""
-    labels = torch.tensor(seq.ids[seq.start:], device=hidden.device)
-    logits = head(hidden[0, seq.start - 1: len(seq.ids) - 1]).float()
+    labels = torch.tensor(seq.ids[seq.start :], device=hidden.device)
+    logits = head(hidden[0, seq.start - 1 : len(seq.ids) - 1]).float()
     return F.cross_entropy(logits, labels)
 
 
-def edit_signal(stack: UpperBlocks, head, hooks: EditHooks,
-                states_and_seqs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def edit_signal(
+    stack: UpperBlocks, head, hooks: EditHooks, states_and_seqs
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per edited module: (u [N, in], δ [N, out]) over every token of the given edit sequences,
     from the gradient of their summed target NLLs (each the mean over its target tokens)."""
     us: dict[str, list] = {n: [] for n in hooks.names}
@@ -169,8 +170,9 @@ class Editor(torch.nn.Module):
         self.module_names = list(module_names)
         self.shapes = {n: out_in_shape(model, n) for n in module_names}
 
-    def forward(self, signal: dict[str, tuple[torch.Tensor, torch.Tensor]], text_ids: list[list[int]],
-                embed: torch.nn.Module) -> dict[str, torch.Tensor]:
+    def forward(
+        self, signal: dict[str, tuple[torch.Tensor, torch.Tensor]], text_ids: list[list[int]], embed: torch.nn.Module
+    ) -> dict[str, torch.Tensor]:
         """ΔW (out × in) per edited module name."""
         raise NotImplementedError
 
@@ -190,8 +192,9 @@ class Editor(torch.nn.Module):
 # --------------------------------------------------------------------------- applying an editor
 
 
-def apply_editor(model: torch.nn.Module, tokenizer, requests: list[dict], editor: Editor,
-                 hparams: EditorHParams) -> Backup:
+def apply_editor(
+    model: torch.nn.Module, tokenizer, requests: list[dict], editor: Editor, hparams: EditorHParams
+) -> Backup:
     """Edit the model's weights in place with the editor's update for these requests (all at once:
     the edit signal of every request's tokens goes into one update)."""
     if not requests:
@@ -204,13 +207,14 @@ def apply_editor(model: torch.nn.Module, tokenizer, requests: list[dict], editor
         target = (r.get("target_new") or "").strip()
         if not target:
             raise EditevalError("empty target_new")
-        seq = encode_sequence(tokenizer, r["prompt"], target, 10 ** 9)
+        seq = encode_sequence(tokenizer, r["prompt"], target, 10**9)
         seqs.append(seq)
         texts.append(seq.ids)
     with frozen_for_editing(model):
         with EditHooks(model, names) as hooks:
-            signal = edit_signal(stack, model.get_output_embeddings(), hooks,
-                                 [(stack.record_sequence(s.ids), s) for s in seqs])
+            signal = edit_signal(
+                stack, model.get_output_embeddings(), hooks, [(stack.record_sequence(s.ids), s) for s in seqs]
+            )
         with torch.no_grad():
             deltas = editor(signal, texts, model.get_input_embeddings())
             for n in names:

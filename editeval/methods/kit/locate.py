@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from editeval.errors import EditevalError
 from editeval.runtime import distributed
 from editeval.runtime.architectures import layer_module_name
-from editeval.errors import EditevalError
 from editeval.runtime.models import input_device
 from editeval.runtime.nethooks import Trace, no_grad_eval
 
@@ -60,8 +60,10 @@ KL_TEMPLATE = "{} is a"
 def context_prefixes(n_short: int, n_long: int) -> list[str]:
     """Text put before the prompt: "" (the bare prompt) first, then "{prefix}. " for each prefix."""
     if not (0 <= n_short <= len(SHORT_PREFIXES) and 0 <= n_long <= len(LONG_PREFIXES)):
-        raise EditevalError(f"context templates: at most {len(SHORT_PREFIXES)} short and "
-                            f"{len(LONG_PREFIXES)} long prefixes (asked {n_short}, {n_long})")
+        raise EditevalError(
+            f"context templates: at most {len(SHORT_PREFIXES)} short and "
+            f"{len(LONG_PREFIXES)} long prefixes (asked {n_short}, {n_long})"
+        )
     return [""] + [p + ". " for p in SHORT_PREFIXES[:n_short] + LONG_PREFIXES[:n_long]]
 
 
@@ -141,8 +143,8 @@ def _pad_right(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, t
     ids = torch.full((len(rows), longest), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), longest), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -154,8 +156,9 @@ def first_output(output):
     return output[0] if isinstance(output, tuple) else output
 
 
-def gather_at_subject(model, tokenizer, located: list[Located], module_names: list[str], *,
-                      inputs: bool, batch_size: int = 32) -> dict[str, torch.Tensor]:
+def gather_at_subject(
+    model, tokenizer, located: list[Located], module_names: list[str], *, inputs: bool, batch_size: int = 32
+) -> dict[str, torch.Tensor]:
     """Input (inputs=True) or output of each module at each text's subject-last token, float32,
     (len(located), dim) per module.
 
@@ -167,11 +170,11 @@ def gather_at_subject(model, tokenizer, located: list[Located], module_names: li
     device = input_device(model)
     pad = pad_id(tokenizer)
     order = sorted(range(len(located)), key=lambda i: located[i].index)
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
     def run(batch: list[int]) -> dict[str, torch.Tensor]:
         part = [located[i] for i in batch]
-        ids, mask = _pad_right([p.ids[:p.index + 1] for p in part], pad, device)
+        ids, mask = _pad_right([p.ids[: p.index + 1] for p in part], pad, device)
         rows = torch.arange(len(part), device=device)
         cols = torch.tensor([p.index for p in part], device=device)
         with Trace(model, module_names, retain_input=inputs, retain_output=not inputs, stop=True) as tr:
@@ -193,14 +196,23 @@ def gather_at_subject(model, tokenizer, located: list[Located], module_names: li
     return out
 
 
-def compute_keys(model, tokenizer, requests: list[dict], layers: list[int], prefixes: list[str],
-                 batch_size: int = 32, *, per_prefix: bool = False) -> dict[int, torch.Tensor]:
+def compute_keys(
+    model,
+    tokenizer,
+    requests: list[dict],
+    layers: list[int],
+    prefixes: list[str],
+    batch_size: int = 32,
+    *,
+    per_prefix: bool = False,
+) -> dict[int, torch.Tensor]:
     """k* per request and layer: (len(requests), d_in) float32, mean over the context prefixes
     (per_prefix=True: (len(requests), len(prefixes), d_in), not averaged)."""
     located = [locate(tokenizer, r, p) for r in requests for p in prefixes]
     names = {layer: layer_module_name(model, layer, "mlp_out") for layer in layers}
     order = sorted(layers)
-    got = gather_at_subject(model, tokenizer, located, [names[l] for l in order], inputs=True,
-                            batch_size=batch_size)
+    got = gather_at_subject(
+        model, tokenizer, located, [names[layer] for layer in order], inputs=True, batch_size=batch_size
+    )
     keys = {layer: got[names[layer]].view(len(requests), len(prefixes), -1) for layer in layers}
     return keys if per_prefix else {layer: k.mean(1) for layer, k in keys.items()}

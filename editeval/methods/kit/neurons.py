@@ -111,6 +111,6 @@ def memory_batches(tokenizer, benchmark: str, n: int, device, split: str = "trai
     texts = [(r["prompt"], r["target_new"]) for r in records if r["prompt"].strip() and r["target_new"].strip()]
     out = []
     for i in range(0, len(texts), batch_size):
-        chunk = texts[i: i + batch_size]
+        chunk = texts[i : i + batch_size]
         out.append(encode_target_new(tokenizer, [p for p, _ in chunk], [t for _, t in chunk], device))
     return out

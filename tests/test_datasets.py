@@ -384,7 +384,8 @@ def test_build_is_deterministic(built, tmp_path):
 
 
 def test_sources_table_matches_sources_md():
-    from editeval.data.sources import SOURCES, parse_sources_md
+    from editeval.data.sources import SOURCES
+    from editeval.data.sources_md import parse_sources_md
 
     assert parse_sources_md(RAW / "SOURCES.md") == SOURCES
 

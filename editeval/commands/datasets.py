@@ -42,7 +42,7 @@ def build(
 ) -> None:
     """Build datasets/<name>/ (card + Parquet) from the raw files, checking sha256 and record counts."""
     from editeval.data.build import build_benchmarks
-    from editeval.data.sources import parse_sources_md
+    from editeval.data.sources_md import parse_sources_md
     from editeval.runtime.paths import datasets_dir, raw_data_dir
 
     table = parse_sources_md(sources) if sources else None

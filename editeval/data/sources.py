@@ -1,7 +1,7 @@
 """The raw benchmark files: what SOURCES.md says about them, and a checked loader.
 
 `SOURCES` is the pinned table (path -> format, size, sha256, record count) derived from
-`../shared/data/raw/SOURCES.md`; `parse_sources_md` reads the same facts out of any SOURCES.md
+`../shared/data/raw/SOURCES.md`; `sources_md.parse_sources_md` reads the same facts out of any SOURCES.md
 (a test keeps the two equal; `editeval datasets build --sources FILE` checks against another
 SOURCES.md, e.g. for a new raw-data release). `RawData` opens files for the builders: each
 file must exist, have the listed sha256, parse in the listed format and hold the listed number
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,62 +245,6 @@ SOURCES: dict[str, FileSpec] = {
     ]
 }
 
-_SECTION = re.compile(r"^### `([^`]+)`(.*)$", re.M)
-# the format, without a layout note in brackets ("JSON list (indent 4)" is read as a JSON list)
-_FORMAT = re.compile(r"^- format: (.+?)(?: \([^;]*\))?; records(?: \(rows\))?: \*\*(.+?)\*\*", re.M)
-_SIZE = re.compile(r"^- size: ([\d,]+) bytes; sha256: `([0-9a-f]{64})`", re.M)
-
-
-def parse_sources_md(path: str | os.PathLike) -> dict[str, FileSpec]:
-    """Every `### \\`file\\`` section of a SOURCES.md: format, size, sha256 and record count."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise EditevalError(f"cannot read sources file {path}: {err.strerror or err}") from None
-    heads = list(_SECTION.finditer(text))
-    if not heads:
-        raise EditevalError(f"{path}: no '### `file`' sections found; is this a SOURCES.md?")
-    table: dict[str, FileSpec] = {}
-    for i, head in enumerate(heads):
-        name = head.group(1)
-        if _is_group(name, head.group(2)):
-            continue  # several files in one section (a table of them): not yet read by any builder
-        block = text[head.end() : heads[i + 1].start() if i + 1 < len(heads) else len(text)]
-        fmt, size = _FORMAT.search(block), _SIZE.search(block)
-        if not fmt or not size:
-            raise EditevalError(
-                f"{path}: section for {name} lacks a '- format: ...; records: **N**' or '- size: N bytes; sha256: `...`' line"
-            )
-        if fmt.group(1) not in _FORMATS:
-            raise EditevalError(f"{path}: section for {name} has unknown format {fmt.group(1)!r}")
-        table[name] = _spec(
-            name,
-            _FORMATS[fmt.group(1)],
-            int(size.group(1).replace(",", "")),
-            size.group(2),
-            _parse_count(fmt.group(2), path, name),
-        )
-    return table
-
-
-def _is_group(name: str, rest: str) -> bool:
-    """A section describing several files at once: `dir/` (N files) or `a/{x,y}.json`."""
-    return name.endswith("/") or "{" in name or "files)" in rest
-
-
-def _parse_count(text: str, path: Path, name: str) -> int | dict[str, int]:
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    counts = {}
-    for part in text.split("/"):
-        key, _, num = part.partition(":")
-        if not num.strip().isdigit():
-            raise EditevalError(f"{path}: section for {name} has an unreadable record count {text!r}")
-        counts[key.strip()] = int(num)
-    return counts
-
 
 def sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
@@ -432,21 +375,7 @@ def check_records(records: Iterable[Any], required: Mapping[str, type | tuple[ty
             field(record, key, where, index, kind)
 
 
-def _emit(table: Mapping[str, FileSpec]) -> str:
-    lines = []
-    for s in table.values():
-        records = dict(s.records) if isinstance(s.records, tuple) else s.records
-        lines.append(f"        _spec({s.path!r}, {s.format!r}, {s.size}, {s.sha256!r}, {records!r}),")
-    return "\n".join(lines).replace("'", '"')
-
-
 if __name__ == "__main__":  # print the SOURCES entries for a SOURCES.md
-    import sys
+    from editeval.data.sources_md import main
 
-    print(
-        _emit(
-            parse_sources_md(
-                sys.argv[1] if len(sys.argv) > 1 else Path(os.environ.get("EDITEVAL_RAW_DATA", "")) / "SOURCES.md"
-            )
-        )
-    )
+    main()

@@ -42,6 +42,35 @@ def _same_run(saved: dict | None, header: dict) -> bool:
     return saved == header
 
 
+def _read_progress(path: Path, header: dict) -> list[dict]:
+    """The entries of one progress file of the run `header` names; refused if of another run."""
+    lines = path.read_text().splitlines()
+    try:
+        first = json.loads(lines[0]) if lines else {}
+    except ValueError:
+        first = {}
+    if not _same_run(first.get("header"), header):
+        raise EditevalError(
+            f"{path} holds progress of a different run (other method, hparams, model, data or "
+            f"mode): delete it to start afresh"
+        )
+    entries = []
+    for line in lines[1:]:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            break  # a line cut short by an interruption: everything after it is redone
+    # a single-mode run may be continued with a longer or shorter --limit: edits are independent
+    return [e for e in entries if e["index"] < header["n_requests"]]
+
+
+def _copy_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put saved weights (by parameter name) into `model`."""
+    with torch.no_grad():
+        for name, value in tensors.items():
+            model.get_parameter(name).copy_(value)
+
+
 class Partial:
     """The append-only progress file of one run (+ the sequential weights file).
 
@@ -61,7 +90,7 @@ class Partial:
         self.entries: list[dict] = []
         self.foreign: list[dict] = []  # single mode: entries of the run's other progress files
         if self.path.exists():
-            self.entries = self._read(self.path)
+            self.entries = _read_progress(self.path, header)
             # rewrite without a cut-short tail so later appends stay parseable
             self._rewrite()
         else:
@@ -70,31 +99,11 @@ class Partial:
         if header["mode"] != "sequential":
             for path in self._siblings():
                 if path != self.path:
-                    self.foreign += self._read(path)
+                    self.foreign += _read_progress(path, header)
 
     def _siblings(self) -> list[Path]:
         """Every progress file of this output path (one process's or one per process)."""
         return sorted(self.path.parent.glob(glob.escape(self.out.name) + ".partial*.jsonl"))
-
-    def _read(self, path: Path) -> list[dict]:
-        lines = path.read_text().splitlines()
-        try:
-            first = json.loads(lines[0]) if lines else {}
-        except ValueError:
-            first = {}
-        if not _same_run(first.get("header"), self.header):
-            raise EditevalError(
-                f"{path} holds progress of a different run (other method, hparams, model, data or "
-                f"mode): delete it to start afresh"
-            )
-        entries = []
-        for line in lines[1:]:
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                break  # a line cut short by an interruption: everything after it is redone
-        # a single-mode run may be continued with a longer or shorter --limit: edits are independent
-        return [e for e in entries if e["index"] < self.header["n_requests"]]
 
     def all_entries(self) -> list[dict]:
         """The other progress files' entries, then this one's."""
@@ -165,9 +174,7 @@ class Partial:
 
         tensors = load_file(self.state_path)
         backup = backup_parameters(model, sorted(tensors))
-        with torch.no_grad():
-            for name, value in tensors.items():
-                model.get_parameter(name).copy_(value)
+        _copy_weights(model, tensors)
         return backup
 
     def load_state(self, model: torch.nn.Module) -> set[str]:
@@ -194,9 +201,7 @@ class Partial:
                 )
             artifacts.load_artifact(model, self.artifact_path, check_base=False)
         tensors = load_file(self.state_path)
-        with torch.no_grad():
-            for name, value in tensors.items():
-                model.get_parameter(name).copy_(value)
+        _copy_weights(model, tensors)
         return set(tensors)
 
     def remove(self) -> None:

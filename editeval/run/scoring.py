@@ -89,13 +89,11 @@ def score_checkpoint(
     """
     import torch
 
-    from editeval.data import load_requests
     from editeval.evaluation.evaluator import Evaluator, run_counterfact
     from editeval.evaluation.results import build_record, write_record
-    from editeval.methods.kit import artifacts
     from editeval.run.checks import check_device_map_alone, check_record_path
     from editeval.run.meta import run_meta
-    from editeval.runtime import distributed, models
+    from editeval.runtime import distributed
 
     start = time.perf_counter()
     device, dtype, device_map = runtime.device, runtime.dtype, runtime.device_map
@@ -107,24 +105,9 @@ def score_checkpoint(
     if device.startswith("cuda") or device == "auto":
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-    with distributed.main_first(group):  # a registered model is converted once, by the main process
-        base_lm = models.load(base, device=device, dtype=dtype, device_map=device_map)
-        artifact = artifacts.is_artifact(model)  # a wrapper method's additions, installed on the base below
-        if artifact:
-            artifacts.read_artifact(model)
-            edited_lm = base_lm
-        elif models.same_folder(model, base):
-            edited_lm = base_lm
-        else:
-            edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype, device_map=device_map)
-            models.check_compatible(base_lm, edited_lm)
+    base_lm, edited_lm, artifact = _load_models(model, base, group, device, dtype, device_map)
     handed = requests is not None
-    if requests is None:
-        requests = load_requests(benchmark, split, config, limit, runtime.datasets_dir)
-    else:
-        requests = [dict(r) for r in requests][: limit or None]
-    if not requests:
-        raise EditevalError(f"benchmark '{benchmark}' split '{split}' has no records")
+    requests = _score_requests(requests, benchmark, split, config, limit, runtime)
     fingerprint = dataset_fingerprint(requests)
     piqa = load_piqa(piqa_items, runtime.datasets_dir)
     # decided on all requests, so that every process's rows have the same columns
@@ -147,14 +130,7 @@ def score_checkpoint(
         )
     except ValueError as err:  # bad records, missing chat template
         raise EditevalError(f"cannot score {benchmark}/{split}: {err}") from None
-    if artifact:  # after the Evaluator took the base model's pre-edit predictions
-        undo = artifacts.load_artifact(base_lm.model, model)
-        try:
-            rows = evaluator.evaluate(base_lm.model)
-        finally:
-            undo()
-    else:
-        rows = evaluator.evaluate(edited_lm.model)
+    rows = _evaluate_edited(evaluator, model, base_lm, edited_lm, artifact)
     item_values = evaluator.last_piqa
     base_piqa_accuracy = evaluator.base_piqa_accuracy if piqa else None
     timings = dict(evaluator.timings)
@@ -170,10 +146,7 @@ def score_checkpoint(
             piqa=bool(piqa),
         )
     base_fp = evaluator.base_fingerprint
-    if artifact:
-        edited_fp = "artifact:" + artifacts.artifact_fingerprint(model)
-    else:
-        edited_fp = base_fp if edited_lm is base_lm else edited_lm.fingerprint()
+    edited_fp = _edited_fingerprint(model, base_lm, edited_lm, artifact, base_fp)
     meta = run_meta(
         benchmark=benchmark,
         config=config,
@@ -191,20 +164,80 @@ def score_checkpoint(
         generation=generation,
         started=start,
     )
-    meta.update(
-        piqa_items=len(piqa),
-        base_piqa_accuracy=base_piqa_accuracy,
-        preedit_s=round(timings["preedit_s"], 2),
-        evaluate_s=round(timings["evaluate_s"], 2),
-        n_sequences=timings["sequences"],
-        n_tokens=timings["tokens"],
-    )
+    meta.update(_timing_meta(len(piqa), base_piqa_accuracy, timings))
     meta.update(extra_meta or {})
     if group is not None and not group.is_main:
         return None, rows, out_path
     record = build_record(rows, meta, item_values=item_values)
     path = write_record(record, rows, out_path)
     return record, rows, path
+
+
+def _load_models(model, base, group, device: str, dtype, device_map):
+    """``(base_lm, edited_lm, artifact)``: the base model, the edited one (the base itself when the
+    edited model is a wrapper method's artifact, installed on it later, or the same folder)."""
+    from editeval.methods.kit import artifacts
+    from editeval.runtime import distributed, models
+
+    with distributed.main_first(group):  # a registered model is converted once, by the main process
+        base_lm = models.load(base, device=device, dtype=dtype, device_map=device_map)
+        artifact = artifacts.is_artifact(model)  # a wrapper method's additions, installed on the base below
+        if artifact:
+            artifacts.read_artifact(model)
+            edited_lm = base_lm
+        elif models.same_folder(model, base):
+            edited_lm = base_lm
+        else:
+            edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype, device_map=device_map)
+            models.check_compatible(base_lm, edited_lm)
+    return base_lm, edited_lm, artifact
+
+
+def _evaluate_edited(evaluator, model, base_lm, edited_lm, artifact: bool) -> list[dict]:
+    """The rows on the edited model (an artifact installed on the base model for the evaluation)."""
+    from editeval.methods.kit import artifacts
+
+    if artifact:  # after the Evaluator took the base model's pre-edit predictions
+        undo = artifacts.load_artifact(base_lm.model, model)
+        try:
+            return evaluator.evaluate(base_lm.model)
+        finally:
+            undo()
+    return evaluator.evaluate(edited_lm.model)
+
+
+def _edited_fingerprint(model, base_lm, edited_lm, artifact: bool, base_fp: str) -> str:
+    """The fingerprint the record gives the edited model."""
+    from editeval.methods.kit import artifacts
+
+    if artifact:
+        return "artifact:" + artifacts.artifact_fingerprint(model)
+    return base_fp if edited_lm is base_lm else edited_lm.fingerprint()
+
+
+def _score_requests(requests, benchmark: str, split: str, config, limit, runtime: Runtime) -> list[dict]:
+    """The requests to score: given (copied, the first `limit`), or read from the benchmark split."""
+    from editeval.data import load_requests
+
+    if requests is None:
+        requests = load_requests(benchmark, split, config, limit, runtime.datasets_dir)
+    else:
+        requests = [dict(r) for r in requests][: limit or None]
+    if not requests:
+        raise EditevalError(f"benchmark '{benchmark}' split '{split}' has no records")
+    return requests
+
+
+def _timing_meta(piqa_items: int, base_piqa_accuracy, timings: dict) -> dict:
+    """The record's PIQA and timing fields."""
+    return dict(
+        piqa_items=piqa_items,
+        base_piqa_accuracy=base_piqa_accuracy,
+        preedit_s=round(timings["preedit_s"], 2),
+        evaluate_s=round(timings["evaluate_s"], 2),
+        n_sequences=timings["sequences"],
+        n_tokens=timings["tokens"],
+    )
 
 
 def _gather_scores(group, evaluator, rows, requests, *, generation, counterfact, fluency, piqa):

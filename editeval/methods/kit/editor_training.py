@@ -102,6 +102,62 @@ class TrainReport:
     last_losses: dict
 
 
+def _resume(ckpt_path: Path, header: dict, editor, opt, running: dict, device, folder: Path) -> tuple[int, float]:
+    """Load the checkpoint of an interrupted run of the same training into `editor`, `opt` and
+    `running`; ``(step, elapsed)`` of it. Refused if it is of another training run."""
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+    if json.loads(ckpt["header"]) != json.loads(json.dumps(header, default=str)):
+        raise EditevalError(
+            f"{ckpt_path} is a checkpoint of another training run (other model, data or "
+            f"hyper-parameters): delete {folder} or pass --fresh"
+        )
+    editor.load_state_dict(ckpt["editor"])
+    opt.load_state_dict(ckpt["optimizer"])
+    step, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
+    for k, v in (ckpt.get("running") or {}).items():
+        running[k] = [float(x) for x in v]
+    log.info("resuming %s training at step %d from %s", header["method"], step, ckpt_path)
+    return step, elapsed
+
+
+def _write_checkpoint(ckpt_path: Path, header: dict, editor, opt, step: int, elapsed: float, running: dict) -> None:
+    """The training state (editor, optimiser, step, running losses), written atomically."""
+    state = {
+        "header": json.dumps(header, default=str),
+        "editor": editor.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "elapsed": elapsed,
+        "running": {k: v[-100:] for k, v in running.items()},
+    }
+    atomic_file(ckpt_path, lambda tmp: torch.save(state, tmp))
+
+
+def _item_losses(item: TrainItem, editor, stack: UpperBlocks, head, embed, hooks, device):
+    """``(edit_loss, loc_loss, pre_edit)`` of one training edit: the editor's ΔW from the edit's
+    signal, the targets' loss under it (edit + rephrases), the KL to the base model on the
+    locality sequence, and the edit's loss before the edit."""
+    edit_state = stack.record_sequence(item.edit.ids)
+    signal = edit_signal(stack, head, hooks, [(edit_state, item.edit)])
+    editor.observe(signal)
+    with torch.no_grad():
+        pre_edit = target_nll(head, stack.hidden(edit_state), item.edit)
+        loc_state = stack.record_sequence(item.loc.ids) if item.loc is not None else None
+        base_logp = torch.log_softmax(head(stack.hidden(loc_state)[0]).float(), -1) if loc_state is not None else None
+    deltas = editor(signal, [item.text_ids], embed)
+    hooks.deltas, hooks.mode = deltas, "delta"
+    edit_losses = [target_nll(head, stack.hidden(edit_state), item.edit)]
+    edit_losses += [target_nll(head, stack.hidden(stack.record_sequence(s.ids)), s) for s in item.rephrases]
+    edit_loss = torch.stack(edit_losses).mean()
+    if loc_state is not None:
+        post_logp = torch.log_softmax(head(stack.hidden(loc_state)[0]).float(), -1)
+        loc_loss = F.kl_div(post_logp, base_logp, log_target=True, reduction="none").sum(-1).mean()
+    else:
+        loc_loss = torch.zeros((), device=device)
+    hooks.mode, hooks.deltas = None, {}
+    return edit_loss, loc_loss, pre_edit
+
+
 def train_editor(
     method: str,
     build,
@@ -151,18 +207,7 @@ def train_editor(
         "n_items": len(items),
     }
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if json.loads(ckpt["header"]) != json.loads(json.dumps(header, default=str)):
-            raise EditevalError(
-                f"{ckpt_path} is a checkpoint of another training run (other model, data or "
-                f"hyper-parameters): delete {folder} or pass --fresh"
-            )
-        editor.load_state_dict(ckpt["editor"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
-        for k, v in (ckpt.get("running") or {}).items():
-            running[k] = [float(x) for x in v]
-        log.info("resuming %s training at step %d from %s", method, step, ckpt_path)
+        step, elapsed = _resume(ckpt_path, header, editor, opt, running, device, folder)
     resumed_from = step
     # The visiting order is a function of the step: the loop below reshuffles `order` (from `rng`)
     # right after taking the item of every step that is a positive multiple of len(items). A resumed
@@ -172,15 +217,7 @@ def train_editor(
         rng.shuffle(order)
 
     def checkpoint():
-        state = {
-            "header": json.dumps(header, default=str),
-            "editor": editor.state_dict(),
-            "optimizer": opt.state_dict(),
-            "step": step,
-            "elapsed": elapsed,
-            "running": {k: v[-100:] for k, v in running.items()},
-        }
-        atomic_file(ckpt_path, lambda tmp: torch.save(state, tmp))
+        _write_checkpoint(ckpt_path, header, editor, opt, step, elapsed, running)
 
     stack = UpperBlocks(model, layers[0], check_every_batch=False)
     head = model.get_output_embeddings()
@@ -205,30 +242,7 @@ def train_editor(
                     item = items[order[step % len(items)]]
                     if step and step % len(items) == 0:
                         rng.shuffle(order)
-                    edit_state = stack.record_sequence(item.edit.ids)
-                    signal = edit_signal(stack, head, hooks, [(edit_state, item.edit)])
-                    editor.observe(signal)
-                    with torch.no_grad():
-                        pre_edit = target_nll(head, stack.hidden(edit_state), item.edit)
-                        loc_state = stack.record_sequence(item.loc.ids) if item.loc is not None else None
-                        base_logp = (
-                            torch.log_softmax(head(stack.hidden(loc_state)[0]).float(), -1)
-                            if loc_state is not None
-                            else None
-                        )
-                    deltas = editor(signal, [item.text_ids], embed)
-                    hooks.deltas, hooks.mode = deltas, "delta"
-                    edit_losses = [target_nll(head, stack.hidden(edit_state), item.edit)]
-                    edit_losses += [
-                        target_nll(head, stack.hidden(stack.record_sequence(s.ids)), s) for s in item.rephrases
-                    ]
-                    edit_loss = torch.stack(edit_losses).mean()
-                    if loc_state is not None:
-                        post_logp = torch.log_softmax(head(stack.hidden(loc_state)[0]).float(), -1)
-                        loc_loss = F.kl_div(post_logp, base_logp, log_target=True, reduction="none").sum(-1).mean()
-                    else:
-                        loc_loss = torch.zeros((), device=device)
-                    hooks.mode, hooks.deltas = None, {}
+                    edit_loss, loc_loss, pre_edit = _item_losses(item, editor, stack, head, embed, hooks, device)
                     loss = editor.total_loss(edit_loss, loc_loss) / bs
                     loss.backward()
                     running["edit"].append(edit_loss.item())

@@ -1,0 +1,89 @@
+"""Reading a SOURCES.md (`parse_sources_md`: every file's format, size, sha256 and record count, as
+`editeval.data.sources.FileSpec`), and printing the pinned `SOURCES` table for one (`main`, behind
+`python -m editeval.data.sources SOURCES.md`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from editeval.data.sources import _FORMATS, FileSpec, _spec
+from editeval.errors import EditevalError
+
+_SECTION = re.compile(r"^### `([^`]+)`(.*)$", re.M)
+# the format, without a layout note in brackets ("JSON list (indent 4)" is read as a JSON list)
+_FORMAT = re.compile(r"^- format: (.+?)(?: \([^;]*\))?; records(?: \(rows\))?: \*\*(.+?)\*\*", re.M)
+_SIZE = re.compile(r"^- size: ([\d,]+) bytes; sha256: `([0-9a-f]{64})`", re.M)
+
+
+def parse_sources_md(path: str | os.PathLike) -> dict[str, FileSpec]:
+    """Every `### \\`file\\`` section of a SOURCES.md: format, size, sha256 and record count."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise EditevalError(f"cannot read sources file {path}: {err.strerror or err}") from None
+    heads = list(_SECTION.finditer(text))
+    if not heads:
+        raise EditevalError(f"{path}: no '### `file`' sections found; is this a SOURCES.md?")
+    table: dict[str, FileSpec] = {}
+    for i, head in enumerate(heads):
+        name = head.group(1)
+        if _is_group(name, head.group(2)):
+            continue  # several files in one section (a table of them): not yet read by any builder
+        block = text[head.end() : heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        fmt, size = _FORMAT.search(block), _SIZE.search(block)
+        if not fmt or not size:
+            raise EditevalError(
+                f"{path}: section for {name} lacks a '- format: ...; records: **N**' or '- size: N bytes; sha256: `...`' line"
+            )
+        if fmt.group(1) not in _FORMATS:
+            raise EditevalError(f"{path}: section for {name} has unknown format {fmt.group(1)!r}")
+        table[name] = _spec(
+            name,
+            _FORMATS[fmt.group(1)],
+            int(size.group(1).replace(",", "")),
+            size.group(2),
+            _parse_count(fmt.group(2), path, name),
+        )
+    return table
+
+
+def _is_group(name: str, rest: str) -> bool:
+    """A section describing several files at once: `dir/` (N files) or `a/{x,y}.json`."""
+    return name.endswith("/") or "{" in name or "files)" in rest
+
+
+def _parse_count(text: str, path: Path, name: str) -> int | dict[str, int]:
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    counts = {}
+    for part in text.split("/"):
+        key, _, num = part.partition(":")
+        if not num.strip().isdigit():
+            raise EditevalError(f"{path}: section for {name} has an unreadable record count {text!r}")
+        counts[key.strip()] = int(num)
+    return counts
+
+
+def _emit(table: Mapping[str, FileSpec]) -> str:
+    lines = []
+    for s in table.values():
+        records = dict(s.records) if isinstance(s.records, tuple) else s.records
+        lines.append(f"        _spec({s.path!r}, {s.format!r}, {s.size}, {s.sha256!r}, {records!r}),")
+    return "\n".join(lines).replace("'", '"')
+
+
+def main() -> None:
+    """Print the SOURCES entries for a SOURCES.md (the first argument, or the raw-data folder's)."""
+    print(
+        _emit(
+            parse_sources_md(
+                sys.argv[1] if len(sys.argv) > 1 else Path(os.environ.get("EDITEVAL_RAW_DATA", "")) / "SOURCES.md"
+            )
+        )
+    )

@@ -13,7 +13,7 @@ How it works
 * The *unedited* base model's argmax over each locality answer span (and its PIQA choices) is
   computed once and cached on disk under ``cache_dir()/preedit/``, keyed by the base weights'
   fingerprint, the metric version and a hash of the exact token ids scored; sequential editing
-  never compares against an already-edited model.
+  never compares against an already-edited model (`editeval.evaluation.preedit`).
 * ``evaluate`` runs the sequences through `editeval.evaluation.runner.LMRunner` (batching, padding,
   KV caches, greedy generation) and turns its span outputs into per-edit rows named by
   `editeval.evaluation.specs.MetricName`.
@@ -21,16 +21,12 @@ How it works
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from editeval.evaluation import metrics as M
+from editeval.evaluation.preedit import base_predictions, piqa_correct
 from editeval.evaluation.requests import (  # noqa: F401  (the roles, for callers that pick sequences)
     CF_TRUE,
     GEN,
@@ -49,15 +45,10 @@ from editeval.evaluation.runner import LMRunner, SpanOutput
 from editeval.evaluation.specs import COUNTERFACT, MetricName, declared_protocols, row_columns
 from editeval.methods.kit.artifacts import prompt_transform
 from editeval.runtime import tokens
-from editeval.runtime.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
 FLUENCY = str(MetricName("fluency", "ngram_entropy"))
-
-
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def wants_counterfact(requests: Iterable[Mapping]) -> bool:
@@ -142,15 +133,7 @@ class Evaluator:
     ):
         self.base = base
         self.tokenizer = base.tokenizer
-        pad = self.tokenizer.pad_token_id
-        self.runner = LMRunner(
-            pad_id=pad if pad is not None else (self.tokenizer.eos_token_id or 0),
-            eos_id=self.tokenizer.eos_token_id,
-            batch_size=batch_size,
-            padding_side=padding_side,
-            mixed_lengths=mixed_lengths,
-            progress=progress,
-        )
+        self.runner = _runner(self.tokenizer, batch_size, padding_side, mixed_lengths, progress)
         self.requests = [dict(r) for r in requests]
         self.batch_size = batch_size
         self.chat_template = chat_template
@@ -161,12 +144,9 @@ class Evaluator:
         self.progress = progress
         self.padding_side = padding_side
         self.use_cache = use_cache
-        if counterfact is None:
-            counterfact = wants_counterfact(self.requests)
-        self.counterfact = counterfact
+        self.counterfact = counterfact = wants_counterfact(self.requests) if counterfact is None else counterfact
         if chat_template:
             tokens.chat_prompt(self.tokenizer, "x")  # fail early when the tokenizer has none
-
         built = build_sequences(
             self.tokenizer,
             self.requests,
@@ -175,11 +155,8 @@ class Evaluator:
             counterfact=counterfact,
             piqa=self.piqa,
         )
-        self._seqs: list[EvalSequence] = built.seqs
-        self._by_owner = built.by_owner
-        self._piqa_seqs = built.piqa
-        self.locality_kinds = built.kinds(LOC)
-        self.portability_kinds = built.kinds(PORT)
+        self._seqs, self._by_owner, self._piqa_seqs = built.seqs, built.by_owner, built.piqa
+        self.locality_kinds, self.portability_kinds = built.kinds(LOC), built.kinds(PORT)
         self.columns = row_columns(
             self.locality_kinds,
             self.portability_kinds,
@@ -189,19 +166,27 @@ class Evaluator:
             piqa=bool(self.piqa),
         )
         self.base_fingerprint = base.fingerprint()
-        self._pre_loc: dict[int, list[int]] = {}
-        self._pre_piqa: list[int] = []
-        self.base_piqa_accuracy = float("nan")
         self.last_piqa: dict[str, list[float]] = {}  # per-item correctness/agreement of the last call
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        self._preedit()
+        pre = base_predictions(  # the unedited base's locality predictions and PIQA choices
+            self.runner,
+            base.model,
+            self._seqs,
+            self._piqa_seqs,
+            self.piqa,
+            base_fingerprint=self.base_fingerprint,
+            dataset_fingerprint=dataset_fingerprint,
+            padding_side=padding_side,
+            use_cache=use_cache,
+        )
+        self._pre_loc, self._pre_piqa, self.base_piqa_accuracy = pre.loc, pre.piqa, pre.piqa_accuracy
         self.timings["preedit_s"] = time.perf_counter() - t0
 
     @property
     def base_piqa_correct(self) -> list[float]:
         """Per PIQA item, whether the base model chose the right solution (1.0 / 0.0)."""
-        return [float(c == int(p["label"])) for c, p in zip(self._pre_piqa, self.piqa)]
+        return piqa_correct(self._pre_piqa, self.piqa)
 
     @property
     def n_sequences(self) -> int:
@@ -212,89 +197,31 @@ class Evaluator:
         owners = range(len(self.requests)) if indices is None else indices
         return [self._seqs[s].ids for i in owners for s in self._by_owner.get(i, [])]
 
-    # ------------------------------------------------------------------ pre-edit cache
-
-    def _preedit(self) -> None:
-        loc = [s for s, q in enumerate(self._seqs) if q.role == LOC]
-        if not loc and not self._piqa_seqs:
-            return
-        key = _sha(
-            {
-                "model": self.base_fingerprint,
-                "metric": M.METRIC_VERSION,
-                "pad": self.padding_side,
-                "loc": [(self._seqs[s].ids, self._seqs[s].start) for s in loc],
-                "piqa": [(self._seqs[s].ids, self._seqs[s].start) for s in self._piqa_seqs],
-            }
-        )
-        path = cache_dir() / "preedit" / f"{key}.json"
-        data = _read_preedit(path) if self.use_cache else None
-        if data is not None:
-            self._pre_loc = dict(zip(loc, data["loc"]))
-            self._pre_piqa = data["piqa"]
-            self.base_piqa_accuracy = data["piqa_accuracy"] if data["piqa_accuracy"] is not None else float("nan")
-            return
-        outs = self.runner.score(
-            self.base.model, self._seqs, loc + self._piqa_seqs, generate=False, desc="pre-edit (base)"
-        )
-        self._pre_loc = {s: outs[s].pred for s in loc}
-        self._pre_piqa = piqa_choices(self._seqs, self._piqa_seqs, outs)
-        if self.piqa:
-            self.base_piqa_accuracy = M.mean(self.base_piqa_correct)
-        if self.use_cache:
-            _write_preedit(
-                path,
-                {
-                    "loc": [self._pre_loc[s] for s in loc],
-                    "piqa": self._pre_piqa,
-                    "piqa_accuracy": None if math.isnan(self.base_piqa_accuracy) else self.base_piqa_accuracy,
-                    "base_fingerprint": self.base_fingerprint,
-                    "dataset_fingerprint": self.dataset_fingerprint,
-                    "metric_version": M.METRIC_VERSION,
-                },
-            )
-
-    # ------------------------------------------------------------------ evaluation
-
     def evaluate(self, model, indices: Sequence[int] | None = None) -> list[dict]:
         """Per-edit rows for ``requests[indices]`` (all when None) scored on ``model`` (the edited
         model; same tokenizer as the base). Each row is a flat dict: ``case_id`` plus every
         column of ``self.columns`` (NaN where a metric does not apply to that request)."""
-        indices = list(range(len(self.requests))) if indices is None else [int(i) for i in indices]
-        for i in indices:
-            if not 0 <= i < len(self.requests):
-                raise IndexError(f"request index {i} out of range (0..{len(self.requests) - 1})")
+        indices = _checked_indices(indices, len(self.requests))
         seq_ids = [s for i in indices for s in self._by_owner.get(i, [])] + list(self._piqa_seqs)
         t0 = time.perf_counter()
         self.timings["sequences"] = len(seq_ids)
         self.timings["tokens"] = sum(len(self._seqs[s].ids) for s in seq_ids)
-        was_training = model.training
-        model.eval()
-        try:
-            seqs = self._seqs
-            transform = prompt_transform(model)
-            if transform is not None:  # in-context editing (IKE): every prompt gets its prefix
-                seqs = conditioned(self.tokenizer, seqs, transform, seq_ids)
-            outs = self.runner.score(model, seqs, seq_ids, generate=self.generation, desc="scoring")
-            fluency = {}
-            if self.fluency:
-                fluency = _fluency(self.runner, self.tokenizer, model, [self.requests[i] for i in indices], indices)
-        finally:
-            model.train(was_training)
-        piqa_acc = piqa_agree = float("nan")
+        fluency_requests = [self.requests[i] for i in indices] if self.fluency else None
+        outs, fluency = _score(
+            self.runner, self.tokenizer, model, self._seqs, seq_ids, self.generation, fluency_requests, indices
+        )
+        piqa = {}
         if self.piqa:
-            choices = piqa_choices(self._seqs, self._piqa_seqs, outs)
-            self.last_piqa = piqa_item_scores(choices, self.piqa, self._pre_piqa)
-            piqa_acc = M.mean(self.last_piqa[PIQA_ACCURACY])
-            piqa_agree = M.mean(self.last_piqa[PIQA_AGREEMENT])
+            self.last_piqa = piqa_item_scores(
+                piqa_choices(self._seqs, self._piqa_seqs, outs), self.piqa, self._pre_piqa
+            )
+            piqa = {c: M.mean(self.last_piqa[c]) for c in (PIQA_ACCURACY, PIQA_AGREEMENT)}
         rows = []
         for i in indices:
             row = self._row(i, outs)
             if self.fluency:
                 row[FLUENCY] = fluency.get(i, float("nan"))
-            if self.piqa:
-                row[PIQA_ACCURACY] = piqa_acc
-                row[PIQA_AGREEMENT] = piqa_agree
+            row.update(piqa)
             rows.append({c: row.get(c, float("nan")) for c in self.columns})
         self.timings["evaluate_s"] = time.perf_counter() - t0
         return rows
@@ -309,6 +236,55 @@ class Evaluator:
             portability_kinds=self.portability_kinds,
             counterfact=self.counterfact,
         )
+
+
+def _checked_indices(indices: Sequence[int] | None, n: int) -> list[int]:
+    """``indices`` as a list of ints (all ``n`` when None); IndexError for one out of range."""
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    for i in indices:
+        if not 0 <= i < n:
+            raise IndexError(f"request index {i} out of range (0..{n - 1})")
+    return indices
+
+
+def _runner(tokenizer, batch_size: int, padding_side: str, mixed_lengths: bool, progress: bool) -> LMRunner:
+    """The evaluator's runner: pads with the tokenizer's padding id (else its EOS id, else 0)."""
+    pad = tokenizer.pad_token_id
+    return LMRunner(
+        pad_id=pad if pad is not None else (tokenizer.eos_token_id or 0),
+        eos_id=tokenizer.eos_token_id,
+        batch_size=batch_size,
+        padding_side=padding_side,
+        mixed_lengths=mixed_lengths,
+        progress=progress,
+    )
+
+
+def _score(
+    runner: LMRunner,
+    tokenizer,
+    model,
+    seqs: Sequence[EvalSequence],
+    seq_ids: list[int],
+    generation: bool,
+    fluency_requests: Sequence[Mapping] | None,
+    owners: Sequence[int],
+) -> tuple[dict[int, SpanOutput], dict[int, float]]:
+    """The span outputs of ``seqs[seq_ids]`` on ``model`` in eval mode (its training flag restored
+    after), and with ``fluency_requests`` (of ``owners``) their fluency (`_fluency`)."""
+    was_training = model.training
+    model.eval()
+    try:
+        transform = prompt_transform(model)
+        if transform is not None:  # in-context editing (IKE): every prompt gets its prefix
+            seqs = conditioned(tokenizer, seqs, transform, seq_ids)
+        outs = runner.score(model, seqs, seq_ids, generate=generation, desc="scoring")
+        fluency = {}
+        if fluency_requests is not None:
+            fluency = _fluency(runner, tokenizer, model, fluency_requests, owners)
+    finally:
+        model.train(was_training)
+    return outs, fluency
 
 
 def _fluency(
@@ -329,27 +305,3 @@ def _fluency(
     for i, p, g in zip(prompt_owners, texts, gens):
         per.setdefault(i, []).append(M.ngram_entropy(p + tokenizer.decode(g, skip_special_tokens=True)))
     return {i: M.mean(v) for i, v in per.items()}
-
-
-def _read_preedit(path) -> dict | None:
-    """The cached base predictions at ``path``, or None when absent or unreadable."""
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or {"loc", "piqa", "piqa_accuracy"} - set(data):
-        log.warning("ignoring unreadable pre-edit cache %s", path)
-        return None
-    log.info("pre-edit predictions from cache %s", path)
-    return data
-
-
-def _write_preedit(path, payload: dict) -> None:
-    """Write atomically (a temp file renamed), so that a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh)
-    os.replace(tmp, path)

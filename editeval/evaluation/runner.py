@@ -240,30 +240,10 @@ class LMRunner:
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             ids, mask, pos, _ = self._pad([prompts[k] for k in idx], device, "left")
-            if split is not None:
-                res = split[0](input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-                nxt = split[1](res.last_hidden_state[:, -1]).float().argmax(-1)
-            else:
-                res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-                nxt = res.logits[:, -1].float().argmax(-1)
-            cache = _result_cache(res)
-            cur = pos[:, -1:] + 1
-            done = [False] * len(idx)
             limit = [max_new[k] for k in idx]
-            for step in range(max(limit)):
-                for r, k in enumerate(idx):
-                    if done[r] or step >= limit[r]:
-                        continue
-                    t = int(nxt[r])
-                    if stop_at_eos and t == self.eos_id:
-                        done[r] = True
-                        continue
-                    results[k].append(t)
-                if step + 1 >= max(limit) or all(d or step + 1 >= lim for d, lim in zip(done, limit)):
-                    break
-                mask = torch.cat([mask, torch.ones((len(idx), 1), dtype=mask.dtype, device=device)], 1)
-                nxt, cache = _step(model, split, nxt[:, None], mask, cur, cache)
-                cur = cur + 1
+            eos = self.eos_id if stop_at_eos else None
+            for k, generated in zip(idx, _greedy_batch(model, split, ids, mask, pos, limit, eos)):
+                results[k] = generated
         return results
 
 
@@ -291,6 +271,37 @@ def _span_outputs(states, head, batch, batch_seqs, offs, outs, device) -> None:
     for s, n in zip(batch, spans):
         outs[s] = SpanOutput(pred_l[k : k + n], float(sum(lp_l[k : k + n])))
         k += n
+
+
+def _greedy_batch(model, split, ids, mask, pos, limit: list[int], eos: int | None) -> list[list[int]]:
+    """Greedy decoding of one left-padded batch: up to ``limit[r]`` new tokens for row r; with an
+    ``eos`` id, up to (without) that token."""
+    device = ids.device
+    results: list[list[int]] = [[] for _ in limit]
+    if split is not None:
+        res = split[0](input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        nxt = split[1](res.last_hidden_state[:, -1]).float().argmax(-1)
+    else:
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        nxt = res.logits[:, -1].float().argmax(-1)
+    cache = _result_cache(res)
+    cur = pos[:, -1:] + 1
+    done = [False] * len(limit)
+    for step in range(max(limit)):
+        for r in range(len(limit)):
+            if done[r] or step >= limit[r]:
+                continue
+            t = int(nxt[r])
+            if eos is not None and t == eos:
+                done[r] = True
+                continue
+            results[r].append(t)
+        if step + 1 >= max(limit) or all(d or step + 1 >= lim for d, lim in zip(done, limit)):
+            break
+        mask = torch.cat([mask, torch.ones((len(limit), 1), dtype=mask.dtype, device=device)], 1)
+        nxt, cache = _step(model, split, nxt[:, None], mask, cur, cache)
+        cur = cur + 1
+    return results
 
 
 def _step(model, split, tokens, mask, pos, cache):

@@ -10,16 +10,15 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from editeval.evaluation import metrics as M
 from editeval.evaluation.requests import LOC, EvalSequence
 from editeval.evaluation.rows import piqa_choices
 from editeval.evaluation.runner import LMRunner
-from editeval.runtime.paths import cache_dir
+from editeval.runtime.paths import atomic_file, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +110,4 @@ def _read_preedit(path) -> dict | None:
 
 def _write_preedit(path, payload: dict) -> None:
     """Write atomically (a temp file renamed), so that a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh)
-    os.replace(tmp, path)
+    atomic_file(path, lambda tmp: Path(tmp).write_text(json.dumps(payload)))

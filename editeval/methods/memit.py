@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,7 +46,7 @@ from editeval.runtime.architectures import (
     mlp_out_weight,
     num_layers,
 )
-from editeval.runtime.paths import cache_dir
+from editeval.runtime.paths import atomic_file, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +129,7 @@ class ValueStore:
     def put(self, request: dict, z: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(fd)
-        save_file({"z": z.detach().float().cpu().contiguous()}, tmp)
-        os.replace(tmp, self._path(request))
+        atomic_file(self._path(request), lambda tmp: save_file({"z": z.detach().float().cpu().contiguous()}, tmp))
 
 
 def layer_update(keys: torch.Tensor, resid: torch.Tensor, mom2: torch.Tensor, weight: float) -> torch.Tensor:

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ import torch
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, backup_parameters
 from editeval.methods.kit import artifacts
+from editeval.runtime.paths import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,8 @@ class Partial:
         return self.foreign + self.entries
 
     def _rewrite(self) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps({"header": self.header}) + "\n")
-            for entry in self.entries:
-                fh.write(json.dumps(entry) + "\n")
-        os.replace(tmp, self.path)
+        lines = [{"header": self.header}, *self.entries]
+        atomic_file(self.path, lambda tmp: Path(tmp).write_text("".join(json.dumps(line) + "\n" for line in lines)))
 
     def append(self, entry: dict) -> None:
         self.entries.append(entry)
@@ -144,14 +140,7 @@ class Partial:
         from safetensors.torch import save_file
 
         tensors = {n: model.get_parameter(n).detach().to("cpu").contiguous() for n in sorted(names)}
-        fd, tmp = tempfile.mkstemp(dir=self.state_path.parent, prefix=f".{self.state_path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_file(self.state_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     # batch mode: a batch whose edit took long is saved applied (its changed weights, the indices
     # it holds, the seconds it took), so that an interrupted evaluation resumes without editing again
@@ -267,10 +256,9 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
     ]
     lines = [{"header": {**header, "n_requests": n_old}}] + entries
     path = out.with_name(out.name + ".partial.jsonl")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.writelines(json.dumps(line, default=json_default) + "\n" for line in lines)
-    os.replace(tmp, path)
+    atomic_file(
+        path, lambda tmp: Path(tmp).write_text("".join(json.dumps(line, default=json_default) + "\n" for line in lines))
+    )
     log.info("continuing the %d finished edits of %s", n_old, out)
     return n_old
 

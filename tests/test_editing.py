@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -134,12 +135,23 @@ def test_batch_mode_skips_a_request_whose_subject_is_not_in_its_prompt(tiny, tmp
 
 
 def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_path, tiny_llama_dir):
+    """...and scoring that checkpoint (the pipeline's other mode) with the same evaluation settings
+    gives the same rows, columns and meta keys as the edit run took on its final model."""
     from editeval.run.scoring import score_checkpoint
 
-    reqs = [_req(i) for i in range(3)]
+    reqs = [_req(i, generation_prompts=[f"Thing{i} looks"]) for i in range(3)]
     ckpt = tmp_path / "edited"
+    opts = _opts(
+        tmp_path,
+        method="test-nudge",
+        mode="sequential",
+        eval_every_edit=True,
+        save_checkpoint=str(ckpt),
+        generation=True,
+        fluency=True,
+    )
     summary = run_edits(
-        _opts(tmp_path, method="test-nudge", mode="sequential", eval_every_edit=True, save_checkpoint=str(ckpt)),
+        opts,
         QUIET,
         loaded=tiny,
         requests=reqs,
@@ -156,12 +168,16 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
         str(ckpt),
         base=str(tiny_llama_dir),
         requests=reqs,
-        generation=False,
+        generation=True,
+        fluency=True,
+        batch_size=opts.eval_batch_size,
         piqa_items=0,
         runtime=QUIET,
         out=tmp_path / "score.json",
     )
     assert len(rows) == 3 and scored.meta.edited_fingerprint == record.meta.edited_fingerprint
+    assert "fluency.ngram_entropy" in rows[0] and "reliability.generation" in rows[0]
+    pd.testing.assert_frame_equal(read_rows(summary.out), pd.DataFrame(rows), check_exact=True)
     # both writers record the same metadata keys, and the dtype in one form (of the evaluated weights)
     edit_meta = json.loads(summary.out.read_text())["meta"]
     score_meta = json.loads((tmp_path / "score.json").read_text())["meta"]

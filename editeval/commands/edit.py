@@ -6,16 +6,32 @@ from pathlib import Path
 
 import typer
 
-from editeval.commands.options import DatasetsDir, Device, DeviceMap, Dtype, Progress, Threads, resolve_runtime
+from editeval.commands.options import (
+    Benchmark,
+    BenchmarkConfig,
+    ChatTemplate,
+    DatasetsDir,
+    Device,
+    DeviceMap,
+    Dtype,
+    Fluency,
+    Generation,
+    Limit,
+    Piqa,
+    Progress,
+    Split,
+    Threads,
+    resolve_runtime,
+)
 
 
 def edit(
     method: str = typer.Option("rome", help="editing method (ft-l, ft-m, kn, rome, memit, ...)"),
     model: str = typer.Option("smollm2-135m", help="registered model name or a local HF model folder"),
-    benchmark: str = typer.Option("zsre", help="benchmark name"),
-    config: str | None = typer.Option(None, help="benchmark config (default: the benchmark's default)"),
-    split: str = typer.Option("edit", help="split of the benchmark"),
-    limit: int | None = typer.Option(None, help="only the first N requests"),
+    benchmark: Benchmark = "zsre",
+    config: BenchmarkConfig = None,
+    split: Split = "edit",
+    limit: Limit = None,
     mode: str = typer.Option("single", help="single | batch | sequential"),
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="edits applied at once (batch: default all in one batch; sequential: 1)"
@@ -29,9 +45,11 @@ def edit(
     device: Device = "auto",
     dtype: Dtype = "float32",
     device_map: DeviceMap = None,
-    chat_template: bool = typer.Option(False, help="wrap edit and evaluation prompts with the chat template"),
-    eval_batch_size: int = typer.Option(32, help="sequences per forward pass in evaluation"),
-    generation: bool = typer.Option(True, help="also compute the generation-protocol metrics"),
+    chat_template: ChatTemplate = False,
+    eval_batch_size: int = typer.Option(32, min=1, help="sequences per forward pass in evaluation"),
+    generation: Generation = True,
+    fluency: Fluency = False,
+    piqa: Piqa = 0,
     out: Path | None = typer.Option(
         None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"
     ),
@@ -62,6 +80,8 @@ def edit(
         out=str(out) if out else None,
         eval_batch_size=eval_batch_size,
         generation=generation,
+        fluency=fluency,
+        piqa_items=piqa,
     )
     summary = run_edits(run_config, runtime)
     if summary.record is None:  # another process of a data-parallel run: the main process reports

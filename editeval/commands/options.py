@@ -30,6 +30,24 @@ Threads = Annotated[
     ),
 ]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+# what a run evaluates and how: `editeval edit` and `editeval score` take the same options
+Benchmark = Annotated[str, typer.Option("--benchmark", help="built benchmark name (datasets/<name>)")]
+BenchmarkConfig = Annotated[
+    str | None, typer.Option("--config", help="benchmark config (default: the benchmark's default)")
+]
+Split = Annotated[str, typer.Option("--split", help="split of edit requests")]
+Limit = Annotated[int | None, typer.Option("--limit", min=1, help="only the first N requests")]
+ChatTemplate = Annotated[
+    bool, typer.Option("--chat-template/--no-chat-template", help="wrap edit prompts with the chat template")
+]
+Generation = Annotated[bool, typer.Option("--generation/--no-generation", help="also the greedy-generation protocol")]
+Fluency = Annotated[bool, typer.Option("--fluency/--no-fluency", help="fluency of 100-token greedy generations (slow)")]
+Piqa = Annotated[
+    int,
+    typer.Option(
+        "--piqa", min=0, help="Other-Task locality: the first N PIQA items, on every evaluated model (0 = off)"
+    ),
+]
 DatasetsDir = Annotated[
     Path | None,
     typer.Option("--datasets-dir", help="folder of built datasets (default: $EDITEVAL_DATASETS or ./datasets)"),
@@ -52,6 +70,10 @@ def resolve_runtime(
         import torch
 
         torch.set_num_threads(threads)
+    if not progress:  # transformers' own bars too (loading weights)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     return Runtime(
         device=device,
         dtype=dtype,

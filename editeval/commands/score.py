@@ -6,7 +6,23 @@ from pathlib import Path
 
 import typer
 
-from editeval.commands.options import Device, DeviceMap, Dtype, Progress, Threads, resolve_runtime
+from editeval.commands.options import (
+    Benchmark,
+    BenchmarkConfig,
+    ChatTemplate,
+    DatasetsDir,
+    Device,
+    DeviceMap,
+    Dtype,
+    Fluency,
+    Generation,
+    Limit,
+    Piqa,
+    Progress,
+    Split,
+    Threads,
+    resolve_runtime,
+)
 from editeval.runtime.settings import Runtime
 
 
@@ -21,21 +37,22 @@ def score(
     ),
     model: str = typer.Option(None, "--model", help="edited checkpoint: a registered name or a local HF model folder"),
     base: str = typer.Option("smollm2-135m", "--base", help="the unedited base model (name or folder)"),
-    benchmark: str = typer.Option("zsre", "--benchmark", help="built benchmark name (datasets/<name>)"),
-    config: str = typer.Option(None, "--config", help="benchmark config (default: the benchmark's default)"),
-    split: str = typer.Option("edit", "--split", help="split of edit requests"),
-    limit: int = typer.Option(None, "--limit", help="score only the first N edits"),
+    benchmark: Benchmark = "zsre",
+    config: BenchmarkConfig = None,
+    split: Split = "edit",
+    limit: Limit = None,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="sequences per forward pass"),
     device: Device = "auto",
     dtype: Dtype = "float32",
     device_map: DeviceMap = None,
-    chat_template: bool = typer.Option(False, "--chat-template", help="wrap edit prompts with the chat template"),
-    generation: bool = typer.Option(True, "--generation/--no-generation", help="also the greedy-generation protocol"),
-    fluency: bool = typer.Option(False, "--fluency", help="fluency of 100-token greedy generations (slow)"),
-    piqa: int = typer.Option(100, "--piqa", min=0, help="Other-Task locality: first N PIQA items (0 = off)"),
+    chat_template: ChatTemplate = False,
+    generation: Generation = True,
+    fluency: Fluency = False,
+    piqa: Piqa = 100,
     out: Path = typer.Option(
         None, "--out", help="results JSON path (default results/<benchmark>-<split>-<model>.json)"
     ),
+    datasets_dir: DatasetsDir = None,
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
@@ -44,7 +61,9 @@ def score(
     from editeval.errors import EditevalError
     from editeval.run.scoring import headline, score_checkpoint
 
-    runtime = resolve_runtime(device=device, dtype=dtype, device_map=device_map, threads=threads, progress=progress)
+    runtime = resolve_runtime(
+        device=device, dtype=dtype, device_map=device_map, threads=threads, progress=progress, datasets_dir=datasets_dir
+    )
     if sum(x is not None and x is not False for x in (submission, model, all_submissions or None)) != 1:
         raise EditevalError("give exactly one of: a submission folder, --model PATH_OR_NAME, or --all")
     if submission is not None or all_submissions:

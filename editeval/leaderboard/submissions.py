@@ -105,7 +105,7 @@ class Current:
         )
 
     def dataset_fingerprint(self, sub: Submission) -> str:
-        from editeval.run.scoring import dataset_fingerprint
+        from editeval.run.session import dataset_fingerprint
 
         key = (sub.benchmark.name, sub.benchmark.config, sub.benchmark.split, sub.num_edits)
         if key not in self._data:
@@ -212,7 +212,8 @@ def score_submission(
         checked.checkpoint_dir = fetch_hub_checkpoint(checked, limits)
 
     reqs = current.load_requests(sub)
-    from editeval.run.scoring import DEFAULT_PIQA_ITEMS, dataset_fingerprint
+    from editeval.run.config import DEFAULT_PIQA_ITEMS
+    from editeval.run.session import dataset_fingerprint
 
     data_fp = dataset_fingerprint(reqs)
     staging = checked.dir / STAGING  # made by the first write into it: a run refused before leaves no folder

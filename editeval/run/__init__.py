@@ -1,1 +1,2 @@
-"""The run pipeline: edit runs and checkpoint scoring."""
+"""The one run pipeline (`editeval.run.session`): edit runs (`editing`, with its `modes`) and
+checkpoint scoring (`scoring`) share its session, evaluator and record writer."""

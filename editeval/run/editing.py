@@ -16,8 +16,9 @@ the `Evaluator` before any edit). Bad requests (empty prompt or target, a target
 nothing, a subject missing from its prompt for methods that need it) are reported and skipped
 with a count, never fatal to the rest.
 
-Other-Task (PIQA) locality is not computed per edit here (hundreds of sequences per edit); score
-a saved checkpoint with `editeval score` for it.
+Other-Task (PIQA) locality (``piqa_items``, ``--piqa N``) and fluency (``--fluency``) are off by
+default here (PIQA would score N items on every edited model: once per edit in single mode); with
+them on, the rows have the columns a scored checkpoint has.
 
 Resuming (`editeval.run.partial`): every finished edit is appended to ``<out>.partial.jsonl``; a
 rerun skips what is done, continues a sequential run on its saved weights, and a batch run on its
@@ -43,9 +44,10 @@ Hugging Face checkpoint; a model carrying additions of a wrapper method (IKE's p
 codebook, T-Patcher's / CaliNET's neurons; `editeval.methods.kit.artifacts`) is written as a method artifact
 folder that `editeval score --model DIR --base MODEL` installs on the base model (docs/artifacts.md).
 
-In parts: this module is the pipeline (`run_edits`: resolve, load, evaluate, write); `modes` holds
+In parts: this module is the edit side of the one pipeline (`editeval.run.session` has the steps
+it shares with checkpoint scoring: process group, requests, evaluator, record writer); `modes` holds
 what differs between the modes (`check_mode`, `plan`, `EditLoop`), `partial` the progress file and
-resume (`Partial`), `checks` the refusals shared with `scoring`, `prepare` the steps before editing.
+resume (`Partial`), `prepare` the steps before editing.
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,11 @@ import torch
 from editeval.errors import EditevalError
 from editeval.methods.base import get_method
 from editeval.methods.kit import artifacts, key_stats_files
-from editeval.run.checks import check_record_path
 from editeval.run.config import EditConfig
-from editeval.run.meta import run_meta
 from editeval.run.modes import EditLoop, check_mode, group_size, plan
 from editeval.run.partial import Partial, carry_over_record, restore_nan
-from editeval.run.prepare import load_model, refuse_early, resolve_requests, screen_requests
+from editeval.run.prepare import load_model, read_requests, refuse_early, screen_requests
+from editeval.run.session import Session, evaluation_meta, load_piqa
 from editeval.runtime.paths import atomic_dir, datasets_dir_of_run
 from editeval.runtime.settings import Runtime
 
@@ -135,26 +135,24 @@ def run_edits(
 
 
 def _run_edits(
-    opts: EditConfig, runtime: Runtime, loaded, requests: list[dict] | None, dataset_fingerprint: str
+    opts: EditConfig, runtime: Runtime, loaded, given: list[dict] | None, dataset_fingerprint: str
 ) -> EditSummary:
     from tqdm.auto import tqdm
 
     from editeval.evaluation.results import hparams_hash
     from editeval.runtime import distributed
 
-    wall0 = time.perf_counter()
     method = get_method(opts.method)
-    dist = refuse_early(opts, runtime, method)
-    requests, dataset_fingerprint, run_fingerprint, handed = resolve_requests(
-        opts, runtime, requests, dataset_fingerprint
-    )
+    session = refuse_early(opts, method, runtime)
+    run_fingerprint = read_requests(session, opts, given, dataset_fingerprint)
+    requests = session.requests
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint, len(requests))
-    loaded, hparams = load_model(opts, runtime, method, loaded, dist)
+    loaded, hparams = load_model(opts, session, method, loaded)
+    dist = session.dist
     model, tok = loaded.model, loaded.tokenizer
     skipped, valid = screen_requests(requests, method, tok)
 
-    out = opts.out_path()
-    check_record_path(out)
+    out = session.out
     mode = opts.mode
     k = group_size(mode, opts.edit_batch_size, len(valid))
     base_fp = loaded.fingerprint()
@@ -176,6 +174,8 @@ def _run_edits(
         "edit_batch_size": k,
         "chat_template": opts.chat_template,
         "eval_every_edit": opts.eval_every_edit,
+        "fluency": opts.fluency,
+        "piqa_items": opts.piqa_items,
     }
     partial = _open_progress(out, header, requests, opts.generation, dist)
     saved_batch = partial.saved_batch() if mode == "batch" else None  # read before any process writes
@@ -186,7 +186,17 @@ def _run_edits(
         finished = {e["index"] for e in partial.all_entries()}
     groups = plan(mode, valid, k, dist, finished)
     mine = [i for _, part in groups for i in part]  # the requests this process evaluates
-    evaluator, counterfact = _evaluator(opts, loaded, requests, valid, mine, dataset_fingerprint, handed)
+    piqa = load_piqa(opts.piqa_items, runtime.datasets_dir)
+    # decided on every valid request, so that each process's rows have the same columns
+    counterfact = session.counterfact(opts.benchmark, opts.config, opts.split, [requests[i] for i in valid])
+    evaluator = session.evaluator(
+        loaded,
+        [requests[i] for i in mine],
+        opts,
+        counterfact=counterfact,
+        piqa=piqa,
+        label=f"evaluate {opts.benchmark}/{opts.split}",
+    )
 
     changed: set[str] = set()
     if mode == "sequential":
@@ -238,9 +248,7 @@ def _run_edits(
         return EditSummary(out=out, n_requests=len(requests), n_edited=len(edited), skipped=skipped)
     if not edited:
         raise EditevalError(f"no request could be edited by '{method.name}' (first problem: {skipped[0]['reason']})")
-    return _write_results(
-        opts, loop, out, header, hp_dict, entries, valid, edited, skipped, counterfact, dataset_fingerprint, wall0
-    )
+    return _write_results(session, opts, loop, header, hp_dict, entries, valid, edited, skipped, counterfact, piqa)
 
 
 def _open_progress(out: Path, header: dict, requests: list[dict], generation: bool, dist) -> Partial:
@@ -254,38 +262,6 @@ def _open_progress(out: Path, header: dict, requests: list[dict], generation: bo
     return Partial(out, header, rank=None if dist is None else dist.rank)
 
 
-def _evaluator(
-    opts: EditConfig,
-    loaded,
-    requests: list[dict],
-    valid: list[int],
-    mine: list[int],
-    dataset_fingerprint: str,
-    handed: bool,
-):
-    """``(evaluator, counterfact)``: the evaluator over the requests this process evaluates."""
-    from editeval.evaluation.evaluator import Evaluator, run_counterfact
-
-    # decided on every valid request, so that each process's rows have the same columns
-    counterfact = run_counterfact(
-        opts.benchmark, opts.config, opts.split, [requests[i] for i in valid], loaded=not handed
-    )
-    try:
-        evaluator = Evaluator(
-            loaded,
-            [requests[i] for i in mine],
-            batch_size=opts.eval_batch_size,
-            chat_template=opts.chat_template,
-            generation=opts.generation,
-            dataset_fingerprint=dataset_fingerprint,
-            progress=False,
-            counterfact=counterfact,
-        )
-    except ValueError as err:  # bad records, a tokenizer without a chat template
-        raise EditevalError(f"cannot evaluate {opts.benchmark}/{opts.split}: {err}") from None
-    return evaluator, counterfact
-
-
 def _all_entries(partial: Partial, dist) -> dict[int, dict]:
     """Every finished edit's progress entry, by index: every process's under several."""
     entries = {e["index"]: e for e in partial.all_entries()}
@@ -296,34 +272,32 @@ def _all_entries(partial: Partial, dist) -> dict[int, dict]:
 
 
 def _write_results(
+    session: Session,
     opts: EditConfig,
     loop: EditLoop,
-    out: Path,
     header: dict,
     hp_dict: dict,
     entries: dict[int, dict],
     valid: list[int],
     edited: list[int],
     skipped: list[dict],
-    counterfact,
-    dataset_fingerprint: str,
-    wall0: float,
+    counterfact: bool,
+    piqa: list[dict],
 ) -> EditSummary:
     """The main process: the rows, the checkpoint (if asked), the record(s); the progress files go."""
-    from editeval.evaluation import results as R
-    from editeval.evaluation.evaluator import evaluation_columns
-
-    mode, method, loaded, requests = opts.mode, loop.method, loop.loaded, loop.requests
-    model, base_fp = loaded.model, header["base_fingerprint"]
+    mode, method, loaded, requests, out = opts.mode, loop.method, loop.loaded, loop.requests, session.out
+    model, base_fp, evaluator = loaded.model, header["base_fingerprint"], loop.evaluator
     checkpoint = None
     after_each_path = None
+    item_values = None
     if mode == "sequential":
-        rows = loop.evaluator.evaluate(model, [loop.ev_index[i] for i in edited])
+        rows = evaluator.evaluate(model, [loop.ev_index[i] for i in edited])
+        item_values = evaluator.last_piqa  # one edited model: PIQA summarised over its items, as scored
         edited_fp = loaded.fingerprint()
     else:
         # in the columns of one evaluator over every valid request (rows may come from evaluators
         # over parts of them: other processes, or an earlier run with another --limit)
-        columns = evaluation_columns([requests[i] for i in valid], generation=opts.generation, counterfact=counterfact)
+        columns = session.columns([requests[i] for i in valid], opts, counterfact=counterfact, piqa=bool(piqa))
         rows = [{c: row.get(c, math.nan) for c in columns} for row in (restore_nan(entries[i]["row"]) for i in edited)]
         edited_fp = ""
     if opts.save_checkpoint:
@@ -346,24 +320,8 @@ def _write_results(
             checkpoint = save_checkpoint(model, loaded.tokenizer, opts.save_checkpoint)
 
     edit_seconds = sum(entries[i]["edit_seconds"] for i in edited)
-    meta = run_meta(
-        benchmark=opts.benchmark,
-        config=opts.config,
-        split=opts.split,
-        dataset_fingerprint=dataset_fingerprint,
-        n_edits=len(rows),
-        limit=opts.limit,
-        base_model=str(opts.model),
-        base_fingerprint=base_fp,
-        loaded=loaded,
-        edited_model=str(checkpoint) if checkpoint else f"{opts.model} + {method.name} ({mode})",
-        edited_fingerprint=edited_fp,
-        batch_size=opts.eval_batch_size,
-        chat_template=opts.chat_template,
-        generation=opts.generation,
-        started=wall0,
-    )
-    meta |= {
+    fields = {
+        **evaluation_meta(evaluator, len(piqa), evaluator.base_piqa_accuracy if piqa else None),
         "method": method.name,
         "hparams": hp_dict,
         "hparams_hash": header["hparams_hash"],
@@ -378,13 +336,23 @@ def _write_results(
         if mode == "sequential"
         else f"after each {'edit' if mode == 'single' else 'batch'}, then undone",
     }
-    record = R.build_record(rows, meta)
-    R.write_record(record, rows, out)
+    write = dict(
+        loaded=loaded,
+        data=opts.model_dump(include={"benchmark", "config", "split", "limit"}),
+        ev=opts,
+        models={
+            "base_model": str(opts.model),
+            "base_fingerprint": base_fp,
+            "edited_model": str(checkpoint) if checkpoint else f"{opts.model} + {method.name} ({mode})",
+            "edited_fingerprint": edited_fp,
+        },
+    )
+    record = session.write(rows, fields=fields, item_values=item_values, **write)
     if mode == "sequential" and opts.eval_every_edit:
         each_rows = [restore_nan(entries[i]["row_after_each"]) for i in edited]
-        each_meta = {**meta, "evaluated": "each edit right after it was applied"}
         after_each_path = out.with_name(out.name[: -len(".json")] + ".after-each.json")
-        R.write_record(R.build_record(each_rows, each_meta), each_rows, after_each_path)
+        each_fields = {**fields, "evaluated": "each edit right after it was applied"}
+        session.write(each_rows, fields=each_fields, out=after_each_path, **write)
     loop.partial.remove()
     if skipped:
         log.warning("%d of %d requests skipped (see meta.skipped in %s)", len(skipped), len(requests), out)

@@ -208,7 +208,8 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
     edits only requests 100-199. Edits are independent of each other in single mode, so the old
     rows are exactly what this run would compute. Returns how many requests were carried over."""
     from editeval.evaluation import results as R
-    from editeval.run.scoring import dataset_fingerprint
+    from editeval.evaluation.evaluator import FLUENCY
+    from editeval.run.session import dataset_fingerprint
 
     if not out.exists() or any(out.parent.glob(glob.escape(out.name) + ".partial*.jsonl")):
         return 0
@@ -229,6 +230,8 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
         and (meta.benchmark, meta.config, meta.split) == (header["benchmark"], header["config"], header["split"])
         and meta.chat_template == header["chat_template"]
         and meta.generation == generation
+        and meta.piqa_items == header["piqa_items"]
+        and (FLUENCY in record.metrics) == header["fluency"]
         and isinstance(n_old, int)
         and n_old < len(requests)
         and meta.dataset_fingerprint == dataset_fingerprint(requests[:n_old])

@@ -10,25 +10,18 @@ import torch
 
 from editeval.errors import EditevalError
 from editeval.methods.base import Method
-from editeval.run.checks import check_device_map_alone, check_hparams_layers, request_problem
+from editeval.run.checks import check_hparams_layers, request_problem
 from editeval.run.config import EditConfig
 from editeval.run.modes import check_mode
+from editeval.run.session import Session, dataset_fingerprint
 from editeval.runtime.settings import Runtime
 
 log = logging.getLogger("editeval.run.editing")  # the skipped-request warnings, as before the move
 
 
-def load_requests(opts: EditConfig, runtime: Runtime, limit: int | None) -> tuple[list[dict], str]:
-    """The first `limit` requests of the benchmark split and their fingerprint (as `editeval score`)."""
-    from editeval.data import load_requests as load_split
-    from editeval.run.scoring import dataset_fingerprint
-
-    records = load_split(opts.benchmark, opts.split, opts.config, limit, runtime.datasets_dir)
-    return records, dataset_fingerprint(records)
-
-
-def refuse_early(opts: EditConfig, runtime: Runtime, method: Method):
-    """What can be refused before loading anything; joins the data-parallel group, if launched in one."""
+def refuse_early(opts: EditConfig, method: Method, runtime: Runtime) -> Session:
+    """What can be refused before loading anything; opens the run's `Session` (which joins the
+    data-parallel group, if launched in one)."""
     from editeval.runtime import distributed
 
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint)
@@ -38,46 +31,37 @@ def refuse_early(opts: EditConfig, runtime: Runtime, method: Method):
             f"--mode sequential edits one model step after step, which is not data-parallel: run it "
             f"in one process (this run has {n_procs}), or use --mode single or batch"
         )
-    dist = distributed.setup(runtime.device)
-    check_device_map_alone(dist, runtime.device_map)
+    session = Session.open(runtime, opts.out_path())
     if opts.hparams_path is not None and not Path(opts.hparams_path).exists():
         raise EditevalError(f"hyper-parameter file not found: {opts.hparams_path}")
-    return dist
+    return session
 
 
-def resolve_requests(opts: EditConfig, runtime: Runtime, requests: list[dict] | None, dataset_fingerprint: str):
-    """``(requests, dataset_fingerprint, run_fingerprint, handed)``: the requests (given, or read
-    from the benchmark split), the fingerprint the record names and the one the progress file is
-    tied to, and whether they were given."""
-    run_fingerprint = dataset_fingerprint  # what the progress file is tied to
-    if requests is not None and not dataset_fingerprint:  # the record names its data all the same
-        from editeval.run.scoring import dataset_fingerprint as fingerprint_of
+def read_requests(session: Session, opts: EditConfig, given: list[dict] | None, fingerprint: str) -> str:
+    """Read (or take) the run's requests into `session`; returns the fingerprint its progress file
+    is tied to: in single mode the whole split's, so that progress rows stay valid for another
+    --limit of the same split."""
+    from editeval.data import load_requests
 
-        dataset_fingerprint = fingerprint_of(requests)
-    handed = requests is not None  # else loaded from the benchmark split, which declares its protocols
-    if requests is None:
-        requests, dataset_fingerprint = load_requests(opts, runtime, opts.limit)
-        run_fingerprint = dataset_fingerprint
-        if opts.mode == "single":  # progress rows stay valid for another --limit of the same split
-            run_fingerprint = load_requests(opts, runtime, None)[1]
-    if not requests:
-        raise EditevalError(f"no edit requests in {opts.benchmark}/{opts.split}")
-    return requests, dataset_fingerprint, run_fingerprint, handed
+    session.read_requests(opts.benchmark, opts.split, opts.config, opts.limit, given=given, fingerprint=fingerprint)
+    if given is not None:
+        return fingerprint
+    if opts.mode == "single" and opts.limit is not None:
+        return dataset_fingerprint(
+            load_requests(opts.benchmark, opts.split, opts.config, None, session.runtime.datasets_dir)
+        )
+    return session.dataset_fingerprint
 
 
-def load_model(opts: EditConfig, runtime: Runtime, method: Method, loaded, dist):
+def load_model(opts: EditConfig, session: Session, method: Method, loaded):
     """``(loaded, hparams)``: the model (unless given) and the method's hyper-parameters for it."""
     from editeval.runtime import distributed
     from editeval.runtime.models import load
 
-    with distributed.main_first(dist):  # conversions and trained editors are cached by the main process
+    runtime = session.runtime
+    with distributed.main_first(session.dist):  # conversions and trained editors are cached by the main process
         if loaded is None:
-            loaded = load(
-                opts.model,
-                device=distributed.process_device(dist, runtime.device),
-                dtype=runtime.dtype,
-                device_map=runtime.device_map,
-            )
+            loaded = load(opts.model, device=session.device, dtype=runtime.dtype, device_map=runtime.device_map)
         if loaded.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         hparams = method.load_hparams(

@@ -1,60 +1,21 @@
-"""Score an edited checkpoint against its base model on a benchmark split: `score_checkpoint`.
-
-This is what `editeval score` and the submission system call. A checkpoint is scored in the
-batch/sequential sense: one edited model, every edit of the split evaluated on it; locality is
-measured against the *base* model's predictions (cached on disk once per base and data).
+"""Checkpoint scoring, the second way through the one pipeline (`editeval.run.session`):
+`run_checkpoint` (`editeval score`, the submission system). The mode here is "install the edited
+model": a checkpoint folder is loaded beside its base, a method artifact installed on the base for
+the evaluation and taken away after; every request of the split is evaluated on that one edited
+model (the batch/sequential sense), and locality is measured against the *base* model's
+predictions (cached on disk once per base and data).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import os
-import re
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-from editeval.errors import EditevalError
+from editeval.run.config import DEFAULT_PIQA_ITEMS, ScoreConfig
+from editeval.run.session import Session, dataset_fingerprint, evaluation_meta, load_piqa
 from editeval.runtime.settings import Runtime
 
-log = logging.getLogger(__name__)
-
-DEFAULT_PIQA_ITEMS = 100  # Other-Task locality: the first 100 PIQA validation items, in file order
-
-
-def dataset_fingerprint(records: Sequence[Mapping]) -> str:
-    """sha256 (16 hex) of the canonical JSON of the scored records, in order."""
-    digest = hashlib.sha256()
-    for r in records:
-        digest.update(json.dumps(dict(r), sort_keys=True, default=str).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:16]
-
-
-def load_piqa(items: int, datasets_dir: str | os.PathLike | None = None) -> list[dict]:
-    """The first `items` PIQA validation items (Other-Task locality), or [] when not built."""
-    if items <= 0:
-        return []
-    from editeval.data import load_benchmark
-
-    try:
-        ds = load_benchmark("locality", "piqa", "other_task", datasets_dir)
-    except EditevalError as err:
-        log.warning("Other-Task locality skipped: %s", err)
-        return []
-    return ds.select(range(min(items, len(ds)))).to_list()
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "model"
-
-
-def default_out_path(model: str, benchmark: str, split: str, config: str | None) -> Path:
-    name = Path(str(model)).name if os.sep in str(model) else str(model)
-    parts = [benchmark] + ([config] if config else []) + [split, _slug(name)]
-    return Path("results") / ("-".join(parts) + ".json")
+__all__ = ["DEFAULT_PIQA_ITEMS", "dataset_fingerprint", "headline", "load_piqa", "run_checkpoint", "score_checkpoint"]
 
 
 def score_checkpoint(
@@ -75,12 +36,38 @@ def score_checkpoint(
     requests: Sequence[Mapping] | None = None,
     extra_meta: Mapping | None = None,
 ):
-    """Score checkpoint `model` (registered name or HF folder) against `base` and write the record,
-    on `runtime`'s device, dtype and device map.
+    """`run_checkpoint` with the `ScoreConfig` given as keywords (``batch_size``: sequences per
+    forward pass). Returns ``(record, rows, json_path)``."""
+    score = ScoreConfig(
+        model=str(model),
+        base=str(base),
+        benchmark=benchmark,
+        split=split,
+        config=config,
+        limit=limit,
+        eval_batch_size=batch_size,
+        chat_template=chat_template,
+        generation=generation,
+        fluency=fluency,
+        piqa_items=piqa_items,
+        out=str(out) if out else None,
+    )
+    return run_checkpoint(score, runtime, requests=requests, extra_meta=extra_meta)
 
-    `requests` replaces the benchmark split (the benchmark/split names are then only recorded);
-    otherwise it is read from `runtime.datasets_dir`, as PIQA is.
-    `extra_meta` adds/overrides metadata (e.g. method, hparams, mode for the edit driver).
+
+def run_checkpoint(
+    score: ScoreConfig,
+    runtime: Runtime = Runtime(),
+    *,
+    requests: Sequence[Mapping] | None = None,
+    extra_meta: Mapping | None = None,
+):
+    """Score checkpoint ``score.model`` against ``score.base`` and write the record, on `runtime`'s
+    device, dtype and device map.
+
+    `requests` replaces the benchmark split (the benchmark/split names are then only recorded; the
+    first ``limit`` are scored); otherwise it is read from `runtime.datasets_dir`, as PIQA is.
+    `extra_meta` adds/overrides metadata (the submission system's fields).
     Returns ``(record, rows, json_path)``. Raises `EditevalError` on bad input, with one line.
 
     Launched in several processes (`editeval.runtime.distributed`), each process scores its block of the
@@ -89,98 +76,64 @@ def score_checkpoint(
     """
     import torch
 
-    from editeval.evaluation.evaluator import Evaluator, run_counterfact
-    from editeval.evaluation.results import build_record, write_record
-    from editeval.run.checks import check_device_map_alone, check_record_path
-    from editeval.run.meta import run_meta
-    from editeval.runtime import distributed
-
-    start = time.perf_counter()
-    device, dtype, device_map = runtime.device, runtime.dtype, runtime.device_map
-    group = distributed.setup(device)
-    check_device_map_alone(group, device_map)
-    device = distributed.process_device(group, device)
-    out_path = Path(out) if out else default_out_path(str(model), benchmark, split, config)
-    check_record_path(out_path)
-    if device.startswith("cuda") or device == "auto":
+    session = Session.open(runtime, score.out_path())
+    if session.device.startswith("cuda") or session.device == "auto":
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-    base_lm, edited_lm, artifact = _load_models(model, base, group, device, dtype, device_map)
-    handed = requests is not None
-    requests = _score_requests(requests, benchmark, split, config, limit, runtime)
-    fingerprint = dataset_fingerprint(requests)
-    piqa = load_piqa(piqa_items, runtime.datasets_dir)
-    # decided on all requests, so that every process's rows have the same columns
-    counterfact = run_counterfact(benchmark, config, split, requests, loaded=not handed)
-    mine, my_piqa = requests, piqa
-    if group is not None:  # this process's blocks
-        mine, my_piqa = group.shard(requests), group.shard(piqa)
-    try:
-        evaluator = Evaluator(
-            base_lm,
-            mine,
-            batch_size=batch_size,
-            chat_template=chat_template,
-            generation=generation,
-            fluency=fluency,
-            piqa=my_piqa,
-            dataset_fingerprint=fingerprint,
-            progress=runtime.progress and distributed.is_main_process(),
-            counterfact=counterfact,
-        )
-    except ValueError as err:  # bad records, missing chat template
-        raise EditevalError(f"cannot score {benchmark}/{split}: {err}") from None
-    rows = _evaluate_edited(evaluator, model, base_lm, edited_lm, artifact)
+    base_lm, edited_lm, artifact = _load_models(score, session)
+    if requests is not None:
+        requests = [dict(r) for r in requests][: score.limit or None]
+    requests = session.read_requests(score.benchmark, score.split, score.config, score.limit, given=requests)
+    piqa = load_piqa(score.piqa_items, runtime.datasets_dir)
+    counterfact = session.counterfact(score.benchmark, score.config, score.split, requests)
+    group = session.dist
+    mine, my_piqa = (requests, piqa) if group is None else (group.shard(requests), group.shard(piqa))
+    evaluator = session.evaluator(
+        base_lm,
+        mine,
+        score,
+        counterfact=counterfact,
+        piqa=my_piqa,
+        progress=runtime.progress and session.is_main,
+        label=f"score {score.benchmark}/{score.split}",
+    )
+    rows = _evaluate_edited(evaluator, score.model, base_lm, edited_lm, artifact)
     item_values = evaluator.last_piqa
     base_piqa_accuracy = evaluator.base_piqa_accuracy if piqa else None
     timings = dict(evaluator.timings)
     if group is not None:
-        rows, item_values, base_piqa_accuracy, timings = _gather_scores(
-            group,
-            evaluator,
-            rows,
-            requests,
-            generation=generation,
-            counterfact=counterfact,
-            fluency=fluency,
-            piqa=bool(piqa),
-        )
-    base_fp = evaluator.base_fingerprint
-    edited_fp = _edited_fingerprint(model, base_lm, edited_lm, artifact, base_fp)
-    meta = run_meta(
-        benchmark=benchmark,
-        config=config,
-        split=split,
-        dataset_fingerprint=fingerprint,
-        n_edits=len(requests),
-        limit=limit,
-        base_model=str(base),
-        base_fingerprint=base_fp,
-        loaded=base_lm,
-        edited_model=str(model),
-        edited_fingerprint=edited_fp,
-        batch_size=batch_size,
-        chat_template=chat_template,
-        generation=generation,
-        started=start,
-    )
-    meta.update(_timing_meta(len(piqa), base_piqa_accuracy, timings))
-    meta.update(extra_meta or {})
+        columns = session.columns(requests, score, counterfact=counterfact, piqa=bool(piqa))
+        rows, item_values, base_piqa_accuracy, timings = _gather_scores(group, evaluator, rows, columns, bool(piqa))
     if group is not None and not group.is_main:
-        return None, rows, out_path
-    record = build_record(rows, meta, item_values=item_values)
-    path = write_record(record, rows, out_path)
-    return record, rows, path
+        return None, rows, session.out
+    base_fp = evaluator.base_fingerprint
+    record = session.write(
+        rows,
+        loaded=base_lm,
+        data=score.model_dump(include={"benchmark", "config", "split", "limit"}),
+        ev=score,
+        models={
+            "base_model": score.base,
+            "base_fingerprint": base_fp,
+            "edited_model": score.model,
+            "edited_fingerprint": _edited_fingerprint(score.model, base_lm, edited_lm, artifact, base_fp),
+        },
+        fields={**evaluation_meta(evaluator, len(piqa), base_piqa_accuracy, timings), **(extra_meta or {})},
+        item_values=item_values,
+    )
+    return record, rows, session.out
 
 
-def _load_models(model, base, group, device: str, dtype, device_map):
+def _load_models(score: ScoreConfig, session: Session):
     """``(base_lm, edited_lm, artifact)``: the base model, the edited one (the base itself when the
     edited model is a wrapper method's artifact, installed on it later, or the same folder)."""
     from editeval.methods.kit import artifacts
     from editeval.runtime import distributed, models
 
-    with distributed.main_first(group):  # a registered model is converted once, by the main process
-        base_lm = models.load(base, device=device, dtype=dtype, device_map=device_map)
+    model, base, runtime = score.model, score.base, session.runtime
+    dtype, device_map = runtime.dtype, runtime.device_map
+    with distributed.main_first(session.dist):  # a registered model is converted once, by the main process
+        base_lm = models.load(base, device=session.device, dtype=dtype, device_map=device_map)
         artifact = artifacts.is_artifact(model)  # a wrapper method's additions, installed on the base below
         if artifact:
             artifacts.read_artifact(model)
@@ -215,36 +168,10 @@ def _edited_fingerprint(model, base_lm, edited_lm, artifact: bool, base_fp: str)
     return base_fp if edited_lm is base_lm else edited_lm.fingerprint()
 
 
-def _score_requests(requests, benchmark: str, split: str, config, limit, runtime: Runtime) -> list[dict]:
-    """The requests to score: given (copied, the first `limit`), or read from the benchmark split."""
-    from editeval.data import load_requests
-
-    if requests is None:
-        requests = load_requests(benchmark, split, config, limit, runtime.datasets_dir)
-    else:
-        requests = [dict(r) for r in requests][: limit or None]
-    if not requests:
-        raise EditevalError(f"benchmark '{benchmark}' split '{split}' has no records")
-    return requests
-
-
-def _timing_meta(piqa_items: int, base_piqa_accuracy, timings: dict) -> dict:
-    """The record's PIQA and timing fields."""
-    return dict(
-        piqa_items=piqa_items,
-        base_piqa_accuracy=base_piqa_accuracy,
-        preedit_s=round(timings["preedit_s"], 2),
-        evaluate_s=round(timings["evaluate_s"], 2),
-        n_sequences=timings["sequences"],
-        n_tokens=timings["tokens"],
-    )
-
-
-def _gather_scores(group, evaluator, rows, requests, *, generation, counterfact, fluency, piqa):
-    """Every process's rows and PIQA items, in order, as one process over all of them has them:
-    ``(rows, item_values, base_piqa_accuracy, timings)``."""
+def _gather_scores(group, evaluator, rows, columns: list[str], piqa: bool):
+    """Every process's rows (in `columns`) and PIQA items, in order, as one process over all of
+    them has them: ``(rows, item_values, base_piqa_accuracy, timings)``."""
     from editeval.evaluation import metrics as M
-    from editeval.evaluation.evaluator import evaluation_columns
 
     parts = group.gather(
         {
@@ -254,7 +181,6 @@ def _gather_scores(group, evaluator, rows, requests, *, generation, counterfact,
             "timings": dict(evaluator.timings),
         }
     )
-    columns = evaluation_columns(requests, generation=generation, counterfact=counterfact, fluency=fluency, piqa=piqa)
     nan = float("nan")
     rows = [{c: row.get(c, nan) for c in columns} for part in parts for row in part["rows"]]
     item_values: dict[str, list[float]] = {}

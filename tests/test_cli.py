@@ -237,6 +237,33 @@ def test_datasets_dir_flag_wins_over_the_environment_and_leaves_it_alone(env, ti
     assert dict(os.environ) == before and datasets_dir() == env / "nothing-built-here"
 
 
+def test_datasets_dir_flag_reaches_a_method_that_reads_a_train_split(
+    env, tiny_llama_dir, capsys, monkeypatch, tmp_path
+):
+    """T-Patcher reads its memory from a train split inside its apply: the run's --datasets-dir is
+    handed to it as an argument (`Method.edit`), with $EDITEVAL_DATASETS pointing at nothing."""
+    import shutil
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(os.environ["EDITEVAL_DATASETS"], elsewhere)
+    toy = elsewhere / "toy"
+    shutil.copy(toy / "data" / "edit.parquet", toy / "data" / "train.parquet")
+    card = (toy / "README.md").read_text()
+    (toy / "README.md").write_text(
+        card.replace(
+            "path: data/edit.parquet\n", "path: data/edit.parquet\n  - split: train\n    path: data/train.parquet\n"
+        )
+    )
+    monkeypatch.setenv("EDITEVAL_DATASETS", str(env / "nothing-built-here"))
+    (env / "tp.yaml").write_text("layer: 1\nnum_steps: 2\nmemory_size: 2\nmemory_benchmark: toy\n")
+    argv = ["edit", "--method", "t-patcher", "--model", tiny_llama_dir, "--benchmark", "toy", "--limit", "1"]
+    argv += ["--hparams", "tp.yaml", "--device", "cpu", "--no-generation", "--no-progress", "--out", "r/tp.json"]
+    code, out, err = run([*argv, "--datasets-dir", elsewhere], capsys)
+    assert code == 0 and "error:" not in err and "1 edits (0 skipped)" in out
+    line, _ = refused([*argv[:-1], "r/tp2.json"], capsys, env)  # without the flag: nothing built
+    assert line.startswith("error: ") and "nothing-built-here" in line
+
+
 @pytest.mark.parametrize("name", ["run.txt", "run", "run.json.partial"])
 def test_edit_out_must_be_json(env, tiny_llama_dir, capsys, name):
     out = f"r/{name}"

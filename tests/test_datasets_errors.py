@@ -380,19 +380,3 @@ def test_builder_row_counts_are_checked(capsys, fake_raw, tmp_path, monkeypatch)
     monkeypatch.setitem(registry.BENCHMARKS, "zsre", _dropping(zsre, "default", "knowedit_test", keep=None))
     line = refused(capsys, fake_raw, tmp_path / "out")
     assert line == "error: zsre: builder produced no split default/knowedit_test"
-
-
-def test_the_run_s_datasets_folder_is_scoped_and_never_set_in_the_environment(tmp_path, monkeypatch):
-    """`datasets_dir_of_run`: inside the block the run's folder is the default (for methods that
-    read a train split in their apply), an explicit folder still wins, and after it, or with no
-    folder, $EDITEVAL_DATASETS applies again; os.environ is never changed."""
-    from editeval.runtime.paths import datasets_dir, datasets_dir_of_run
-
-    monkeypatch.setenv("EDITEVAL_DATASETS", str(tmp_path / "env"))
-    before = dict(os.environ)
-    with datasets_dir_of_run(tmp_path / "run"):
-        assert datasets_dir() == tmp_path / "run" and datasets_dir(tmp_path / "flag") == tmp_path / "flag"
-        with datasets_dir_of_run(None):
-            assert datasets_dir() == tmp_path / "run"
-        assert dict(os.environ) == before
-    assert datasets_dir() == tmp_path / "env" and dict(os.environ) == before

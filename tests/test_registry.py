@@ -150,6 +150,7 @@ def test_a_name_is_registered_once():
         ("addition kind", "editeval.methods.kit.artifacts", "ADDITIONS"),
         ("model", "editeval.runtime.models", "MODELS"),
         ("architecture", "editeval.runtime.architectures", "ARCHITECTURES"),
+        ("metric family", "editeval.evaluation.specs", "METRICS"),
     ],
 )
 def test_every_registry_names_an_unknown_entry_in_one_line(kind, module, registry):
@@ -157,6 +158,19 @@ def test_every_registry_names_an_unknown_entry_in_one_line(kind, module, registr
         getattr(importlib.import_module(module), registry).get("no-such")
     message = str(err.value)
     assert message.startswith(f"unknown {kind} 'no-such': choose from ") and "\n" not in message
+
+
+def test_a_registered_metric_family_names_columns_and_is_registered_once(monkeypatch):
+    from editeval.evaluation import specs
+
+    assert isinstance(specs.METRICS, Registry) and specs.METRICS.names()[:2] == ["reliability", "generalization"]
+    assert specs.MetricName.try_parse("wild.generation") is None
+    spec = specs.MetricSpec("wild", ("generation", "judge"), percent=("generation",))
+    monkeypatch.setitem(specs.METRICS, "wild", spec)
+    name = specs.MetricName.parse("wild.judge")
+    assert name == specs.MetricName("wild", "judge") and name.spec is spec and not name.percent
+    with pytest.raises(EditevalError, match="^metric family 'reliability' is registered twice$"):
+        specs.register_metric(specs.MetricSpec("reliability", ("teacher_forced",)))
 
 
 def test_an_unknown_method_on_the_command_line_is_one_error_line(capsys):

@@ -34,7 +34,6 @@ def train(
     from editeval.errors import EditevalError
     from editeval.methods.base import get_method, trainable_methods
     from editeval.runtime.models import load
-    from editeval.runtime.paths import datasets_dir_of_run
 
     trainable = trainable_methods()  # the methods registered with a `train`
     if method not in trainable:
@@ -54,8 +53,7 @@ def train(
     if changes:
         hp = hp.replace(**changes)
     t0 = time.perf_counter()
-    with datasets_dir_of_run(runtime.datasets_dir):
-        report = spec.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=runtime.progress, fresh=fresh)
+    report = spec.train(loaded, records, hp, benchmark, out_dir=out_dir, progress=runtime.progress, fresh=fresh)
     note = "" if report.finished else " (stopped early: max_minutes)"
     resumed = f", resumed at step {report.resumed_from}" if report.resumed_from else ""
     typer.echo(

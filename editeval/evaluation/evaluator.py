@@ -204,9 +204,8 @@ class Evaluator:
         indices = _checked_indices(indices, len(self.requests))
         seq_ids = [s for i in indices for s in self._by_owner.get(i, [])] + list(self._piqa_seqs)
         t0 = time.perf_counter()
-        # totals over every call (one call when a checkpoint is scored; one per edit or batch in an edit run)
-        self.timings["sequences"] = self.timings.get("sequences", 0) + len(seq_ids)
-        self.timings["tokens"] = self.timings.get("tokens", 0) + sum(len(self._seqs[s].ids) for s in seq_ids)
+        self.timings["sequences"] = len(seq_ids)
+        self.timings["tokens"] = sum(len(self._seqs[s].ids) for s in seq_ids)
         fluency_requests = [self.requests[i] for i in indices] if self.fluency else None
         outs, fluency = _score(
             self.runner, self.tokenizer, model, self._seqs, seq_ids, self.generation, fluency_requests, indices
@@ -224,7 +223,7 @@ class Evaluator:
                 row[FLUENCY] = fluency.get(i, float("nan"))
             row.update(piqa)
             rows.append({c: row.get(c, float("nan")) for c in self.columns})
-        self.timings["evaluate_s"] = self.timings.get("evaluate_s", 0.0) + time.perf_counter() - t0
+        self.timings["evaluate_s"] = time.perf_counter() - t0
         return rows
 
     def _row(self, i: int, outs: Mapping[int, SpanOutput]) -> dict:

@@ -87,8 +87,8 @@ class RunMetadata(BaseModel):
     base_piqa_accuracy: float | None = None
     wall_time_s: float | None = None
     preedit_s: float | None = None  # base-model pass for locality/PIQA (0 when read from the cache)
-    evaluate_s: float | None = None  # the edited model's passes (an edit run: every evaluation, this run's)
-    n_sequences: int | None = None  # sequences scored on the edited model(s), in all those passes
+    evaluate_s: float | None = None  # the evaluated model's pass
+    n_sequences: int | None = None  # sequences scored on the evaluated model
     n_tokens: int | None = None  # their tokens
     peak_rss_mb: float | None = None
     peak_cuda_mb: float | None = None

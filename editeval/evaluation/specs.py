@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from editeval.runtime.registry import Registry
+
 TEACHER_FORCED, GENERATION = "teacher_forced", "generation"
 
 # evaluation protocols a benchmark split can declare (`editeval.data.common.SplitSpec.protocols`)
@@ -48,14 +50,14 @@ class MetricSpec:
     percent: tuple[str, ...] = ()  # protocols shown x100 on the leaderboard (fractions of 0..1)
 
 
-METRICS: dict[str, MetricSpec] = {}
+# the metric families, in registration order (the order of row columns and site tables); a
+# third-party package adds one through the ``editeval.metrics`` entry-point group (a `MetricSpec`)
+METRICS: Registry[MetricSpec] = Registry("metric family", group="editeval.metrics", ordered=True)
 
 
 def register_metric(spec: MetricSpec) -> MetricSpec:
-    if spec.family in METRICS:
-        raise ValueError(f"metric family '{spec.family}' is already registered")
-    METRICS[spec.family] = spec
-    return spec
+    """Register `spec` under its family name (once; a second registration is an EditevalError)."""
+    return METRICS.add(spec.family, spec)
 
 
 for _spec in (
@@ -81,9 +83,9 @@ class MetricName:
     kind: str | None = None
 
     def __post_init__(self):
-        spec = METRICS.get(self.family)
+        spec = METRICS.get(self.family, None)
         if spec is None:
-            raise ValueError(f"unknown metric family '{self.family}' (known: {', '.join(METRICS)})")
+            raise ValueError(f"unknown metric family '{self.family}' (known: {', '.join(METRICS.names())})")
         if self.protocol not in spec.protocols:
             raise ValueError(f"metric family '{self.family}' has no protocol '{self.protocol}'")
         if self.kind is not None and (not spec.per_kind or not self.kind or "." in self.kind):

@@ -172,6 +172,15 @@ class Method:
     prepare: PrepareFn | None = None
     # optional: a learned method's training of what `apply` needs (MEND/KE editors, SERAC's classifier)
     train: TrainFn | None = None
+    # `apply` draws on a benchmark's train split (IKE's demonstrations, T-Patcher's memory): it takes
+    # the run's built-datasets folder as the keyword ``datasets_dir`` (None: `paths.datasets_dir()`)
+    uses_datasets: bool = False
+
+    def edit(self, model: torch.nn.Module, tokenizer, requests: list[Request], hparams: HParams, *, datasets_dir=None):
+        """`apply`, handed the run's datasets folder when the method reads one (`uses_datasets`)."""
+        if self.uses_datasets:
+            return self.apply(model, tokenizer, requests, hparams, datasets_dir=datasets_dir)
+        return self.apply(model, tokenizer, requests, hparams)
 
     def load_hparams(
         self, model: torch.nn.Module | None = None, model_name: str | None = None, path: str | Path | None = None
@@ -194,11 +203,12 @@ def register_method(
     needs_subject: bool = False,
     prepare: PrepareFn | None = None,
     train: TrainFn | None = None,
+    uses_datasets: bool = False,
 ):
     """Decorator over a method's `apply`: registers the method as `name`."""
 
     def decorator(fn: ApplyFn) -> ApplyFn:
-        METHODS.add(name, Method(name, hparams, fn, batch, sequential, needs_subject, prepare, train))
+        METHODS.add(name, Method(name, hparams, fn, batch, sequential, needs_subject, prepare, train, uses_datasets))
         return fn
 
     return decorator

@@ -85,15 +85,15 @@ def demonstrations(record: dict) -> list[str]:
 _POOLS: dict[tuple, tuple[list[str], torch.Tensor]] = {}
 
 
-def demonstration_pool(benchmark: str, hparams: IKEHParams) -> tuple[list[str], torch.Tensor]:
-    """Every demonstration of the train split and its embedding (cached on disk)."""
-    key = (benchmark, hparams.train_config, hparams.train_split, hparams.train_limit, hparams.encoder)
+def demonstration_pool(benchmark: str, hparams: IKEHParams, datasets_dir=None) -> tuple[list[str], torch.Tensor]:
+    """Every demonstration of the train split (in `datasets_dir`) and its embedding (cached on disk)."""
+    key = (benchmark, hparams.train_config, hparams.train_split, hparams.train_limit, hparams.encoder, datasets_dir)
     if key in _POOLS:
         return _POOLS[key]
     from editeval.data import load_requests
 
     try:
-        records = load_requests(benchmark, hparams.train_split, hparams.train_config, hparams.train_limit)
+        records = load_requests(benchmark, hparams.train_split, hparams.train_config, hparams.train_limit, datasets_dir)
     except EditevalError as err:
         raise EditevalError(f"IKE needs the demonstrations of {benchmark}/{hparams.train_split}: {err}") from None
     sentences = [d for r in records for d in demonstrations(r)]
@@ -186,15 +186,15 @@ class InContextFacts(Addition):
         return ctx
 
 
-@register_method("ike", hparams=IKEHParams, batch=True, sequential=True)
-def apply_ike(model, tokenizer, requests, hparams: IKEHParams) -> Backup:
+@register_method("ike", hparams=IKEHParams, batch=True, sequential=True, uses_datasets=True)
+def apply_ike(model, tokenizer, requests, hparams: IKEHParams, *, datasets_dir=None) -> Backup:
     backup = Backup()
     if not requests:
         return backup
     for r in requests:
         if not r.get("prompt", "").strip() or not r.get("target_new", "").strip():
             raise EditevalError("IKE: empty prompt or target_new")
-    sentences, emb = demonstration_pool(train_benchmark_for(hparams.train_benchmark, requests), hparams)
+    sentences, emb = demonstration_pool(train_benchmark_for(hparams.train_benchmark, requests), hparams, datasets_dir)
     encoder = get_encoder(hparams.encoder)
     ctx = find_addition(model, InContextFacts.kind)
     if ctx is None:

@@ -63,13 +63,13 @@ class TPatcherHParams(HParams):
 _MEMORY: dict[tuple, torch.Tensor] = {}
 
 
-def _memory(model, tokenizer, module: str, hparams: TPatcherHParams, requests) -> torch.Tensor:
+def _memory(model, tokenizer, module: str, hparams: TPatcherHParams, requests, datasets_dir) -> torch.Tensor:
     bench = train_benchmark_for(hparams.memory_benchmark, requests)
-    key = (id(model), module, bench, hparams.memory_size)
+    key = (id(model), module, bench, hparams.memory_size, datasets_dir)
     if key not in _MEMORY:
         device = input_device(model)
         try:
-            batches = memory_batches(tokenizer, bench, hparams.memory_size, device)
+            batches = memory_batches(tokenizer, bench, hparams.memory_size, device, datasets_dir=datasets_dir)
         except EditevalError as err:
             raise EditevalError(f"T-Patcher needs memory prompts from {bench}/train: {err}") from None
         rows = []
@@ -126,8 +126,8 @@ def _patch_one(
     neurons.append(k.detach()[None], b.detach(), v.detach())
 
 
-@register_method("t-patcher", hparams=TPatcherHParams, batch=True, sequential=True)
-def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams) -> Backup:
+@register_method("t-patcher", hparams=TPatcherHParams, batch=True, sequential=True, uses_datasets=True)
+def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams, *, datasets_dir=None) -> Backup:
     backup = Backup()
     if not requests:
         return backup
@@ -144,7 +144,7 @@ def apply_t_patcher(model, tokenizer, requests, hparams: TPatcherHParams) -> Bac
                 unique_name(model, "t-patcher"), module, *mlp_dims(model, module), hparams.activation, device
             )
             backup.undo.append(install(model, neurons))
-        memory = _memory(model, tokenizer, module, hparams, requests)
+        memory = _memory(model, tokenizer, module, hparams, requests, datasets_dir)
         batches = [encode_target_new(tokenizer, [r["prompt"]], [r["target_new"]], device) for r in requests]
         queries = [_edit_queries(model, module, batch) for batch in batches]
         for i, batch in enumerate(batches):

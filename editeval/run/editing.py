@@ -68,8 +68,8 @@ from editeval.run.config import EditConfig
 from editeval.run.modes import EditLoop, check_mode, group_size, plan
 from editeval.run.partial import Partial, carry_over_record, restore_nan
 from editeval.run.prepare import load_model, read_requests, refuse_early, screen_requests
-from editeval.run.session import Session, evaluation_meta, load_piqa
-from editeval.runtime.paths import atomic_dir, datasets_dir_of_run
+from editeval.run.session import Session, load_piqa
+from editeval.runtime.paths import atomic_dir
 from editeval.runtime.settings import Runtime
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,7 @@ def run_edits(
     each edit, or group of edits applied together (``seed + index`` of its first), so an edit's row
     does not depend on which process did it, or when, and a resumed run continues as an
     uninterrupted one would."""
-    with datasets_dir_of_run(runtime.datasets_dir):
-        return _run_edits(opts, runtime, loaded, requests, dataset_fingerprint)
+    return _run_edits(opts, runtime, loaded, requests, dataset_fingerprint)
 
 
 def _run_edits(
@@ -231,6 +230,7 @@ def _run_edits(
         keep_batch=bool(opts.save_checkpoint) and mode == "batch",
         saved_batch=saved_batch,
         changed=changed,
+        datasets_dir=runtime.datasets_dir,
     )
     try:
         loop.run(groups)
@@ -303,7 +303,8 @@ def _write_results(
     if opts.save_checkpoint:
         if mode == "batch" and not loop.kept_batch:
             # the batch was evaluated in an earlier (interrupted) run: apply it again for the checkpoint
-            method.apply(model, loaded.tokenizer, [loop.edit_requests[i] for i in edited], loop.hparams)
+            reqs = [loop.edit_requests[i] for i in edited]  # by the main process alone (not collective)
+            method.edit(model, loaded.tokenizer, reqs, loop.hparams, datasets_dir=loop.datasets_dir)
         if mode == "batch":
             edited_fp = loaded.fingerprint()
         if artifacts.additions(model):  # a wrapper method: its additions, loaded with the base model
@@ -321,7 +322,9 @@ def _write_results(
 
     edit_seconds = sum(entries[i]["edit_seconds"] for i in edited)
     fields = {
-        **evaluation_meta(evaluator, len(piqa), evaluator.base_piqa_accuracy if piqa else None),
+        # the timing fields stay empty: rows come from many evaluations, in several processes or runs
+        "piqa_items": len(piqa),
+        "base_piqa_accuracy": evaluator.base_piqa_accuracy if piqa else None,
         "method": method.name,
         "hparams": hp_dict,
         "hparams_hash": header["hparams_hash"],

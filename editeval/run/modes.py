@@ -127,6 +127,7 @@ class EditLoop:
     keep_batch: bool = False  # batch mode + checkpoint: the one batch stays applied for saving
     saved_batch: tuple[list[int], float] | None = None  # batch mode: saved applied by an interrupted run
     changed: set[str] = field(default_factory=set)  # sequential mode: the weights changed so far
+    datasets_dir: Any = None  # the run's built datasets, for methods that read a train split
     kept_batch: bool = False
 
     def run(self, groups: list[tuple[list[int], list[int]]]) -> None:
@@ -139,7 +140,9 @@ class EditLoop:
         # in batch mode every process applies each batch alike: the method's gathers over the
         # batch may be shared out (`distributed.split_map`; MEMIT's keys)
         with distributed.collective(self.dist if self.mode == "batch" else None):
-            return self.method.apply(self.loaded.model, self.loaded.tokenizer, reqs, self.hparams)
+            return self.method.edit(
+                self.loaded.model, self.loaded.tokenizer, reqs, self.hparams, datasets_dir=self.datasets_dir
+            )
 
     def _edit_group(self, group: list[int], part: list[int]) -> None:
         todo = [i for i in group if i not in self.done]  # applied together

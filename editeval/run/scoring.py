@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from editeval.run.config import DEFAULT_PIQA_ITEMS, ScoreConfig
-from editeval.run.session import Session, dataset_fingerprint, evaluation_meta, load_piqa
+from editeval.run.session import Session, dataset_fingerprint, load_piqa
 from editeval.runtime.settings import Runtime
 
 __all__ = ["DEFAULT_PIQA_ITEMS", "dataset_fingerprint", "headline", "load_piqa", "run_checkpoint", "score_checkpoint"]
@@ -118,7 +118,7 @@ def run_checkpoint(
             "edited_model": score.model,
             "edited_fingerprint": _edited_fingerprint(score.model, base_lm, edited_lm, artifact, base_fp),
         },
-        fields={**evaluation_meta(evaluator, len(piqa), base_piqa_accuracy, timings), **(extra_meta or {})},
+        fields={**_timing_meta(len(piqa), base_piqa_accuracy, timings), **(extra_meta or {})},
         item_values=item_values,
     )
     return record, rows, session.out
@@ -166,6 +166,18 @@ def _edited_fingerprint(model, base_lm, edited_lm, artifact: bool, base_fp: str)
     if artifact:
         return "artifact:" + artifacts.artifact_fingerprint(model)
     return base_fp if edited_lm is base_lm else edited_lm.fingerprint()
+
+
+def _timing_meta(piqa_items: int, base_piqa_accuracy, timings: Mapping) -> dict:
+    """A scored checkpoint's PIQA and timing fields (`timings`: its evaluator's, or gathered)."""
+    return dict(
+        piqa_items=piqa_items,
+        base_piqa_accuracy=base_piqa_accuracy,
+        preedit_s=round(timings.get("preedit_s", 0.0), 2),
+        evaluate_s=round(timings.get("evaluate_s", 0.0), 2),
+        n_sequences=timings.get("sequences", 0),
+        n_tokens=timings.get("tokens", 0),
+    )
 
 
 def _gather_scores(group, evaluator, rows, columns: list[str], piqa: bool):

@@ -199,16 +199,3 @@ class Session:
         record = build_record(rows, meta, item_values=item_values)
         write_record(record, rows, out or self.out)
         return record
-
-
-def evaluation_meta(evaluator, piqa_items: int, base_piqa_accuracy=None, timings: Mapping | None = None) -> dict:
-    """The record's PIQA and timing fields, from the run's evaluator (or gathered `timings`)."""
-    timings = dict(evaluator.timings) if timings is None else timings
-    return dict(
-        piqa_items=piqa_items,
-        base_piqa_accuracy=base_piqa_accuracy,
-        preedit_s=round(timings.get("preedit_s", 0.0), 2),
-        evaluate_s=round(timings.get("evaluate_s", 0.0), 2),
-        n_sequences=timings.get("sequences", 0),
-        n_tokens=timings.get("tokens", 0),
-    )

@@ -6,7 +6,6 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 
 import platformdirs
@@ -24,32 +23,13 @@ def raw_data_dir(override: str | os.PathLike | None = None) -> Path:
     return REPO_ROOT.parent / "shared" / "data" / "raw"
 
 
-# the datasets folder of the run in progress (`datasets_dir_of_run`), for code that is not handed it
-_RUN_DATASETS: ContextVar[Path | None] = ContextVar("editeval_run_datasets", default=None)
-
-
 def datasets_dir(override: str | os.PathLike | None = None) -> Path:
-    """Built datasets: flag > the run's folder (`datasets_dir_of_run`) > $EDITEVAL_DATASETS >
-    ./datasets in the repository."""
+    """Built datasets: flag > $EDITEVAL_DATASETS > ./datasets in the repository."""
     if override:
         return Path(override)
-    if _RUN_DATASETS.get() is not None:
-        return _RUN_DATASETS.get()
     if os.environ.get("EDITEVAL_DATASETS"):
         return Path(os.environ["EDITEVAL_DATASETS"])
     return REPO_ROOT / "datasets"
-
-
-@contextmanager
-def datasets_dir_of_run(folder: str | os.PathLike | None):
-    """Within this block `datasets_dir()` is `folder` (when given): the methods that read a train
-    split inside their apply (IKE's demonstrations, T-Patcher's memory) find the run's datasets
-    without being handed them, and without the environment being changed."""
-    token = _RUN_DATASETS.set(Path(folder) if folder else _RUN_DATASETS.get())
-    try:
-        yield
-    finally:
-        _RUN_DATASETS.reset(token)
 
 
 def cache_dir() -> Path:

@@ -104,10 +104,12 @@ def mlp_inputs(model, module: str, batch) -> torch.Tensor:
     return tr.inputs[module].float()
 
 
-def memory_batches(tokenizer, benchmark: str, n: int, device, split: str = "train", batch_size: int = 16):
-    """Right-padded batches of ``prompt + " " + target_new`` of the first n train-split records
-    (T-Patcher's memory of inputs the patch must not fire on)."""
-    records = load_requests(benchmark, split, None, n)
+def memory_batches(
+    tokenizer, benchmark: str, n: int, device, split: str = "train", batch_size: int = 16, datasets_dir=None
+):
+    """Right-padded batches of ``prompt + " " + target_new`` of the first n train-split records in
+    `datasets_dir` (T-Patcher's memory of inputs the patch must not fire on)."""
+    records = load_requests(benchmark, split, None, n, datasets_dir)
     texts = [(r["prompt"], r["target_new"]) for r in records if r["prompt"].strip() and r["target_new"].strip()]
     out = []
     for i in range(0, len(texts), batch_size):

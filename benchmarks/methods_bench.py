@@ -39,15 +39,16 @@ def run_one(method_name: str, edits: int, model_name: str, threads: int, stats_b
     import torch
 
     torch.set_num_threads(threads)
+    from editeval.data import load_requests
     from editeval.methods.base import get_method, restore
-    from editeval.run.editing import EditOptions, load_requests, request_problem
+    from editeval.run.checks import request_problem
     from editeval.runtime.models import load
 
     method = get_method(method_name)
     lm = load(model_name, device="cpu")
     model, tok = lm.model, lm.tokenizer
     hp = method.load_hparams(model, model_name)
-    requests, _ = load_requests(EditOptions(benchmark="zsre", split="edit", limit=edits))
+    requests = load_requests("zsre", "edit", None, edits)
     requests = [r for r in requests if request_problem(r, method, tok) is None]
     out = {"method": method_name, "edits": len(requests), "threads": threads}
 

@@ -6,32 +6,16 @@ from pathlib import Path
 
 import typer
 
-from editeval.commands.options import (
-    Benchmark,
-    BenchmarkConfig,
-    ChatTemplate,
-    DatasetsDir,
-    Device,
-    DeviceMap,
-    Dtype,
-    Fluency,
-    Generation,
-    Limit,
-    Piqa,
-    Progress,
-    Split,
-    Threads,
-    resolve_runtime,
-)
+from editeval.commands import options as opt
 
 
 def edit(
     method: str = typer.Option("rome", help="editing method (ft-l, ft-m, kn, rome, memit, ...)"),
     model: str = typer.Option("smollm2-135m", help="registered model name or a local HF model folder"),
-    benchmark: Benchmark = "zsre",
-    config: BenchmarkConfig = None,
-    split: Split = "edit",
-    limit: Limit = None,
+    benchmark: opt.Benchmark = "zsre",
+    config: opt.BenchmarkConfig = None,
+    split: opt.Split = "edit",
+    limit: opt.Limit = None,
     mode: str = typer.Option("single", help="single | batch | sequential"),
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="edits applied at once (batch: default all in one batch; sequential: 1)"
@@ -42,23 +26,23 @@ def edit(
         None,
         help="write the edited model as an HF folder here (IKE, GRACE, T-Patcher, CaliNET: a method artifact folder, docs/artifacts.md)",
     ),
-    device: Device = "auto",
-    dtype: Dtype = "float32",
-    device_map: DeviceMap = None,
-    chat_template: ChatTemplate = False,
+    device: opt.Device = "auto",
+    dtype: opt.Dtype = "float32",
+    device_map: opt.DeviceMap = None,
+    chat_template: opt.ChatTemplate = False,
     eval_batch_size: int = typer.Option(32, min=1, help="sequences per forward pass in evaluation"),
-    generation: Generation = True,
-    fluency: Fluency = False,
-    piqa: Piqa = 0,
+    generation: opt.Generation = True,
+    fluency: opt.Fluency = False,
+    piqa: opt.Piqa = 0,
     out: Path | None = typer.Option(
         None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"
     ),
-    datasets_dir: DatasetsDir = None,
-    progress: Progress = True,
-    threads: Threads = None,
+    datasets_dir: opt.DatasetsDir = None,
+    progress: opt.Progress = True,
+    threads: opt.Threads = None,
 ) -> None:
     """Apply the edits of a benchmark split with METHOD and write a results record."""
-    runtime = resolve_runtime(
+    runtime = opt.resolve_runtime(
         device=device, dtype=dtype, device_map=device_map, threads=threads, progress=progress, datasets_dir=datasets_dir
     )
     from editeval.run.config import EditConfig

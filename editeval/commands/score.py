@@ -6,23 +6,7 @@ from pathlib import Path
 
 import typer
 
-from editeval.commands.options import (
-    Benchmark,
-    BenchmarkConfig,
-    ChatTemplate,
-    DatasetsDir,
-    Device,
-    DeviceMap,
-    Dtype,
-    Fluency,
-    Generation,
-    Limit,
-    Piqa,
-    Progress,
-    Split,
-    Threads,
-    resolve_runtime,
-)
+from editeval.commands import options as opt
 from editeval.runtime.settings import Runtime
 
 
@@ -37,31 +21,31 @@ def score(
     ),
     model: str = typer.Option(None, "--model", help="edited checkpoint: a registered name or a local HF model folder"),
     base: str = typer.Option("smollm2-135m", "--base", help="the unedited base model (name or folder)"),
-    benchmark: Benchmark = "zsre",
-    config: BenchmarkConfig = None,
-    split: Split = "edit",
-    limit: Limit = None,
+    benchmark: opt.Benchmark = "zsre",
+    config: opt.BenchmarkConfig = None,
+    split: opt.Split = "edit",
+    limit: opt.Limit = None,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="sequences per forward pass"),
-    device: Device = "auto",
-    dtype: Dtype = "float32",
-    device_map: DeviceMap = None,
-    chat_template: ChatTemplate = False,
-    generation: Generation = True,
-    fluency: Fluency = False,
-    piqa: Piqa = 100,
+    device: opt.Device = "auto",
+    dtype: opt.Dtype = "float32",
+    device_map: opt.DeviceMap = None,
+    chat_template: opt.ChatTemplate = False,
+    generation: opt.Generation = True,
+    fluency: opt.Fluency = False,
+    piqa: opt.Piqa = 100,
     out: Path = typer.Option(
         None, "--out", help="results JSON path (default results/<benchmark>-<split>-<model>.json)"
     ),
-    datasets_dir: DatasetsDir = None,
-    threads: Threads = None,
-    progress: Progress = True,
+    datasets_dir: opt.DatasetsDir = None,
+    threads: opt.Threads = None,
+    progress: opt.Progress = True,
 ) -> None:
     """Score an edited checkpoint on every edit of a benchmark split (locality vs. the base model),
     or a submission folder (`editeval score submissions/<slug>`), or all stale ones (`--all`)."""
     from editeval.errors import EditevalError
     from editeval.run.scoring import headline, score_checkpoint
 
-    runtime = resolve_runtime(
+    runtime = opt.resolve_runtime(
         device=device, dtype=dtype, device_map=device_map, threads=threads, progress=progress, datasets_dir=datasets_dir
     )
     if sum(x is not None and x is not False for x in (submission, model, all_submissions or None)) != 1:

@@ -276,3 +276,72 @@ def test_markdown_table_escapes_every_submitted_string(hostile_site):
     assert all(
         HOSTILE_TAGS[f] in invalid for f in ("invalid_key", "invalid_folder", "invalid_schema", "meta_extra_key")
     )
+
+
+def _forge(folder, change) -> None:
+    import json
+
+    path = folder / "results.json"
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def _set(path: str, value):
+    def change(record):
+        *keys, last = path.split("/")
+        target = record
+        for key in keys:
+            target = target[key]
+        target[last] = value
+
+    return change
+
+
+FORGERIES = {
+    # what a submitter may change by hand -> the start of the reason the site gives
+    "mean": (
+        _set("metrics/reliability.teacher_forced/mean", 1.0),
+        "reliability.teacher_forced: the record says mean 1.0",
+    ),
+    "count": (_set("metrics/locality.teacher_forced/count", 2000), "locality.teacher_forced: the record says mean"),
+    "breakdown": (
+        _set("breakdowns/locality.teacher_forced/nq/mean", 1.0),
+        "breakdown locality.teacher_forced [nq]: not the mean of its rows",
+    ),
+    "aggregate": (_set("aggregates/counterfact.score", 0.99), "counterfact.score: the record says 0.99"),
+    "invented metric": (
+        _set("metrics/portability.generation", {"mean": 1.0, "count": 20}),
+        "portability.generation: no per-edit column in the rows",
+    ),
+    "rows file elsewhere": (_set("rows_file", "../rome-zsre/results.rows.parquet"), "rows_file '../rome-zsre"),
+}
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_record_whose_figures_are_not_its_rows_is_listed_invalid(tmp_path, forgery):
+    """A hand-edited results.json (the per-edit rows untouched) is not shown: the site lists it as
+    invalid with the reason, and every honest entry is still shown."""
+    change, reason = FORGERIES[forgery]
+    submissions = make_submissions(tmp_path / "submissions")
+    slug = "rome-cf" if forgery == "aggregate" else "rome-zsre"
+    _forge(submissions / slug, change)
+    report = build_site(submissions, tmp_path / "site")
+    reasons = {i.slug: i.reason for i in report.invalid}
+    assert slug not in {e.slug for e in report.entries} and len(report.entries) == len(ENTRIES) - 1
+    assert reasons[slug].startswith("results.json: ") and reason in reasons[slug], reasons[slug]
+
+
+def test_rows_changed_or_missing_after_scoring_are_listed_invalid(tmp_path):
+    import pandas as pd
+
+    submissions = make_submissions(tmp_path / "submissions")
+    rows = submissions / "rome-zsre" / "results.rows.parquet"
+    frame = pd.read_parquet(rows)
+    frame.loc[0, "reliability.teacher_forced"] = 1.0
+    frame.to_parquet(rows, index=False)  # rows forged to agree with nothing: the sha256 catches it
+    (submissions / "memit-zsre" / "results.rows.parquet").unlink()
+    report = build_site(submissions, tmp_path / "site")
+    reasons = {i.slug: i.reason for i in report.invalid}
+    assert "its sha256 is not the rows_sha256 the record gives" in reasons["rome-zsre"]
+    assert reasons["memit-zsre"] == "results.json: its per-edit rows results.rows.parquet are missing"

@@ -229,6 +229,61 @@ def build_record(
     return ResultsRecord(meta=meta, metrics=metrics, breakdowns=breakdowns, aggregates=aggregates)
 
 
+AGREE_TOLERANCE = 1e-9  # a recomputed mean may differ from the recorded one in its last bits only
+
+
+def disagreements(record: ResultsRecord, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where `record`'s figures are not those of its per-edit `rows`: every metric's mean and count,
+    every per-kind breakdown and the CounterFact aggregate, recomputed from the rows as
+    `build_record` computes them (item-level metrics, ``other_task.*``: the mean, which every row
+    carries). Empty when they all agree (within `AGREE_TOLERANCE`)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c != "case_id" and c not in columns]
+    problems = []
+
+    def differ(a: float | None, b: float | None) -> bool:
+        if a is None or b is None:
+            return (a is None) != (b is None)
+        return not math.isclose(a, b, rel_tol=0, abs_tol=AGREE_TOLERANCE)
+
+    recomputed: dict[str, float | None] = {}
+    for col in columns:
+        values = [v for v in (_num(r.get(col)) for r in rows) if not math.isnan(v)]
+        mean = math.fsum(values) / len(values) if values else None
+        recomputed[col] = mean
+        shown = record.metrics.get(col)
+        if shown is None:
+            problems.append(f"{col}: in the rows but not in the record")
+            continue
+        name = MetricName.try_parse(col)
+        per_item = name is not None and name.family == "other_task"
+        if differ(shown.mean, mean) or (not per_item and shown.count != len(values)):
+            problems.append(
+                f"{col}: the record says mean {shown.mean} (n={shown.count}), its rows give {mean} (n={len(values)})"
+            )
+        key = _breakdown_key(col)
+        if key is not None:
+            part = record.breakdowns.get(key[0], {}).get(key[1])
+            if part is None or differ(part.mean, mean):
+                problems.append(f"breakdown {key[0]} [{key[1]}]: not the mean of its rows")
+    problems += [f"{name}: no per-edit column in the rows" for name in record.metrics if name not in recomputed]
+    for family, kinds in record.breakdowns.items():
+        level = MetricName.try_parse(family)
+        for kind in kinds:
+            if level is None or str(MetricName(level.family, level.protocol, kind)) not in recomputed:
+                problems.append(f"breakdown {family} [{kind}]: no per-edit column in the rows")
+    for name, shown in record.aggregates.items():
+        if name != str(COUNTERFACT_AGGREGATE):
+            problems.append(f"{name}: an aggregate editeval does not compute")
+            continue
+        means = [recomputed.get(str(part)) for part in COUNTERFACT_SCORES]
+        value = None if any(m is None for m in means) else harmonic_mean(means)
+        if differ(shown, value):
+            problems.append(f"{name}: the record says {shown}, its rows give {value}")
+    return problems
+
+
 def _num(value) -> float:
     if value is None:
         return math.nan

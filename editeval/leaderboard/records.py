@@ -223,8 +223,9 @@ def from_record(data: dict) -> RecordView:
     return RecordView(raw=data, stats=stats, meta=record.meta.model_dump())
 
 
-def read(path: str | Path) -> RecordView:
-    """Read and validate `results.json`; one-line `EditevalError` when it cannot be used."""
+def read(path: str | Path, verify: bool = True) -> RecordView:
+    """Read and validate `results.json` and (`verify`) check its figures against its per-edit rows
+    (`check_rows`); one-line `EditevalError` when it cannot be used."""
     path = Path(path)
     size = path.stat().st_size
     if size > MAX_RECORD_BYTES:
@@ -235,4 +236,39 @@ def read(path: str | Path) -> RecordView:
         raise EditevalError(f"not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise EditevalError("not a results record (expected a JSON object)")
-    return from_record(data)
+    view = from_record(data)
+    if verify:
+        check_rows(path, data)
+    return view
+
+
+def check_rows(path: Path, data: dict) -> None:
+    """The figures a record shows must be its rows' figures: the rows file (beside the record, named
+    by it) has the sha256 the record gives, and every mean, count, breakdown and aggregate of the
+    record is what its rows give (`results.disagreements`). One-line `EditevalError` otherwise."""
+    import hashlib
+
+    import pandas as pd
+
+    from editeval.evaluation.results import ResultsRecord, disagreements
+
+    record = ResultsRecord.model_validate(data)
+    name = record.rows_file
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise EditevalError(f"rows_file {name!r}: must name the rows file beside the record")
+    rows_path = path.parent / name
+    if not rows_path.is_file() or rows_path.is_symlink():
+        raise EditevalError(f"its per-edit rows {name} are missing")
+    if rows_path.stat().st_size > MAX_RECORD_BYTES:
+        raise EditevalError(f"{name}: over the {MAX_RECORD_BYTES:,}-byte limit")
+    blob = rows_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != record.rows_sha256:
+        raise EditevalError(f"{name}: its sha256 is not the rows_sha256 the record gives (rows changed after scoring)")
+    try:
+        rows = pd.read_parquet(rows_path).to_dict("records")
+    except Exception as err:  # any unreadable file: one line
+        raise EditevalError(f"{name}: not a readable Parquet file ({type(err).__name__})") from None
+    problems = disagreements(record, rows)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise EditevalError(f"its figures are not those of its per-edit rows: {problems[0]}{more}")

@@ -268,10 +268,12 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    from editeval.commands.options import datasets_folder
     from editeval.runtime.models import model_dir
 
+    datasets = datasets_folder(None)  # $EDITEVAL_DATASETS, else ./datasets
     methods = args.methods if args.methods is not None else available_methods()
-    current = Current()
+    current = Current(datasets_dir=datasets)
     fingerprint = current.base_fingerprint(model_dir(BASE))
     failed = []
     for slug, spec in entries(methods, args.benchmarks, args.num_edits, fingerprint).items():
@@ -299,7 +301,10 @@ def main() -> int:
             print(f"{slug}: scoring ({reason})", flush=True)
             start = time.perf_counter()
             record = score_submission(
-                folder, runtime=Runtime(device=args.device, progress=False), piqa_items=args.piqa, current=current
+                folder,
+                runtime=Runtime(device=args.device, progress=False, datasets_dir=datasets),
+                piqa_items=args.piqa,
+                current=current,
             )
             rel = record.metrics.get("reliability.teacher_forced")
             loc = record.metrics.get("locality.teacher_forced")

@@ -223,8 +223,9 @@ def test_edit_runs_and_exits_0(env, tiny_llama_dir, capsys):
 def test_datasets_dir_flag_wins_over_the_environment_and_leaves_it_alone(env, tiny_llama_dir, capsys, monkeypatch):
     """--datasets-dir is resolved once when the command starts and passed down: it wins over
     $EDITEVAL_DATASETS, which stays as it was (the flag used to be handed on by changing it)."""
+    from editeval.commands.options import datasets_folder
     from editeval.evaluation.results import read_record
-    from editeval.runtime.paths import datasets_dir
+    from editeval.runtime.paths import DEFAULT_DATASETS_DIR, datasets_dir
 
     built = os.environ["EDITEVAL_DATASETS"]
     monkeypatch.setenv("EDITEVAL_DATASETS", str(env / "nothing-built-here"))
@@ -234,7 +235,8 @@ def test_datasets_dir_flag_wins_over_the_environment_and_leaves_it_alone(env, ti
     )
     assert code == 0 and "error:" not in err
     assert read_record(env / "r" / "run.json").meta.n_edits == 2
-    assert dict(os.environ) == before and datasets_dir() == env / "nothing-built-here"
+    assert dict(os.environ) == before and datasets_folder(None) == env / "nothing-built-here"
+    assert datasets_dir() == DEFAULT_DATASETS_DIR  # the library itself never reads the environment
 
 
 def test_datasets_dir_flag_reaches_a_method_that_reads_a_train_split(

@@ -80,3 +80,48 @@ def test_the_check_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from editeval.run.scoring import load_requests\n")
     assert any(layer_of(t) > layer_of("editeval.methods.ike") for t in imports(bad, "editeval.methods.ike"))
+
+
+# the only places that read the environment: the entry points (commands/), the documented cache and
+# raw-data locations, the launcher's process-group variables, huggingface_hub's own offline switch
+ENVIRONMENT_READERS = {
+    "editeval.commands.options": {"EDITEVAL_DATASETS"},
+    "editeval.runtime.paths": {"EDITEVAL_RAW_DATA", "EDITEVAL_CACHE"},
+    "editeval.runtime.distributed": None,  # RANK, WORLD_SIZE, ... as the launcher sets them
+    "editeval.leaderboard.checks": {"HF_HUB_OFFLINE"},
+}
+
+
+def environment_reads(path: Path) -> set[str]:
+    """The names a file reads from os.environ / os.getenv (`?` for a name that is not a literal)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            reading = node.func.attr == "getenv" or (
+                node.func.attr == "get" and isinstance(owner, ast.Attribute) and owner.attr == "environ"
+            )
+            target = node.args[0] if node.args else None
+        else:
+            reading = isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+            reading = reading and node.value.attr == "environ"
+            target = getattr(node, "slice", None)
+        if reading:
+            names.add(target.value if isinstance(target, ast.Constant) else "?")
+    return names
+
+
+def test_only_the_entry_points_and_documented_locations_read_the_environment():
+    for module, path in MODULES.items():
+        reads = environment_reads(path)
+        if not reads:
+            continue
+        assert module in ENVIRONMENT_READERS, f"{module} reads {sorted(reads)} from the environment"
+        allowed = ENVIRONMENT_READERS[module]
+        assert allowed is None or reads <= allowed, f"{module} reads {sorted(reads - allowed)}"
+
+
+def test_the_environment_check_sees_every_form_of_reading(tmp_path):
+    code = "import os\na = os.environ.get('A')\nb = os.environ['B']\nc = os.getenv('C')\nd = os.environ.get(name)\n"
+    (tmp_path / "m.py").write_text(code)
+    assert environment_reads(tmp_path / "m.py") == {"A", "B", "C", "?"}

@@ -4,7 +4,7 @@ method artifacts save and reload through `editeval score` and give the driver's 
 fails with one clear line.
 
 The methods that read a benchmark's train split (IKE's demonstrations, T-Patcher's memory) read a
-small zsre train split (conftest's `built_zsre`) through a temporary EDITEVAL_DATASETS, never the repository's."""
+small zsre train split (conftest's `built_zsre`), made the default datasets folder, never the repository's."""
 
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ def benchmarks(built_zsre, tmp_path, monkeypatch):
     demonstrations and T-Patcher's memory are kept per benchmark name, not per datasets folder)."""
     import datasets
     from editeval.methods import ike, t_patcher
+    from editeval.runtime import paths
 
-    monkeypatch.setenv("EDITEVAL_DATASETS", str(built_zsre / "datasets"))
+    monkeypatch.setattr(paths, "DEFAULT_DATASETS_DIR", built_zsre / "datasets")  # apply called without a run
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", built_zsre / "hf-datasets")
     monkeypatch.setattr(ike, "_POOLS", {})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from editeval.commands.options import DatasetsDir, Progress
+from editeval.commands.options import DatasetsDir, Progress, datasets_folder
 from editeval.errors import EditevalError
 from editeval.runtime.hub import authenticated_api, check_repo_id, upload_errors
 
@@ -43,11 +43,11 @@ def build(
     """Build datasets/<name>/ (card + Parquet) from the raw files, checking sha256 and record counts."""
     from editeval.data.build import build_benchmarks
     from editeval.data.sources_md import parse_sources_md
-    from editeval.runtime.paths import datasets_dir, raw_data_dir
+    from editeval.runtime.paths import raw_data_dir
 
     table = parse_sources_md(sources) if sources else None
     reports = build_benchmarks(
-        names, raw_dir=raw_data_dir(raw_dir), out_dir=datasets_dir(out_dir), sources=table, progress=progress
+        names, raw_dir=raw_data_dir(raw_dir), out_dir=datasets_folder(out_dir), sources=table, progress=progress
     )
     rows = [["benchmark", "config", "split", "rows"]]
     for r in reports:
@@ -65,9 +65,8 @@ def list_(datasets_dir: DatasetsDir = None) -> None:
 
     from editeval.data.card import data_file
     from editeval.data.registry import BENCHMARKS
-    from editeval.runtime.paths import datasets_dir as resolve
 
-    root = resolve(datasets_dir)
+    root = datasets_folder(datasets_dir)
     rows = [["benchmark", "config", "split", "rows", "built"]]
     for bench in BENCHMARKS.values():
         for config in bench.configs:
@@ -93,7 +92,6 @@ def show(
 
     from editeval.data import load_benchmark
     from editeval.data.registry import get
-    from editeval.runtime.paths import datasets_dir as resolve
 
     bench = get(name)
     spec = bench.config(config)
@@ -104,7 +102,7 @@ def show(
         raise EditevalError(
             f"benchmark '{name}' config '{spec.name}' has no split '{split}': choose from {', '.join(names)}"
         )
-    ds = load_benchmark(name, split, spec.name, root=resolve(datasets_dir))
+    ds = load_benchmark(name, split, spec.name, root=datasets_folder(datasets_dir))
     typer.echo(f"# {name} / {spec.name} / {split}: {len(ds):,} rows; showing {min(n, len(ds))}")
     for record in ds.select(range(min(max(n, 0), len(ds)))):
         typer.echo(json.dumps(record, ensure_ascii=False, indent=1))
@@ -122,11 +120,10 @@ def publish(
     from editeval.data.build import built_files
     from editeval.data.card import data_file
     from editeval.data.registry import get
-    from editeval.runtime.paths import datasets_dir as resolve
 
     bench = get(name)
     check_repo_id(repo_id)
-    folder = resolve(datasets_dir) / name
+    folder = datasets_folder(datasets_dir) / name
     expected = ["README.md"] + [data_file(c.name, s.name) for c in bench.configs for s in c.splits]
     missing = [p for p in expected if not (folder / p).is_file()]
     if missing:

@@ -6,6 +6,7 @@ runtime is resolved: $EDITEVAL_DATASETS (a --datasets-dir flag wins over it)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +55,13 @@ DatasetsDir = Annotated[
 ]
 
 
+def datasets_folder(flag: Path | None) -> Path:
+    """The built-datasets folder of a command: --datasets-dir, else $EDITEVAL_DATASETS, else ./datasets."""
+    from editeval.runtime.paths import datasets_dir
+
+    return datasets_dir(flag or os.environ.get("EDITEVAL_DATASETS") or None)
+
+
 def resolve_runtime(
     *,
     device: str = "auto",
@@ -64,8 +72,6 @@ def resolve_runtime(
     datasets_dir: Path | None = None,
 ) -> Runtime:
     """The command's runtime, from its flags and the environment; sets torch's CPU threads."""
-    from editeval.runtime.paths import datasets_dir as resolve_datasets
-
     if threads:
         import torch
 
@@ -80,5 +86,5 @@ def resolve_runtime(
         device_map=device_map,
         threads=threads,
         progress=progress,
-        datasets_dir=resolve_datasets(datasets_dir),
+        datasets_dir=datasets_folder(datasets_dir),
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from editeval.data.sources import _FORMATS, FileSpec, _spec
 from editeval.errors import EditevalError
+from editeval.runtime.paths import raw_data_dir
 
 _SECTION = re.compile(r"^### `([^`]+)`(.*)$", re.M)
 # the format, without a layout note in brackets ("JSON list (indent 4)" is read as a JSON list)
@@ -80,10 +81,4 @@ def _emit(table: Mapping[str, FileSpec]) -> str:
 
 def main() -> None:
     """Print the SOURCES entries for a SOURCES.md (the first argument, or the raw-data folder's)."""
-    print(
-        _emit(
-            parse_sources_md(
-                sys.argv[1] if len(sys.argv) > 1 else Path(os.environ.get("EDITEVAL_RAW_DATA", "")) / "SOURCES.md"
-            )
-        )
-    )
+    print(_emit(parse_sources_md(sys.argv[1] if len(sys.argv) > 1 else raw_data_dir() / "SOURCES.md")))

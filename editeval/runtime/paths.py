@@ -12,6 +12,7 @@ import platformdirs
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # editeval/
 REPO_ROOT = PACKAGE_DIR.parent
+DEFAULT_DATASETS_DIR = REPO_ROOT / "datasets"  # built datasets when no folder is given
 
 
 def raw_data_dir(override: str | os.PathLike | None = None) -> Path:
@@ -24,12 +25,12 @@ def raw_data_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def datasets_dir(override: str | os.PathLike | None = None) -> Path:
-    """Built datasets: flag > $EDITEVAL_DATASETS > ./datasets in the repository."""
+    """Built datasets: `override`, else ./datasets in the repository. A command resolves the folder
+    once (--datasets-dir, else $EDITEVAL_DATASETS: `editeval.commands.options.datasets_folder`) and
+    passes it down; the library never reads the environment for it."""
     if override:
         return Path(override)
-    if os.environ.get("EDITEVAL_DATASETS"):
-        return Path(os.environ["EDITEVAL_DATASETS"])
-    return REPO_ROOT / "datasets"
+    return DEFAULT_DATASETS_DIR
 
 
 def cache_dir() -> Path:

@@ -66,7 +66,10 @@ def hub_submission(root: Path, base: str = "smollm2-135m", fingerprint: str = FP
     return folder
 
 
-GOOD = {"config.json": json.dumps({"model_type": "llama"}), "model.safetensors": b"\0" * 64, "tokenizer.json": "{}"}
+# a well-formed safetensors file: 8-byte header length, the JSON header, the tensor's 8 bytes
+_HEADER = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+WEIGHTS = len(_HEADER).to_bytes(8, "little") + _HEADER + b"\0" * 8
+GOOD = {"config.json": json.dumps({"model_type": "llama"}), "model.safetensors": WEIGHTS, "tokenizer.json": "{}"}
 
 
 class FakeSnapshot:

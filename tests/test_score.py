@@ -340,3 +340,26 @@ def test_bootstrap_interval_values():
     assert summarize([float("nan"), 0.25, None]) == one  # NaN / None: not applicable, not counted
     empty = summarize([float("nan")])
     assert (empty.mean, empty.count, empty.ci_low, empty.ci_high) == (None, 0, None, None)
+
+
+def test_a_checkpoint_transformers_cannot_load_is_one_error_line(tmp_path, tiny_llama_dir, capsys, monkeypatch):
+    """`editeval score --model DIR`, no submission checks in front: a truncated weights file (the
+    safetensors library's own error) is still one line, not a traceback."""
+    import shutil
+
+    from editeval.cli import main
+
+    monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path / "cache"))
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama_dir, broken)
+    blob = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    argv = ["score", "--model", broken, "--base", tiny_llama_dir, "--device", "cpu", "--piqa", "0"]
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv + ["--out", tmp_path / "r.json"]])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exc.value.code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert (
+        errors[0].startswith(f"error: cannot load the edited model {broken}: ") and not (tmp_path / "r.json").exists()
+    )

@@ -58,3 +58,8 @@ def check(
         f"{sub.benchmark.name}/{sub.benchmark.split}, {sub.mode_label}, {sub.num_edits} edits, "
         f"scores {sub.score.kind})"
     )
+    if sub.score.kind == "checkpoint" and files and not checked.fits_base_checked:
+        typer.echo(
+            f"note: base model '{sub.base_model.name}' is not on this machine yet: the checkpoint's tensor names, "
+            "shapes and dtypes are checked against it when it is scored"
+        )

@@ -31,6 +31,8 @@ from editeval.leaderboard.manifest import (
     SubmissionError,
     format_errors,
 )
+from editeval.leaderboard.weights import WeightsError, declared_tensors
+from editeval.leaderboard.weights import check_fits_base as check_fits_base_files
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +126,49 @@ def check_checkpoint_folder(folder: Path, root: Path | None = None, limits: Limi
         problems.append("no .safetensors weights in the checkpoint folder")
     if not problems and not (folder / "config.json").is_file():
         problems.append("no config.json in the checkpoint folder")
+    if not problems:
+        problems += _config_problems(folder)
+    if not problems:  # each file's header, without reading a tensor
+        try:
+            declared_tensors(weights)
+        except WeightsError as err:
+            problems.append(str(err))
     if problems:
         raise SubmissionError(folder, problems)
     return weights
+
+
+def _config_problems(folder: Path) -> list[str]:
+    """transformers must be able to read the checkpoint's config (types and values checked)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - whatever transformers raises for a bad config: one line
+        why = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()
+        return [f"config.json: transformers cannot read it ({why})"]
+    return []
+
+
+def local_base_dir(name: str, directory: Path) -> Path | None:
+    """The base model's weights folder when it is on this machine without converting anything: a
+    model folder in the submission, or a registered model already converted in the cache."""
+    if base_is_registered(name):
+        from editeval.runtime.paths import cache_dir
+
+        folder = cache_dir() / "models" / name
+        return folder if (folder / "model.safetensors").is_file() else None
+    folder = directory / name
+    return folder if (folder / "config.json").is_file() else None
+
+
+def check_fits_base(checked: CheckedSubmission, checkpoint: Path, base_dir: Path) -> None:
+    """The checkpoint's tensors (from their headers) are the base model's: names, shapes, float dtypes."""
+    try:
+        check_fits_base_files(sorted(checkpoint.rglob("*.safetensors")), sorted(base_dir.glob("*.safetensors")))
+    except WeightsError as err:
+        field = "score.hub" if checked.submission.score.kind == "hub" else "score.checkpoint"
+        raise SubmissionError(checked.dir / MANIFEST, [f"{field}: does not fit the base model: {err}"]) from None
 
 
 # ----------------------------------------------------------------------------- loading and checking
@@ -142,6 +184,7 @@ class CheckedSubmission:
     checkpoint_dir: Path | None = None  # score.checkpoint (or a downloaded hub snapshot)
     hparams_path: Path | None = None  # score.hparams unless 'preset'
     hparams: dict | None = None  # the parsed hyper-parameter file
+    fits_base_checked: bool = False  # the checkpoint's tensors were checked against the base's (on this machine)
 
     @property
     def results_path(self) -> Path:
@@ -214,6 +257,10 @@ def check_submission(
             checked.checkpoint_dir = safe_path(directory, target.checkpoint, "score.checkpoint")
             if check_files:
                 check_checkpoint_folder(checked.checkpoint_dir, root, limits)
+                base_dir = local_base_dir(base, directory) if not problems else None
+                if base_dir is not None:
+                    check_fits_base(checked, checked.checkpoint_dir, base_dir)
+                checked.fits_base_checked = base_dir is not None
         except SubmissionError as err:
             problems.extend(p if p.startswith("score.") else f"score.checkpoint: {p}" for p in err.problems)
     elif target.kind == "method":

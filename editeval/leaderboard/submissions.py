@@ -32,7 +32,13 @@ from pydantic import (
 )
 
 from editeval.errors import EditevalError
-from editeval.leaderboard.checks import CheckedSubmission, base_is_registered, check_submission, fetch_hub_checkpoint
+from editeval.leaderboard.checks import (
+    CheckedSubmission,
+    base_is_registered,
+    check_fits_base,
+    check_submission,
+    fetch_hub_checkpoint,
+)
 from editeval.leaderboard.manifest import (
     DEFAULT_LIMITS,
     MANIFEST,
@@ -210,6 +216,8 @@ def score_submission(
         log.warning("%s: %s; scoring the method on the current base", checked.slug, message)
     if sub.score.kind == "hub":
         checked.checkpoint_dir = fetch_hub_checkpoint(checked, limits)
+    if sub.score.kind in ("checkpoint", "hub"):  # from the headers, before any tensor is loaded
+        check_fits_base(checked, checked.checkpoint_dir, base_dir)
 
     reqs = current.load_requests(sub)
     from editeval.run.config import DEFAULT_PIQA_ITEMS

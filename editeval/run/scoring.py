@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from editeval.errors import EditevalError
 from editeval.run.config import DEFAULT_PIQA_ITEMS, ScoreConfig
 from editeval.run.session import Session, dataset_fingerprint, load_piqa
 from editeval.runtime.settings import Runtime
@@ -141,7 +142,13 @@ def _load_models(score: ScoreConfig, session: Session):
         elif models.same_folder(model, base):
             edited_lm = base_lm
         else:
-            edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype, device_map=device_map)
+            try:
+                edited_lm = models.load(model, device=str(base_lm.device), dtype=dtype, device_map=device_map)
+            except EditevalError:
+                raise
+            except Exception as err:  # a checkpoint's files are input: whatever fails, one line
+                why = (str(err).strip().splitlines() or [""])[-1].strip()
+                raise EditevalError(f"cannot load the edited model {model}: {type(err).__name__}: {why}") from None
             models.check_compatible(base_lm, edited_lm)
     return base_lm, edited_lm, artifact
 

@@ -77,12 +77,14 @@ def page_without_csp(browser):
 
 
 def column(page, table_id: str, header: str) -> list[str]:
-    """The text of one column, in row order, of the visible rows."""
+    """The text of one column, in row order, of the visible rows (of the Entry column: the title's
+    link, without the verified / self-reported tag beside it)."""
     return page.eval_on_selector(
         f"#{table_id}",
         """(table, header) => {
             const idx = [...table.tHead.rows[0].cells].findIndex(c => c.textContent.trim() === header);
-            return [...table.tBodies[0].rows].filter(r => !r.hidden).map(r => r.cells[idx].textContent.trim());
+            const text = c => (header === "Entry" ? c.querySelector("a") : c).textContent.trim();
+            return [...table.tBodies[0].rows].filter(r => !r.hidden).map(r => text(r.cells[idx]));
         }""",
         header,
     )

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "submission.yaml"
 RESULTS = "results.json"
+STAGING = ".scoring"  # inside the submission folder: the run's partial files (resumable), then renamed
 SCHEMA_VERSION = 1
 SUBMISSIONS_DIR = REPO_ROOT / "submissions"
 

@@ -20,6 +20,7 @@ from editeval.evaluation.specs import COUNTERFACT_AGGREGATE, TEACHER_FORCED, Met
 from editeval.leaderboard import records
 from editeval.leaderboard.checks import load_submission
 from editeval.leaderboard.manifest import MANIFEST, RESULTS, SLUG_RE, Submission, SubmissionError
+from editeval.leaderboard.verify import VERIFIED, read_stamp
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ class Entry:
     manifest_text: str
     record: records.RecordView
     average: float | None = None
+    verification: dict | None = None  # the stamp of `editeval leaderboard verify` for this record, if any
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.verification) and self.verification.get("result") == VERIFIED
 
     @property
     def mode(self) -> str:
@@ -123,7 +129,11 @@ def collect(submissions_dir: Path) -> tuple[list[Entry], list[Invalid]]:
         except EditevalError as err:
             invalid.append(Invalid(slug, f"{RESULTS}: {err}"))
             continue
-        entries.append(Entry(slug, submission, (folder / MANIFEST).read_text(encoding="utf-8"), view))
+        stamp = read_stamp(folder)
+        if stamp is not None and stamp.get("result") != VERIFIED:
+            invalid.append(Invalid(slug, f"not reproduced by `editeval leaderboard verify`: {stamp.get('reason')}"))
+            continue
+        entries.append(Entry(slug, submission, (folder / MANIFEST).read_text(encoding="utf-8"), view, None, stamp))
     return entries, invalid
 
 

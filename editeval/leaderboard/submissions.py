@@ -43,6 +43,7 @@ from editeval.leaderboard.manifest import (
     DEFAULT_LIMITS,
     MANIFEST,
     RESULTS,
+    STAGING,
     SUBMISSIONS_DIR,
     Limits,
     Submission,
@@ -54,8 +55,6 @@ from editeval.runtime.settings import Runtime
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- scoring
-
-STAGING = ".scoring"  # inside the submission folder: the run's partial files (resumable), then renamed
 
 
 def base_model_dir(checked: CheckedSubmission) -> Path:

@@ -163,8 +163,8 @@ def test_score_all_reports_every_entry_then_exits_2_when_one_failed(env, tiny_ll
     lines = out.splitlines()
     assert lines[0] == "a-other-architecture: scoring (no results.json)"
     assert (
-        lines[1].startswith("a-other-architecture: failed: model ")
-        and "does not have the architecture of base" in lines[1]
+        lines[1].startswith("a-other-architecture: failed: ")
+        and "score.checkpoint: does not fit the base model: tensor 'transformer." in lines[1]
     )
     assert lines[2] == "b-good: scoring (no results.json)"
     assert lines[-1] == "1 scored, 0 up to date, 1 failed"

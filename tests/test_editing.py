@@ -149,6 +149,7 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
         save_checkpoint=str(ckpt),
         generation=True,
         fluency=True,
+        wild=True,
     )
     summary = run_edits(
         opts,
@@ -170,13 +171,14 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
         requests=reqs,
         generation=True,
         fluency=True,
+        wild=True,
         batch_size=opts.eval_batch_size,
         piqa_items=0,
         runtime=QUIET,
         out=tmp_path / "score.json",
     )
     assert len(rows) == 3 and scored.meta.edited_fingerprint == record.meta.edited_fingerprint
-    assert "fluency.ngram_entropy" in rows[0] and "reliability.generation" in rows[0]
+    assert {"fluency.ngram_entropy", "reliability.generation", "locality.wild"} <= set(rows[0])
     pd.testing.assert_frame_equal(read_rows(summary.out), pd.DataFrame(rows), check_exact=True)
     # both writers record the same metadata keys, and the dtype in one form (of the evaluated weights)
     edit_meta = json.loads(summary.out.read_text())["meta"]

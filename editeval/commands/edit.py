@@ -33,6 +33,7 @@ def edit(
     eval_batch_size: int = typer.Option(32, min=1, help="sequences per forward pass in evaluation"),
     generation: opt.Generation = True,
     fluency: opt.Fluency = False,
+    wild: opt.Wild = False,
     piqa: opt.Piqa = 0,
     out: Path | None = typer.Option(
         None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"
@@ -66,6 +67,7 @@ def edit(
         generation=generation,
         fluency=fluency,
         piqa_items=piqa,
+        wild=wild,
     )
     summary = run_edits(run_config, runtime)
     if summary.record is None:  # another process of a data-parallel run: the main process reports

@@ -49,6 +49,14 @@ Piqa = Annotated[
         "--piqa", min=0, help="Other-Task locality: the first N PIQA items, on every evaluated model (0 = off)"
     ),
 ]
+Wild = Annotated[
+    bool,
+    typer.Option(
+        "--wild/--no-wild",
+        help="also the WILD protocol: greedy answers to a natural stop (EOS, '.', newline; 50 tokens), "
+        "normalised exact match (*.wild, *.wild_contains, locality.wild)",
+    ),
+]
 DatasetsDir = Annotated[
     Path | None,
     typer.Option("--datasets-dir", help="folder of built datasets (default: $EDITEVAL_DATASETS or ./datasets)"),

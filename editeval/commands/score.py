@@ -32,6 +32,7 @@ def score(
     chat_template: opt.ChatTemplate = False,
     generation: opt.Generation = True,
     fluency: opt.Fluency = False,
+    wild: opt.Wild = False,
     piqa: opt.Piqa = 100,
     out: Path = typer.Option(
         None, "--out", help="results JSON path (default results/<benchmark>-<split>-<model>.json)"
@@ -58,7 +59,7 @@ def score(
                 "scoring submission folders runs in one process: launch `editeval score "
                 "--model ...` to score in several processes"
             )
-        _score_submissions(submission, all_submissions, force, submissions_dir, runtime, fluency, piqa)
+        _score_submissions(submission, all_submissions, force, submissions_dir, runtime, fluency, piqa, wild)
         return
     record, _rows, path = score_checkpoint(
         model,
@@ -72,6 +73,7 @@ def score(
         chat_template=chat_template,
         generation=generation,
         fluency=fluency,
+        wild=wild,
         piqa_items=piqa,
         out=out,
     )
@@ -88,19 +90,19 @@ def score(
     typer.echo(f"wrote {path} (+ {record.rows_file}){procs}")
 
 
-def _score_submissions(submission, all_submissions, force, submissions_dir, runtime: Runtime, fluency, piqa):
+def _score_submissions(submission, all_submissions, force, submissions_dir, runtime: Runtime, fluency, piqa, wild):
     from editeval.errors import EditevalError
     from editeval.leaderboard import submissions
     from editeval.run.scoring import headline
 
     if submission is not None:
-        record = submissions.score_submission(submission, runtime=runtime, fluency=fluency, piqa_items=piqa)
+        record = submissions.score_submission(submission, runtime=runtime, fluency=fluency, piqa_items=piqa, wild=wild)
         for line in headline(record):
             typer.echo(line)
         typer.echo(f"wrote {Path(submission) / 'results.json'}")
         return
     report = submissions.score_all(
-        submissions_dir, force=force, runtime=runtime, fluency=fluency, piqa_items=piqa, echo=typer.echo
+        submissions_dir, force=force, runtime=runtime, fluency=fluency, piqa_items=piqa, wild=wild, echo=typer.echo
     )
     typer.echo(f"{len(report.scored)} scored, {len(report.up_to_date)} up to date, {len(report.failed)} failed")
     if report.failed:

@@ -43,6 +43,7 @@ from editeval.evaluation.requests import (  # noqa: F401  (the roles, for caller
 from editeval.evaluation.rows import PIQA_ACCURACY, PIQA_AGREEMENT, piqa_choices, piqa_item_scores, request_row
 from editeval.evaluation.runner import LMRunner, SpanOutput
 from editeval.evaluation.specs import COUNTERFACT, MetricName, declared_protocols, row_columns
+from editeval.evaluation.wild import WildGenerator, WildPrompt, wild_prompts, wild_row
 from editeval.methods.kit.artifacts import prompt_transform
 from editeval.runtime import tokens
 
@@ -77,6 +78,7 @@ def evaluation_columns(
     counterfact: bool | None = None,
     fluency: bool = False,
     piqa: bool = False,
+    wild: bool = False,
 ) -> list[str]:
     """The row columns an `Evaluator` over `requests` gives (without tokenising anything): lets
     rows of evaluators over parts of the requests (data-parallel shards, resumed runs) be put in
@@ -86,7 +88,7 @@ def evaluation_columns(
         counterfact = wants_counterfact(requests)
     loc = sorted({e.get("kind") or "default" for r in requests for e in r.get("locality") or []})
     port = sorted({e.get("kind") or "default" for r in requests for e in r.get("portability") or []})
-    return row_columns(loc, port, generation=generation, counterfact=counterfact, fluency=fluency, piqa=piqa)
+    return row_columns(loc, port, generation=generation, counterfact=counterfact, fluency=fluency, piqa=piqa, wild=wild)
 
 
 class Evaluator:
@@ -112,6 +114,7 @@ class Evaluator:
             every number bit-identical on CPU whatever the batch size; padding changes the
             float arithmetic of a row in its last bits (magnitudes may move by ~1e-7).
         use_cache: read/write the pre-edit cache on disk.
+        wild: also the WILD protocol (`editeval.evaluation.wild`): free generation to a natural stop.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class Evaluator:
         padding_side: str = "right",
         mixed_lengths: bool = False,
         use_cache: bool = True,
+        wild: bool = False,
     ):
         self.base = base
         self.tokenizer = base.tokenizer
@@ -164,6 +168,7 @@ class Evaluator:
             counterfact=counterfact,
             fluency=fluency,
             piqa=bool(self.piqa),
+            wild=wild,
         )
         self.base_fingerprint = base.fingerprint()
         self.last_piqa: dict[str, list[float]] = {}  # per-item correctness/agreement of the last call
@@ -181,6 +186,7 @@ class Evaluator:
             use_cache=use_cache,
         )
         self._pre_loc, self._pre_piqa, self.base_piqa_accuracy = pre.loc, pre.piqa, pre.piqa_accuracy
+        self._wild = _Wild(self, base.model) if wild else None
         self.timings["preedit_s"] = time.perf_counter() - t0
 
     @property
@@ -207,8 +213,16 @@ class Evaluator:
         self.timings["sequences"] = len(seq_ids)
         self.timings["tokens"] = sum(len(self._seqs[s].ids) for s in seq_ids)
         fluency_requests = [self.requests[i] for i in indices] if self.fluency else None
-        outs, fluency = _score(
-            self.runner, self.tokenizer, model, self._seqs, seq_ids, self.generation, fluency_requests, indices
+        outs, fluency, wild = _score(
+            self.runner,
+            self.tokenizer,
+            model,
+            self._seqs,
+            seq_ids,
+            self.generation,
+            fluency_requests,
+            indices,
+            self._wild,
         )
         piqa = {}
         if self.piqa:
@@ -221,6 +235,8 @@ class Evaluator:
             row = self._row(i, outs)
             if self.fluency:
                 row[FLUENCY] = fluency.get(i, float("nan"))
+            if self._wild is not None:
+                row.update(wild.get(i, {}))
             row.update(piqa)
             rows.append({c: row.get(c, float("nan")) for c in self.columns})
         self.timings["evaluate_s"] = time.perf_counter() - t0
@@ -269,9 +285,11 @@ def _score(
     generation: bool,
     fluency_requests: Sequence[Mapping] | None,
     owners: Sequence[int],
-) -> tuple[dict[int, SpanOutput], dict[int, float]]:
+    wild: _Wild | None = None,
+) -> tuple[dict[int, SpanOutput], dict[int, float], dict[int, dict]]:
     """The span outputs of ``seqs[seq_ids]`` on ``model`` in eval mode (its training flag restored
-    after), and with ``fluency_requests`` (of ``owners``) their fluency (`_fluency`)."""
+    after), with ``fluency_requests`` (of ``owners``) their fluency (`_fluency`), with `wild` the
+    owners' WILD metrics."""
     was_training = model.training
     model.eval()
     try:
@@ -282,9 +300,10 @@ def _score(
         fluency = {}
         if fluency_requests is not None:
             fluency = _fluency(runner, tokenizer, model, fluency_requests, owners)
+        wild_rows = wild.rows(model, owners, transform) if wild is not None else {}
     finally:
         model.train(was_training)
-    return outs, fluency
+    return outs, fluency, wild_rows
 
 
 def _fluency(
@@ -305,3 +324,26 @@ def _fluency(
     for i, p, g in zip(prompt_owners, texts, gens):
         per.setdefault(i, []).append(M.ngram_entropy(p + tokenizer.decode(g, skip_special_tokens=True)))
     return {i: M.mean(v) for i, v in per.items()}
+
+
+class _Wild:
+    """The evaluator's WILD questions, and the base model's answers to its locality questions."""
+
+    def __init__(self, evaluator: Evaluator, base_model):
+        self.generator = WildGenerator(evaluator.runner, evaluator.tokenizer)
+        self.by_owner: dict[int, list[WildPrompt]] = {}
+        for p in wild_prompts(evaluator.requests, evaluator.chat_template):
+            self.by_owner.setdefault(p.owner, []).append(p)
+        loc = [p for ps in self.by_owner.values() for p in ps if p.role == LOC]
+        answers = self.generator.base_answers(
+            base_model, loc, base_fingerprint=evaluator.base_fingerprint, use_cache=evaluator.use_cache
+        )
+        self.base = dict(zip(loc, answers))
+
+    def rows(self, model, owners: Sequence[int], transform) -> dict[int, dict]:
+        prompts = [p for i in owners for p in self.by_owner.get(i, [])]
+        answers = dict(zip(prompts, self.generator.answers(model, prompts, transform)))
+        return {
+            i: wild_row(self.by_owner.get(i, []), [answers[p] for p in self.by_owner.get(i, [])], self.base)
+            for i in owners
+        }

@@ -21,6 +21,14 @@ name                                   protocol
 ``paraphrase_score`` / ``_magnitude``  the same on the paraphrases, mean over them
 ``neighborhood_score`` / ``_magn.``    ``[NLL(true) < NLL(new)]`` / ``exp(-NLL(true)) -
                                        exp(-NLL(new))`` on the neighbourhood prompts
+``<family>.wild``                      WILD (Yang et al. 2025, `editeval.evaluation.wild`): greedy
+                                       generation from the question alone until a natural stop
+                                       (EOS, a period, a newline; at most 50 new tokens), normalised
+                                       exact match against the new answer (reliability,
+                                       generalization, portability)
+``<family>.wild_contains``             the normalised new answer is a whole-word span of it
+``locality.wild``                      the edited model's normalised WILD answer equals the
+                                       *unedited* model's, on the locality question
 ``fluency.ngram_entropy``              weighted bi/tri-gram entropy of greedy generations
 ``other_task.piqa_accuracy``           PIQA accuracy of the evaluated model (length-normalised
                                        log-likelihood choice), on a fixed prefix of the split
@@ -155,6 +163,57 @@ def harmonic_mean(values: Sequence[float]) -> float:
     if any(v <= 0 for v in values):
         return 0.0
     return len(values) / sum(1 / v for v in values)
+
+
+# --------------------------------------------------------------------------- WILD
+
+WILD_MAX_NEW_TOKENS = 50
+WILD_STOPS = (".", "\n")  # the natural stops; EOS too
+
+
+def wild_answer(continuation: str) -> str:
+    """The answer of a WILD generation: the decoded continuation up to its first natural stop.
+
+    >>> wild_answer(" Paris. It is the capital")
+    ' Paris'
+    >>> wild_answer(" Rome\\nQ: next")
+    ' Rome'
+    """
+    cut = min((i for i in (continuation.find(s) for s in WILD_STOPS) if i >= 0), default=len(continuation))
+    return continuation[:cut]
+
+
+def wild_exact_match(answer: str, target: str) -> float:
+    """1.0 when the normalised WILD answer equals the normalised target (the paper's EM).
+
+    >>> wild_exact_match(" the Eiffel Tower", "Eiffel Tower")
+    1.0
+    """
+    return float(normalize_answer(answer) == normalize_answer(target))
+
+
+def wild_contains(answer: str, target: str) -> float:
+    """1.0 when the normalised target's words appear, in order and together, among the normalised
+    answer's words (a whole-word span); 0.0 for a target that normalises to nothing.
+
+    >>> wild_contains(" It is Paris, France", "paris")
+    1.0
+    >>> wild_contains(" Parisian", "Paris")
+    0.0
+    """
+    words, want = normalize_answer(answer).split(), normalize_answer(target).split()
+    if not want:
+        return 0.0
+    return float(any(words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1)))
+
+
+def wild_locality(edited: str, base: str) -> float:
+    """1.0 when the edited model's normalised answer equals the unedited model's.
+
+    >>> wild_locality(" William Shakespeare.", " william shakespeare")
+    1.0
+    """
+    return float(normalize_answer(edited) == normalize_answer(base))
 
 
 # --------------------------------------------------------------------------- fluency

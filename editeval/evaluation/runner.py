@@ -18,7 +18,7 @@ Both equal Hugging Face ``model.generate`` (greedy) on each prompt alone (tests/
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -229,10 +229,17 @@ class LMRunner:
 
     @torch.no_grad()
     def greedy(
-        self, model, prompts: Sequence[Sequence[int]], max_new: Sequence[int], *, stop_at_eos: bool
+        self,
+        model,
+        prompts: Sequence[Sequence[int]],
+        max_new: Sequence[int],
+        *,
+        stop_at_eos: bool,
+        stop_after: Collection[int] = (),
     ) -> list[list[int]]:
         """Batched greedy decoding from token-id prompts (left padded, explicit positions): up to
-        ``max_new[k]`` new tokens for prompt k; with ``stop_at_eos``, up to (without) the EOS token."""
+        ``max_new[k]`` new tokens for prompt k; with ``stop_at_eos``, up to (without) the EOS token;
+        a token of ``stop_after`` ends its row after it (a natural stop: a period, a newline)."""
         device = _model_device(model)
         split = _body_and_head(model)
         results: list[list[int]] = [[] for _ in prompts]
@@ -242,7 +249,7 @@ class LMRunner:
             ids, mask, pos, _ = self._pad([prompts[k] for k in idx], device, "left")
             limit = [max_new[k] for k in idx]
             eos = self.eos_id if stop_at_eos else None
-            for k, generated in zip(idx, _greedy_batch(model, split, ids, mask, pos, limit, eos)):
+            for k, generated in zip(idx, _greedy_batch(model, split, ids, mask, pos, limit, eos, stop_after)):
                 results[k] = generated
         return results
 
@@ -273,9 +280,11 @@ def _span_outputs(states, head, batch, batch_seqs, offs, outs, device) -> None:
         k += n
 
 
-def _greedy_batch(model, split, ids, mask, pos, limit: list[int], eos: int | None) -> list[list[int]]:
+def _greedy_batch(
+    model, split, ids, mask, pos, limit: list[int], eos: int | None, stop_after: Collection[int] = ()
+) -> list[list[int]]:
     """Greedy decoding of one left-padded batch: up to ``limit[r]`` new tokens for row r; with an
-    ``eos`` id, up to (without) that token."""
+    ``eos`` id, up to (without) that token; after a token of ``stop_after``, no more."""
     device = ids.device
     results: list[list[int]] = [[] for _ in limit]
     if split is not None:
@@ -296,6 +305,7 @@ def _greedy_batch(model, split, ids, mask, pos, limit: list[int], eos: int | Non
                 done[r] = True
                 continue
             results[r].append(t)
+            done[r] = t in stop_after
         if step + 1 >= max(limit) or all(d or step + 1 >= lim for d, lim in zip(done, limit)):
             break
         mask = torch.cat([mask, torch.ones((len(limit), 1), dtype=mask.dtype, device=device)], 1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from editeval.runtime.registry import Registry
 
 TEACHER_FORCED, GENERATION = "teacher_forced", "generation"
+WILD, WILD_CONTAINS = "wild", "wild_contains"  # free generation to a natural stop (`evaluation.wild`)
 
 # evaluation protocols a benchmark split can declare (`editeval.data.common.SplitSpec.protocols`)
 COUNTERFACT = "counterfact"  # ROME's probability comparisons: efficacy, paraphrase, neighbourhood
@@ -60,11 +61,12 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     return METRICS.add(spec.family, spec)
 
 
+_EDIT_SIDE = (TEACHER_FORCED, GENERATION, WILD, WILD_CONTAINS)
 for _spec in (
-    MetricSpec("reliability", (TEACHER_FORCED, GENERATION), percent=(TEACHER_FORCED, GENERATION)),
-    MetricSpec("generalization", (TEACHER_FORCED, GENERATION), percent=(TEACHER_FORCED, GENERATION)),
-    MetricSpec("locality", (TEACHER_FORCED,), per_kind=True, percent=(TEACHER_FORCED,)),
-    MetricSpec("portability", (TEACHER_FORCED, GENERATION), per_kind=True, percent=(TEACHER_FORCED, GENERATION)),
+    MetricSpec("reliability", (TEACHER_FORCED, GENERATION, WILD, WILD_CONTAINS), percent=_EDIT_SIDE),
+    MetricSpec("generalization", (TEACHER_FORCED, GENERATION, WILD, WILD_CONTAINS), percent=_EDIT_SIDE),
+    MetricSpec("locality", (TEACHER_FORCED, WILD), per_kind=True, percent=(TEACHER_FORCED, WILD)),
+    MetricSpec("portability", (TEACHER_FORCED, GENERATION, WILD, WILD_CONTAINS), per_kind=True, percent=_EDIT_SIDE),
     MetricSpec("efficacy", ("score", "magnitude"), joiner="_", percent=("score",)),
     MetricSpec("paraphrase", ("score", "magnitude"), joiner="_", percent=("score",)),
     MetricSpec("neighborhood", ("score", "magnitude"), joiner="_", percent=("score",)),
@@ -147,6 +149,7 @@ def row_columns(
     counterfact: bool,
     fluency: bool,
     piqa: bool,
+    wild: bool = False,
 ) -> list[str]:
     """The columns of an evaluator's per-edit rows, in their order (``case_id`` first)."""
     protos = [TEACHER_FORCED] + ([GENERATION] if generation else [])
@@ -156,6 +159,13 @@ def row_columns(
     for p in protos:
         names.append(MetricName("portability", p))
         names += [MetricName("portability", p, k) for k in portability_kinds]
+    if wild:
+        names += [MetricName(family, p) for family in ("reliability", "generalization") for p in (WILD, WILD_CONTAINS)]
+        names.append(MetricName("locality", WILD))
+        names += [MetricName("locality", WILD, k) for k in locality_kinds]
+        for p in (WILD, WILD_CONTAINS):
+            names.append(MetricName("portability", p))
+            names += [MetricName("portability", p, k) for k in portability_kinds]
     if counterfact:
         names += [
             MetricName(family, p)

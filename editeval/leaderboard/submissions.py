@@ -183,6 +183,7 @@ def score_submission(
     runtime: Runtime = Runtime(),
     fluency: bool = False,
     piqa_items: int | None = None,
+    wild: bool = False,
     limits: Limits = DEFAULT_LIMITS,
     requests: list[dict] | None = None,
     current: Current | None = None,
@@ -249,6 +250,7 @@ def score_submission(
             hparams_path=str(checked.hparams_path) if checked.hparams_path else None,
             out=str(out),
             seed=0,
+            wild=wild,
         )
         loaded = load(base_dir, device=runtime.device, dtype=runtime.dtype, device_map=runtime.device_map)
         loaded.name = sub.base_model.name
@@ -275,6 +277,7 @@ def score_submission(
             limit=sub.num_edits,
             runtime=runtime,
             fluency=fluency,
+            wild=wild,
             piqa_items=DEFAULT_PIQA_ITEMS if piqa_items is None else piqa_items,
             out=out,
             requests=reqs,
@@ -326,6 +329,7 @@ def score_all(
     force: bool = False,
     runtime: Runtime = Runtime(),
     fluency: bool = False,
+    wild: bool = False,
     piqa_items: int | None = None,
     echo=print,
     current: Current | None = None,
@@ -346,7 +350,9 @@ def score_all(
             continue
         echo(f"{folder.name}: scoring ({reason})")
         try:
-            score_submission(folder, runtime=runtime, fluency=fluency, piqa_items=piqa_items, current=current)
+            score_submission(
+                folder, runtime=runtime, fluency=fluency, piqa_items=piqa_items, wild=wild, current=current
+            )
             report.scored.append(folder)
         except EditevalError as err:
             report.failed.append((folder, str(err).splitlines()[0]))

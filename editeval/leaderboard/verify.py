@@ -65,6 +65,7 @@ def verify_submission(
     raises its one-line `EditevalError`."""
     from editeval.evaluation.evaluator import FLUENCY
     from editeval.evaluation.results import read_record, read_rows
+    from editeval.evaluation.specs import WILD, MetricName
     from editeval.leaderboard import records
     from editeval.leaderboard.submissions import score_submission
 
@@ -87,6 +88,7 @@ def verify_submission(
                 runtime=runtime,
                 piqa_items=claimed.meta.piqa_items,
                 fluency=FLUENCY in claimed.metrics,
+                wild=str(MetricName("reliability", WILD)) in claimed.metrics,
                 requests=requests,
             )
             reason = _difference(claimed, read_rows(results), again, read_rows(copy / RESULTS), tolerance)

@@ -19,6 +19,7 @@ class EvalConfig(BaseModel):
     generation: bool = True  # also the greedy-generation protocol
     fluency: bool = False  # n-gram entropy of 100-token greedy generations (slow)
     piqa_items: int = Field(default=0, ge=0)  # Other-Task locality on the first N PIQA items
+    wild: bool = False  # also the WILD protocol: free generation to a natural stop (`evaluation.wild`)
 
 
 class EditConfig(EvalConfig):

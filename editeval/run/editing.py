@@ -175,6 +175,7 @@ def _run_edits(
         "eval_every_edit": opts.eval_every_edit,
         "fluency": opts.fluency,
         "piqa_items": opts.piqa_items,
+        "wild": opts.wild,
     }
     partial = _open_progress(out, header, requests, opts.generation, dist)
     saved_batch = partial.saved_batch() if mode == "batch" else None  # read before any process writes

@@ -209,6 +209,9 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
     rows are exactly what this run would compute. Returns how many requests were carried over."""
     from editeval.evaluation import results as R
     from editeval.evaluation.evaluator import FLUENCY
+    from editeval.evaluation.specs import WILD, MetricName
+
+    WILD_RELIABILITY = str(MetricName("reliability", WILD))  # noqa: N806
     from editeval.run.session import dataset_fingerprint
 
     if not out.exists() or any(out.parent.glob(glob.escape(out.name) + ".partial*.jsonl")):
@@ -232,6 +235,7 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
         and meta.generation == generation
         and meta.piqa_items == header["piqa_items"]
         and (FLUENCY in record.metrics) == header["fluency"]
+        and (WILD_RELIABILITY in record.metrics) == header["wild"]
         and isinstance(n_old, int)
         and n_old < len(requests)
         and meta.dataset_fingerprint == dataset_fingerprint(requests[:n_old])

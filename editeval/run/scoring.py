@@ -33,6 +33,7 @@ def score_checkpoint(
     generation: bool = True,
     fluency: bool = False,
     piqa_items: int = DEFAULT_PIQA_ITEMS,
+    wild: bool = False,
     out: str | os.PathLike | None = None,
     requests: Sequence[Mapping] | None = None,
     extra_meta: Mapping | None = None,
@@ -51,6 +52,7 @@ def score_checkpoint(
         generation=generation,
         fluency=fluency,
         piqa_items=piqa_items,
+        wild=wild,
         out=str(out) if out else None,
     )
     return run_checkpoint(score, runtime, requests=requests, extra_meta=extra_meta)

@@ -149,6 +149,7 @@ class Session:
                 dataset_fingerprint=self.dataset_fingerprint,
                 progress=progress,
                 counterfact=counterfact,
+                wild=ev.wild,
             )
         except ValueError as err:  # bad records, a tokenizer without a chat template
             raise EditevalError(f"cannot {label}: {err}") from None
@@ -158,7 +159,7 @@ class Session:
         from editeval.evaluation.evaluator import evaluation_columns
 
         return evaluation_columns(
-            over, generation=ev.generation, counterfact=counterfact, fluency=ev.fluency, piqa=piqa
+            over, generation=ev.generation, counterfact=counterfact, fluency=ev.fluency, piqa=piqa, wild=ev.wild
         )
 
     def write(

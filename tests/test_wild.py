@@ -123,3 +123,47 @@ def test_without_wild_nothing_changes(tiny):
     for x, y in zip(a, b):
         for key, value in x.items():
             assert value == y[key] or (math.isnan(value) and math.isnan(y[key])), key
+
+
+def test_the_evaluate_module_gives_the_pipeline_s_numbers_for_the_same_strings(tiny, tmp_path, monkeypatch):
+    """`evaluate.load(PATH)` (a local folder, offline) on the answers the pipeline generated gives
+    the rows' means: reliability under WILD and under the target-length generation protocol."""
+    import evaluate
+    import torch
+
+    from editeval.evaluation.editeval_generation import PATH
+    from editeval.evaluation.requests import REL as REL_ROLE
+
+    monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path))
+    edited = load(tiny.path, device="cpu")  # an "edit": one MLP nudged, so answers differ from the base's
+    with torch.no_grad():
+        edited.model.model.layers[1].mlp.down_proj.weight.add_(0.3)
+    reqs = _requests()
+    asked = [WildPrompt(i, REL, "", r["prompt"], "", False) for i, r in enumerate(reqs)]
+    runner = LMRunner(pad_id=tiny.tokenizer.pad_token_id, eos_id=tiny.tokenizer.eos_token_id, batch_size=4)
+    answers = WildGenerator(runner, tiny.tokenizer).answers(edited.model, asked)
+    for i in range(0, len(reqs), 2):  # half the requests ask for what the edited model answers
+        if M.normalize_answer(answers[i]):
+            reqs[i]["target_new"] = answers[i].strip()
+    ev = Evaluator(tiny, reqs, batch_size=4, progress=False, wild=True)
+    rows = ev.evaluate(edited.model)
+    assert 0 < M.mean([row["reliability.wild"] for row in rows]) < 1
+    metric = evaluate.load(PATH)
+    generator = ev._wild.generator
+    scores = metric.compute(predictions=answers, references=[r["target_new"] for r in reqs])
+    assert scores["wild"] == M.mean([row["reliability.wild"] for row in rows])
+    assert scores["wild_contains"] == M.mean([row["reliability.wild_contains"] for row in rows])
+    loc = [p for ps in ev._wild.by_owner.values() for p in ps if p.role == LOC]
+    base = [ev._wild.base[p] for p in loc]
+    changed = metric.compute(predictions=generator.answers(edited.model, loc), references=base, protocol="locality")
+    assert changed["locality_wild"] == M.mean(
+        [M.wild_locality(a, b) for a, b in zip(generator.answers(edited.model, loc), base)]
+    )
+    # the target-length generation protocol, on the texts the runner generated
+    seq_ids = [s for s, q in enumerate(ev._seqs) if q.role == REL_ROLE]
+    outs = ev.runner.score(edited.model, ev._seqs, seq_ids, generate=True)
+    texts = [tiny.tokenizer.decode(outs[s].generated, skip_special_tokens=True) for s in seq_ids]
+    generation = metric.compute(predictions=texts, references=[r["target_new"] for r in reqs], protocol="generation")
+    assert generation["generation"] == M.mean([row["reliability.generation"] for row in rows])
+    with pytest.raises(ValueError, match="protocol 'judge'"):
+        metric.compute(predictions=["a"], references=["a"], protocol="judge")

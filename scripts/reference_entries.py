@@ -253,6 +253,9 @@ def main() -> int:
         "driver's method runs do not score PIQA either, so all reference rows agree)",
     )
     parser.add_argument("--force", action="store_true", help="score again even when results are up to date")
+    parser.add_argument(
+        "--wild", action="store_true", help="also the WILD protocol (free generation to a natural stop)"
+    )
     parser.add_argument("--write-only", action="store_true", help="only write the submission.yaml files")
     parser.add_argument(
         "--adopt",
@@ -304,6 +307,7 @@ def main() -> int:
                 folder,
                 runtime=Runtime(device=args.device, progress=False, datasets_dir=datasets),
                 piqa_items=args.piqa,
+                wild=args.wild,
                 current=current,
             )
             rel = record.metrics.get("reliability.teacher_forced")

@@ -18,7 +18,7 @@ from _leaderboard_fixtures import (
 )
 
 from editeval.errors import EditevalError
-from editeval.leaderboard import build_site, make_server
+from editeval.leaderboard import build_site, make_server, markdown_tables
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +345,36 @@ def test_rows_changed_or_missing_after_scoring_are_listed_invalid(tmp_path):
     reasons = {i.slug: i.reason for i in report.invalid}
     assert "its sha256 is not the rows_sha256 the record gives" in reasons["rome-zsre"]
     assert reasons["memit-zsre"] == "results.json: its per-edit rows results.rows.parquet are missing"
+
+
+ZSRE_SINGLE = {"base-zsre", "rome-zsre", "memit-zsre", "ft-l-zsre", "xss-zsre"}
+
+
+def test_a_table_whose_entries_have_wild_figures_shows_both_and_ranks_by_wild(tmp_path):
+    from _leaderboard_fixtures import WILD_FACTOR
+
+    report = build_site(make_submissions(tmp_path / "submissions", wild=ZSRE_SINGLE), tmp_path / "site")
+    table = next(t for t in report.tables if (t.benchmark, t.mode) == ("zsre", "single"))
+    assert table.wild and table.ranked_by == "wild"
+    by_wild = sorted(table.entries, key=lambda e: -e.average_wild)
+    assert [e.slug for e in table.entries] == [e.slug for e in by_wild]
+    rome = next(e for e in table.entries if e.slug == "rome-zsre")
+    assert rome.average_wild == pytest.approx(rome.average * WILD_FACTOR["rome-zsre"])
+    assert table.entries[0].slug != "rome-zsre"  # first by teacher-forced average, not by WILD
+    labels = [c["label"] for c in table.columns]
+    assert labels[:4] == ["Reliability", "Reliability (WILD)", "Generalization", "Generalization (WILD)"]
+    assert table.gap is not None and len(table.gap["bars"]) == len(ZSRE_SINGLE)
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert 'data-rank="wild"' in index and ">Average (WILD)</th>" in index and 'id="wild-definition"' in index
+    assert 'class="gap-line"' in index and '<option value="wild" selected>' in index
+    other = next(t for t in report.tables if t.benchmark == "counterfact")
+    assert not other.wild and other.gap is None  # no entry there has WILD figures: as before
+    markdown = markdown_tables(tmp_path / "submissions")
+    assert "| Average | Average (WILD) |" in markdown and "Average (WILD) = the same mean" in markdown
+
+
+def test_a_table_where_only_some_entries_have_wild_figures_ranks_teacher_forced(tmp_path):
+    report = build_site(make_submissions(tmp_path / "submissions", wild={"rome-zsre"}), tmp_path / "site")
+    table = next(t for t in report.tables if (t.benchmark, t.mode) == ("zsre", "single"))
+    assert table.wild and table.ranked_by == "teacher_forced" and table.entries[0].slug == "rome-zsre"
+    assert [e.average_wild is None for e in table.entries].count(False) == 1

@@ -204,3 +204,25 @@ def test_markup_in_every_submitted_string_never_runs(hostile_site, page_without_
     ):
         assert h[field] in body, field
     assert not page.editeval_errors, page.editeval_errors
+
+
+def test_the_rank_by_switch_reorders_by_either_average(tmp_path, page):
+    """A table with WILD figures opens ranked by the WILD average; the switch re-ranks it by the
+    teacher-forced one (ROME: first teacher-forced, last under WILD here) and back."""
+    from _leaderboard_fixtures import make_submissions
+
+    from editeval.leaderboard import build_site
+
+    zsre_single = {"base-zsre", "rome-zsre", "memit-zsre", "ft-l-zsre", "xss-zsre"}
+    build_site(make_submissions(tmp_path / "submissions", wild=zsre_single), tmp_path / "site")
+    page.goto((tmp_path / "site" / "index.html").as_uri())
+    table = "t-zsre-edit-single-table"
+    wild = numbers(column(page, table, "Average (WILD)"))
+    assert wild == sorted(wild, reverse=True) and column(page, table, "Entry")[0] != "ROME (reference)"
+    page.select_option(f"label.rank-by select[data-table='{table}']", "teacher_forced")
+    averages = numbers(column(page, table, "Average"))
+    assert averages == sorted(averages, reverse=True) and column(page, table, "Entry")[0] == "ROME (reference)"
+    page.select_option(f"label.rank-by select[data-table='{table}']", "wild")
+    assert numbers(column(page, table, "Average (WILD)")) == wild
+    assert page.locator("figure.gap circle.gap-wild").count() == len(zsre_single)
+    assert not page.editeval_errors

@@ -17,7 +17,7 @@ import yaml
 
 from editeval.errors import EditevalError
 from editeval.evaluation.specs import COUNTERFACT_AGGREGATE, TEACHER_FORCED, MetricName
-from editeval.leaderboard import records
+from editeval.leaderboard import protocols, records
 from editeval.leaderboard.checks import load_submission
 from editeval.leaderboard.manifest import MANIFEST, RESULTS, SLUG_RE, Submission, SubmissionError
 from editeval.leaderboard.verify import VERIFIED, read_stamp
@@ -54,6 +54,7 @@ class Entry:
     manifest_text: str
     record: records.RecordView
     average: float | None = None
+    average_wild: float | None = None  # the same mean over the WILD figures (`protocols`)
     verification: dict | None = None  # the stamp of `editeval leaderboard verify` for this record, if any
 
     @property
@@ -87,6 +88,9 @@ class Table:
     entries: list[Entry]
     columns: list[dict]  # {key, label, metric}
     scatter: dict | None = None
+    wild: bool = False  # its entries carry WILD figures: the WILD columns, average and gap plot are shown
+    ranked_by: str = "teacher_forced"  # or "wild": every entry has a WILD average
+    gap: dict | None = None  # teacher-forced vs WILD reliability per entry (`protocols.gap_plot`)
 
     @property
     def anchor(self) -> str:
@@ -133,7 +137,9 @@ def collect(submissions_dir: Path) -> tuple[list[Entry], list[Invalid]]:
         if stamp is not None and stamp.get("result") != VERIFIED:
             invalid.append(Invalid(slug, f"not reproduced by `editeval leaderboard verify`: {stamp.get('reason')}"))
             continue
-        entries.append(Entry(slug, submission, (folder / MANIFEST).read_text(encoding="utf-8"), view, None, stamp))
+        entries.append(
+            Entry(slug, submission, (folder / MANIFEST).read_text(encoding="utf-8"), view, verification=stamp)
+        )
     return entries, invalid
 
 
@@ -204,12 +210,16 @@ def make_tables(entries: list[Entry]) -> list[Table]:
             for key, label, metric in EXTRA
             if any(e.record.value(metric) is not None for e in members)
         ]
-        averaged = [metric for key, _, metric in HEADLINE if key in measured and key in AVERAGE_OF]
+        columns = protocols.interleave(columns, members)
+        averaged = [key for key, _, _ in HEADLINE if key in measured and key in AVERAGE_OF]
         for e in members:
-            values = [e.record.value(m) for m in averaged]
-            e.average = None if not values or any(v is None for v in values) else sum(values) / len(values)
-        members.sort(key=lambda e: (e.average is None, -(e.average or 0.0), e.slug))
-        tables.append(Table(benchmark, split, mode, members, columns, _scatter(members)))
+            e.average, e.average_wild = protocols.averages(e, averaged)
+        wild = any(e.average_wild is not None for e in members)
+        ranked_by = "wild" if wild and all(e.average_wild is not None for e in members) else "teacher_forced"
+        score = (lambda e: e.average_wild) if ranked_by == "wild" else (lambda e: e.average)
+        members.sort(key=lambda e: (score(e) is None, -(score(e) or 0.0), e.slug))
+        gap = protocols.gap_plot(members) if wild else None
+        tables.append(Table(benchmark, split, mode, members, columns, _scatter(members), wild, ranked_by, gap))
     return tables
 
 
@@ -231,7 +241,9 @@ def markdown_tables(submissions_dir: str | os.PathLike) -> str:
     out = []
     for table in make_tables(entries):
         out.append(f"### {_md_cell(table.benchmark)} / {_md_cell(table.split)} / {_md_cell(table.mode)}\n")
-        head = ["#", "entry", "method", "edits", *[_md_cell(c["label"]) for c in table.columns], "Average", "s/edit"]
+        wild = ["Average (WILD)"] if table.wild else []
+        head = ["#", "entry", "method", "edits", *[_md_cell(c["label"]) for c in table.columns], "Average", *wild]
+        head.append("s/edit")
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join(["---:", "---", "---", "---:"] + ["---:"] * (len(head) - 4)) + "|")
         for rank, e in enumerate(table.entries, 1):
@@ -243,11 +255,14 @@ def markdown_tables(submissions_dir: str | os.PathLike) -> str:
                 str(e.record.num_edits or "–"),
                 *[pct(e.record.value(c["metric"])) for c in table.columns],
                 pct(e.average),
+                *([pct(e.average_wild)] if table.wild else []),
                 "–" if spe is None else f"{spe:.2f}",
             ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     out.append(AVERAGE_DEFINITION)
+    if any(t.wild for t in make_tables(entries)):
+        out.append("\n" + protocols.WILD_AVERAGE_DEFINITION)
     if invalid:
         out.append("\nInvalid entries: " + "; ".join(f"{_md_cell(b.slug)} ({_md_cell(b.reason)})" for b in invalid))
     return "\n".join(out) + "\n"
@@ -302,7 +317,11 @@ def build_site(submissions_dir: str | os.PathLike, out_dir: str | os.PathLike) -
     try:
         (tmp / "entries").mkdir()
         shutil.copytree(HERE / "static", tmp / "static")
-        common = {"average_definition": AVERAGE_DEFINITION, "fluency_metric": FLUENCY}
+        common = {
+            "average_definition": AVERAGE_DEFINITION,
+            "wild_definition": protocols.WILD_AVERAGE_DEFINITION,
+            "fluency_metric": FLUENCY,
+        }
         (tmp / "index.html").write_text(
             env.get_template("index.html").render(
                 tables=tables, invalid=invalid, n_entries=len(entries), root="", **common

@@ -61,6 +61,18 @@
     });
   });
 
+  // "Rank by": sort by the chosen average (best first) and renumber nothing: # keeps the default rank
+  document.querySelectorAll("label.rank-by select").forEach(function (select) {
+    var table = document.getElementById(select.getAttribute("data-table"));
+    if (!table) return;
+    select.addEventListener("change", function () {
+      var th = table.querySelector('thead th[data-rank="' + select.value + '"]');
+      if (!th) return;
+      th.removeAttribute("aria-sort");  // so that the sort starts best-first
+      sortTable(table, th);
+    });
+  });
+
   document.querySelectorAll("input.filter").forEach(function (input) {
     var table = document.getElementById(input.getAttribute("data-table"));
     if (!table) return;

@@ -167,3 +167,35 @@ def test_the_evaluate_module_gives_the_pipeline_s_numbers_for_the_same_strings(t
     assert generation["generation"] == M.mean([row["reliability.generation"] for row in rows])
     with pytest.raises(ValueError, match="protocol 'judge'"):
         metric.compute(predictions=["a"], references=["a"], protocol="judge")
+
+
+def test_a_local_judge_grades_the_wild_answers_and_its_verdicts_are_cached(tiny, tmp_path, monkeypatch):
+    """The plumbing, with the tiny model as judge: each edit-side answer gets the verdict the judge's
+    next-token logits give (" yes" over " no" after the pinned prompt), the rows get *.wild_judge,
+    and a second evaluation asks the judge nothing (cached by its fingerprint)."""
+    import torch
+
+    from editeval.evaluation import judge as J
+
+    monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path))
+    judge = J.Judge(tiny)
+    reqs = _requests()
+    ev = Evaluator(tiny, reqs, batch_size=4, progress=False, wild=True, judge=judge)
+    rows = ev.evaluate(tiny.model)
+    assert {"reliability.wild_judge", "generalization.wild_judge", "portability.wild_judge"} <= set(ev.columns)
+    answers = ev._wild.generator.answers(
+        tiny.model, [WildPrompt(i, REL, "", r["prompt"], "", False) for i, r in enumerate(reqs)]
+    )
+    tok = tiny.tokenizer
+    for r, answer, row in zip(reqs, answers, rows):
+        text = J.PROMPT.format(question=r["prompt"], target=r["target_new"], answer=answer.strip())
+        with torch.no_grad():
+            logits = tiny.model(torch.tensor([tok(text)["input_ids"]])).logits[0, -1]
+        assert row["reliability.wild_judge"] == float(logits[judge.yes] > logits[judge.no])
+    assert (tmp_path / "judge" / f"{tiny.fingerprint()}-v{J.PROMPT_VERSION}.json").is_file()
+    asked = []
+    monkeypatch.setattr(J.Judge, "_ask", lambda self, items: asked.append(items) or [])
+    again = Evaluator(tiny, reqs, batch_size=4, progress=False, wild=True, judge=J.Judge(tiny)).evaluate(tiny.model)
+    assert asked == [] and [r["reliability.wild_judge"] for r in again] == [r["reliability.wild_judge"] for r in rows]
+    with pytest.raises(ValueError, match="--wild"):
+        Evaluator(tiny, reqs, progress=False, judge=judge)

@@ -34,6 +34,7 @@ def edit(
     generation: opt.Generation = True,
     fluency: opt.Fluency = False,
     wild: opt.Wild = False,
+    judge: opt.Judge = None,
     piqa: opt.Piqa = 0,
     out: Path | None = typer.Option(
         None, help="results record (default results/<method>-<benchmark>-<split>-<mode>.json)"
@@ -68,6 +69,7 @@ def edit(
         fluency=fluency,
         piqa_items=piqa,
         wild=wild,
+        judge=str(judge) if judge else None,
     )
     summary = run_edits(run_config, runtime)
     if summary.record is None:  # another process of a data-parallel run: the main process reports

@@ -57,6 +57,14 @@ Wild = Annotated[
         "normalised exact match (*.wild, *.wild_contains, locality.wild)",
     ),
 ]
+Judge = Annotated[
+    Path | None,
+    typer.Option(
+        "--judge",
+        help="with --wild: a local model folder (or registered name) that grades each WILD answer with a "
+        "pinned yes/no prompt (*.wild_judge; verdicts cached)",
+    ),
+]
 DatasetsDir = Annotated[
     Path | None,
     typer.Option("--datasets-dir", help="folder of built datasets (default: $EDITEVAL_DATASETS or ./datasets)"),

@@ -33,6 +33,7 @@ def score(
     generation: opt.Generation = True,
     fluency: opt.Fluency = False,
     wild: opt.Wild = False,
+    judge: opt.Judge = None,
     piqa: opt.Piqa = 100,
     out: Path = typer.Option(
         None, "--out", help="results JSON path (default results/<benchmark>-<split>-<model>.json)"
@@ -74,6 +75,7 @@ def score(
         generation=generation,
         fluency=fluency,
         wild=wild,
+        judge=str(judge) if judge else None,
         piqa_items=piqa,
         out=out,
     )

@@ -79,6 +79,7 @@ def evaluation_columns(
     fluency: bool = False,
     piqa: bool = False,
     wild: bool = False,
+    judge: bool = False,
 ) -> list[str]:
     """The row columns an `Evaluator` over `requests` gives (without tokenising anything): lets
     rows of evaluators over parts of the requests (data-parallel shards, resumed runs) be put in
@@ -88,7 +89,9 @@ def evaluation_columns(
         counterfact = wants_counterfact(requests)
     loc = sorted({e.get("kind") or "default" for r in requests for e in r.get("locality") or []})
     port = sorted({e.get("kind") or "default" for r in requests for e in r.get("portability") or []})
-    return row_columns(loc, port, generation=generation, counterfact=counterfact, fluency=fluency, piqa=piqa, wild=wild)
+    return row_columns(
+        loc, port, generation=generation, counterfact=counterfact, fluency=fluency, piqa=piqa, wild=wild, judge=judge
+    )
 
 
 class Evaluator:
@@ -115,6 +118,7 @@ class Evaluator:
             float arithmetic of a row in its last bits (magnitudes may move by ~1e-7).
         use_cache: read/write the pre-edit cache on disk.
         wild: also the WILD protocol (`editeval.evaluation.wild`): free generation to a natural stop.
+        judge: with `wild`, a `editeval.evaluation.judge.Judge` whose verdicts give ``*.wild_judge``.
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class Evaluator:
         mixed_lengths: bool = False,
         use_cache: bool = True,
         wild: bool = False,
+        judge=None,
     ):
         self.base = base
         self.tokenizer = base.tokenizer
@@ -169,6 +174,7 @@ class Evaluator:
             fluency=fluency,
             piqa=bool(self.piqa),
             wild=wild,
+            judge=judge is not None,
         )
         self.base_fingerprint = base.fingerprint()
         self.last_piqa: dict[str, list[float]] = {}  # per-item correctness/agreement of the last call
@@ -186,7 +192,9 @@ class Evaluator:
             use_cache=use_cache,
         )
         self._pre_loc, self._pre_piqa, self.base_piqa_accuracy = pre.loc, pre.piqa, pre.piqa_accuracy
-        self._wild = _Wild(self, base.model) if wild else None
+        if judge is not None and not wild:
+            raise ValueError("a judge grades WILD answers: ask for the WILD protocol too (--wild)")
+        self._wild = _Wild(self, base.model, judge) if wild else None
         self.timings["preedit_s"] = time.perf_counter() - t0
 
     @property
@@ -329,8 +337,9 @@ def _fluency(
 class _Wild:
     """The evaluator's WILD questions, and the base model's answers to its locality questions."""
 
-    def __init__(self, evaluator: Evaluator, base_model):
+    def __init__(self, evaluator: Evaluator, base_model, judge=None):
         self.generator = WildGenerator(evaluator.runner, evaluator.tokenizer)
+        self.judge = judge
         self.by_owner: dict[int, list[WildPrompt]] = {}
         for p in wild_prompts(evaluator.requests, evaluator.chat_template):
             self.by_owner.setdefault(p.owner, []).append(p)
@@ -343,7 +352,12 @@ class _Wild:
     def rows(self, model, owners: Sequence[int], transform) -> dict[int, dict]:
         prompts = [p for i in owners for p in self.by_owner.get(i, [])]
         answers = dict(zip(prompts, self.generator.answers(model, prompts, transform)))
+        verdicts = None
+        if self.judge is not None:
+            asked = [p for p in prompts if p.role != LOC]
+            found = self.judge.verdicts([(p.question, p.answer, answers[p]) for p in asked])
+            verdicts = dict(zip(asked, found))
         return {
-            i: wild_row(self.by_owner.get(i, []), [answers[p] for p in self.by_owner.get(i, [])], self.base)
+            i: wild_row(self.by_owner.get(i, []), [answers[p] for p in self.by_owner.get(i, [])], self.base, verdicts)
             for i in owners
         }

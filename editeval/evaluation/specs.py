@@ -17,6 +17,7 @@ from editeval.runtime.registry import Registry
 
 TEACHER_FORCED, GENERATION = "teacher_forced", "generation"
 WILD, WILD_CONTAINS = "wild", "wild_contains"  # free generation to a natural stop (`evaluation.wild`)
+WILD_JUDGE = "wild_judge"  # a local model's verdict on the WILD answer (`evaluation.judge`)
 
 # evaluation protocols a benchmark split can declare (`editeval.data.common.SplitSpec.protocols`)
 COUNTERFACT = "counterfact"  # ROME's probability comparisons: efficacy, paraphrase, neighbourhood
@@ -61,12 +62,12 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     return METRICS.add(spec.family, spec)
 
 
-_EDIT_SIDE = (TEACHER_FORCED, GENERATION, WILD, WILD_CONTAINS)
+_EDIT_SIDE = (TEACHER_FORCED, GENERATION, WILD, WILD_CONTAINS, WILD_JUDGE)
 for _spec in (
-    MetricSpec("reliability", (TEACHER_FORCED, GENERATION, WILD, WILD_CONTAINS), percent=_EDIT_SIDE),
-    MetricSpec("generalization", (TEACHER_FORCED, GENERATION, WILD, WILD_CONTAINS), percent=_EDIT_SIDE),
+    MetricSpec("reliability", _EDIT_SIDE, percent=_EDIT_SIDE),
+    MetricSpec("generalization", _EDIT_SIDE, percent=_EDIT_SIDE),
     MetricSpec("locality", (TEACHER_FORCED, WILD), per_kind=True, percent=(TEACHER_FORCED, WILD)),
-    MetricSpec("portability", (TEACHER_FORCED, GENERATION, WILD, WILD_CONTAINS), per_kind=True, percent=_EDIT_SIDE),
+    MetricSpec("portability", _EDIT_SIDE, per_kind=True, percent=_EDIT_SIDE),
     MetricSpec("efficacy", ("score", "magnitude"), joiner="_", percent=("score",)),
     MetricSpec("paraphrase", ("score", "magnitude"), joiner="_", percent=("score",)),
     MetricSpec("neighborhood", ("score", "magnitude"), joiner="_", percent=("score",)),
@@ -150,6 +151,7 @@ def row_columns(
     fluency: bool,
     piqa: bool,
     wild: bool = False,
+    judge: bool = False,
 ) -> list[str]:
     """The columns of an evaluator's per-edit rows, in their order (``case_id`` first)."""
     protos = [TEACHER_FORCED] + ([GENERATION] if generation else [])
@@ -160,10 +162,11 @@ def row_columns(
         names.append(MetricName("portability", p))
         names += [MetricName("portability", p, k) for k in portability_kinds]
     if wild:
-        names += [MetricName(family, p) for family in ("reliability", "generalization") for p in (WILD, WILD_CONTAINS)]
+        edit_side = (WILD, WILD_CONTAINS) + ((WILD_JUDGE,) if judge else ())
+        names += [MetricName(family, p) for family in ("reliability", "generalization") for p in edit_side]
         names.append(MetricName("locality", WILD))
         names += [MetricName("locality", WILD, k) for k in locality_kinds]
-        for p in (WILD, WILD_CONTAINS):
+        for p in edit_side:
             names.append(MetricName("portability", p))
             names += [MetricName("portability", p, k) for k in portability_kinds]
     if counterfact:

@@ -23,8 +23,9 @@ As the authors' code (WanliYoung/Revisit-Editing-Evaluation, `test_prediction_ac
   question and its answer.
 
 Choices left open by the paper and made here: no few-shot context, no ``qa_inst`` template (their
-non-default option), the judge is optional (`--judge`, not yet here) and the exact match is the
-default, as in their code without an API key.
+non-default option), the judge is optional and local, and the exact match is the
+default, as in their code without an API key; ``--judge MODEL_FOLDER`` adds a local model's
+verdict (`editeval.evaluation.judge`) as ``*.wild_judge``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 
 from editeval.evaluation import metrics as M
 from editeval.evaluation.requests import GEN, LOC, PORT, REL
-from editeval.evaluation.specs import WILD, WILD_CONTAINS, MetricName
+from editeval.evaluation.specs import WILD, WILD_CONTAINS, WILD_JUDGE, MetricName
 from editeval.runtime import tokens
 from editeval.runtime.paths import atomic_file, cache_dir
 
@@ -122,10 +123,16 @@ class WildGenerator:
         return answers
 
 
-def wild_row(prompts: Sequence[WildPrompt], answers: Sequence[str], base: Mapping[WildPrompt, str]) -> dict:
+def wild_row(
+    prompts: Sequence[WildPrompt],
+    answers: Sequence[str],
+    base: Mapping[WildPrompt, str],
+    verdicts: Mapping[WildPrompt, float] | None = None,
+) -> dict:
     """One request's WILD metrics from its prompts and the edited model's answers (`base`: the
-    unedited model's answer to each locality prompt). Per-kind columns for locality and
-    portability, and the family figure as the mean over kinds (as teacher-forced)."""
+    unedited model's answer to each locality prompt; `verdicts`: a judge's on the others). Per-kind
+    columns for locality and portability, and the family figure as the mean over kinds (as
+    teacher-forced)."""
     values: dict[MetricName, list[float]] = {}
     for p, answer in zip(prompts, answers):
         kind = p.kind if p.role in (PORT, LOC) else None
@@ -134,9 +141,11 @@ def wild_row(prompts: Sequence[WildPrompt], answers: Sequence[str], base: Mappin
             continue
         values.setdefault(MetricName(p.role, WILD, kind), []).append(M.wild_exact_match(answer, p.answer))
         values.setdefault(MetricName(p.role, WILD_CONTAINS, kind), []).append(M.wild_contains(answer, p.answer))
+        if verdicts is not None:
+            values.setdefault(MetricName(p.role, WILD_JUDGE, kind), []).append(verdicts[p])
     row = {str(name): M.mean(v) for name, v in values.items()}
     for family in (LOC, PORT):
-        for proto in (WILD, WILD_CONTAINS):
+        for proto in (WILD, WILD_CONTAINS, WILD_JUDGE):
             kinds = [row[str(n)] for n in values if n.family == family and n.protocol == proto]
             if kinds:
                 row[str(MetricName(family, proto))] = M.mean(kinds)

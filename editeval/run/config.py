@@ -20,6 +20,7 @@ class EvalConfig(BaseModel):
     fluency: bool = False  # n-gram entropy of 100-token greedy generations (slow)
     piqa_items: int = Field(default=0, ge=0)  # Other-Task locality on the first N PIQA items
     wild: bool = False  # also the WILD protocol: free generation to a natural stop (`evaluation.wild`)
+    judge: str | None = None  # with wild: a local model folder whose verdicts give *.wild_judge (`evaluation.judge`)
 
 
 class EditConfig(EvalConfig):

@@ -176,6 +176,7 @@ def _run_edits(
         "fluency": opts.fluency,
         "piqa_items": opts.piqa_items,
         "wild": opts.wild,
+        "judge": opts.judge,
     }
     partial = _open_progress(out, header, requests, opts.generation, dist)
     saved_batch = partial.saved_batch() if mode == "batch" else None  # read before any process writes

@@ -209,9 +209,10 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
     rows are exactly what this run would compute. Returns how many requests were carried over."""
     from editeval.evaluation import results as R
     from editeval.evaluation.evaluator import FLUENCY
-    from editeval.evaluation.specs import WILD, MetricName
+    from editeval.evaluation.specs import WILD, WILD_JUDGE, MetricName
 
     WILD_RELIABILITY = str(MetricName("reliability", WILD))  # noqa: N806
+    JUDGE_RELIABILITY = str(MetricName("reliability", WILD_JUDGE))  # noqa: N806
     from editeval.run.session import dataset_fingerprint
 
     if not out.exists() or any(out.parent.glob(glob.escape(out.name) + ".partial*.jsonl")):
@@ -236,6 +237,7 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
         and meta.piqa_items == header["piqa_items"]
         and (FLUENCY in record.metrics) == header["fluency"]
         and (WILD_RELIABILITY in record.metrics) == header["wild"]
+        and (JUDGE_RELIABILITY in record.metrics) == bool(header["judge"])
         and isinstance(n_old, int)
         and n_old < len(requests)
         and meta.dataset_fingerprint == dataset_fingerprint(requests[:n_old])

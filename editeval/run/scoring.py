@@ -34,6 +34,7 @@ def score_checkpoint(
     fluency: bool = False,
     piqa_items: int = DEFAULT_PIQA_ITEMS,
     wild: bool = False,
+    judge: str | None = None,
     out: str | os.PathLike | None = None,
     requests: Sequence[Mapping] | None = None,
     extra_meta: Mapping | None = None,
@@ -53,6 +54,7 @@ def score_checkpoint(
         fluency=fluency,
         piqa_items=piqa_items,
         wild=wild,
+        judge=judge,
         out=str(out) if out else None,
     )
     return run_checkpoint(score, runtime, requests=requests, extra_meta=extra_meta)

@@ -70,6 +70,7 @@ class Session:
     requests: list[dict] | None = None
     dataset_fingerprint: str = ""
     handed: bool = False  # the requests were given, not read from a benchmark split that declares its protocols
+    judge: Any = None  # the loaded judge (`evaluation.judge.Judge`), once
 
     @classmethod
     def open(cls, runtime: Runtime, out: str | Path) -> Session:
@@ -137,6 +138,12 @@ class Session:
         bad records are refused with one line, ``cannot <label>: <why>``."""
         from editeval.evaluation.evaluator import Evaluator
 
+        if ev.judge and not ev.wild:
+            raise EditevalError("--judge grades WILD answers: add --wild")
+        if ev.judge and self.judge is None:
+            from editeval.evaluation.judge import Judge
+
+            self.judge = Judge.load(ev.judge, device=self.device)
         try:
             return Evaluator(
                 loaded,
@@ -150,6 +157,7 @@ class Session:
                 progress=progress,
                 counterfact=counterfact,
                 wild=ev.wild,
+                judge=self.judge,
             )
         except ValueError as err:  # bad records, a tokenizer without a chat template
             raise EditevalError(f"cannot {label}: {err}") from None
@@ -159,7 +167,13 @@ class Session:
         from editeval.evaluation.evaluator import evaluation_columns
 
         return evaluation_columns(
-            over, generation=ev.generation, counterfact=counterfact, fluency=ev.fluency, piqa=piqa, wild=ev.wild
+            over,
+            generation=ev.generation,
+            counterfact=counterfact,
+            fluency=ev.fluency,
+            piqa=piqa,
+            wild=ev.wild,
+            judge=bool(ev.judge),
         )
 
     def write(

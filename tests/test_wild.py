@@ -26,20 +26,10 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir):
-    return load(tiny_llama_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def gpt2(tiny_gpt2_dir):
-    return load(tiny_gpt2_dir, device="cpu")
-
-
-@pytest.mark.parametrize("which", ["tiny", "gpt2"])
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
 def test_answers_equal_hf_greedy_generate_cut_at_the_first_natural_stop(which, request, monkeypatch):
     """Stopping after the token that holds a period or newline gives the text that generating all 50
-    tokens (HF `generate`, stopping at EOS) and cutting at the first stop gives. A random tiny model
+    tokens (HF `generate`, stopping at EOS) and cutting at the first stop gives. A random tiny_llama model
     seldom writes a period, so the letter "e" is made a stop too: stops then happen."""
     monkeypatch.setattr(M, "WILD_STOPS", (".", "\n", "e"))
     lm = request.getfixturevalue(which)
@@ -90,7 +80,7 @@ def test_a_request_s_wild_row_is_the_hand_computed_one():
     }
 
 
-@pytest.mark.parametrize("which", ["tiny", "gpt2"])
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
 def test_the_evaluator_s_wild_columns_on_the_unedited_model(which, request, tmp_path, monkeypatch):
     """On the unedited model locality.wild is 1 everywhere; reliability.wild is the exact match of
     HF greedy's answer to the request's prompt; the columns are the declared ones."""
@@ -114,18 +104,18 @@ def test_the_evaluator_s_wild_columns_on_the_unedited_model(which, request, tmp_
     assert [r["locality.wild"] for r in again] == [1.0] * len(reqs)
 
 
-def test_without_wild_nothing_changes(tiny):
+def test_without_wild_nothing_changes(tiny_llama):
     reqs = _requests()
-    plain = Evaluator(tiny, reqs, batch_size=4, progress=False, use_cache=False)
+    plain = Evaluator(tiny_llama, reqs, batch_size=4, progress=False, use_cache=False)
     assert not any("wild" in c for c in plain.columns)
-    with_wild = Evaluator(tiny, reqs, batch_size=4, progress=False, use_cache=False, wild=True)
-    a, b = plain.evaluate(tiny.model), with_wild.evaluate(tiny.model)
+    with_wild = Evaluator(tiny_llama, reqs, batch_size=4, progress=False, use_cache=False, wild=True)
+    a, b = plain.evaluate(tiny_llama.model), with_wild.evaluate(tiny_llama.model)
     for x, y in zip(a, b):
         for key, value in x.items():
             assert value == y[key] or (math.isnan(value) and math.isnan(y[key])), key
 
 
-def test_the_evaluate_module_gives_the_pipeline_s_numbers_for_the_same_strings(tiny, tmp_path, monkeypatch):
+def test_the_evaluate_module_gives_the_pipeline_s_numbers_for_the_same_strings(tiny_llama, tmp_path, monkeypatch):
     """`evaluate.load(PATH)` (a local folder, offline) on the answers the pipeline generated gives
     the rows' means: reliability under WILD and under the target-length generation protocol."""
     import evaluate
@@ -135,17 +125,17 @@ def test_the_evaluate_module_gives_the_pipeline_s_numbers_for_the_same_strings(t
     from editeval.evaluation.requests import REL as REL_ROLE
 
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path))
-    edited = load(tiny.path, device="cpu")  # an "edit": one MLP nudged, so answers differ from the base's
+    edited = load(tiny_llama.path, device="cpu")  # an "edit": one MLP nudged, so answers differ from the base's
     with torch.no_grad():
         edited.model.model.layers[1].mlp.down_proj.weight.add_(0.3)
     reqs = _requests()
     asked = [WildPrompt(i, REL, "", r["prompt"], "", False) for i, r in enumerate(reqs)]
-    runner = LMRunner(pad_id=tiny.tokenizer.pad_token_id, eos_id=tiny.tokenizer.eos_token_id, batch_size=4)
-    answers = WildGenerator(runner, tiny.tokenizer).answers(edited.model, asked)
+    runner = LMRunner(pad_id=tiny_llama.tokenizer.pad_token_id, eos_id=tiny_llama.tokenizer.eos_token_id, batch_size=4)
+    answers = WildGenerator(runner, tiny_llama.tokenizer).answers(edited.model, asked)
     for i in range(0, len(reqs), 2):  # half the requests ask for what the edited model answers
         if M.normalize_answer(answers[i]):
             reqs[i]["target_new"] = answers[i].strip()
-    ev = Evaluator(tiny, reqs, batch_size=4, progress=False, wild=True)
+    ev = Evaluator(tiny_llama, reqs, batch_size=4, progress=False, wild=True)
     rows = ev.evaluate(edited.model)
     assert 0 < M.mean([row["reliability.wild"] for row in rows]) < 1
     metric = evaluate.load(PATH)
@@ -162,15 +152,15 @@ def test_the_evaluate_module_gives_the_pipeline_s_numbers_for_the_same_strings(t
     # the target-length generation protocol, on the texts the runner generated
     seq_ids = [s for s, q in enumerate(ev._seqs) if q.role == REL_ROLE]
     outs = ev.runner.score(edited.model, ev._seqs, seq_ids, generate=True)
-    texts = [tiny.tokenizer.decode(outs[s].generated, skip_special_tokens=True) for s in seq_ids]
+    texts = [tiny_llama.tokenizer.decode(outs[s].generated, skip_special_tokens=True) for s in seq_ids]
     generation = metric.compute(predictions=texts, references=[r["target_new"] for r in reqs], protocol="generation")
     assert generation["generation"] == M.mean([row["reliability.generation"] for row in rows])
     with pytest.raises(ValueError, match="protocol 'judge'"):
         metric.compute(predictions=["a"], references=["a"], protocol="judge")
 
 
-def test_a_local_judge_grades_the_wild_answers_and_its_verdicts_are_cached(tiny, tmp_path, monkeypatch):
-    """The plumbing, with the tiny model as judge: each edit-side answer gets the verdict the judge's
+def test_a_local_judge_grades_the_wild_answers_and_its_verdicts_are_cached(tiny_llama, tmp_path, monkeypatch):
+    """The plumbing, with the tiny_llama model as judge: each edit-side answer gets the verdict the judge's
     next-token logits give (" yes" over " no" after the pinned prompt), the rows get *.wild_judge,
     and a second evaluation asks the judge nothing (cached by its fingerprint)."""
     import torch
@@ -178,24 +168,26 @@ def test_a_local_judge_grades_the_wild_answers_and_its_verdicts_are_cached(tiny,
     from editeval.evaluation import judge as J
 
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path))
-    judge = J.Judge(tiny)
+    judge = J.Judge(tiny_llama)
     reqs = _requests()
-    ev = Evaluator(tiny, reqs, batch_size=4, progress=False, wild=True, judge=judge)
-    rows = ev.evaluate(tiny.model)
+    ev = Evaluator(tiny_llama, reqs, batch_size=4, progress=False, wild=True, judge=judge)
+    rows = ev.evaluate(tiny_llama.model)
     assert {"reliability.wild_judge", "generalization.wild_judge", "portability.wild_judge"} <= set(ev.columns)
     answers = ev._wild.generator.answers(
-        tiny.model, [WildPrompt(i, REL, "", r["prompt"], "", False) for i, r in enumerate(reqs)]
+        tiny_llama.model, [WildPrompt(i, REL, "", r["prompt"], "", False) for i, r in enumerate(reqs)]
     )
-    tok = tiny.tokenizer
+    tok = tiny_llama.tokenizer
     for r, answer, row in zip(reqs, answers, rows):
         text = J.PROMPT.format(question=r["prompt"], target=r["target_new"], answer=answer.strip())
         with torch.no_grad():
-            logits = tiny.model(torch.tensor([tok(text)["input_ids"]])).logits[0, -1]
+            logits = tiny_llama.model(torch.tensor([tok(text)["input_ids"]])).logits[0, -1]
         assert row["reliability.wild_judge"] == float(logits[judge.yes] > logits[judge.no])
-    assert (tmp_path / "judge" / f"{tiny.fingerprint()}-v{J.PROMPT_VERSION}.json").is_file()
+    assert (tmp_path / "judge" / f"{tiny_llama.fingerprint()}-v{J.PROMPT_VERSION}.json").is_file()
     asked = []
     monkeypatch.setattr(J.Judge, "_ask", lambda self, items: asked.append(items) or [])
-    again = Evaluator(tiny, reqs, batch_size=4, progress=False, wild=True, judge=J.Judge(tiny)).evaluate(tiny.model)
+    again = Evaluator(tiny_llama, reqs, batch_size=4, progress=False, wild=True, judge=J.Judge(tiny_llama)).evaluate(
+        tiny_llama.model
+    )
     assert asked == [] and [r["reliability.wild_judge"] for r in again] == [r["reliability.wild_judge"] for r in rows]
     with pytest.raises(ValueError, match="--wild"):
-        Evaluator(tiny, reqs, progress=False, judge=judge)
+        Evaluator(tiny_llama, reqs, progress=False, judge=judge)

@@ -201,6 +201,7 @@ def test_there_are_at_least_thirty_mutations():
 def good(tmp_path_factory, tiny_llama_dir):
     """A valid checkpoint submission with its base inside, and a built three-record `zsre`."""
     from test_editing import write_benchmark
+    from test_submissions import manifest as submission_manifest
 
     from editeval.data.schema import empty_request
     from editeval.runtime.models import load
@@ -209,18 +210,10 @@ def good(tmp_path_factory, tiny_llama_dir):
     folder = root / "template"
     shutil.copytree(tiny_llama_dir, folder / "base")
     shutil.copytree(tiny_llama_dir, folder / "checkpoint")
-    manifest = {
-        "schema_version": 1,
-        "title": "A checkpoint",
-        "authors": ["Ada Lovelace"],
-        "contact": "ada@example.org",
-        "method": {"name": "ft-m", "link": "https://example.org/paper"},
-        "base_model": {"name": "base", "fingerprint": load(folder / "base", device="cpu").fingerprint()},
-        "benchmark": {"name": "zsre", "split": "edit"},
-        "mode": "sequential",
-        "num_edits": 2,
-        "score": {"checkpoint": "checkpoint"},
-    }
+    fingerprint = load(folder / "base", device="cpu").fingerprint()
+    manifest = submission_manifest(
+        title="A checkpoint", base_model={"name": "base", "fingerprint": fingerprint}, num_edits=2
+    )
     (folder / "submission.yaml").write_text(yaml.safe_dump(manifest))
     requests = [
         empty_request(case_id=i, subject="France", prompt="The capital of France is", target_new=t)

@@ -1,5 +1,5 @@
 """MEMIT hyper-parameter sweep on one batch: the value vectors z do not depend on λ
-(mom2_update_weight) and MEMIT caches them per request (`editeval.methods.memit.ValueStore`), so a
+(mom2_update_weight) and MEMIT caches them per request (`editeval.methods.kit.mass_values.ValueStore`), so a
 sweep costs one MEMIT run plus one evaluation per value. Prints reliability / generalization / locality / portability per λ.
 
     python benchmarks/memit_sweep.py --limit 100 --weights 150 300 600 1200

@@ -18,7 +18,7 @@ GPUs the same command runs one process per GPU). Parts:
   values out, then each applies the batch and evaluates its block of it);
 - memit: `editeval edit --method memit --mode batch` on the first K counterfact/edit requests for
   each K in `--memit-sizes`: wall seconds, seconds per edit (the edit alone) and peak RSS, read
-  from the results record. The value vectors z are cached per request (`memit.ValueStore`), so a
+  from the results record. The value vectors z are cached per request (`editeval.methods.kit.mass_values.ValueStore`), so a
   stopped 10,000-edit run resumes (and a rerun's seconds then exclude the values already found).
 
 Every run gets a scratch cache that links the converted model and (but for the statistics part) the

@@ -221,3 +221,16 @@ def built_zsre(tmp_path_factory):
     from _zsre_train import write_zsre_train
 
     return write_zsre_train(tmp_path_factory.mktemp("benchmarks"))
+
+
+@pytest.fixture(scope="session")
+def small_raw(tmp_path_factory):
+    """A raw-data folder holding only a small key-statistics corpus under the name key_stats.py reads
+    (point EDITEVAL_RAW_DATA at it: statistics of tiny models in a second)."""
+    from _stats_oracle import write_corpus
+
+    from editeval.methods.kit.key_stats import CORPUS_FILE
+
+    raw = tmp_path_factory.mktemp("raw")
+    write_corpus(raw / CORPUS_FILE)
+    return raw

@@ -353,6 +353,30 @@ def test_sequential_k_at_a_time_resumes_to_the_straight_model(tiny_llama_dir, tm
     assert_same_record(summary.out, straight)
 
 
+def test_sequential_alphaedit_resumes_with_the_earlier_keys(tiny_llama_dir, tmp_path, monkeypatch, cache, small_raw):
+    """AlphaEdit carries the keys of earlier batches from edit to edit (`kit/edit_state`): a run
+    interrupted after its first batch reloads them with the weights, and ends with a straight run's
+    model and record (without them the second batch would solve another system)."""
+    monkeypatch.setenv("EDITEVAL_RAW_DATA", str(small_raw))
+    alpha = {"layers": [1, 2], "mom2_tokens": 500, "mom2_max_len": 64, "v_num_grad_steps": 3, "l2": 1e-4}
+    hp = _yaml(tmp_path / "alpha.yaml", {**alpha, "context_long": 1})
+    reqs = REQS[:4]
+    straight_lm = load(tiny_llama_dir, device="cpu")
+    kw = dict(method="alphaedit", mode="sequential", edit_batch_size=2, hparams_path=hp)
+    straight = run_edits(_opts(tmp_path, "straight", **kw), QUIET, loaded=straight_lm, requests=reqs).out
+    opts = _opts(tmp_path, "k", **kw)
+    with monkeypatch.context() as m:
+        _counting(m, "alphaedit", interrupt_after=1)
+        with pytest.raises(KeyboardInterrupt):
+            run_edits(opts, QUIET, loaded=load(tiny_llama_dir, device="cpu"), requests=reqs)
+    fresh = load(tiny_llama_dir, device="cpu")
+    calls = _counting(monkeypatch, "alphaedit")
+    summary = run_edits(opts, QUIET, loaded=fresh, requests=reqs)
+    assert calls == [2]
+    assert fresh.fingerprint() == straight_lm.fingerprint() == read_record(summary.out).meta.edited_fingerprint
+    assert_same_record(summary.out, straight)
+
+
 # --------------------------------------------------------------------------- nothing half-written
 
 

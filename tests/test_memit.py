@@ -12,8 +12,8 @@ import torch
 
 from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
-from editeval.methods import get_method, memit, restore
-from editeval.methods.kit import delta_optimisation, locate
+from editeval.methods import get_method, restore
+from editeval.methods.kit import delta_optimisation, locate, mass_values
 from editeval.methods.memit import MEMITHParams, apply_memit, layer_update
 from editeval.runtime.paths import cache_dir
 
@@ -32,18 +32,6 @@ def tiny_hp(**kw):
     values = {"layers": [1, 2], "mom2_tokens": 1000, "mom2_max_len": 128, "v_num_grad_steps": 5, "context_long": 2}
     values.update(kw)
     return MEMITHParams(**values)
-
-
-@pytest.fixture(scope="module")
-def small_raw(tmp_path_factory):
-    """A raw-data folder holding only a small key-statistics corpus under the name key_stats.py reads."""
-    from _stats_oracle import write_corpus
-
-    from editeval.methods.kit.key_stats import CORPUS_FILE
-
-    raw = tmp_path_factory.mktemp("raw")
-    write_corpus(raw / CORPUS_FILE)
-    return raw
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +69,7 @@ def test_interrupted_batch_resumes_from_cached_values(tiny_llama, monkeypatch):
     the rest, and the edit equals an uninterrupted one bit for bit."""
     m = tiny_llama
     hp = tiny_hp(v_lr=0.37)  # settings of their own: no values cached by other tests
-    monkeypatch.setattr(memit, "VALUE_BATCH", 2)  # 3 requests: a group of 2, then 1
+    monkeypatch.setattr(mass_values, "VALUE_BATCH", 2)  # 3 requests: a group of 2, then 1
     before = {k: v.clone() for k, v in m.model.state_dict().items()}
     original, found = delta_optimisation.compute_deltas, []
 

@@ -43,7 +43,17 @@ REQUESTS = [
 ]
 PROBE = "The mother tongue of Danielle Darrieux is English. Water boils at"
 # preset values replaced for speed; the layers are those of the 4-layer tiny models
+_MASS = {"mom2_tokens": 500, "mom2_max_len": 64, "v_num_grad_steps": 2, "context_long": 1}
+_ROME = {
+    "layer": 1,
+    "mom2_tokens": 500,
+    "mom2_max_len": 64,
+    "v_num_grad_steps": 2,
+    "context_short": 1,
+    "context_long": 1,
+}
 TINY = {
+    "alphaedit": {"layers": [1, 2], **_MASS},
     "calinet": {"layers": [3], "num_slots": 4, "num_steps": 2},
     "ft-l": {"layers": [1], "num_steps": 2},
     "ft-m": {"layers": [1], "num_steps": 2},
@@ -52,16 +62,11 @@ TINY = {
     "ke": {"layers": [2, 3], "train_steps": 2, "cond_dim": 8, "head_dim": 8},
     "kn": {"steps": 2, "max_prompts": 1},
     "lora": {"layers": [3], "rank": 2, "num_steps": 2},
-    "memit": {"layers": [1, 2], "mom2_tokens": 500, "mom2_max_len": 64, "v_num_grad_steps": 2, "context_long": 1},
+    "emmet": {"layers": [2], **_MASS},
+    "memit": {"layers": [1, 2], **_MASS},
     "mend": {"layers": [2, 3], "train_steps": 2, "rank": 8},
-    "rome": {
-        "layer": 1,
-        "mom2_tokens": 500,
-        "mom2_max_len": 64,
-        "v_num_grad_steps": 2,
-        "context_short": 1,
-        "context_long": 1,
-    },
+    "r-rome": _ROME,
+    "rome": _ROME,
     "serac": {"train_steps": 2, "batch_size": 4, "val_fraction": 0.0},
     "t-patcher": {"num_steps": 2, "memory_size": 4},
 }

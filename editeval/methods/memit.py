@@ -1,135 +1,30 @@
 """MEMIT — Mass-Editing Memory in a Transformer (Meng et al. 2023).
 
-Many edits at once, spread over the MLP output projections of a range of layers L = [l₁..l_R]:
+Many edits at once, spread over the MLP output projections of a range of layers L = [l₁..l_R]
+(`editeval.methods.kit.mass_values`: the target values z, cached per request, and the walk over the
+layers). At each layer l_i, with K the requests' keys and R the share of the residual still missing:
 
-1. for each request, z = h + δ at the last edited layer's block output (subject's last token of
-   the bare prompt), δ optimised as in ROME (`delta_optimisation.compute_deltas`, placed at the
-   block; `VALUE_BATCH` requests side by side, each with its own loss, steps and δ);
-2. for each layer l_i in order (lowest first): K = the requests' keys at l_i (mean over context
-   templates, `locate.compute_keys`, computed with the layers below already updated),
-   R = (z − h_current) / (R − i) the residual still missing at the last layer, shared out over
-   the layers left, and
-       ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹,  C = E[k kᵀ] at l_i (`editeval.methods.kit.key_stats`), λ = mom2_update_weight
-   computed as a solve, never an explicit inverse: ΔW = R · solve(λC + KKᵀ, K)ᵀ.
+    ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹,  C = E[k kᵀ] at l_i (`editeval.methods.kit.key_stats`), λ = mom2_update_weight
+
+computed as a solve, never an explicit inverse: ΔW = R · solve(λC + KKᵀ, K)ᵀ.
 
 Memory grows as (d_in + d_out) × N for N edits (10,000 edits of SmolLM2: ~90 MB) plus one
-d_in × d_in system; keys and residuals are gathered in batches.
-
-Mass edits are resumable: step 1 dominates the cost (one δ optimisation per request), so each z of a
-batch is written to the cache (`<cache>/memit-values/<weights fingerprint>-<settings>/`) as soon as it
-is found; an interrupted 10,000-edit batch, or a λ sweep over the same requests, starts from them.
-The key holds the fingerprint of the weights being edited, so a sequential run's later batches
-(edited weights) never reuse values found on other weights.
+d_in × d_in system; keys and residuals are gathered in batches. Mass edits are resumable: the values
+are cached as they are found (see `mass_values`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-from collections.abc import Callable
-from pathlib import Path
-
 import torch
-from pydantic import Field
-from tqdm.auto import tqdm
 
-from editeval.errors import EditevalError
-from editeval.methods.base import Backup, HParams, backup_parameters, check_editable, register_method
-from editeval.methods.kit import delta_optimisation, locate
+from editeval.methods.base import Backup, register_method
+from editeval.methods.kit import locate
 from editeval.methods.kit.key_stats import second_moments
-from editeval.runtime import distributed
-from editeval.runtime.architectures import (
-    check_layer,
-    layer_module_name,
-    mlp_out_as_out_in,
-    mlp_out_weight,
-    num_layers,
-)
-from editeval.runtime.paths import atomic_file, cache_dir
-
-log = logging.getLogger(__name__)
+from editeval.methods.kit.mass_values import ValueHParams, precompute_values, spread_over_layers
 
 
-class MEMITHParams(HParams):
-    layers: list[int] = Field(default_factory=lambda: [3, 4, 5, 6, 7])
-    context_short: int = 0
-    context_long: int = 5
-    v_num_grad_steps: int = 25
-    v_lr: float = 0.5
-    v_loss_stop: float = 0.05
-    v_weight_decay: float = 1e-3
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
+class MEMITHParams(ValueHParams):
     mom2_update_weight: float = 15000.0
-    mom2_tokens: int = 100_000
-    mom2_max_len: int = 1024
-    batch_size: int = 32  # texts per forward when gathering keys / outputs
-
-    def edit_layers(self, model) -> list[int]:
-        n = num_layers(model)
-        out: list[int] = []
-        for layer in self.layers:
-            try:
-                scaled = check_layer(model, self.scale_layer(layer, n))
-            except EditevalError as err:
-                raise EditevalError(f"MEMIT preset: {err}") from None
-            if scaled not in out:
-                out.append(scaled)
-        if not out:
-            raise EditevalError("MEMIT preset: no layers given")
-        return sorted(out)
-
-
-VALUE_SETTINGS = (
-    "context_short",
-    "context_long",
-    "v_num_grad_steps",
-    "v_lr",
-    "v_loss_stop",
-    "v_weight_decay",
-    "clamp_norm_factor",
-    "kl_factor",
-)
-
-
-# Requests whose δ are optimised side by side (`delta_optimisation.compute_deltas`). Not a hyper-parameter: each
-# request gets the δ it gets alone. On SmolLM2-135M (1 CPU thread) 4-16 at once take ~1.3x less time
-# per value than one at a time (wider matrix products); memory grows with it (~8x one request's).
-VALUE_BATCH = 8
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class ValueStore:
-    """The z (init + δ) of each request on one set of weights, one small safetensors file each."""
-
-    def __init__(self, model, z_module: str, prefixes: list[str], hparams: MEMITHParams):
-        from editeval.runtime.models import weights_fingerprint
-
-        settings = {k: getattr(hparams, k) for k in VALUE_SETTINGS}
-        key = _digest({"module": z_module, "prefixes": prefixes, "settings": settings})
-        self.folder = cache_dir() / "memit-values" / f"{weights_fingerprint(model)}-{key}"
-
-    def _path(self, request: dict) -> Path:
-        fields = {k: request.get(k) for k in ("prompt", "subject", "target_new")}
-        return self.folder / f"{_digest(fields)}.safetensors"
-
-    def has(self, request: dict) -> bool:
-        return self._path(request).exists()
-
-    def get(self, request: dict) -> torch.Tensor | None:
-        from safetensors.torch import load_file
-
-        path = self._path(request)
-        return load_file(path)["z"] if path.exists() else None
-
-    def put(self, request: dict, z: torch.Tensor) -> None:
-        from safetensors.torch import save_file
-
-        atomic_file(self._path(request), lambda tmp: save_file({"z": z.detach().float().cpu().contiguous()}, tmp))
 
 
 def layer_update(keys: torch.Tensor, resid: torch.Tensor, mom2: torch.Tensor, weight: float) -> torch.Tensor:
@@ -140,83 +35,6 @@ def layer_update(keys: torch.Tensor, resid: torch.Tensor, mom2: torch.Tensor, we
     return resid.T @ adj.T
 
 
-def _target_values(
-    model,
-    tokenizer,
-    requests: list[dict],
-    hparams: MEMITHParams,
-    store: ValueStore | None,
-    z_module: str,
-    prefixes: list[str],
-) -> torch.Tensor:
-    """z = h + δ per request at the last edited layer's output (N, d_model) on the CPU; from the
-    store when it holds it, else optimised (and put there as each group is done). Requests not
-    cached are optimised `VALUE_BATCH` at a time (`delta_optimisation.compute_deltas`: each gets the δ it
-    gets alone), grouped by the length of what follows the subject so that little is padding."""
-    zs: dict[int, torch.Tensor] = {}
-    missing = []
-    for i, request in enumerate(requests):
-        z_one = store.get(request) if store else None
-        if z_one is None:
-            missing.append(i)
-        else:
-            zs[i] = z_one.float().cpu()  # cached ones are read on the CPU
-    missing.sort(key=lambda i: locate.suffix_length(tokenizer, requests[i]))
-    # (several processes: the main process's bar stands for all, as for the edits)
-    bar = tqdm(
-        total=len(missing),
-        desc="MEMIT values",
-        unit="edit",
-        leave=False,
-        disable=len(missing) < 2 or not distributed.is_main_process(),
-    )
-    for start in range(0, len(missing), VALUE_BATCH):
-        group = missing[start : start + VALUE_BATCH]
-        found = delta_optimisation.compute_deltas(
-            model, tokenizer, [requests[i] for i in group], z_module, prefixes, hparams
-        )
-        for i, d in zip(group, found):
-            zs[i] = (d.init + d.delta).float().cpu()
-            if store:
-                store.put(requests[i], zs[i])
-        bar.update(len(group))
-    bar.close()
-    return torch.stack([zs[i] for i in range(len(requests))])
-
-
-def _z_site(model, hparams: MEMITHParams) -> tuple[list[int], str, list[str]]:
-    """The edited layers, the module whose output holds z (the last layer's block) and the context prefixes."""
-    layers = hparams.edit_layers(model)
-    return (
-        layers,
-        layer_module_name(model, layers[-1], ""),
-        locate.context_prefixes(hparams.context_short, hparams.context_long),
-    )
-
-
-def precompute_values(
-    model, tokenizer, requests: list[dict], hparams: MEMITHParams, share: Callable[[list], list]
-) -> None:
-    """Find and cache this process's share of the z of a batch not cached yet (a data-parallel batch
-    run's processes share the values out this way before each applies the whole batch from the
-    cache; sharing out only the missing ones keeps a resumed run's processes equally busy). A
-    request that cannot be edited is left out: `apply_memit` reports it."""
-
-    def editable(request: dict) -> bool:
-        try:
-            locate.check_request(tokenizer, request)
-            return True
-        except EditevalError:
-            return False
-
-    _layers, z_module, prefixes = _z_site(model, hparams)
-    store = ValueStore(model, z_module, prefixes, hparams)
-    missing = [r for r in requests if editable(r) and not store.has(r)]
-    ours = share(missing)
-    if ours:
-        _target_values(model, tokenizer, ours, hparams, store, z_module, prefixes)
-
-
 @register_method(
     "memit", hparams=MEMITHParams, batch=True, sequential=True, needs_subject=True, prepare=precompute_values
 )
@@ -224,31 +42,12 @@ def apply_memit(model, tokenizer, requests: list[dict], hparams: MEMITHParams) -
     """Edit `model` in place with all `requests` at once; returns the original weights."""
     if not requests:
         return {}
-    for request in requests:
+    for request in requests:  # before the statistics, which may take minutes to build
         locate.check_request(tokenizer, request)
-    layers, z_module, prefixes = _z_site(model, hparams)
-    check_editable(model, [mlp_out_weight(model, layer)[0] for layer in layers])
+    layers = hparams.edit_layers(model)
     mom2 = second_moments(model, tokenizer, layers, tokens=hparams.mom2_tokens, max_len=hparams.mom2_max_len)
 
-    # 1. target z per request at the last layer's output (cached: the costly, resumable part)
-    store = ValueStore(model, z_module, prefixes, hparams) if len(requests) > 1 else None
-    z = _target_values(model, tokenizer, requests, hparams, store, z_module, prefixes)  # moved per layer below
-    bare = [locate.locate(tokenizer, r) for r in requests]
+    def layer_delta(_i: int, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+        return layer_update(keys, resid, mom2[layer].to(keys.device, torch.float32), hparams.mom2_update_weight)
 
-    backup: Backup = {}
-    backup_parameters(model, [mlp_out_weight(model, layer)[0] for layer in layers], backup)
-    for i, layer in enumerate(layers):
-        _name, param = mlp_out_weight(model, layer)
-        keys = locate.compute_keys(model, tokenizer, requests, [layer], prefixes, hparams.batch_size)[layer]
-        cur = locate.gather_at_subject(model, tokenizer, bare, [z_module], inputs=False, batch_size=hparams.batch_size)[
-            z_module
-        ]
-        dev = param.device  # float32 algebra where the layer lives (a device map may spread layers)
-        resid = (z.to(dev, torch.float32) - cur.to(dev, torch.float32)) / (len(layers) - i)
-        upd = layer_update(
-            keys.to(dev, torch.float32), resid, mom2[layer].to(dev, torch.float32), hparams.mom2_update_weight
-        )
-        with torch.no_grad():
-            mlp_out_as_out_in(model, param).add_(upd.to(param.dtype))
-        log.debug("MEMIT layer %d: |resid| %.3f |upd| %.3f", layer, resid.norm(dim=1).mean(), upd.norm())
-    return backup
+    return spread_over_layers(model, tokenizer, requests, hparams, layer_delta)

@@ -71,7 +71,9 @@ def rank_one_update(
     return torch.outer(delta / denom, u)
 
 
-def edit_one(model, tokenizer, request: dict, hp: ROMEHParams, backup: Backup) -> dict:
+def edit_one(model, tokenizer, request: dict, hp: ROMEHParams, backup: Backup, rebuilt: bool = False) -> dict:
+    """One rank-one update. `rebuilt` (R-ROME): the prefix-averaged key k* also in the denominator
+    and the residual, W k* ↦ v* (see `editeval.methods.r_rome`); else ROME's bare-prompt key there."""
     layer = hp.edit_layer(model)
     name, param = mlp_out_weight(model, layer)
     check_editable(model, [name])
@@ -85,12 +87,11 @@ def edit_one(model, tokenizer, request: dict, hp: ROMEHParams, backup: Backup) -
     key_star, key = keys.mean(0), keys[0]  # prefixes[0] is the bare prompt
     res = delta_optimisation.compute_delta(model, tokenizer, request, module, prefixes, hp)
     dev = param.device  # float32 algebra where the layer lives (a device map may spread layers)
-    upd = rank_one_update(
-        key_star.to(dev, torch.float32),
-        key.to(dev, torch.float32),
-        res.delta.to(dev, torch.float32),
-        None if mom2 is None else mom2.to(dev, torch.float32),
-    )
+    key_star, key, delta = (t.to(dev, torch.float32) for t in (key_star, key, res.delta))
+    if rebuilt:  # v* − W k* = (W k + δ) − W k*: the target is the bare prompt's output + δ
+        weight = mlp_out_as_out_in(model, param).to(torch.float32)
+        delta, key = delta + weight @ (key - key_star), key_star
+    upd = rank_one_update(key_star, key, delta, None if mom2 is None else mom2.to(dev, torch.float32))
     backup_parameters(model, [name], backup)
     with torch.no_grad():
         mlp_out_as_out_in(model, param).add_(upd.to(param.dtype))

@@ -2,7 +2,8 @@
 
 Every finished edit is appended as one JSON line to ``<out>.partial.jsonl`` (first line: a header
 naming the run; a rerun with other settings is refused). A rerun skips what is done. In sequential
-mode the current values of every changed weight are also saved after each step to
+mode the current values of every changed weight (and what the method carries from edit to edit,
+`editeval.methods.kit.edit_state`) are also saved after each step to
 ``<out>.partial.safetensors`` (and a wrapper method's additions to ``<out>.partial.artifact``), so
 a rerun continues from the same edited model. In batch mode a batch whose edit took long is saved
 applied to the same file (when its edit took over `modes.SAVE_BATCH_AFTER_S`), so an interrupted
@@ -26,7 +27,7 @@ import torch
 
 from editeval.errors import EditevalError
 from editeval.methods.base import Backup, backup_parameters
-from editeval.methods.kit import artifacts
+from editeval.methods.kit import artifacts, edit_state
 from editeval.runtime.paths import atomic_file
 
 log = logging.getLogger(__name__)
@@ -134,12 +135,16 @@ class Partial:
                 base_fingerprint="",
                 extra={"applied": applied},
             )
-        self._write_state(model, names, {"applied": json.dumps(applied)})
+        # + what the method carries from edit to edit (AlphaEdit's earlier keys...)
+        self._write_state(model, names, {"applied": json.dumps(applied)}, edit_state.tensors(model))
 
-    def _write_state(self, model: torch.nn.Module, names: set[str], metadata: dict[str, str]) -> None:
+    def _write_state(
+        self, model: torch.nn.Module, names: set[str], metadata: dict[str, str], extra: dict | None = None
+    ) -> None:
         from safetensors.torch import save_file
 
         tensors = {n: model.get_parameter(n).detach().to("cpu").contiguous() for n in sorted(names)}
+        tensors.update(extra or {})
         atomic_file(self.state_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     # batch mode: a batch whose edit took long is saved applied (its changed weights, the indices
@@ -190,8 +195,10 @@ class Partial:
                 )
             artifacts.load_artifact(model, self.artifact_path, check_base=False)
         tensors = load_file(self.state_path)
-        _copy_weights(model, tensors)
-        return set(tensors)
+        edit_state.load(model, tensors)
+        weights = {name: value for name, value in tensors.items() if not name.startswith(edit_state.PREFIX)}
+        _copy_weights(model, weights)
+        return set(weights)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -296,11 +296,11 @@ def test_a_wrapper_artifact_ahead_of_the_weights_file_is_refused(tiny_llama_dir,
     write_state = editing.Partial._write_state
     writes = []
 
-    def torn(self, model, names, metadata):
+    def torn(self, model, names, metadata, extra=None):
         writes.append(metadata)
         if len(writes) == 2:  # after the second step's artifact, before its weights file
             raise KeyboardInterrupt
-        return write_state(self, model, names, metadata)
+        return write_state(self, model, names, metadata, extra)
 
     with monkeypatch.context() as m:
         m.setattr(editing.Partial, "_write_state", torn)

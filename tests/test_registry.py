@@ -180,7 +180,9 @@ def test_an_unknown_method_on_the_command_line_is_one_error_line(capsys):
         main(["edit", "--method", "no-such-method", "--model", "nowhere"])
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: unknown method 'no-such-method': choose from calinet, ft-l")
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: unknown method 'no-such-method': choose from alphaedit, calinet, emmet, ft-l"
+    )
 
 
 def test_learned_methods_register_their_training():
@@ -361,6 +363,6 @@ def test_a_plugin_method_and_benchmark_run_from_the_command_line(tmp_path, tiny_
 
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        "error: unknown method 'nope': choose from calinet, ft-l, ft-m, grace, ike, "
-        "ke, kn, lora, memit, mend, rome, serac, t-patcher, toy-ft"
+        "error: unknown method 'nope': choose from alphaedit, calinet, emmet, ft-l, ft-m, grace, ike, "
+        "ke, kn, lora, memit, mend, r-rome, rome, serac, t-patcher, toy-ft"
     ]

@@ -21,7 +21,7 @@ Settings for SmolLM2-135M: ROME's preset (layer 7, up to 50 value steps; see hpa
 from __future__ import annotations
 
 from editeval.methods.base import Backup, register_method
-from editeval.methods.rome import ROMEHParams, edit_one
+from editeval.methods.kit.rank_one import ROMEHParams, edit_one
 
 
 class RROMEHParams(ROMEHParams):

@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_memit import REQUESTS  # the same three facts
 
-from editeval.data.schema import empty_request
 from editeval.methods import get_method, restore
 from editeval.methods.alphaedit import AlphaEditHParams, apply_alphaedit, layer_update
 from editeval.methods.kit import edit_state
 from editeval.methods.kit.null_space import null_space_projection, projections
-
-REQUESTS = [
-    empty_request(
-        case_id=1, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is", target_new="English"
-    ),
-    empty_request(
-        case_id=2, subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target_new="Rome"
-    ),
-    empty_request(case_id=3, subject="Toyota", prompt="Toyota was founded in the country of", target_new="Italy"),
-]
 
 
 def tiny_hp(**kw):

@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_rome import DARRIEUX
 
-from editeval.data.schema import empty_request
 from editeval.methods import restore
 from editeval.methods.emmet import layer_update
 from editeval.methods.kit import delta_optimisation, locate
 from editeval.methods.r_rome import RROMEHParams, apply_r_rome
 from editeval.methods.rome import apply_rome
 from editeval.runtime.architectures import mlp_out_as_out_in, mlp_out_weight
-
-DARRIEUX = empty_request(
-    case_id=1,
-    subject="Danielle Darrieux",
-    prompt="The mother tongue of Danielle Darrieux is",
-    target_new="English",
-    ground_truth="French",
-)
 
 
 @pytest.fixture(autouse=True)

@@ -69,6 +69,7 @@ TINY = {
     "rome": _ROME,
     "serac": {"train_steps": 2, "batch_size": 4, "val_fraction": 0.0},
     "t-patcher": {"num_steps": 2, "memory_size": 4},
+    "ultraedit": {"layers": [2, 3], "lr": 1e-2},
 }
 DTYPES = ["float32", "bfloat16", "float16"]
 LEARNED = {"mend": "editor_path", "ke": "editor_path", "serac": "classifier_path"}

@@ -186,6 +186,33 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
     assert list(edit_meta) == list(score_meta) and edit_meta["dtype"] == score_meta["dtype"] == "float32"
 
 
+def test_sequential_curve_points_are_the_metrics_of_the_edits_so_far(tiny, tmp_path, tiny_llama_dir):
+    """--curve-every 2 over 5 edits (2 at a time): points after 2 and 4 edits, each over an evenly
+    spaced sample of the edits made so far (edits 0 and 3 of 4); the point after 2 edits is what a
+    run of those 2 edits alone records on its final model."""
+    reqs = [_req(i, locality=[{"kind": "nq", "prompt": f"Thing{i} is near", "answer": "blue"}]) for i in range(5)]
+    strong = tmp_path / "strong.yaml"
+    strong.write_text("amount: 0.03\n")  # nudges that move the model's answers
+    seq = dict(method="test-nudge", mode="sequential", edit_batch_size=2, hparams_path=str(strong))
+    opts = _opts(tmp_path, curve_every=2, curve_sample=2, **seq)
+    record = read_record(run_edits(opts, QUIET, loaded=tiny, requests=reqs).out)
+    curve = record.meta.curve
+    assert [(p["edits"], p["evaluated"]) for p in curve] == [(2, 2), (4, 2)]
+    assert set(curve[0]["metrics"]) == {c for c in read_rows(opts.out_path()).columns if c != "case_id"}
+    fresh = load(tiny_llama_dir, device="cpu")
+    fresh.name = tiny.name
+    two = run_edits(_opts(tmp_path, out=str(tmp_path / "two.json"), **seq), QUIET, loaded=fresh, requests=reqs[:2])
+    first_two = read_record(two.out)
+    for column, summary in first_two.metrics.items():
+        assert curve[0]["metrics"][column] == pytest.approx(summary.mean, abs=1e-12), column
+
+
+def test_curve_is_refused_outside_sequential_mode(tiny, tmp_path):
+    with pytest.raises(EditevalError, match="--curve-every applies to --mode sequential"):
+        run_edits(_opts(tmp_path, curve_every=2), QUIET, loaded=tiny, requests=[_req(0)])
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_metadata_refuses_unknown_keys():
     from pydantic import ValidationError
 

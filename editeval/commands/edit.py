@@ -22,6 +22,14 @@ def edit(
     ),
     hparams: Path | None = typer.Option(None, help="hyper-parameter YAML (default: the method's preset)"),
     eval_every_edit: bool = typer.Option(False, help="sequential: also evaluate each edit right after it"),
+    curve_every: int = typer.Option(
+        0,
+        min=0,
+        help="sequential: after every N edits, evaluate the edits made so far (the lifelong curve, meta.curve)",
+    ),
+    curve_sample: int = typer.Option(
+        0, min=0, help="with --curve-every: evaluate at most this many of the edits so far, evenly spaced (0: all)"
+    ),
     save_checkpoint: Path | None = typer.Option(
         None,
         help="write the edited model as an HF folder here (IKE, GRACE, T-Patcher, CaliNET: a method artifact folder, docs/artifacts.md)",
@@ -61,6 +69,8 @@ def edit(
         edit_batch_size=batch_size,
         hparams_path=str(hparams) if hparams else None,
         eval_every_edit=eval_every_edit,
+        curve_every=curve_every,
+        curve_sample=curve_sample,
         save_checkpoint=str(save_checkpoint) if save_checkpoint else None,
         chat_template=chat_template,
         out=str(out) if out else None,

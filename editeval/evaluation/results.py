@@ -110,6 +110,9 @@ class RunMetadata(BaseModel):
     n_skipped: int | None = None
     skipped: list[dict[str, Any]] | None = None  # {index, case_id, reason} of each skipped request
     evaluated: str | None = None  # when the rows were taken, e.g. "after each edit, then undone"
+    # sequential --curve-every: after every N edits, the mean of each metric over the edits so far
+    # ({"edits": N, "evaluated": how many of them, "metrics": {column: mean}})
+    curve: list[dict[str, Any]] | None = None
     # filled by the submission system (editeval.leaderboard.submissions)
     submission: str | None = None  # the submission folder's name
     submission_kind: Literal["method", "checkpoint", "hub", "unedited"] | None = None

@@ -34,6 +34,8 @@ class EditConfig(EvalConfig):
     edit_batch_size: int | None = None  # batch: default all edits in one batch; sequential: 1
     hparams_path: str | None = None
     eval_every_edit: bool = False
+    curve_every: int = Field(default=0, ge=0)  # sequential: evaluate the edits so far after every N edits
+    curve_sample: int = Field(default=0, ge=0)  # ... at most this many of them, evenly spaced (0: all)
     save_checkpoint: str | None = None
     out: str | None = None
     seed: int = 0

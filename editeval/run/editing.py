@@ -173,6 +173,8 @@ def _run_edits(
         "edit_batch_size": k,
         "chat_template": opts.chat_template,
         "eval_every_edit": opts.eval_every_edit,
+        "curve_every": opts.curve_every,
+        "curve_sample": opts.curve_sample,
         "fluency": opts.fluency,
         "piqa_items": opts.piqa_items,
         "wild": opts.wild,
@@ -229,6 +231,8 @@ def _run_edits(
         dist=dist,
         seed=opts.seed,
         eval_every_edit=opts.eval_every_edit,
+        curve_every=opts.curve_every,
+        curve_sample=opts.curve_sample,
         keep_batch=bool(opts.save_checkpoint) and mode == "batch",
         saved_batch=saved_batch,
         changed=changed,
@@ -340,6 +344,7 @@ def _write_results(
         "evaluated": "after all edits"
         if mode == "sequential"
         else f"after each {'edit' if mode == 'single' else 'batch'}, then undone",
+        "curve": [entries[i]["curve"] for i in edited if "curve" in entries[i]] or None,
     }
     write = dict(
         loaded=loaded,

@@ -14,6 +14,7 @@ this process evaluates, and what happens to the model after each group.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -84,6 +85,12 @@ def plan(mode: str, valid: list[int], k: int, dist, finished: set[int]) -> list[
     return [(todo, dist.shard(todo)) for todo in ([i for i in g if i not in finished] for g in groups) if todo]
 
 
+def _nanmean(values: list) -> float | None:
+    """The mean of the numbers that are there (None when none is: a metric that does not apply)."""
+    kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return math.fsum(kept) / len(kept) if kept else None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's (every device's) random generators."""
     import numpy as np
@@ -124,6 +131,8 @@ class EditLoop:
     dist: Any = None
     seed: int = 0
     eval_every_edit: bool = False
+    curve_every: int = 0  # sequential: a curve point after every N edits (`_curve_point`)
+    curve_sample: int = 0
     keep_batch: bool = False  # batch mode + checkpoint: the one batch stays applied for saving
     saved_batch: tuple[list[int], float] | None = None  # batch mode: saved applied by an interrupted run
     changed: set[str] = field(default_factory=set)  # sequential mode: the weights changed so far
@@ -239,10 +248,28 @@ class EditLoop:
         row_now = None
         if self.eval_every_edit:
             row_now = self.evaluator.evaluate(self.loaded.model, [self.ev_index[i] for i in todo])
+        point = self._curve_point(todo)
         for n, i in enumerate(todo):
-            self._record(i, edit_seconds=per_edit, row_after_each=clean_row(row_now[n]) if row_now else None)
+            extra = {"curve": point} if point and i == todo[-1] else {}
+            self._record(i, edit_seconds=per_edit, row_after_each=clean_row(row_now[n]) if row_now else None, **extra)
         self.partial.save_state(self.loaded.model, self.changed)
         self.bar.update(len(todo))
+
+    def _curve_point(self, step: list[int]) -> dict | None:
+        """Sequential ``--curve-every N``: when this `step`'s edits reach a multiple of N, the mean of
+        every metric over the edits made so far (at most `curve_sample` of them, evenly spaced)."""
+        before = sorted(i for i, e in self.done.items() if not e.get("skipped"))
+        made = before + step
+        if not self.curve_every or len(made) // self.curve_every == len(before) // self.curve_every:
+            return None
+        total = len(made)
+        if self.curve_sample and len(made) > self.curve_sample:
+            last = len(made) - 1
+            made = [made[round(j * last / max(self.curve_sample - 1, 1))] for j in range(self.curve_sample)]
+        rows = self.evaluator.evaluate(self.loaded.model, [self.ev_index[i] for i in made])
+        columns = [c for c in rows[0] if c != "case_id"]
+        means = {c: _nanmean([r.get(c) for r in rows]) for c in columns}
+        return {"edits": total, "evaluated": len(made), "metrics": means}
 
     def _evaluate(self, ours: list[int], per_edit: float) -> None:
         for start in range(0, len(ours), EVAL_CHUNK):  # rows saved as they come: a long evaluation resumes

@@ -25,6 +25,8 @@ def refuse_early(opts: EditConfig, method: Method, runtime: Runtime) -> Session:
     from editeval.runtime import distributed
 
     check_mode(method, opts.mode, opts.edit_batch_size, opts.save_checkpoint)
+    if opts.curve_every and opts.mode != "sequential":
+        raise EditevalError("--curve-every applies to --mode sequential (edits that accumulate)")
     n_procs = distributed.launched_processes()
     if n_procs > 1 and opts.mode == "sequential":
         raise EditevalError(

@@ -146,6 +146,62 @@ def make_submissions(root: Path, wild: set[str] = frozenset()) -> Path:
     return root
 
 
+# ---------------------------------------------------------------------------- sequential runs, lifelong curves
+
+
+def curve_points(every: int, columns: dict[str, list], evaluated: int | None = None) -> list[dict]:
+    """A hand-made `meta.curve`: point k is taken after (k + 1) * `every` edits and holds the k-th
+    value of each column; `evaluated` of the edits so far were evaluated (default: all of them)."""
+    n = len(next(iter(columns.values())))
+    return [
+        {
+            "edits": (k + 1) * every,
+            "evaluated": min(evaluated or (k + 1) * every, (k + 1) * every),
+            "metrics": {column: values[k] for column, values in columns.items()},
+        }
+        for k in range(n)
+    ]
+
+
+def add_sequential(
+    root: Path,
+    slug: str,
+    method: str,
+    title: str,
+    rel: float,
+    loc: float,
+    curve: list[dict] | None,
+    wild: float | None = None,
+) -> Path:
+    """One scored zsre entry of mode sequential (20 edits, one at a time) with `curve` as its
+    `meta.curve` (None: a run without --curve-every); WILD columns at `wild` times the
+    teacher-forced ones when given."""
+    folder = root / slug
+    folder.mkdir(parents=True)
+    (folder / "submission.yaml").write_text(yaml.safe_dump(manifest(slug, method, title, "zsre", "sequential", None)))
+    rows = _rows(20, rel, loc, len(slug), "zsre")
+    if wild is not None:
+        rows = with_wild(rows, wild)
+    meta = {
+        "benchmark": "zsre",
+        "split": "edit",
+        "dataset_fingerprint": "d" * 16,
+        "base_model": "smollm2-135m",
+        "base_fingerprint": FP,
+        "edited_model": slug,
+        "method": method,
+        "mode": "sequential",
+        "edit_batch_size": 1,
+        "seconds_per_edit": 1.0,
+        "hparams": {"layers": [4]},
+        "hparams_hash": "abc123",
+        "evaluated": "after all edits",
+        "curve": curve,
+    }
+    write_record(build_record(rows, meta), rows, folder / "results.json")
+    return folder
+
+
 # ---------------------------------------------------------------------------- hostile strings everywhere
 
 PWN = """<script>self['__pwned']=1</script> <img src=x onerror="self['__pwned']=2">"""

@@ -378,3 +378,159 @@ def test_a_table_where_only_some_entries_have_wild_figures_ranks_teacher_forced(
     table = next(t for t in report.tables if (t.benchmark, t.mode) == ("zsre", "single"))
     assert table.wild and table.ranked_by == "teacher_forced" and table.entries[0].slug == "rome-zsre"
     assert [e.average_wild is None for e in table.entries].count(False) == 1
+
+
+# ---------------------------------------------------------------------------- lifelong curves (meta.curve)
+
+REL, GEN, LOC = "reliability.teacher_forced", "generalization.teacher_forced", "locality.teacher_forced"
+POLYLINE = re.compile(r'<polyline class="curve-line( dashed)?" points="([^"]*)" stroke="([^"]*)"/>')
+
+
+def _unmap(plot: dict, points: str) -> list[tuple[float, float]]:
+    """A polyline's `points` back to (edits made, mean 0..1) through the plot's frame."""
+    out = []
+    for pair in points.split():
+        x, y = map(float, pair.split(","))
+        edits = (x - plot["left"]) / (plot["right"] - plot["left"]) * plot["max_edits"]
+        out.append((edits, (plot["bottom"] - y) / (plot["bottom"] - plot["top"])))
+    return out
+
+
+def _close(got, want) -> bool:
+    return len(got) == len(want) and all(
+        e == pytest.approx(we, abs=0.01) and v == pytest.approx(wv, abs=0.001) for (e, v), (we, wv) in zip(got, want)
+    )
+
+
+def _sequential_site(root, curved: set[str]):
+    """AlphaEdit (WILD too), MEMIT and ROME run 20 edits in a row; those in `curved` carry a curve
+    taken every 5 edits (AlphaEdit's point after 20 edits says 0.5: the final record replaces it)."""
+    from _leaderboard_fixtures import add_sequential, curve_points
+
+    alpha = curve_points(
+        5,
+        {
+            REL: [0.98, 0.96, 0.95, 0.5],
+            GEN: [None, 0.9, 0.88, 0.5],  # no value after 5 edits: no point there
+            LOC: [0.99, 0.97, 0.95, 0.5],
+            "reliability.wild": [0.6, 0.5, 0.45, 0.5],
+            "generalization.wild": [0.5, 0.4, 0.4, 0.5],
+            "locality.wild": [0.9, None, None, None],
+            "portability.teacher_forced": [0.3, 0.3, 0.3, 0.3],  # not drawn
+        },
+        evaluated=10,
+    )
+    memit = curve_points(5, {REL: [0.9, 0.6, 0.3], GEN: [0.8, 0.5, 0.2], LOC: [0.95, 0.7, 0.5]})
+    subs = root / "submissions"
+    title = "{}, 20 in a row".format
+    alpha = alpha if "alphaedit-seq" in curved else None
+    add_sequential(subs, "alphaedit-seq", "alphaedit", title("AlphaEdit"), 0.93, 0.9, alpha, wild=0.5)
+    add_sequential(subs, "memit-seq", "memit", title("MEMIT"), 0.15, 0.4, memit if "memit-seq" in curved else None)
+    add_sequential(subs, "rome-seq", "rome", title("ROME"), 0.1, 0.3, None)
+    return build_site(subs, root / "site"), root / "site"
+
+
+@pytest.fixture(scope="module")
+def curved_site(tmp_path_factory):
+    return _sequential_site(tmp_path_factory.mktemp("curves"), {"alphaedit-seq", "memit-seq"})
+
+
+def test_an_entry_with_a_curve_draws_its_metrics_by_edits_made(curved_site):
+    report, site = curved_site
+    [table] = report.tables
+    alpha = next(e for e in table.entries if e.slug == "alphaedit-seq")
+    plot, record = alpha.curve_plot, alpha.record
+    labels = [line["label"] for line in plot["lines"]]
+    assert labels == ["Reliability", "Reliability (WILD)", "Generalization", "Generalization (WILD)"] + [
+        "Locality",
+        "Locality (WILD)",
+    ]
+    page = (site / "entries" / "alphaedit-seq.html").read_text()
+    lines = POLYLINE.findall(page)
+    assert [bool(dashed) for dashed, _, _ in lines] == [False, True] * 3  # WILD dashed, in its family's colour
+    assert [colour for _, _, colour in lines[::2]] == [colour for _, _, colour in lines[1::2]]
+    assert len({colour for _, _, colour in lines}) == 3
+    drawn = {label: _unmap(plot, points) for label, (_, points, _) in zip(labels, lines)}
+    # the curve's points after 5, 10 and 15 edits, then the final record (not the curve's 0.5 after 20)
+    final = record.value(REL)
+    assert final != pytest.approx(0.5, abs=0.01)
+    assert _close(drawn["Reliability"], [(5, 0.98), (10, 0.96), (15, 0.95), (20, final)])
+    assert _close(drawn["Generalization"], [(10, 0.9), (15, 0.88), (20, record.value(GEN))])  # None: no point
+    assert _close(
+        drawn["Reliability (WILD)"], [(5, 0.6), (10, 0.5), (15, 0.45), (20, record.value("reliability.wild"))]
+    )
+    assert _close(drawn["Locality (WILD)"], [(5, 0.9), (20, record.value("locality.wild"))])
+    assert (
+        page.count('class="curve-dot"') == sum(len(points.split()) for _, points, _ in lines) == 4 + 4 + 3 + 4 + 4 + 2
+    )
+    assert "<title>Reliability after 10 edits: 96.0 (10 evaluated)</title>" in page
+    caption = re.search(r'<span class="cap">(Lifelong curve[^<]*)</span>', page).group(1)
+    assert "the mean over the edits made so far (up to 10 evaluated), after every 5 edits" in caption
+    assert "the last point is the final record (all 20 edits)" in caption
+    assert [t["label"] for t in plot["xticks"]] == ["0", "5", "10", "15", "20"]
+
+
+def test_an_entry_without_a_curve_draws_none(curved_site, built):
+    report, site = curved_site
+    rome = next(e for e in report.tables[0].entries if e.slug == "rome-seq")
+    assert rome.curve_plot is None
+    page = (site / "entries" / "rome-seq.html").read_text()
+    assert "<polyline" not in page and "Lifelong curve" not in page
+    # the single and batch tables of the other fixtures: no curve anywhere
+    report, site = built
+    assert all(t.curves is None and all(e.curve_plot is None for e in t.entries) for t in report.tables)
+    assert "<polyline" not in (site / "index.html").read_text()
+    assert "<polyline" not in (site / "entries" / "rome-zsre.html").read_text()
+
+
+def test_a_sequential_table_with_two_curves_draws_their_reliability_together(curved_site):
+    report, site = curved_site
+    [table] = report.tables
+    plot = table.curves
+    by_slug = {e.slug: e for e in table.entries}
+    curved = [e for e in table.entries if e.slug != "rome-seq"]  # in table order
+    assert [line["label"] for line in plot["lines"]] == [e.submission.title for e in curved]
+    assert [line["href"] for line in plot["lines"]] == [f"entries/{e.slug}.html" for e in curved]
+    index = (site / "index.html").read_text()
+    lines = POLYLINE.findall(index)
+    assert len(lines) == 2 and not any(dashed for dashed, _, _ in lines)
+    drawn = {line["label"]: _unmap(plot, points) for line, (_, points, _) in zip(plot["lines"], lines)}
+    memit, alpha = by_slug["memit-seq"], by_slug["alphaedit-seq"]
+    assert _close(drawn[memit.submission.title], [(5, 0.9), (10, 0.6), (15, 0.3), (20, memit.record.value(REL))])
+    assert _close(drawn[alpha.submission.title], [(5, 0.98), (10, 0.96), (15, 0.95), (20, alpha.record.value(REL))])
+    assert f'<a href="entries/memit-seq.html">{memit.submission.title}</a></li>' in index  # the legend
+
+
+def test_a_sequential_table_with_one_curve_draws_no_combined_plot(tmp_path):
+    report, site = _sequential_site(tmp_path, {"alphaedit-seq"})
+    [table] = report.tables
+    assert table.curves is None
+    assert "<polyline" not in (site / "index.html").read_text()
+    assert len(POLYLINE.findall((site / "entries" / "alphaedit-seq.html").read_text())) == 6  # its own plot stays
+
+
+def test_curve_points_are_read_defensively():
+    """`meta.curve` is not checked against the rows: points outside 1..n_edits and values that are
+    not fractions are left out; points are drawn by edits made; an uneven cadence is spelled out."""
+    from editeval.leaderboard import curves
+    from editeval.leaderboard.records import RecordView, Stat
+
+    curve = [
+        {"edits": 12, "evaluated": 12, "metrics": {REL: 0.5}},
+        {"edits": 4, "evaluated": 4, "metrics": {REL: 0.8, LOC: "0.9"}},
+        {"edits": 30, "evaluated": 30, "metrics": {REL: 0.1}},  # more edits than the run made
+        {"edits": 10, "evaluated": 10, "metrics": {REL: 5.0, LOC: 0.7}},  # 500%: left out
+    ]
+    record = RecordView(raw={}, stats={REL: Stat(REL, 0.25), LOC: Stat(LOC, 0.6)}, meta={"n_edits": 20, "curve": curve})
+    assert [(p.edits, p.values.get(REL)) for p in curves.series(record)] == [
+        (4, 0.8),
+        (10, None),
+        (12, 0.5),
+        (20, 0.25),
+    ]
+    plot = curves.entry_plot(record)
+    rel, loc = plot["lines"]
+    assert _close(_unmap(plot, rel["points"]), [(4, 0.8), (12, 0.5), (20, 0.25)])
+    assert _close(_unmap(plot, loc["points"]), [(10, 0.7), (20, 0.6)])
+    assert "after 4, 10, 12 edits" in plot["caption"] and "(all evaluated)" in plot["caption"]
+    assert curves.entry_plot(RecordView(raw={}, stats={}, meta={"n_edits": 20, "curve": None})) is None

@@ -226,3 +226,37 @@ def test_the_rank_by_switch_reorders_by_either_average(tmp_path, page):
     assert numbers(column(page, table, "Average (WILD)")) == wild
     assert page.locator("figure.gap circle.gap-wild").count() == len(zsre_single)
     assert not page.editeval_errors
+
+
+def test_lifelong_curves_render_from_file(tmp_path, page):
+    """The curve plots are inline SVG: from file://, under the pages' CSP, every line is drawn (a
+    real box), WILD lines dashed by the stylesheet, and nothing logs an error."""
+    from _leaderboard_fixtures import add_sequential, curve_points
+
+    from editeval.leaderboard import build_site
+
+    every5 = {
+        "reliability.teacher_forced": [0.95, 0.9, 0.85],
+        "generalization.teacher_forced": [0.9, 0.85, 0.8],
+        "locality.teacher_forced": [0.95, 0.9, 0.9],
+    }
+    collapse = {column: [v / 2 ** (k + 1) for k, v in enumerate(values)] for column, values in every5.items()}
+    wild = {column.replace("teacher_forced", "wild"): [v / 2 for v in values] for column, values in every5.items()}
+    subs = tmp_path / "submissions"
+    alpha = curve_points(5, {**every5, **wild})
+    add_sequential(subs, "alphaedit-seq", "alphaedit", "AlphaEdit", 0.9, 0.9, alpha, wild=0.5)
+    add_sequential(subs, "memit-seq", "memit", "MEMIT", 0.1, 0.3, curve_points(5, collapse))
+    build_site(subs, tmp_path / "site")
+
+    page.goto((tmp_path / "site" / "index.html").as_uri())
+    boxes = page.eval_on_selector_all("figure.curve polyline", "ls => ls.map(l => l.getBoundingClientRect().height)")
+    assert len(boxes) == 2 and all(h > 10 for h in boxes)  # both fall: each line spans some height
+    assert page.locator("figure.curve ul.legend a").all_inner_texts() == ["AlphaEdit", "MEMIT"]
+
+    page.goto((tmp_path / "site" / "entries" / "alphaedit-seq.html").as_uri())
+    dashes = page.eval_on_selector_all(
+        "#lifelong-curve polyline", "ls => ls.map(l => getComputedStyle(l).strokeDasharray)"
+    )
+    assert [d != "none" for d in dashes] == [False, True] * 3  # teacher-forced solid, WILD dashed
+    page.screenshot(path=str(tmp_path / "lifelong-entry.png"), full_page=True)
+    assert not page.editeval_errors, page.editeval_errors

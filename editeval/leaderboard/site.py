@@ -17,7 +17,7 @@ import yaml
 
 from editeval.errors import EditevalError
 from editeval.evaluation.specs import COUNTERFACT_AGGREGATE, TEACHER_FORCED, MetricName
-from editeval.leaderboard import protocols, records
+from editeval.leaderboard import curves, protocols, records
 from editeval.leaderboard.checks import load_submission
 from editeval.leaderboard.manifest import MANIFEST, RESULTS, SLUG_RE, Submission, SubmissionError
 from editeval.leaderboard.verify import VERIFIED, read_stamp
@@ -56,6 +56,7 @@ class Entry:
     average: float | None = None
     average_wild: float | None = None  # the same mean over the WILD figures (`protocols`)
     verification: dict | None = None  # the stamp of `editeval leaderboard verify` for this record, if any
+    curve_plot: dict | None = None  # its lifelong curve (`curves.entry_plot`), when the record has one
 
     @property
     def verified(self) -> bool:
@@ -91,6 +92,7 @@ class Table:
     wild: bool = False  # its entries carry WILD figures: the WILD columns, average and gap plot are shown
     ranked_by: str = "teacher_forced"  # or "wild": every entry has a WILD average
     gap: dict | None = None  # teacher-forced vs WILD reliability per entry (`protocols.gap_plot`)
+    curves: dict | None = None  # sequential: the entries' reliability by edits made (`curves.table_plot`)
 
     @property
     def anchor(self) -> str:
@@ -219,7 +221,12 @@ def make_tables(entries: list[Entry]) -> list[Table]:
         score = (lambda e: e.average_wild) if ranked_by == "wild" else (lambda e: e.average)
         members.sort(key=lambda e: (score(e) is None, -(score(e) or 0.0), e.slug))
         gap = protocols.gap_plot(members) if wild else None
-        tables.append(Table(benchmark, split, mode, members, columns, _scatter(members), wild, ranked_by, gap))
+        for e in members:
+            e.curve_plot = curves.entry_plot(e.record)
+        lifelong = curves.table_plot(members, PALETTE) if mode == "sequential" else None
+        tables.append(
+            Table(benchmark, split, mode, members, columns, _scatter(members), wild, ranked_by, gap, lifelong)
+        )
     return tables
 
 

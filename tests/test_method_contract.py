@@ -70,6 +70,7 @@ TINY = {
     "serac": {"train_steps": 2, "batch_size": 4, "val_fraction": 0.0},
     "t-patcher": {"num_steps": 2, "memory_size": 4},
     "ultraedit": {"layers": [2, 3], "lr": 1e-2},
+    "wise": {"layer": 2, "n_iter": 2, "context_short": 1, "context_long": 1, "irrelevant_pool": 4},
 }
 DTYPES = ["float32", "bfloat16", "float16"]
 LEARNED = {"mend": "editor_path", "ke": "editor_path", "serac": "classifier_path"}

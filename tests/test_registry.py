@@ -364,5 +364,5 @@ def test_a_plugin_method_and_benchmark_run_from_the_command_line(tmp_path, tiny_
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "error: unknown method 'nope': choose from alphaedit, calinet, emmet, ft-l, ft-m, grace, ike, "
-        "ke, kn, lora, memit, mend, r-rome, rome, serac, t-patcher, toy-ft, ultraedit"
+        "ke, kn, lora, memit, mend, r-rome, rome, serac, t-patcher, toy-ft, ultraedit, wise"
     ]

@@ -92,6 +92,7 @@ TINY = {
     # (at lr 0.5 the tiny GPT-2's patch still fired on memory tokens after 80 steps; at the preset's 0.1 it does not)
     "t-patcher": {"num_steps": 80, "lr": 0.1, "memory_size": 8},
     "calinet": {"num_slots": 16, "num_steps": 40, "lr": 5e-2, "init_std": 0.1},
+    "wise": {"layer": 2, "n_iter": 40, "context_short": 2, "context_long": 2, "irrelevant_pool": 8},
 }
 MODULES = {
     "tiny_llama": ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"],
@@ -120,18 +121,38 @@ def _forward(loaded, texts, module=None):
     return logps, inputs
 
 
+def _wise_routes(loaded, texts) -> list[bool]:
+    """Whether WISE's side memory answers each text, computed here from the layer's input: its
+    activation distance (mean over tokens of ‖σ(W'a) − σ(Wa)‖) reaches act_ratio · ε."""
+    from editeval.runtime.architectures import mlp_out_as_out_in
+
+    memory = artifacts.find_addition(loaded.model, "wise_memory")
+    _, inputs = _forward(loaded, texts, memory.module)
+    module = loaded.model.get_submodule(memory.module)
+    weight, bias = mlp_out_as_out_in(loaded.model, module.weight), module.bias
+    routes = []
+    for a in inputs:
+        out = a @ weight.T + (0 if bias is None else bias)
+        side = out + a @ memory.side.T
+        distance = torch.linalg.vector_norm(memory.act(side) - memory.act(out), dim=-1).mean()
+        routes.append(bool(distance >= memory.side_eps * memory.act_ratio))
+    return routes
+
+
 def _kl(before, after):
     """KL(base ‖ edited) per position."""
     return (before.exp() * (before - after)).sum(-1)
 
 
 def _check_locality(name, loaded, before, after, in_before, in_after):
-    """Out-of-scope prompts: GRACE (outside every key's radius) and T-Patcher (where the patch does
-    not fire) keep the base log-probabilities bit for bit; LoRA and CaliNET change every prompt, by a
-    bounded amount."""
+    """Out-of-scope prompts: GRACE (outside every key's radius), T-Patcher (where the patch does
+    not fire) and WISE (where no memory is routed to) keep the base log-probabilities bit for bit;
+    LoRA and CaliNET change every prompt, by a bounded amount."""
     model = loaded.model
-    if name in ("grace", "t-patcher"):
-        if name == "grace":
+    if name in ("grace", "t-patcher", "wise"):
+        if name == "wise":
+            in_scope = _wise_routes(loaded, OUT_OF_SCOPE)
+        elif name == "grace":
             book = artifacts.find_addition(model, "grace_codebook")
             _, inputs = _forward(loaded, OUT_OF_SCOPE, book.module)
             # in scope where some position's input lies within a key's radius (computed here, not by the hook)
@@ -317,7 +338,7 @@ CF_REQS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["grace", "ike", "t-patcher", "calinet"])
+@pytest.mark.parametrize("name", ["grace", "ike", "t-patcher", "calinet", "wise"])
 def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(
     request, tmp_path, tiny_llama_dir, tiny_llama, name
 ):
@@ -337,6 +358,7 @@ def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(
         "ike": {"k": 2, "train_limit": 20, "train_benchmark": "zsre"},
         "t-patcher": dict(TINY["t-patcher"], memory_benchmark="zsre"),
         "calinet": TINY["calinet"],
+        "wise": dict(TINY["wise"], irrelevant_benchmark="zsre"),
     }[name]
     hparams.write_text(json.dumps(values))
     out = tmp_path / "run.json"

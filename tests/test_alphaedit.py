@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _generation import greedy
 from test_memit import REQUESTS  # the same three facts
 
 from editeval.methods import get_method, restore
@@ -125,12 +126,6 @@ def test_projection_is_cached(tiny_llama, caplog):
     ]
 
 
-def _greedy(model, tok, prompt, n=3):
-    ids = tok(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1] :]).strip()
-
-
 @pytest.mark.needs_raw
 def test_real_batch_on_smollm2(smollm2):
     """Two edits in one batch on the real model take (prompt and paraphrase) and an unrelated
@@ -139,14 +134,14 @@ def test_real_batch_on_smollm2(smollm2):
     hp = get_method("alphaedit").load_hparams(model, "smollm2-135m")
     hp.mom2_tokens = 4000  # small statistics keep the test fast; the edits still take
     paraphrase, keep = "Danielle Darrieux's mother tongue is", "The capital of Germany is"
-    kept = _greedy(model, tok, keep)
+    kept = greedy(model, tok, keep)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     backup = apply_alphaedit(model, tok, REQUESTS[:2], hp)
     try:
-        assert _greedy(model, tok, REQUESTS[0]["prompt"]).startswith("English")
-        assert _greedy(model, tok, REQUESTS[1]["prompt"]).startswith("Rome")
-        assert _greedy(model, tok, paraphrase).startswith("English")
-        assert _greedy(model, tok, keep) == kept
+        assert greedy(model, tok, REQUESTS[0]["prompt"]).startswith("English")
+        assert greedy(model, tok, REQUESTS[1]["prompt"]).startswith("Rome")
+        assert greedy(model, tok, paraphrase).startswith("English")
+        assert greedy(model, tok, keep) == kept
     finally:
         restore(model, backup)
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)

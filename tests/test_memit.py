@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from _generation import greedy
 
 from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
@@ -169,12 +170,6 @@ def test_bad_request_is_named(tiny_llama):
         apply_memit(tiny_llama.model, tiny_llama.tokenizer, REQUESTS[:2] + [bad], tiny_hp())
 
 
-def _greedy(model, tok, prompt, n=3):
-    ids = tok(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1] :]).strip()
-
-
 @pytest.mark.needs_raw
 def test_real_batch_on_smollm2(smollm2):
     """Two edits in one batch on the real model: before, the greedy answers are the true ones; after,
@@ -184,18 +179,18 @@ def test_real_batch_on_smollm2(smollm2):
     hp = get_method("memit").load_hparams(model, "smollm2-135m")
     hp.mom2_tokens = 4000  # small statistics keep the test fast; the edits still take
     paraphrase, keep = "Danielle Darrieux's mother tongue is", "The capital of Germany is"
-    assert _greedy(model, tok, REQUESTS[0]["prompt"]).startswith("French")
-    assert _greedy(model, tok, REQUESTS[1]["prompt"]).startswith("Paris")
-    assert _greedy(model, tok, paraphrase).startswith("French")
-    kept = _greedy(model, tok, keep)
+    assert greedy(model, tok, REQUESTS[0]["prompt"]).startswith("French")
+    assert greedy(model, tok, REQUESTS[1]["prompt"]).startswith("Paris")
+    assert greedy(model, tok, paraphrase).startswith("French")
+    kept = greedy(model, tok, keep)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     backup = apply_memit(model, tok, REQUESTS[:2], hp)
     try:
         assert sorted(backup) == [f"model.layers.{i}.mlp.down_proj.weight" for i in (3, 4, 5, 6, 7)]
-        assert _greedy(model, tok, REQUESTS[0]["prompt"]).startswith("English")
-        assert _greedy(model, tok, REQUESTS[1]["prompt"]).startswith("Rome")
-        assert _greedy(model, tok, paraphrase).startswith("English")
-        assert _greedy(model, tok, keep) == kept
+        assert greedy(model, tok, REQUESTS[0]["prompt"]).startswith("English")
+        assert greedy(model, tok, REQUESTS[1]["prompt"]).startswith("Rome")
+        assert greedy(model, tok, paraphrase).startswith("English")
+        assert greedy(model, tok, keep) == kept
     finally:
         restore(model, backup)
     after = model.state_dict()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _generation import greedy
 
 from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
@@ -143,24 +144,18 @@ def test_presets_resolve_and_scale(tiny_llama, tiny_gpt2):
     assert gpt2.edit_layer(tiny_gpt2.model) == 1
 
 
-def _greedy(model, tok, prompt, n=4):
-    ids = tok(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1] :])
-
-
 def test_real_edit_on_smollm2(smollm2):
     model, tok = smollm2.model, smollm2.tokenizer
     hp = get_method("rome").load_hparams(model, "smollm2-135m")
     hp.mom2_tokens = 4000  # small statistics keep the test fast; the edit still takes
-    assert _greedy(model, tok, DARRIEUX["prompt"]).strip().startswith("French")
-    paris = _greedy(model, tok, "The Eiffel Tower is located in the city of")
+    assert greedy(model, tok, DARRIEUX["prompt"], n=4).startswith("French")
+    paris = greedy(model, tok, "The Eiffel Tower is located in the city of", n=4)
     before = _state(model)
     backup = apply_rome(model, tok, [DARRIEUX], hp)
     try:
-        assert _greedy(model, tok, DARRIEUX["prompt"]).strip().startswith("English")
-        assert _greedy(model, tok, "Danielle Darrieux's mother tongue is").strip().startswith("English")
-        assert _greedy(model, tok, "The Eiffel Tower is located in the city of") == paris
+        assert greedy(model, tok, DARRIEUX["prompt"], n=4).startswith("English")
+        assert greedy(model, tok, "Danielle Darrieux's mother tongue is", n=4).startswith("English")
+        assert greedy(model, tok, "The Eiffel Tower is located in the city of", n=4) == paris
     finally:
         restore(model, backup)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

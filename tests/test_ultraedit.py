@@ -4,6 +4,7 @@ carried from edit to edit (undone with an edit), a real edit on SmolLM2."""
 from __future__ import annotations
 
 import torch
+from _generation import greedy
 from test_rome import DARRIEUX
 
 from editeval.methods import get_method, restore
@@ -72,12 +73,6 @@ def test_each_turn_moves_the_edited_layers_and_restore_undoes_weights_and_statis
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
 
 
-def _greedy(model, tok, prompt: str, n: int = 3) -> str:
-    ids = tok(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1] :]).strip()
-
-
 def test_real_edit_on_smollm2(smollm2):
     """The preset's layers at lr 1e-3 (the preset's 1e-4 takes about a third of single edits): one
     turn makes SmolLM2 answer the new object; `restore` gives back every tensor."""
@@ -85,10 +80,10 @@ def test_real_edit_on_smollm2(smollm2):
     hp = get_method("ultraedit").load_hparams(model, "smollm2-135m")
     hp.lr = 1e-3
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert not _greedy(model, tok, DARRIEUX["prompt"]).startswith("English")
+    assert not greedy(model, tok, DARRIEUX["prompt"]).startswith("English")
     backup = apply_ultraedit(model, tok, [DARRIEUX, DARRIEUX], hp)
     try:
-        assert _greedy(model, tok, DARRIEUX["prompt"]).startswith("English")
+        assert greedy(model, tok, DARRIEUX["prompt"]).startswith("English")
     finally:
         restore(model, backup)
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _generation import greedy
 from test_rome import DARRIEUX
 
 from editeval.data.schema import empty_request
@@ -104,24 +105,18 @@ def test_bad_settings_fail_with_one_clear_error():
         WISEHParams(act_margin=[1.0, 2.0])
 
 
-def _greedy(model, tok, prompt: str, n: int = 3) -> str:
-    ids = tok(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1] :]).strip()
-
-
 def test_real_edit_on_smollm2(smollm2):
     """With the preset (30 steps instead of 70, to keep the test short): the edit takes, an unrelated
     prompt is not routed to the side memory and keeps its answer; `restore` removes the memory."""
     model, tok = smollm2.model, smollm2.tokenizer
     hp = get_method("wise").load_hparams(model, "smollm2-135m").replace(n_iter=30)
     keep = "The capital of Germany is"
-    kept = _greedy(model, tok, keep)
-    assert not _greedy(model, tok, DARRIEUX["prompt"]).startswith("English")
+    kept = greedy(model, tok, keep)
+    assert not greedy(model, tok, DARRIEUX["prompt"]).startswith("English")
     backup = apply_wise(model, tok, [DARRIEUX], hp)
     try:
-        assert _greedy(model, tok, DARRIEUX["prompt"]).startswith("English")
-        assert _greedy(model, tok, keep) == kept
+        assert greedy(model, tok, DARRIEUX["prompt"]).startswith("English")
+        assert greedy(model, tok, keep) == kept
     finally:
         restore(model, backup)
     assert artifacts.additions(model) == []

@@ -101,8 +101,9 @@ def _counting(monkeypatch, name: str, interrupt_after: int | None = None) -> lis
 
 def assert_same_record(got: Path, want: Path) -> None:
     a, b = read_record(got), read_record(want)
-    pd.testing.assert_frame_equal(read_rows(got), read_rows(want), check_exact=True)
-    assert a.metrics == b.metrics and a.breakdowns == b.breakdowns and a.rows_sha256 == b.rows_sha256
+    # the metrics of every edit, exactly (the seconds are each run's own)
+    pd.testing.assert_frame_equal(read_rows(got, timings=False), read_rows(want, timings=False), check_exact=True)
+    assert a.metrics == b.metrics and a.breakdowns == b.breakdowns
     for name in (
         "n_edits",
         "n_skipped",

@@ -314,8 +314,8 @@ def assert_same_record(one: Path, many: Path, processes: int = 2) -> None:
     a, b = read_record(one), read_record(many)
     assert b.metrics == a.metrics
     assert b.breakdowns == a.breakdowns and b.aggregates == a.aggregates
-    pd.testing.assert_frame_equal(read_rows(many), read_rows(one), check_exact=True)
-    assert a.rows_sha256 == b.rows_sha256
+    # the metrics of every edit, exactly (the seconds are each run's own)
+    pd.testing.assert_frame_equal(read_rows(many, timings=False), read_rows(one, timings=False), check_exact=True)
     assert a.meta.n_processes == 1 and b.meta.n_processes == processes
     for name in (
         "n_edits",
@@ -527,7 +527,7 @@ def test_one_process_takes_over_two_processes_progress(env, tiny_llama_dir, cali
         out, lines, {0: ".partial.jsonl", 1: ".partial.rank0.jsonl", 2: ".partial.rank1.jsonl"}, mark=True
     )
     run_one(_edit_args(tiny_llama_dir, calinet_yaml, 6, out))
-    rows, expected = read_rows(out), read_rows(ref)
+    rows, expected = read_rows(out, timings=False), read_rows(ref, timings=False)
     assert list(rows["reliability.teacher_forced"][:3]) == [marks[0], marks[1], marks[2]]
     pd.testing.assert_frame_equal(rows.iloc[3:], expected.iloc[3:], check_exact=True)
     assert list(rows["case_id"]) == list(expected["case_id"])
@@ -544,7 +544,7 @@ def test_each_single_edit_is_seeded_by_its_index(env, tiny_llama_dir, calinet_ya
     from editeval.runtime.settings import Runtime
 
     ref, _ = edit_reference
-    expected = read_rows(ref).iloc[2]
+    expected = read_rows(ref, timings=False).iloc[2]
     alone = [{**REQS[0], "target_new": ""}, {**REQS[1], "target_new": " "}, REQS[2]]
 
     def row(seed):
@@ -560,7 +560,7 @@ def test_each_single_edit_is_seeded_by_its_index(env, tiny_llama_dir, calinet_ya
         )
         summary = run_edits(opts, Runtime(device="cpu", progress=False), requests=alone)
         assert summary.n_edited == 1 and [s["index"] for s in summary.skipped] == [0, 1]
-        return read_rows(summary.out).iloc[0]
+        return read_rows(summary.out, timings=False).iloc[0]
 
     got = row(0)
     assert got["case_id"] == 102

@@ -13,7 +13,7 @@ import yaml
 from editeval import cli
 from editeval.data.schema import empty_request
 from editeval.errors import EditevalError
-from editeval.evaluation.results import read_record, read_rows
+from editeval.evaluation.results import EDIT_SECONDS, EVALUATE_SECONDS, read_record, read_rows
 from editeval.methods import base as methods_base
 from editeval.methods.base import (
     HParams,
@@ -117,6 +117,20 @@ def test_single_mode_evaluates_each_edit_skips_bad_requests_and_restores(tiny, t
     assert not list((tmp_path / "out").glob("*.partial*"))
 
 
+def test_rows_keep_each_edits_seconds_and_the_record_summarises_them(tiny, tmp_path, ft_yaml):
+    reqs = [_req(i) for i in range(3)]
+    summary = run_edits(_opts(tmp_path, hparams_path=ft_yaml), QUIET, loaded=tiny, requests=reqs)
+    rows, meta = read_rows(summary.out), read_record(summary.out).meta
+    edit, evaluate = list(rows[EDIT_SECONDS]), list(rows[EVALUATE_SECONDS])
+    assert all(s > 0 for s in edit + evaluate)
+    assert meta.timings == {
+        "edit": {"mean": pytest.approx(sum(edit) / 3), "median": sorted(edit)[1], "first": edit[0]},
+        "evaluate": {"mean": pytest.approx(sum(evaluate) / 3), "median": sorted(evaluate)[1], "first": evaluate[0]},
+    }
+    assert meta.seconds_per_edit == pytest.approx(meta.timings["edit"]["mean"])
+    assert not any(name.startswith("seconds.") for name in read_record(summary.out).metrics)  # not metrics
+
+
 def test_batch_mode_skips_a_request_whose_subject_is_not_in_its_prompt(tiny, tmp_path):
     fp = tiny.fingerprint()
     reqs = [_req(0), _req(1, subject="Nowhere"), _req(2), _req(3)]
@@ -179,7 +193,12 @@ def test_sequential_mode_accumulates_and_saves_a_loadable_checkpoint(tiny, tmp_p
     )
     assert len(rows) == 3 and scored.meta.edited_fingerprint == record.meta.edited_fingerprint
     assert {"fluency.ngram_entropy", "reliability.generation", "locality.wild"} <= set(rows[0])
-    pd.testing.assert_frame_equal(read_rows(summary.out), pd.DataFrame(rows), check_exact=True)
+    edited_rows = read_rows(summary.out)
+    assert (edited_rows[EDIT_SECONDS] > 0).all() and (edited_rows[EVALUATE_SECONDS] > 0).all()
+    # the evaluation pass over the final model is shared: each edit gets the same share of it
+    assert edited_rows[EVALUATE_SECONDS].nunique() == 1
+    metrics_only = edited_rows.drop(columns=[EDIT_SECONDS, EVALUATE_SECONDS])
+    pd.testing.assert_frame_equal(metrics_only, pd.DataFrame(rows), check_exact=True)
     # both writers record the same metadata keys, and the dtype in one form (of the evaluated weights)
     edit_meta = json.loads(summary.out.read_text())["meta"]
     score_meta = json.loads((tmp_path / "score.json").read_text())["meta"]
@@ -198,7 +217,7 @@ def test_sequential_curve_points_are_the_metrics_of_the_edits_so_far(tiny, tmp_p
     record = read_record(run_edits(opts, QUIET, loaded=tiny, requests=reqs).out)
     curve = record.meta.curve
     assert [(p["edits"], p["evaluated"]) for p in curve] == [(2, 2), (4, 2)]
-    assert set(curve[0]["metrics"]) == {c for c in read_rows(opts.out_path()).columns if c != "case_id"}
+    assert set(curve[0]["metrics"]) == set(record.metrics)
     fresh = load(tiny_llama_dir, device="cpu")
     fresh.name = tiny.name
     two = run_edits(_opts(tmp_path, out=str(tmp_path / "two.json"), **seq), QUIET, loaded=fresh, requests=reqs[:2])
@@ -462,7 +481,7 @@ def test_an_interrupted_batch_evaluation_resumes(tiny, tmp_path, monkeypatch, ti
     CALLS.clear()
     summary = run_edits(opts, QUIET, loaded=fresh, requests=reqs)
     assert CALLS == ([] if long_edit else [5])  # from the saved state, or the whole batch again
-    assert read_rows(summary.out).equals(read_rows(straight.out))
+    assert read_rows(summary.out, timings=False).equals(read_rows(straight.out, timings=False))
     if long_edit:
         assert read_record(summary.out).meta.edit_seconds_total == round(float(saved["seconds"]), 3)
     assert fresh.fingerprint() == base_fp  # undone after the evaluation, as usual

@@ -390,7 +390,7 @@ def test_artifact_saved_by_the_driver_is_scored_with_the_base_model(
     )
     score = json.loads((tmp_path / "score.json").read_text())
     assert score["meta"]["edited_fingerprint"].startswith("artifact:")
-    scored, driver = read_rows(tmp_path / "score.json"), read_rows(out)
+    scored, driver = read_rows(tmp_path / "score.json"), read_rows(out, timings=False)
     pd.testing.assert_frame_equal(scored, driver, check_exact=True)
     # ... and they are not the base model's rows
     base = pd.DataFrame(

@@ -19,7 +19,11 @@ Layout of ``<name>.json`` (schema version ``SCHEMA_VERSION``; fields below are a
     aggregates       derived figures, e.g. "counterfact.score" (harmonic mean of the efficacy,
                      paraphrase and neighbourhood score means); None when not computable
     rows_file        the Parquet side file's name (same folder), one row per edit: case_id + the
-                     metric columns (NaN where a metric does not apply to that edit)
+                     metric columns (NaN where a metric does not apply to that edit); a run of an
+                     editing method adds its timings, ``seconds.edit`` (the edit's share of the
+                     `apply` that made it) and ``seconds.evaluate`` (its share of the evaluation
+                     pass that scored it): not metrics, summarised in ``meta.timings`` (mean,
+                     median, first edit) and never compared by `editeval leaderboard verify`
     rows_sha256      its sha256
 
 A MetricSummary is ``{mean, count, ci_low, ci_high}``: the mean over edits where the metric
@@ -110,6 +114,8 @@ class RunMetadata(BaseModel):
     n_skipped: int | None = None
     skipped: list[dict[str, Any]] | None = None  # {index, case_id, reason} of each skipped request
     evaluated: str | None = None  # when the rows were taken, e.g. "after each edit, then undone"
+    # the rows' seconds.* columns summarised: {"edit": {"mean", "median", "first"}, "evaluate": {...}}
+    timings: dict[str, dict[str, float | None]] | None = None
     # sequential --curve-every: after every N edits, the mean of each metric over the edits so far
     # ({"edits": N, "evaluated": how many of them, "metrics": {column: mean}})
     curve: list[dict[str, Any]] | None = None
@@ -167,6 +173,31 @@ def environment_versions() -> dict[str, Any]:
     }
 
 
+# Per-edit timings in the rows of an edit run: not metrics (each run measures its own), so never
+# summarised as one, never checked against the record by `disagreements`, never compared by verify.
+EDIT_SECONDS, EVALUATE_SECONDS = "seconds.edit", "seconds.evaluate"
+
+
+def is_timing(column: str) -> bool:
+    return column.startswith("seconds.")
+
+
+def timing_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | None]] | None:
+    """Mean, median and first edit (row order) of each ``seconds.*`` column with values, or None."""
+    out = {}
+    for column in (EDIT_SECONDS, EVALUATE_SECONDS):
+        values = [_num(r.get(column)) for r in rows]
+        kept = [v for v in values if not math.isnan(v)]
+        if not kept:
+            continue
+        out[column.split(".", 1)[1]] = {
+            "mean": float(np.mean(kept)),
+            "median": float(np.median(kept)),
+            "first": None if math.isnan(values[0]) else values[0],
+        }
+    return out or None
+
+
 def summarize(
     values: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
 ) -> MetricSummary:
@@ -213,7 +244,9 @@ def build_record(
         meta.n_edits = len(rows)
     columns: list[str] = []
     for row in rows:
-        columns += [c for c in row if c != "case_id" and c not in columns]
+        columns += [c for c in row if c != "case_id" and not is_timing(c) and c not in columns]
+    if meta.timings is None:
+        meta.timings = timing_summary(rows)
     metrics: dict[str, MetricSummary] = {}
     breakdowns: dict[str, dict[str, MetricSummary]] = {}
     for col in columns:
@@ -242,7 +275,7 @@ def disagreements(record: ResultsRecord, rows: Sequence[Mapping[str, Any]]) -> l
     carries). Empty when they all agree (within `AGREE_TOLERANCE`)."""
     columns: list[str] = []
     for row in rows:
-        columns += [c for c in row if c != "case_id" and c not in columns]
+        columns += [c for c in row if c != "case_id" and not is_timing(c) and c not in columns]
     problems = []
 
     def differ(a: float | None, b: float | None) -> bool:
@@ -324,9 +357,11 @@ def read_record(path: str | os.PathLike) -> ResultsRecord:
     return ResultsRecord.model_validate_json(Path(path).read_text())
 
 
-def read_rows(path: str | os.PathLike):
-    """The per-edit rows (pandas DataFrame) of the record at ``path``."""
+def read_rows(path: str | os.PathLike, *, timings: bool = True):
+    """The per-edit rows (pandas DataFrame) of the record at ``path``; ``timings=False`` leaves out
+    the ``seconds.*`` columns (what two runs of the same edits have in common)."""
     import pandas as pd
 
     record = read_record(path)
-    return pd.read_parquet(Path(path).parent / record.rows_file)
+    rows = pd.read_parquet(Path(path).parent / record.rows_file)
+    return rows if timings else rows[[c for c in rows.columns if not is_timing(c)]]

@@ -55,6 +55,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,17 @@ def _run_edits(
     return _write_results(session, opts, loop, header, hp_dict, entries, valid, edited, skipped, counterfact, piqa)
 
 
+def _with_timings(rows: list[dict], edit: list, evaluate: list) -> list[dict]:
+    """The rows with each edit's seconds (`results.EDIT_SECONDS`, `results.EVALUATE_SECONDS`; NaN
+    where not measured, e.g. rows carried over from a record written before timings were kept)."""
+    from editeval.evaluation.results import EDIT_SECONDS, EVALUATE_SECONDS
+
+    def num(v):
+        return math.nan if v is None else float(v)
+
+    return [{**row, EDIT_SECONDS: num(e), EVALUATE_SECONDS: num(v)} for row, e, v in zip(rows, edit, evaluate)]
+
+
 def _open_progress(out: Path, header: dict, requests: list[dict], generation: bool, dist) -> Partial:
     """This process's progress file, after a finished single-mode record was carried over into it."""
     from editeval.runtime import distributed
@@ -297,7 +309,10 @@ def _write_results(
     after_each_path = None
     item_values = None
     if mode == "sequential":
+        t0 = time.perf_counter()
         rows = evaluator.evaluate(model, [loop.ev_index[i] for i in edited])
+        per_row = (time.perf_counter() - t0) / len(edited)  # every edit scored in one pass over the final model
+        eval_seconds = dict.fromkeys(edited, per_row)
         item_values = evaluator.last_piqa  # one edited model: PIQA summarised over its items, as scored
         edited_fp = loaded.fingerprint()
     else:
@@ -305,7 +320,9 @@ def _write_results(
         # over parts of them: other processes, or an earlier run with another --limit)
         columns = session.columns([requests[i] for i in valid], opts, counterfact=counterfact, piqa=bool(piqa))
         rows = [{c: row.get(c, math.nan) for c in columns} for row in (restore_nan(entries[i]["row"]) for i in edited)]
+        eval_seconds = {i: entries[i].get("eval_seconds") for i in edited}
         edited_fp = ""
+    rows = _with_timings(rows, [entries[i]["edit_seconds"] for i in edited], [eval_seconds[i] for i in edited])
     if opts.save_checkpoint:
         if mode == "batch" and not loop.kept_batch:
             # the batch was evaluated in an earlier (interrupted) run: apply it again for the checkpoint
@@ -360,6 +377,7 @@ def _write_results(
     record = session.write(rows, fields=fields, item_values=item_values, **write)
     if mode == "sequential" and opts.eval_every_edit:
         each_rows = [restore_nan(entries[i]["row_after_each"]) for i in edited]
+        each_rows = _with_timings(each_rows, [entries[i]["edit_seconds"] for i in edited], [None] * len(edited))
         after_each_path = out.with_name(out.name[: -len(".json")] + ".after-each.json")
         each_fields = {**fields, "evaluated": "each edit right after it was applied"}
         session.write(each_rows, fields=each_fields, out=after_each_path, **write)

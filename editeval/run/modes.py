@@ -274,9 +274,11 @@ class EditLoop:
     def _evaluate(self, ours: list[int], per_edit: float) -> None:
         for start in range(0, len(ours), EVAL_CHUNK):  # rows saved as they come: a long evaluation resumes
             chunk = ours[start : start + EVAL_CHUNK]
+            t0 = time.perf_counter()
             rows = self.evaluator.evaluate(self.loaded.model, [self.ev_index[i] for i in chunk])
+            per_row = (time.perf_counter() - t0) / len(chunk)  # each edit's share of the pass
             for i, row in zip(chunk, rows):
-                self._record(i, edit_seconds=per_edit, row=clean_row(row))
+                self._record(i, edit_seconds=per_edit, eval_seconds=per_row, row=clean_row(row))
             self.bar.update(len(chunk))
 
     def _record(self, i: int, **fields) -> None:

@@ -261,15 +261,7 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
         {"index": i, "case_id": requests[i].get("case_id"), "skipped": True, "reason": s.get("reason", "")}
         for i, s in skipped.items()
     ]
-    entries += [
-        {
-            "index": i,
-            "case_id": requests[i].get("case_id"),
-            "edit_seconds": meta.seconds_per_edit,
-            "row": clean_row(row),
-        }
-        for i, row in zip(edited, rows)
-    ]
+    entries += [_carried(i, requests[i].get("case_id"), row, meta.seconds_per_edit) for i, row in zip(edited, rows)]
     lines = [{"header": {**header, "n_requests": n_old}}] + entries
     path = out.with_name(out.name + ".partial.jsonl")
     atomic_file(
@@ -277,6 +269,25 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
     )
     log.info("continuing the %d finished edits of %s", n_old, out)
     return n_old
+
+
+def _carried(index: int, case_id, row: dict, seconds_per_edit) -> dict:
+    """The progress entry of a finished record's row: its metrics, and its timings where it has them
+    (an older record only has the mean seconds per edit)."""
+    from editeval.evaluation.results import EDIT_SECONDS, EVALUATE_SECONDS, is_timing
+
+    def measured(column):
+        value = row.get(column)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    edit = measured(EDIT_SECONDS)
+    return {
+        "index": index,
+        "case_id": case_id,
+        "edit_seconds": seconds_per_edit if edit is None else edit,
+        "eval_seconds": measured(EVALUATE_SECONDS),
+        "row": clean_row({k: v for k, v in row.items() if not is_timing(k)}),
+    }
 
 
 def json_default(value):

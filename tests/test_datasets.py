@@ -89,9 +89,19 @@ ONE_TO_ONE = {
     ("knowedit", "sanitation", "train"): ("knowedit/Sanitation/trivia_qa_train.json", "K_F"),
     ("knowedit", "sanitation", "test"): ("knowedit/Sanitation/trivia_qa_test.json", "success"),
     ("knowedit", "zsre", "test"): "knowedit/ZsRE/ZsRE-test-all.json",
+    ("mquake", "hard", "edit"): "mquake/MQuAKE-hard.json",
+    ("mquake", "relations", "relations"): "mquake/prompts/templates/cloze_templates.json",
+    ("rippleedits", "popular_gptj", "edit"): "rippleedits/gpt-j-popular.json",
+    ("rippleedits", "stats", "popular"): "rippleedits/stats/popular_stats.json",
+    ("rippleedits", "stats", "random"): "rippleedits/stats/random_stats.json",
+    ("rippleedits", "stats", "recent"): "rippleedits/stats/recent_stats.json",
+    ("qaedit", "inter_1k", "edit"): "qaedit/QAEdit_inter_1k.json",
 }
 # the splits that merge several files: their sizes as the issue gives them
-MERGED = {("counterfact", "full", "edit"): 1129}  # distinct cases of One-hop ∪ Subject-Replace ∪ locality
+MERGED = {
+    ("counterfact", "full", "edit"): 1129,  # distinct cases of One-hop ∪ Subject-Replace ∪ locality
+    ("mquake", "prompts", "files"): 3,  # one row per multi-hop prompt file
+}
 
 
 def _count(source) -> int:
@@ -155,22 +165,45 @@ def test_load_dataset_from_folder_without_config(built):
     assert len(load(built, "counterfact", split="val")) == 1919  # default config
 
 
-def test_edit_request_features_everywhere_but_piqa_and_convsent(built):
+def test_edit_request_features_everywhere_but_the_other_record_kinds(built):
+    """Fact-edit configs have exactly the edit-request features; a few add their own columns to
+    them; the rest hold other records (PIQA questions, MQuAKE cases and prompts, statistics)."""
     from editeval.data.registry import BENCHMARKS
     from editeval.data.schema import EDIT_REQUEST_FEATURES
 
+    extended = {
+        ("knowedit", "convsent"): {"target_sentiment", "positive_responses", "negative_responses"},
+        ("rippleedits", "popular_gptj"): {
+            "example_type",
+            "edit",
+            "target_new_aliases",
+            "ground_truth_aliases",
+            "logical_generalization",
+            "compositionality_i",
+            "compositionality_ii",
+            "subject_aliasing",
+            "relation_specificity",
+            "forgetfulness",
+        },
+        ("qaedit", "inter_1k"): {"source", "source_id", "locality_pairs"},
+    }
+    other = {
+        ("locality", "other_task"),
+        ("mquake", "hard"),
+        ("mquake", "prompts"),
+        ("mquake", "relations"),
+        ("rippleedits", "stats"),
+    }
     for bench in BENCHMARKS.values():
         for c in bench.configs:
-            if (bench.name, c.name) in {("locality", "other_task"), ("knowedit", "convsent")}:
-                continue
-            assert c.features == EDIT_REQUEST_FEATURES, (bench.name, c.name)
-    convsent = BENCHMARKS["knowedit"].config("convsent").features
-    assert all(convsent[k] == v for k, v in EDIT_REQUEST_FEATURES.items())
-    assert set(convsent) - set(EDIT_REQUEST_FEATURES) == {
-        "target_sentiment",
-        "positive_responses",
-        "negative_responses",
-    }
+            key = (bench.name, c.name)
+            if key in other:
+                assert "prompt" not in c.features or "target_new" not in c.features, key
+            elif key in extended:
+                assert all(c.features[k] == v for k, v in EDIT_REQUEST_FEATURES.items()), key
+                assert set(c.features) - set(EDIT_REQUEST_FEATURES) == extended[key], key
+            else:
+                assert c.features == EDIT_REQUEST_FEATURES, key
 
 
 # ---------------------------------------------------------------------------- real values

@@ -95,7 +95,8 @@ def test_unknown_benchmark(capsys, tmp_path):
     _, err = capsys.readouterr()
     assert exit_info.value.code == 2
     assert err.strip().splitlines() == [
-        "error: unknown benchmark 'nope': choose from zsre, counterfact, portability, locality, knowedit"
+        "error: unknown benchmark 'nope': choose from zsre, counterfact, portability, locality, knowedit, mquake, "
+        "rippleedits, qaedit"
     ]
     assert_nothing_written(tmp_path / "out")  # zsre was not built either
 
@@ -110,7 +111,8 @@ def test_unknown_benchmark_from_the_shell():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown benchmark 'nope': choose from zsre, counterfact, portability, locality, knowedit"
+        "error: unknown benchmark 'nope': choose from zsre, counterfact, portability, locality, knowedit, mquake, "
+        "rippleedits, qaedit"
     ]
 
 
@@ -302,7 +304,8 @@ def test_text_that_is_not_utf8(capsys, fake_raw, tmp_path):
 def test_file_without_a_sources_entry(capsys, fake_raw, tmp_path):
     text = (RAW / "SOURCES.md").read_text(encoding="utf-8")
     head = text.index(f"### `{TRAIN}`")
-    end = text.find("\n### ", head + 1)
+    end = text.find("\n## ", head + 1)  # the section only: the next heading after it is a "## " one
+    assert end < text.find("\n### ", head + 1)
     (tmp_path / "SOURCES.md").write_text(text[:head] + text[end + 1 :], encoding="utf-8")
     line = refused(capsys, fake_raw, tmp_path / "out", "--sources", str(tmp_path / "SOURCES.md"))
     assert line == f"error: raw file {TRAIN} has no entry in SOURCES.md, so it cannot be checked"

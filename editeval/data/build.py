@@ -54,6 +54,7 @@ def build_benchmarks(
 
     benches = [registry.get(n) for n in (names or registry.BENCHMARKS)]  # unknown names fail before any work
     raw = RawData(raw_data_dir(raw_dir), sources)
+    benches = [bench.with_full_sets(raw) for bench in benches]  # full sets a user put in the raw folder
     out = datasets_dir(out_dir)
     check_seconds = {}
     for bench in benches:  # every raw file present and intact before anything is written

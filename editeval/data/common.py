@@ -1,9 +1,9 @@
-"""What every builder shares: benchmark/config/split specs, the build context, and the mappings
-of the two record families (ZsRE question records, ROME full-schema CounterFact records) into
-the edit-request schema.
+"""What every builder shares: benchmark/config/split specs, the build context, the full sets a
+user may add to the raw folder, and the mappings of the two record families (ZsRE question
+records, ROME full-schema CounterFact records) into the edit-request schema.
 
 Locality kinds used across benchmarks (documented in each card):
-  nq                    ZsRE: a Natural Questions question and its answer
+  nq                    ZsRE, QAEdit: a Natural Questions question and its answer
   neighborhood          CounterFact: another subject with the same relation and the same true object
   other_attribution     CounterFact: another relation of the same subject (Yao et al. 2023)
   distracting_neighbor  CounterFact: the edited fact prepended to a neighborhood prompt (Yao et al. 2023)
@@ -20,13 +20,14 @@ Portability kinds:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
 from editeval.data.schema import empty_request
-from editeval.data.sources import RawData, check_records, field
+from editeval.data.sources import FileSpec, RawData, check_records, field
 from editeval.errors import EditevalError
 
 KNOWEDIT_LOCALITY_KINDS = {"Relation_Specificity": "relation_specificity", "Forgetfulness": "forgetfulness"}
@@ -61,6 +62,33 @@ class ConfigSpec:
 
 
 @dataclass(frozen=True)
+class FullSet:
+    """A full set whose file could not be collected (SOURCES.md lists it under "Not obtained", by its
+    git blob id at the origin). Put the file at `path` in the raw folder and `editeval datasets build`
+    adds config `config` (one split), after checking the file by that blob id and its record count."""
+
+    config: str
+    split: str
+    path: str  # relative to the raw data folder
+    format: str  # as FileSpec.format
+    blob: str  # git blob id at the origin (`git hash-object FILE`)
+    count: int | None  # records, where SOURCES.md states the count
+    origin: str  # "owner/repo : path @ commit", for the card
+    features: Any  # datasets.Features
+    summary: str
+    rows: Callable[[BuildContext, str], list[dict]]  # the builder, given the file's path
+
+
+def full_sets_md(full_sets: Iterable[FullSet]) -> str:
+    """The card's table of full sets (config, where the file goes, origin, blob id, records)."""
+    lines = ["| config | put the file at (raw folder) | origin | git blob id | records |", "|---|---|---|---|---:|"]
+    for f in full_sets:
+        count = f"{f.count:,}" if f.count is not None else "not stated"
+        lines.append(f"| `{f.config}` | `{f.path}` | {f.origin} | `{f.blob}` | {count} |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
 class Benchmark:
     name: str
     pretty_name: str
@@ -70,6 +98,34 @@ class Benchmark:
     build: Callable[[BuildContext], dict[str, dict[str, list[dict]]]]  # config -> split -> rows
     card: str  # the card body (markdown with the placeholders {{ counts_table }} and {{ notes }})
     tags: tuple[str, ...] = ()
+    full_sets: tuple[FullSet, ...] = ()  # built as extra configs when their files are in the raw folder
+
+    def with_full_sets(self, raw: RawData) -> Benchmark:
+        """This benchmark plus a config for each full set whose file is in `raw`'s folder; the file is
+        checked by its git blob id (unless a SOURCES.md given with --sources describes it by sha256)."""
+        present = [f for f in self.full_sets if (raw.root / f.path).is_file()]
+        if not present:
+            return self
+        configs = []
+        for f in present:
+            if f.path not in raw.sources:
+                raw.add(FileSpec(f.path, f.format, None, "", f.count, blob=f.blob))
+            records = raw.spec(f.path).records
+            count = records if isinstance(records, int) else len(raw.load(f.path))  # no stated count: the file's
+            configs.append(ConfigSpec(f.config, (SplitSpec(f.split, count, f.path),), f.features, f.summary))
+
+        def build(ctx: BuildContext) -> dict[str, dict[str, list[dict]]]:
+            built = self.build(ctx)
+            for f in present:
+                built[f.config] = {f.split: f.rows(ctx, f.path)}
+            return built
+
+        return dataclasses.replace(
+            self,
+            configs=self.configs + tuple(configs),
+            raw_files=self.raw_files + tuple(f.path for f in present),
+            build=build,
+        )
 
     def config(self, name: str | None) -> ConfigSpec:
         if name is None:

@@ -10,7 +10,7 @@ from editeval.data.common import Benchmark
 from editeval.runtime.registry import Registry
 
 # modules of editeval.data, in the order `editeval datasets list` and `build` take them
-BUILTIN = ("zsre", "counterfact", "portability", "locality", "knowedit")
+BUILTIN = ("zsre", "counterfact", "portability", "locality", "knowedit", "mquake", "rippleedits", "qaedit")
 
 
 def _register_builtins() -> None:

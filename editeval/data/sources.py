@@ -7,6 +7,8 @@ SOURCES.md, e.g. for a new raw-data release). `RawData` opens files for the buil
 file must exist, have the listed sha256, parse in the listed format and hold the listed number
 of records, or an `EditevalError` names the file and what is wrong. `check_records` and `field`
 validate the records themselves (required keys and their types), independently of the sha check.
+A file SOURCES.md lists only by its git blob id (a full set that could not be collected) is checked
+by that id instead (`git_blob_id`, what `git hash-object FILE` prints).
 
 Regenerate the table after SOURCES.md changes: `python -m editeval.data.sources SOURCES.md`.
 """
@@ -29,10 +31,16 @@ class FileSpec:
     """One raw file as SOURCES.md describes it."""
 
     path: str  # relative to the raw data folder, with "/"
-    format: str  # "json_list" | "json_dict" | "jsonl" | "lines"
-    size: int
-    sha256: str
-    records: int | tuple[tuple[str, int], ...]  # a count, or (key, count) pairs for a JSON dict
+    # "json_list" | "json_dict" | "jsonl" | "lines"; "json_object" (records = its keys);
+    # "pandas_json" (DataFrame.to_json: column -> {row -> value}; records = rows); "text" (a prompt
+    # file: the builder counts its records, e.g. demonstrations)
+    format: str
+    size: int | None  # None where SOURCES.md does not state it
+    sha256: str  # "" for a file known only by its git blob id
+    # a count, or (key, count) pairs for a JSON dict; None where SOURCES.md states no count (the blob
+    # id pins the content anyway)
+    records: int | tuple[tuple[str, int], ...] | None
+    blob: str = ""  # the git blob id at the origin, checked when there is no sha256
 
 
 _FORMATS = {
@@ -40,7 +48,10 @@ _FORMATS = {
     "JSON dict": "json_dict",
     "JSON Lines": "jsonl",
     "text, one label per line": "lines",
+    "pandas `DataFrame.to_json()`": "pandas_json",
 }
+# the format of a file listed in a table of files (a `dir/` section), by its extension
+EXTENSION_FORMATS = {".txt": "text", ".json": "json_object"}
 
 
 def _spec(path, fmt, size, sha256, records) -> FileSpec:
@@ -180,6 +191,48 @@ SOURCES: dict[str, FileSpec] = {
             429,
         ),
         _spec(
+            "mquake/prompts/MeLLo-prompt.txt",
+            "text",
+            3536,
+            "022f97a82c8d889a7fa2e945d636f58a124de57160866e7958170aba8b17e937",
+            4,
+        ),
+        _spec(
+            "mquake/prompts/multihop-cot-prompts.txt",
+            "text",
+            1160,
+            "f74ad1cca21841d83a63b868d2e694c164aaaf8636a659e193fc99f41005cafa",
+            5,
+        ),
+        _spec(
+            "mquake/prompts/multihop-prompts.txt",
+            "text",
+            1135,
+            "1d6f48038599dec1ea63080c07f946f47f57c3227a3428b0efdca88cf566de17",
+            16,
+        ),
+        _spec(
+            "mquake/prompts/rel-prompts.json",
+            "json_object",
+            20038,
+            "5186c6bd07a60d3f561b17200c1e86c5f21215bbc3883d9a9c99d57da7871910",
+            37,
+        ),
+        _spec(
+            "mquake/prompts/templates/cloze_templates.json",
+            "json_object",
+            1927,
+            "2b06da99237d67e40844e727efb24795d8990d99a00868d95c4276ff7e1c7d84",
+            44,
+        ),
+        _spec(
+            "mquake/prompts/templates/question_templates.json",
+            "json_object",
+            2058,
+            "d3a5421ce3cbd6d51e77e3b854d7fd13b98f161c0d54daa597456d804a170d96",
+            44,
+        ),
+        _spec(
             "portability/counterfact_portability_gpt4.json",
             "json_list",
             2725930,
@@ -229,6 +282,27 @@ SOURCES: dict[str, FileSpec] = {
             710,
         ),
         _spec(
+            "rippleedits/stats/popular_stats.json",
+            "pandas_json",
+            154957,
+            "03e123d50d7a1acc5b581028edcc77a364b630b8cc87942bdbf4af4c65a10cd1",
+            885,
+        ),
+        _spec(
+            "rippleedits/stats/random_stats.json",
+            "pandas_json",
+            339723,
+            "c59b3456ae228bce3fd02d35ce846f7708bf4f7c95091a5968aaef713ca81c6f",
+            1922,
+        ),
+        _spec(
+            "rippleedits/stats/recent_stats.json",
+            "pandas_json",
+            347795,
+            "45a6ee11d87c2f79b8876ae1aeda75ab30482675ca4c1bd2058b449fd958f222",
+            1948,
+        ),
+        _spec(
             "rome_aux/known_1000.json",
             "json_list",
             343229,
@@ -254,14 +328,27 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def git_blob_id(path: str | os.PathLike) -> str:
+    """The file's git blob id (`git hash-object FILE`): sha1 of "blob <size>\\0" + the bytes."""
+    digest = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class RawData:
     """Opens raw files for the builders, checking each against its FileSpec once."""
 
     def __init__(self, root: str | os.PathLike, sources: Mapping[str, FileSpec] | None = None):
         self.root = Path(root)
-        self.sources = SOURCES if sources is None else sources
+        self.sources = dict(SOURCES if sources is None else sources)  # a copy: `add` must not touch SOURCES
         self._cache: dict[str, Any] = {}
         self._checked: dict[str, Path] = {}
+
+    def add(self, spec: FileSpec) -> None:
+        """Describe one more file (a full set found in the raw folder, known by its git blob id)."""
+        self.sources[spec.path] = spec
 
     def spec(self, relpath: str) -> FileSpec:
         try:
@@ -270,7 +357,7 @@ class RawData:
             raise EditevalError(f"raw file {relpath} has no entry in SOURCES.md, so it cannot be checked") from None
 
     def check(self, relpath: str) -> Path:
-        """The file's path after the existence and sha256 checks."""
+        """The file's path after the existence and sha256 (or git blob id) checks."""
         if relpath in self._checked:
             return self._checked[relpath]
         spec = self.spec(relpath)
@@ -279,23 +366,39 @@ class RawData:
             raise EditevalError(
                 f"raw file missing: {path} (give the raw data folder with --raw-dir or $EDITEVAL_RAW_DATA)"
             )
-        digest = sha256_of(path)
-        if digest != spec.sha256:
-            raise EditevalError(
-                f"raw file {path}: sha256 {digest} does not match SOURCES.md ({spec.sha256}); "
-                f"the file is not the published one"
-            )
+        if spec.sha256:
+            digest = sha256_of(path)
+            if digest != spec.sha256:
+                raise EditevalError(
+                    f"raw file {path}: sha256 {digest} does not match SOURCES.md ({spec.sha256}); "
+                    f"the file is not the published one"
+                )
+        else:
+            blob = git_blob_id(path)
+            if blob != spec.blob:
+                raise EditevalError(
+                    f"raw file {path}: git blob id {blob} does not match the published file's ({spec.blob}); "
+                    f"the file is not the published one"
+                )
         self._checked[relpath] = path
         return path
 
     def load(self, relpath: str):
-        """Parsed records: a list (json_list / jsonl / lines) or a dict of lists (json_dict)."""
+        """Parsed records: a list (json_list / jsonl / lines; pandas_json as row dicts), a dict of
+        lists (json_dict), a JSON object (json_object) or the text itself (text)."""
         if relpath in self._cache:
             return self._cache[relpath]
         spec = self.spec(relpath)
         path = self.check(relpath)
         data = _parse(path, spec.format)
-        if isinstance(spec.records, tuple):
+        if spec.format == "text" or spec.records is None:
+            pass  # a prompt file's records are the builder's to count; no count stated: the blob id pins it
+        elif spec.format == "json_object":
+            if not isinstance(data, dict):
+                raise EditevalError(f"raw file {path}: expected a JSON object, got {type(data).__name__}")
+            if len(data) != spec.records:
+                raise EditevalError(f"raw file {path}: {len(data)} keys, SOURCES.md says {spec.records}")
+        elif isinstance(spec.records, tuple):
             if not isinstance(data, dict):
                 raise EditevalError(
                     f"raw file {path}: expected a JSON object of record lists, got {type(data).__name__}"
@@ -319,6 +422,8 @@ def _parse(path: Path, fmt: str):
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise EditevalError(f"raw file {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if fmt == "text":
+        return text
     if fmt == "lines":
         return text.splitlines()
     if fmt == "jsonl":
@@ -331,11 +436,26 @@ def _parse(path: Path, fmt: str):
                     raise EditevalError(f"raw file {path} line {n}: invalid JSON ({err.msg})") from None
         return records
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise EditevalError(
             f"raw file {path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})"
         ) from None
+    return _pandas_rows(data, path) if fmt == "pandas_json" else data
+
+
+def _pandas_rows(data: Any, path: Path) -> list[dict]:
+    """`DataFrame.to_json()` ({column: {row index: value}}) as a list of row dicts, in row order."""
+    if not isinstance(data, dict) or not all(isinstance(col, dict) for col in data.values()):
+        raise EditevalError(f"raw file {path}: expected pandas JSON (an object of column objects)")
+    index = list(next(iter(data.values()), {}))
+    for name, col in data.items():
+        if list(col) != index:
+            raise EditevalError(f"raw file {path}: column '{name}' has other row indices than the first column")
+    if not all(i.isdigit() for i in index):
+        raise EditevalError(f"raw file {path}: row indices must be integers")
+    order = sorted(index, key=int)
+    return [{name: col[i] for name, col in data.items()} for i in order]
 
 
 # --------------------------------------------------------------------------- record checks

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from editeval.data.sources import _FORMATS, FileSpec, _spec
+from editeval.data.sources import _FORMATS, EXTENSION_FORMATS, FileSpec, _spec
 from editeval.errors import EditevalError
 from editeval.runtime.paths import raw_data_dir
 
@@ -18,6 +18,12 @@ _SECTION = re.compile(r"^### `([^`]+)`(.*)$", re.M)
 # the format, without a layout note in brackets ("JSON list (indent 4)" is read as a JSON list)
 _FORMAT = re.compile(r"^- format: (.+?)(?: \([^;]*\))?; records(?: \(rows\))?: \*\*(.+?)\*\*", re.M)
 _SIZE = re.compile(r"^- size: ([\d,]+) bytes; sha256: `([0-9a-f]{64})`", re.M)
+# a group section's files: table rows "| `name` | bytes | `sha256` | ..." (a `dir/` section) or list
+# items "  - item: bytes, `sha256`, ..." (a `dir/{a,b}_x.json` section)
+_TABLE_FILE = re.compile(r"^\| `([^`]+)` \| ([\d,]+) \| `([0-9a-f]{64})` \|", re.M)
+_LIST_FILE = re.compile(r"^\s+- ([\w.-]+): ([\d,]+) bytes, `([0-9a-f]{64})`", re.M)
+# a summary-table row: path, then a cell that starts with the record count ("37 relations")
+_SUMMARY_ROW = re.compile(r"^\| `([^`]+)` \| (\d+)\b[^|]*\| [\d,]+ \|", re.M)
 
 
 def parse_sources_md(path: str | os.PathLike) -> dict[str, FileSpec]:
@@ -33,9 +39,10 @@ def parse_sources_md(path: str | os.PathLike) -> dict[str, FileSpec]:
     table: dict[str, FileSpec] = {}
     for i, head in enumerate(heads):
         name = head.group(1)
-        if _is_group(name, head.group(2)):
-            continue  # several files in one section (a table of them): not yet read by any builder
         block = text[head.end() : heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        if _is_group(name, head.group(2)):
+            table.update(_group_specs(name, block, text, path))
+            continue
         fmt, size = _FORMAT.search(block), _SIZE.search(block)
         if not fmt or not size:
             raise EditevalError(
@@ -51,6 +58,48 @@ def parse_sources_md(path: str | os.PathLike) -> dict[str, FileSpec]:
             _parse_count(fmt.group(2), path, name),
         )
     return table
+
+
+def _group_specs(name: str, block: str, text: str, path: Path) -> dict[str, FileSpec]:
+    """The files of a group section. `dir/{a,b}_x.json`: one format line, counts "N / M" in the
+    order of the braces, and a "- a: bytes, `sha256`" item per file. `dir/`: a table of files (format
+    from the extension), each file's record count from the summary table ("| `dir/f` | 37 relations |")."""
+    specs = {}
+    braces = re.fullmatch(r"(.*)\{([^}]+)\}(.*)", name)
+    if braces:
+        items = [item.strip() for item in braces.group(2).split(",")]
+        fmt = _FORMAT.search(block)
+        sizes = {m.group(1): m for m in _LIST_FILE.finditer(block)}
+        if not fmt or any(item not in sizes for item in items):
+            raise EditevalError(
+                f"{path}: section for {name} lacks a '- format: ...; records: **N / M**' line or "
+                "a '- item: N bytes, `sha256`' line per file"
+            )
+        if fmt.group(1) not in _FORMATS:
+            raise EditevalError(f"{path}: section for {name} has unknown format {fmt.group(1)!r}")
+        counts = [c.strip() for c in fmt.group(2).split("/")]
+        if len(counts) != len(items) or not all(c.isdigit() for c in counts):
+            raise EditevalError(f"{path}: section for {name} has an unreadable record count {fmt.group(2)!r}")
+        for item, count in zip(items, counts):
+            file = braces.group(1) + item + braces.group(3)
+            m = sizes[item]
+            specs[file] = _spec(file, _FORMATS[fmt.group(1)], int(m.group(2).replace(",", "")), m.group(3), int(count))
+        return specs
+    if not name.endswith("/"):
+        raise EditevalError(f"{path}: section for {name} describes several files but names no folder or {{a,b}} list")
+    summary = {m.group(1): int(m.group(2)) for m in _SUMMARY_ROW.finditer(text)}
+    rows = list(_TABLE_FILE.finditer(block))
+    if not rows:
+        raise EditevalError(f"{path}: section for {name} has no '| `file` | bytes | `sha256` |' table rows")
+    for m in rows:
+        file = name + m.group(1)
+        fmt = EXTENSION_FORMATS.get(Path(file).suffix)
+        if fmt is None:
+            raise EditevalError(f"{path}: section for {name} lists {m.group(1)}, a file type with no known format")
+        if file not in summary:
+            raise EditevalError(f"{path}: section for {name} lists {m.group(1)}, but no summary row gives its count")
+        specs[file] = _spec(file, fmt, int(m.group(2).replace(",", "")), m.group(3), summary[file])
+    return specs
 
 
 def _is_group(name: str, rest: str) -> bool:

@@ -129,6 +129,7 @@ LIFELONG = (
     ("emmet", "counterfact", 1000, 100),
     ("wise", "counterfact", 1000, 1),
     ("ultraedit", "counterfact", 1000, 1),
+    ("ultraedit", "counterfact", 1000, 100),  # the authors' turn: 100 edits per closed-form step
     ("grace", "counterfact", 1000, 1),
     ("r-rome", "counterfact", 200, 1),
     ("rome", "counterfact", 200, 1),

@@ -5,6 +5,8 @@ Markers (registered in pyproject.toml):
   the `smollm2` or `smollm2_dir` fixture, so `pytest -m "not real_model"` never loads them.
 - `needs_raw`: reads `../shared/data/raw` (benchmark files, the key-statistics text); skipped with a
   reason when that folder is absent.
+- `cuda`: needs a CUDA GPU (tests/test_cuda.py, `pytest -m cuda`); skipped with a reason where
+  `torch.cuda.is_available()` is false.
 Tiny-model tests use a small byte-level BPE tokenizer trained here (SmolLM2's special tokens and chat
 format, a vocabulary of about 700): they need no model wheel, and their embeddings stay small.
 """

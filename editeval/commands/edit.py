@@ -84,21 +84,33 @@ def edit(
     summary = run_edits(run_config, runtime)
     if summary.record is None:  # another process of a data-parallel run: the main process reports
         return
-    metrics = summary.record.metrics
+    from editeval.evaluation import qaedit
+    from editeval.evaluation.cases import is_case_benchmark
+
+    record = summary.record
+    metrics = record.metrics
     figures = []
-    for key, label in (
-        ("reliability.teacher_forced", "reliability"),
-        ("generalization.teacher_forced", "generalization"),
-        ("locality.teacher_forced", "locality"),
-        ("portability.teacher_forced", "portability"),
-    ):
-        m = metrics.get(key)
-        if m is not None and m.mean is not None:
-            figures.append(f"{label} {m.mean:.3f}")
+    if is_case_benchmark(benchmark):  # the protocol's columns and aggregates
+        shown = [(name, m.mean) for name, m in metrics.items()] + list(record.aggregates.items())
+        figures = [f"{name} {'—' if v is None else f'{v:.3f}'}" for name, v in shown]
+    else:
+        for key, label in (
+            ("reliability.teacher_forced", "reliability"),
+            ("generalization.teacher_forced", "generalization"),
+            ("locality.teacher_forced", "locality"),
+            ("portability.teacher_forced", "portability"),
+            *((key, key) for key in qaedit.protocol_columns(metrics) if benchmark == "qaedit"),
+        ):
+            m = metrics.get(key)
+            if m is not None and m.mean is not None:
+                figures.append(f"{label} {m.mean:.3f}")
+    unit = "cases" if is_case_benchmark(benchmark) else "edits"
     typer.echo(
-        f"{summary.n_edited} edits ({len(summary.skipped)} skipped), "
+        f"{summary.n_edited} {unit} ({len(summary.skipped)} skipped), "
         f"{summary.seconds_per_edit:.2f} s per edit: " + ", ".join(figures)
     )
+    if benchmark == "qaedit" and not wild:
+        typer.echo(qaedit.WITHOUT_WILD)
     if summary.checkpoint:
         typer.echo(f"edited model written to {summary.checkpoint}")
     if summary.after_each:

@@ -81,13 +81,20 @@ def score(
     )
     if record is None:  # another process of a data-parallel run: the main process reports
         return
+    from editeval.evaluation.cases import is_case_benchmark
+
     meta = record.meta
+    unit = "cases" if is_case_benchmark(meta.benchmark) else "edits"
     typer.echo(
-        f"{meta.benchmark}/{meta.split}: {meta.n_edits} edits, {meta.edited_model} vs base {meta.base_model}"
+        f"{meta.benchmark}/{meta.split}: {meta.n_edits} {unit}, {meta.edited_model} vs base {meta.base_model}"
         f" on {meta.device}, {meta.wall_time_s:.1f} s, peak RSS {meta.peak_rss_mb:.0f} MB"
     )
     for line in headline(record):
         typer.echo(line)
+    if benchmark == "qaedit" and not wild:
+        from editeval.evaluation.qaedit import WITHOUT_WILD
+
+        typer.echo(WITHOUT_WILD)
     procs = f" ({meta.n_processes} processes)" if meta.n_processes > 1 else ""
     typer.echo(f"wrote {path} (+ {record.rows_file}){procs}")
 

@@ -33,6 +33,14 @@ name                                   protocol
 ``other_task.piqa_accuracy``           PIQA accuracy of the evaluated model (length-normalised
                                        log-likelihood choice), on a fixed prefix of the split
 ``other_task.piqa_agreement``          fraction of PIQA items where it picks what the base picks
+``mquake.multihop`` / ``.cot``         MQuAKE, per case (`editeval.evaluation.mquake`): any of
+                                       its 3 multi-hop questions answered with the new answer
+                                       (few-shot / chain-of-thought prompt); ``mquake.hopwise``:
+                                       every hop of the new chain; ``*_original``: the old answers
+``rippleedits.<criterion>``            RippleEdits, per case (`editeval.evaluation.rippleedits`):
+                                       passed / executed tests of the criterion, where the edit
+                                       holds (``rippleedits.edit``); ``rippleedits.overall``: the
+                                       mean of the criteria (a record aggregate)
 =====================================  ==========================================================
 
 NLL is the *mean per-token* negative log-likelihood of the target tokens after the prefix.

@@ -16,8 +16,9 @@ Layout of ``<name>.json`` (schema version ``SCHEMA_VERSION``; fields below are a
                      figures are summarised over PIQA items (count = items), not over edits
     breakdowns       {"locality.teacher_forced": {"nq": MetricSummary, ...},
                       "portability.teacher_forced": {"one_hop": ...}, ...}: one entry per kind
-    aggregates       derived figures, e.g. "counterfact.score" (harmonic mean of the efficacy,
-                     paraphrase and neighbourhood score means); None when not computable
+    aggregates       derived figures: "counterfact.score" (harmonic mean of the efficacy,
+                     paraphrase and neighbourhood score means), "rippleedits.overall" (mean of the
+                     RippleEdits criteria's means, those with cases); None when not computable
     rows_file        the Parquet side file's name (same folder), one row per edit: case_id + the
                      metric columns (NaN where a metric does not apply to that edit); a run of an
                      editing method adds its timings, ``seconds.edit`` (the edit's share of the
@@ -50,7 +51,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from editeval.evaluation.metrics import METRIC_VERSION, harmonic_mean
-from editeval.evaluation.specs import COUNTERFACT_AGGREGATE, COUNTERFACT_SCORES, MetricName
+from editeval.evaluation.specs import (
+    COUNTERFACT_AGGREGATE,
+    COUNTERFACT_SCORES,
+    RIPPLE_AGGREGATE,
+    RIPPLE_CRITERION_NAMES,
+    MetricName,
+)
 from editeval.runtime.paths import atomic_file
 
 SCHEMA_VERSION = "1"
@@ -262,7 +269,17 @@ def build_record(
     if all(p is not None for p in parts):
         means = [p.mean for p in parts]
         aggregates[str(COUNTERFACT_AGGREGATE)] = None if any(m is None for m in means) else harmonic_mean(means)
+    ripple = {str(name): metrics[str(name)].mean for name in RIPPLE_CRITERION_NAMES if str(name) in metrics}
+    if ripple:
+        aggregates[str(RIPPLE_AGGREGATE)] = ripple_overall(ripple.values())
     return ResultsRecord(meta=meta, metrics=metrics, breakdowns=breakdowns, aggregates=aggregates)
+
+
+def ripple_overall(criterion_means) -> float | None:
+    """RippleEdits' overall figure (the paper's "Avg."): the mean of the criteria's accuracies,
+    over the criteria that have cases (POPULAR for GPT-J has no Forgetfulness test); None when none has."""
+    kept = [m for m in criterion_means if m is not None]
+    return math.fsum(kept) / len(kept) if kept else None
 
 
 AGREE_TOLERANCE = 1e-9  # a recomputed mean may differ from the recorded one in its last bits only
@@ -270,7 +287,7 @@ AGREE_TOLERANCE = 1e-9  # a recomputed mean may differ from the recorded one in 
 
 def disagreements(record: ResultsRecord, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Where `record`'s figures are not those of its per-edit `rows`: every metric's mean and count,
-    every per-kind breakdown and the CounterFact aggregate, recomputed from the rows as
+    every per-kind breakdown and the aggregates (CounterFact, RippleEdits), recomputed from the rows as
     `build_record` computes them (item-level metrics, ``other_task.*``: the mean, which every row
     carries). Empty when they all agree (within `AGREE_TOLERANCE`)."""
     columns: list[str] = []
@@ -310,11 +327,14 @@ def disagreements(record: ResultsRecord, rows: Sequence[Mapping[str, Any]]) -> l
             if level is None or str(MetricName(level.family, level.protocol, kind)) not in recomputed:
                 problems.append(f"breakdown {family} [{kind}]: no per-edit column in the rows")
     for name, shown in record.aggregates.items():
-        if name != str(COUNTERFACT_AGGREGATE):
+        if name == str(COUNTERFACT_AGGREGATE):
+            means = [recomputed.get(str(part)) for part in COUNTERFACT_SCORES]
+            value = None if any(m is None for m in means) else harmonic_mean(means)
+        elif name == str(RIPPLE_AGGREGATE):
+            value = ripple_overall(recomputed.get(str(part)) for part in RIPPLE_CRITERION_NAMES)
+        else:
             problems.append(f"{name}: an aggregate editeval does not compute")
             continue
-        means = [recomputed.get(str(part)) for part in COUNTERFACT_SCORES]
-        value = None if any(m is None for m in means) else harmonic_mean(means)
         if differ(shown, value):
             problems.append(f"{name}: the record says {shown}, its rows give {value}")
     return problems

@@ -18,7 +18,7 @@ Both equal Hugging Face ``model.generate`` (greedy) on each prompt alone (tests/
 from __future__ import annotations
 
 import inspect
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -236,10 +236,13 @@ class LMRunner:
         *,
         stop_at_eos: bool,
         stop_after: Collection[int] = (),
+        stop_when: Callable[[list[int]], bool] | None = None,
     ) -> list[list[int]]:
         """Batched greedy decoding from token-id prompts (left padded, explicit positions): up to
         ``max_new[k]`` new tokens for prompt k; with ``stop_at_eos``, up to (without) the EOS token;
-        a token of ``stop_after`` ends its row after it (a natural stop: a period, a newline)."""
+        a token of ``stop_after`` ends its row after it (a natural stop: a period, a newline), and so
+        does ``stop_when(tokens so far)`` returning True (a stop that depends on the text, such as a
+        chain of thought's finished answer line)."""
         device = _model_device(model)
         split = _body_and_head(model)
         results: list[list[int]] = [[] for _ in prompts]
@@ -249,7 +252,8 @@ class LMRunner:
             ids, mask, pos, _ = self._pad([prompts[k] for k in idx], device, "left")
             limit = [max_new[k] for k in idx]
             eos = self.eos_id if stop_at_eos else None
-            for k, generated in zip(idx, _greedy_batch(model, split, ids, mask, pos, limit, eos, stop_after)):
+            rows = _greedy_batch(model, split, ids, mask, pos, limit, eos, stop_after, stop_when)
+            for k, generated in zip(idx, rows):
                 results[k] = generated
         return results
 
@@ -281,10 +285,19 @@ def _span_outputs(states, head, batch, batch_seqs, offs, outs, device) -> None:
 
 
 def _greedy_batch(
-    model, split, ids, mask, pos, limit: list[int], eos: int | None, stop_after: Collection[int] = ()
+    model,
+    split,
+    ids,
+    mask,
+    pos,
+    limit: list[int],
+    eos: int | None,
+    stop_after: Collection[int] = (),
+    stop_when: Callable[[list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """Greedy decoding of one left-padded batch: up to ``limit[r]`` new tokens for row r; with an
-    ``eos`` id, up to (without) that token; after a token of ``stop_after``, no more."""
+    ``eos`` id, up to (without) that token; after a token of ``stop_after``, or once ``stop_when``
+    holds for the row's tokens, no more."""
     device = ids.device
     results: list[list[int]] = [[] for _ in limit]
     if split is not None:
@@ -305,7 +318,7 @@ def _greedy_batch(
                 done[r] = True
                 continue
             results[r].append(t)
-            done[r] = t in stop_after
+            done[r] = t in stop_after or (stop_when is not None and stop_when(results[r]))
         if step + 1 >= max(limit) or all(d or step + 1 >= lim for d, lim in zip(done, limit)):
             break
         mask = torch.cat([mask, torch.ones((len(limit), 1), dtype=mask.dtype, device=device)], 1)

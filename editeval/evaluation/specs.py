@@ -3,7 +3,8 @@ one of its protocols, optionally for one kind of its data.
 
 A `MetricName` is that triple; its text form is the column name of the per-edit rows and the key of
 a results record (``reliability.teacher_forced``, ``locality.nq.teacher_forced``,
-``efficacy_score`` for ROME's CounterFact scores, ``counterfact.score`` for their aggregate).
+``efficacy_score`` for ROME's CounterFact scores, ``counterfact.score`` for their aggregate,
+``mquake.multihop`` and ``rippleedits.relation_specificity`` for the case benchmarks' authors' scorers).
 Parse names with `MetricName.parse`, never by splitting strings. What each protocol computes is
 documented in `editeval.evaluation.metrics`.
 """
@@ -63,6 +64,21 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
 
 
 _EDIT_SIDE = (TEACHER_FORCED, GENERATION, WILD, WILD_CONTAINS, WILD_JUDGE)
+# MQuAKE: multi-hop accuracy with the few-shot prompt and with the chain-of-thought prompt, hop-wise
+# accuracy; each also against the answers before editing (`_original`: the unedited model's figures)
+MQUAKE_PROTOCOLS = ("multihop", "cot", "hopwise", "multihop_original", "cot_original", "hopwise_original")
+# RippleEdits: the edit's own fact query, the six criteria, and `overall` (an aggregate: the mean of
+# the criteria's accuracies, the paper's "Avg.")
+RIPPLE_CRITERIA = (
+    "logical_generalization",
+    "compositionality_i",
+    "compositionality_ii",
+    "subject_aliasing",
+    "relation_specificity",
+    "forgetfulness",
+)
+RIPPLE_OVERALL = "overall"
+RIPPLE_PROTOCOLS = ("edit", *RIPPLE_CRITERIA, RIPPLE_OVERALL)
 for _spec in (
     MetricSpec("reliability", _EDIT_SIDE, percent=_EDIT_SIDE),
     MetricSpec("generalization", _EDIT_SIDE, percent=_EDIT_SIDE),
@@ -75,6 +91,10 @@ for _spec in (
     # the site has always shown these as fractions (kept so that its pages do not change)
     MetricSpec("other_task", ("piqa_accuracy", "piqa_agreement")),
     MetricSpec("counterfact", ("score",)),  # aggregate: harmonic mean of the three CounterFact scores
+    # the authors' scorers of the benchmarks whose evaluation unit is a case (`evaluation.cases`):
+    # one figure per case, named after the benchmark (`evaluation.mquake`, `evaluation.rippleedits`)
+    MetricSpec("mquake", MQUAKE_PROTOCOLS, percent=MQUAKE_PROTOCOLS),
+    MetricSpec("rippleedits", RIPPLE_PROTOCOLS, percent=RIPPLE_PROTOCOLS),
 ):
     register_metric(_spec)
 
@@ -140,6 +160,8 @@ def per_kind_families() -> tuple[str, ...]:
 
 COUNTERFACT_SCORES = tuple(MetricName(family, "score") for family in ("efficacy", "paraphrase", "neighborhood"))
 COUNTERFACT_AGGREGATE = MetricName("counterfact", "score")  # the harmonic mean of COUNTERFACT_SCORES' means
+RIPPLE_CRITERION_NAMES = tuple(MetricName("rippleedits", c) for c in RIPPLE_CRITERIA)
+RIPPLE_AGGREGATE = MetricName("rippleedits", RIPPLE_OVERALL)  # the mean of RIPPLE_CRITERION_NAMES' means
 
 
 def row_columns(

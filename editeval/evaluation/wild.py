@@ -69,13 +69,13 @@ def wild_prompts(requests: Sequence[Mapping], chat_template: bool) -> list[WildP
     return out
 
 
-def stop_tokens(tokenizer) -> frozenset[int]:
-    """The token ids whose text holds a natural stop (a period, a newline): generation ends after one.
-    Special tokens have no text in an answer (it is decoded without them), so none of them is one."""
+def stop_tokens(tokenizer, stops: Sequence[str] | None = None) -> frozenset[int]:
+    """The token ids whose text holds a natural stop (`stops`, by default WILD's: a period, a
+    newline): generation ends after one. Special tokens have no text in an answer (it is decoded
+    without them), so none of them is one."""
+    stops = M.WILD_STOPS if stops is None else stops
     vocab = tokenizer.get_vocab().values()
-    return frozenset(
-        t for t in vocab if any(s in tokenizer.decode([t], skip_special_tokens=True) for s in M.WILD_STOPS)
-    )
+    return frozenset(t for t in vocab if any(s in tokenizer.decode([t], skip_special_tokens=True) for s in stops))
 
 
 class WildGenerator:

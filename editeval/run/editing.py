@@ -39,6 +39,9 @@ of the run at the start, so a rerun resumes whatever the number of processes. Th
 main process gathers the rows and writes the same record as one process. Sequential mode is
 refused under several processes.
 
+Case benchmarks (MQuAKE, RippleEdits: several edits per evaluation unit, scored by the authors'
+protocol) go through `editeval.run.cases` instead, in single mode.
+
 Saving (``--save-checkpoint``): a model whose edit changed weights only is written as a normal
 Hugging Face checkpoint; a model carrying additions of a wrapper method (IKE's prompt, GRACE's
 codebook, T-Patcher's / CaliNET's neurons; `editeval.methods.kit.artifacts`) is written as a method artifact
@@ -139,9 +142,14 @@ def _run_edits(
 ) -> EditSummary:
     from tqdm.auto import tqdm
 
+    from editeval.evaluation.cases import is_case_benchmark
     from editeval.evaluation.results import hparams_hash
     from editeval.runtime import distributed
 
+    if is_case_benchmark(opts.benchmark):  # several edits per case, scored by the benchmark's own protocol
+        from editeval.run.cases import run_case_edits
+
+        return run_case_edits(opts, runtime, loaded, given)
     method = get_method(opts.method)
     session = refuse_early(opts, method, runtime)
     run_fingerprint = read_requests(session, opts, given, dataset_fingerprint)

@@ -3,7 +3,8 @@
 model": a checkpoint folder is loaded beside its base, a method artifact installed on the base for
 the evaluation and taken away after; every request of the split is evaluated on that one edited
 model (the batch/sequential sense), and locality is measured against the *base* model's
-predictions (cached on disk once per base and data).
+predictions (cached on disk once per base and data). A case benchmark (MQuAKE, RippleEdits) is
+scored by its authors' protocol instead (`editeval.run.cases.score_cases`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ def run_checkpoint(
     """
     import torch
 
+    from editeval.evaluation.cases import is_case_benchmark
+
+    if is_case_benchmark(score.benchmark):  # MQuAKE, RippleEdits: every case by the authors' protocol
+        from editeval.run.cases import score_cases
+
+        return score_cases(score, runtime, requests=requests, extra_meta=extra_meta)
     session = Session.open(runtime, score.out_path())
     if session.device.startswith("cuda") or session.device == "auto":
         if torch.cuda.is_available():

@@ -29,9 +29,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _stats_oracle import write_corpus
 from _zsre_train import ZSRE_TRAIN
-from test_method_contract import LEARNED, REQUESTS, TINY
+from test_method_contract import LEARNED, REQUESTS, TINY, _environment, environment  # noqa: F401 (fixtures)
 
 from editeval.data.schema import empty_request
 from editeval.evaluation.evaluator import Evaluator
@@ -48,35 +47,6 @@ pytestmark = [
 ROW_ATOL = 1e-4
 DELTA_RTOL = 1e-3
 NEEDS_ENCODER = {"ike", "serac"}
-
-
-@pytest.fixture(scope="module")
-def environment(tmp_path_factory, built_zsre):
-    from editeval.methods.kit.key_stats import CORPUS_FILE
-
-    raw = tmp_path_factory.mktemp("raw")
-    write_corpus(raw / CORPUS_FILE, articles=10)
-    return {
-        "EDITEVAL_RAW_DATA": str(raw),
-        "EDITEVAL_DATASETS": str(built_zsre / "datasets"),
-        "EDITEVAL_CACHE": str(tmp_path_factory.mktemp("cache")),
-    }
-
-
-@pytest.fixture(autouse=True)
-def _environment(environment, monkeypatch):
-    import datasets
-    from editeval.methods import ike, t_patcher, wise
-    from editeval.runtime import paths
-
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    # IKE, T-Patcher and WISE read the small zsre train split: `apply` is called without a run's folder
-    monkeypatch.setattr(paths, "DEFAULT_DATASETS_DIR", Path(environment["EDITEVAL_DATASETS"]))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", environment["EDITEVAL_CACHE"] + "/hf-datasets")
-    monkeypatch.setattr(ike, "_POOLS", {})  # pools of other test modules' datasets
-    monkeypatch.setattr(t_patcher, "_MEMORY", {})
-    monkeypatch.setattr(wise, "_POOLS", {})
 
 
 @pytest.fixture(scope="module")

@@ -96,16 +96,17 @@ def environment(tmp_path_factory, built_zsre):
 @pytest.fixture(autouse=True)
 def _environment(environment, monkeypatch):
     import datasets
-    from editeval.methods import ike, t_patcher
+    from editeval.methods import ike, t_patcher, wise
     from editeval.runtime import paths
 
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    # IKE and T-Patcher read the small zsre train split: `apply` is called without a run's folder
+    # IKE, T-Patcher and WISE read the small zsre train split: `apply` is called without a run's folder
     monkeypatch.setattr(paths, "DEFAULT_DATASETS_DIR", Path(environment["EDITEVAL_DATASETS"]))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", environment["EDITEVAL_CACHE"] + "/hf-datasets")
     monkeypatch.setattr(ike, "_POOLS", {})  # pools of other test modules' datasets
     monkeypatch.setattr(t_patcher, "_MEMORY", {})
+    monkeypatch.setattr(wise, "_POOLS", {})
 
 
 @pytest.fixture(scope="module")

@@ -93,14 +93,11 @@ ZSRE_TRAIN = [
 ]
 
 
-def write_zsre_train(root: Path) -> Path:
-    """Build `zsre` with only a train split (ZSRE_TRAIN) under root/datasets, as `datasets build` lays it out."""
-    import datasets
-    from editeval.data.schema import EDIT_REQUEST_FEATURES, empty_request
+def train_requests() -> list[dict]:
+    """ZSRE_TRAIN as edit requests (what a learned method trains on)."""
+    from editeval.data.schema import empty_request
 
-    folder = root / "datasets" / "zsre"
-    (folder / "data").mkdir(parents=True)
-    records = [
+    return [
         empty_request(
             case_id=i,
             prompt=p,
@@ -111,6 +108,16 @@ def write_zsre_train(root: Path) -> Path:
         )
         for i, (p, t, r, q, a) in enumerate(ZSRE_TRAIN)
     ]
+
+
+def write_zsre_train(root: Path) -> Path:
+    """Build `zsre` with only a train split (ZSRE_TRAIN) under root/datasets, as `datasets build` lays it out."""
+    import datasets
+    from editeval.data.schema import EDIT_REQUEST_FEATURES
+
+    folder = root / "datasets" / "zsre"
+    (folder / "data").mkdir(parents=True)
+    records = train_requests()
     datasets.Dataset.from_list(records, features=EDIT_REQUEST_FEATURES).to_parquet(folder / "data" / "train.parquet")
     (folder / "README.md").write_text(
         "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"

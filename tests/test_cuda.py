@@ -29,10 +29,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _zsre_train import ZSRE_TRAIN
+from _zsre_train import train_requests
 from test_method_contract import LEARNED, REQUESTS, TINY, _environment, environment  # noqa: F401 (fixtures)
 
-from editeval.data.schema import empty_request
 from editeval.evaluation.evaluator import Evaluator
 from editeval.evaluation.results import read_rows
 from editeval.methods.base import available_methods, get_method, restore
@@ -56,16 +55,7 @@ def trained(tiny_llama_dir, tmp_path_factory):
 
     def get(name: str, hparams) -> str:
         if name not in folders:
-            records = [
-                empty_request(
-                    case_id=i,
-                    prompt=p,
-                    target_new=t,
-                    rephrase_prompts=[r],
-                    locality=[{"kind": "nq", "prompt": q, "answer": a}],
-                )
-                for i, (p, t, r, q, a) in enumerate(ZSRE_TRAIN)
-            ]
+            records = train_requests()
             module = importlib.import_module(f"editeval.methods.{name.replace('-', '_')}")
             folder = tmp_path_factory.mktemp(f"{name}-cuda")
             module.train(load(tiny_llama_dir, device="cpu"), records, hparams, "zsre", out_dir=folder, progress=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from _stats_oracle import write_corpus
-from _zsre_train import ZSRE_TRAIN
+from _zsre_train import train_requests
 
 from editeval.data.schema import empty_request
 from editeval.methods.base import available_methods, get_method, restore
@@ -123,16 +123,7 @@ def trained(models, tmp_path_factory):
 
     def get(name: str, arch: str, hparams):
         if (name, arch) not in folders:
-            records = [
-                empty_request(
-                    case_id=i,
-                    prompt=p,
-                    target_new=t,
-                    rephrase_prompts=[r],
-                    locality=[{"kind": "nq", "prompt": q, "answer": a}],
-                )
-                for i, (p, t, r, q, a) in enumerate(ZSRE_TRAIN)
-            ]
+            records = train_requests()
             module = importlib.import_module(f"editeval.methods.{name.replace('-', '_')}")
             folder = tmp_path_factory.mktemp(f"{name}-{arch}")
             module.train(models[(arch, "float32")], records, hparams, "zsre", out_dir=folder, progress=False)

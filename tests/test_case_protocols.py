@@ -572,3 +572,59 @@ def test_qaedit_wild_gives_the_protocol_columns(built, tiny_llama_dir, run_dir, 
     assert all(f"{name} " in out.splitlines()[0] for name in HEADLINE)
     code, out, err = _edit(capsys, built, tiny_llama_dir, "qaedit", "--limit", "1", "--no-generation")
     assert code == 0 and WITHOUT_WILD in out.splitlines()
+
+
+@pytest.mark.needs_raw
+def test_a_case_benchmark_goes_through_the_submission_system(built, tiny_llama_dir, run_dir):
+    """A method entry and the unedited entry on MQuAKE: scored from their submission.yaml (the first
+    `num_edits` *cases*), up to date afterwards, and shown in a table of their own, ranked by
+    multi-hop accuracy with the authors' columns."""
+    import shutil
+
+    import yaml
+
+    from editeval.leaderboard.checks import check_submission
+    from editeval.leaderboard.site import collect, make_tables, markdown_tables
+    from editeval.leaderboard.submissions import Current, score_submission, staleness
+    from editeval.runtime.models import load
+    from editeval.runtime.settings import Runtime
+
+    fingerprint = load(tiny_llama_dir, device="cpu").fingerprint()
+    subs = run_dir / "subs"
+    for slug, method, score in (
+        ("base-mq", "unedited", {"unedited": True}),
+        ("ftm-mq", "ft-m", {"hparams": "hp.yaml"}),
+    ):
+        folder = subs / slug
+        shutil.copytree(tiny_llama_dir, folder / "base")
+        shutil.copy(run_dir / "ft.yaml", folder / "hp.yaml")
+        manifest = {
+            "schema_version": 1,
+            "title": f"{method} on MQuAKE",
+            "authors": ["Test Author"],
+            "contact": "test@example.org",
+            "method": {"name": method},
+            "base_model": {"name": "base", "fingerprint": fingerprint},
+            "benchmark": {"name": "mquake", "split": "edit"},
+            "mode": "single",
+            "num_edits": 2,
+            "score": score,
+        }
+        (folder / "submission.yaml").write_text(yaml.safe_dump(manifest))
+        runtime = Runtime(device="cpu", progress=False, datasets_dir=built)
+        record = score_submission(folder, runtime=runtime, piqa_items=0)
+        assert (record.meta.n_edits, record.meta.benchmark, record.meta.submission) == (2, "mquake", slug)
+        assert set(record.metrics) == set(MQ.COLUMNS)
+        assert staleness(check_submission(folder), Current(datasets_dir=built)) is None
+
+    entries, invalid = collect(subs)
+    assert not invalid
+    (table,) = make_tables(entries)
+    assert (table.score_label, table.unit) == ("Multi-hop", "Cases")
+    assert [c["label"] for c in table.columns] == ["Multi-hop (CoT)", "Hop-wise", "Old answer"]
+    assert [e.average for e in table.entries] == [
+        e.record.value("mquake.multihop") for e in table.entries
+    ]  # ranked by the headline metric, not the four-family average
+    text = markdown_tables(subs)
+    assert "| # | entry | method | cases | Multi-hop (CoT) | Hop-wise | Old answer | Multi-hop | s/edit |" in text
+    assert "MQuAKE multi-hop accuracy" in text

@@ -149,7 +149,9 @@ class Submission(_Strict):
     mode: Literal["single", "batch", "sequential"]
     # batch: edits applied at once; sequential: edits applied at once, batch after batch (default 1)
     batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
-    num_edits: int = Field(ge=1, le=1_000_000, description="the first N edits of the split")
+    num_edits: int = Field(
+        ge=1, le=1_000_000, description="the first N edits of the split (cases, for MQuAKE and RippleEdits)"
+    )
     score: ScoreTarget
 
     @field_validator("authors")

@@ -4,9 +4,14 @@ A table whose entries carry WILD figures shows each headline metric's WILD colum
 teacher-forced one, an "Average (WILD)" beside the teacher-forced "Average", ranks by the WILD
 average when every entry has one (a switch above the table re-ranks by either), and draws the gap
 between the two reliabilities of each entry.
+
+A case benchmark's table (MQuAKE, RippleEdits: `CASE_TABLES`) shows its authors' metrics instead,
+ranked by their headline metric.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from editeval.evaluation.specs import TEACHER_FORCED, WILD, MetricName
 
@@ -70,3 +75,58 @@ def gap_plot(members) -> dict | None:
     ]
     ticks = [{"x": x(t), "label": f"{round(t * 100)}"} for t in (0, 0.25, 0.5, 0.75, 1)]
     return {"width": width, "height": 40 + len(rows) * step, "left": x(0), "right": x(1), "bars": bars, "ticks": ticks}
+
+
+# ----------------------------------------------------------------------------- case benchmarks
+
+
+@dataclass(frozen=True)
+class CaseTable:
+    """How a case benchmark's table (`editeval.evaluation.cases`) is shown: its authors' metrics
+    as columns, ranked by their headline metric instead of the four-family average."""
+
+    score: str  # the metric the table is ranked by (shown as its score column)
+    score_label: str
+    definition: str
+    columns: tuple[tuple[str, str], ...]  # (metric, label), after the score column
+    unit: str = "Cases"
+
+
+CASE_TABLES = {
+    "mquake": CaseTable(
+        score=str(MetricName("mquake", "multihop")),
+        score_label="Multi-hop",
+        definition=(
+            "MQuAKE multi-hop accuracy (Zhong et al. 2023): after a case's edits (applied together), the "
+            "share of cases where any of the 3 multi-hop questions, asked after the official few-shot "
+            "demonstrations and answered by greedy generation, gets the new answer or an alias "
+            "(normalised exact match). CoT: the same with the chain-of-thought demonstrations. Hop-wise: "
+            "every single-hop question of the new chain right. Old answer: the multi-hop questions still "
+            "answered as before the edits."
+        ),
+        columns=(
+            (str(MetricName("mquake", "cot")), "Multi-hop (CoT)"),
+            (str(MetricName("mquake", "hopwise")), "Hop-wise"),
+            (str(MetricName("mquake", "multihop_original")), "Old answer"),
+        ),
+    ),
+    "rippleedits": CaseTable(
+        score=str(MetricName("rippleedits", "overall")),
+        score_label="Overall",
+        definition=(
+            "RippleEdits (Cohen et al. 2024): after an edit, each test query passes when an answer or alias "
+            "is a substring of the greedy output (tests whose conditions fail on the unedited model are "
+            "dropped); Overall = the mean of the six criteria's accuracies (the paper's Avg.). Edit: the "
+            "edited fact itself."
+        ),
+        columns=(
+            (str(MetricName("rippleedits", "edit")), "Edit"),
+            (str(MetricName("rippleedits", "logical_generalization")), "Logical gen."),
+            (str(MetricName("rippleedits", "compositionality_i")), "Comp. I"),
+            (str(MetricName("rippleedits", "compositionality_ii")), "Comp. II"),
+            (str(MetricName("rippleedits", "subject_aliasing")), "Subject aliasing"),
+            (str(MetricName("rippleedits", "relation_specificity")), "Relation spec."),
+            (str(MetricName("rippleedits", "forgetfulness")), "Forgetfulness"),
+        ),
+    ),
+}

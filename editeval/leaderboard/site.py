@@ -93,6 +93,9 @@ class Table:
     ranked_by: str = "teacher_forced"  # or "wild": every entry has a WILD average
     gap: dict | None = None  # teacher-forced vs WILD reliability per entry (`protocols.gap_plot`)
     curves: dict | None = None  # sequential: the entries' reliability by edits made (`curves.table_plot`)
+    score_label: str = "Average"  # the ranking column (a case benchmark's: its headline metric)
+    score_definition: str = AVERAGE_DEFINITION
+    unit: str = "Edits"  # what the entries count (a case benchmark's: cases)
 
     @property
     def anchor(self) -> str:
@@ -195,6 +198,10 @@ def make_tables(entries: list[Entry]) -> list[Table]:
         groups.setdefault(entry.group, []).append(entry)
     tables = []
     for (benchmark, split, mode), members in sorted(groups.items()):
+        case_table = protocols.CASE_TABLES.get(members[0].record.benchmark)
+        if case_table is not None:
+            tables.append(_case_table(benchmark, split, mode, members, case_table))
+            continue
         measured = [key for key, _, metric in HEADLINE if any(e.record.value(metric) is not None for e in members)]
         columns = [{"key": key, "label": label, "metric": metric} for key, label, metric in HEADLINE if key in measured]
         kinds = sorted({k for e in members for k in e.record.kinds("portability")})
@@ -230,6 +237,28 @@ def make_tables(entries: list[Entry]) -> list[Table]:
     return tables
 
 
+def _case_table(benchmark: str, split: str, mode: str, members: list[Entry], spec: protocols.CaseTable) -> Table:
+    """A case benchmark's table: its authors' metrics, ranked by their headline metric."""
+    columns = [
+        {"key": metric, "label": label, "metric": metric}
+        for metric, label in spec.columns
+        if any(e.record.value(metric) is not None for e in members)
+    ]
+    for e in members:
+        e.average, e.average_wild = e.record.value(spec.score), None
+    members.sort(key=lambda e: (e.average is None, -(e.average or 0.0), e.slug))
+    return Table(
+        benchmark,
+        split,
+        mode,
+        members,
+        columns,
+        score_label=spec.score_label,
+        score_definition=spec.definition,
+        unit=spec.unit,
+    )
+
+
 # ----------------------------------------------------------------------------- rendering
 
 
@@ -246,10 +275,12 @@ def markdown_tables(submissions_dir: str | os.PathLike) -> str:
     entries, invalid = collect(Path(submissions_dir))
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     out = []
-    for table in make_tables(entries):
+    tables = make_tables(entries)
+    for table in tables:
         out.append(f"### {_md_cell(table.benchmark)} / {_md_cell(table.split)} / {_md_cell(table.mode)}\n")
         wild = ["Average (WILD)"] if table.wild else []
-        head = ["#", "entry", "method", "edits", *[_md_cell(c["label"]) for c in table.columns], "Average", *wild]
+        head = ["#", "entry", "method", table.unit.lower(), *[_md_cell(c["label"]) for c in table.columns]]
+        head += [table.score_label, *wild]
         head.append("s/edit")
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join(["---:", "---", "---", "---:"] + ["---:"] * (len(head) - 4)) + "|")
@@ -268,8 +299,10 @@ def markdown_tables(submissions_dir: str | os.PathLike) -> str:
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     out.append(AVERAGE_DEFINITION)
-    if any(t.wild for t in make_tables(entries)):
+    if any(t.wild for t in tables):
         out.append("\n" + protocols.WILD_AVERAGE_DEFINITION)
+    for definition in dict.fromkeys(t.score_definition for t in tables if t.score_definition != AVERAGE_DEFINITION):
+        out.append("\n" + definition)
     if invalid:
         out.append("\nInvalid entries: " + "; ".join(f"{_md_cell(b.slug)} ({_md_cell(b.reason)})" for b in invalid))
     return "\n".join(out) + "\n"

@@ -101,13 +101,18 @@ class Current:
         return self._base[key]
 
     def load_requests(self, sub: Submission) -> list[dict]:
-        from editeval.data import load_requests
+        """The first `num_edits` records the submission is scored on: edit requests, or the cases
+        of a case benchmark (MQuAKE, RippleEdits: there `num_edits` counts cases)."""
+        from editeval.data import load_benchmark, load_requests
+        from editeval.evaluation.cases import is_case_benchmark
 
         if self.requests is not None:
             return [dict(r) for r in self.requests][: sub.num_edits]
-        return load_requests(
-            sub.benchmark.name, sub.benchmark.split, sub.benchmark.config, sub.num_edits, self.datasets_dir
-        )
+        bench = sub.benchmark
+        if is_case_benchmark(bench.name):
+            cases = load_benchmark(bench.name, bench.split, bench.config, self.datasets_dir)
+            return cases.select(range(min(sub.num_edits, len(cases)))).to_list()
+        return load_requests(bench.name, bench.split, bench.config, sub.num_edits, self.datasets_dir)
 
     def dataset_fingerprint(self, sub: Submission) -> str:
         from editeval.run.session import dataset_fingerprint

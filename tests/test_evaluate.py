@@ -183,6 +183,40 @@ def test_fluency_greedy_equals_hf_generate_and_stops_at_eos(which, request, monk
         assert row["fluency.ngram_entropy"] == M.ngram_entropy(text + tok.decode(gen, skip_special_tokens=True))
 
 
+@pytest.mark.parametrize("which", ["tiny", "gpt2"])
+def test_greedy_with_a_shared_prefix_equals_hf_generate(which, request, monkeypatch):
+    """Prompts opening with the same demonstrations (MQuAKE's few-shot prompts): with
+    ``share_prefix`` their common opening runs once (one forward of that length, however many
+    prompts), and every continuation is still HF `generate`'s on the prompt alone; prompts opening
+    otherwise, in the same call, go the usual way."""
+    from editeval.evaluation import runner as R
+
+    lm = request.getfixturevalue(which)
+    tok = lm.tokenizer
+    demos = " ".join(f"Q: what is {w}? A: {w} is a word." for w in ("red", "blue", "tree", "stone", "river"))
+    texts = [f"{demos} Q: what is {w}? A:" for w in ("a cat", "the sea", "old bread here", "x")]
+    texts += ["The river of", "Paris is famous for its very old"]
+    prompts = [tok(t)["input_ids"] for t in texts]
+    shared = next(j for j in range(len(prompts[0])) if len({tuple(p[: j + 1]) for p in prompts[:4]}) > 1)
+    assert shared >= 16
+    limits = [9, 6, 9, 7, 5, 8]
+    runner = LMRunner(pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=4)
+
+    lengths = []
+    real = R._shared_prefix
+
+    def spy(model, split, rows, at_least, device):
+        out = real(model, split, rows, at_least, device)
+        lengths.append(None if out is None else (len(rows), out[0]))
+        return out
+
+    monkeypatch.setattr(R, "_shared_prefix", spy)
+    got = runner.greedy(lm.model, prompts, limits, stop_at_eos=False, share_prefix=16)
+    assert got == [_hf_greedy(lm, p, n) for p, n in zip(prompts, limits)]
+    assert (4, shared) in lengths  # the four prompts' common opening, run once
+    assert None in lengths  # the two other prompts: no common opening, the usual padded batch
+
+
 def test_preedit_cache_is_written_once_and_reused(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("EDITEVAL_CACHE", str(tmp_path))
     reqs = _requests(3)

@@ -32,6 +32,9 @@ from editeval.methods.kit.artifacts import prompt_transform
 from editeval.runtime import tokens
 
 CASE_BENCHMARKS = ("mquake", "rippleedits")
+# prompts opening with this many identical tokens (MQuAKE's few-shot demonstrations, an in-context
+# method's prefix) share the KV cache of their common opening (`LMRunner.greedy`)
+SHARED_PREFIX = 64
 
 
 def is_case_benchmark(benchmark: str) -> bool:
@@ -101,7 +104,8 @@ def continuations(
     """Each prompt's greedy continuation on `model`, decoded without special tokens. It ends at EOS,
     after `max_new` tokens (or ``max_new(text, n_tokens)`` of the text the model reads), after a
     token of `stop_after`, or once `stop_when(continuation so far)` holds. An in-context method's
-    prefix goes before each prompt. Repeated prompts are generated once."""
+    prefix goes before each prompt. Repeated prompts are generated once, and the common opening of
+    prompts that share at least `SHARED_PREFIX` tokens is run once."""
     unique = list(dict.fromkeys(prompts))
     prefix = prompt_transform(model)
     texts = [(prefix(p) if prefix else "") + p for p in unique]
@@ -116,7 +120,9 @@ def continuations(
     was_training = model.training
     model.eval()
     try:
-        gens = runner.greedy(model, ids, limits, stop_at_eos=True, stop_after=stop_after, stop_when=when)
+        gens = runner.greedy(
+            model, ids, limits, stop_at_eos=True, stop_after=stop_after, stop_when=when, share_prefix=SHARED_PREFIX
+        )
     finally:
         model.train(was_training)
     decoded = {p: tokenizer.decode(g, skip_special_tokens=True) for p, g in zip(unique, gens)}

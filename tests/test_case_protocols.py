@@ -123,8 +123,15 @@ def test_mquake_rows_ask_the_authors_prompts(monkeypatch, tokenizer):
     }
     asked = []
 
-    def fake(runner, tokenizer, model, prompts, max_new, **stops):
+    def fake(runner, tokenizer, model, prompts, max_new, queries=None, **stops):
         asked.append((list(prompts), max_new))
+        # an in-context method's retrieval sees the question alone, never the demos before it
+        assert [q in p and not q.startswith(("Q:", "Question:")) for p, q in zip(prompts, queries)] == [True] * len(
+            prompts
+        )
+        assert set(queries) <= set(HEY_JUDE["questions"]) | {
+            h["question"] for k in ("single_hops", "new_single_hops") for h in HEY_JUDE[k]
+        }
         return [said.get(p, " no idea\n") for p in prompts]
 
     monkeypatch.setattr(MQ, "continuations", fake)
@@ -141,6 +148,33 @@ def test_mquake_rows_ask_the_authors_prompts(monkeypatch, tokenizer):
     }
     assert [n for _, n in asked] == [MQ.MAX_NEW_TOKENS, MQ.COT_MAX_NEW_TOKENS]
     assert len(asked[0][0]) == 3 + 2 + 2 and len(asked[1][0]) == 3
+
+
+def test_an_in_context_prefix_is_chosen_by_the_question(monkeypatch, tokenizer):
+    """`continuations` puts an in-context method's prefix (IKE's nearest stored fact) before the
+    whole prompt, chosen for the query given with it (a MQuAKE question, not the demos before it
+    that would swamp the retrieval); without queries, for the prompt itself."""
+    import torch
+
+    from editeval.evaluation import cases as C
+
+    seen = []
+    monkeypatch.setattr(C, "prompt_transform", lambda model: lambda q: seen.append(q) or f"[{q}] ")
+
+    class Runner:
+        def greedy(self, model, ids, limits, **kw):
+            self.texts = [tokenizer.decode(i) for i in ids]
+            return [[] for _ in ids]
+
+    runner = Runner()
+    demos = "Q: Who wrote Hamlet? A: William Shakespeare"
+    prompts = [MQ.multihop_prompt(demos, q) for q in ("Who is A?", "Who is B?", "Who is A?")]
+    C.continuations(runner, tokenizer, torch.nn.Identity(), prompts, 5, queries=["Who is A?", "Who is B?", "Who is A?"])
+    assert seen == ["Who is A?", "Who is B?"]  # a repeated (prompt, question) is asked once
+    assert runner.texts == [f"[Who is A?] {prompts[0]}", f"[Who is B?] {prompts[1]}"]
+    seen.clear()
+    C.continuations(runner, tokenizer, torch.nn.Identity(), prompts[:1], 5)
+    assert seen == [prompts[0]]
 
 
 # ---------------------------------------------------------------------------- RippleEdits by hand

@@ -100,15 +100,19 @@ def continuations(
     *,
     stop_after: frozenset[int] = frozenset(),
     stop_when: Callable[[str], bool] | None = None,
+    queries: Sequence[str] | None = None,
 ) -> list[str]:
     """Each prompt's greedy continuation on `model`, decoded without special tokens. It ends at EOS,
     after `max_new` tokens (or ``max_new(text, n_tokens)`` of the text the model reads), after a
     token of `stop_after`, or once `stop_when(continuation so far)` holds. An in-context method's
-    prefix goes before each prompt. Repeated prompts are generated once, and the common opening of
-    prompts that share at least `SHARED_PREFIX` tokens is run once."""
-    unique = list(dict.fromkeys(prompts))
+    prefix goes before each prompt, chosen for the prompt's query (`queries[k]`, default the prompt
+    itself: a question asked after few-shot demonstrations passes the question alone, or the
+    method's retrieval would see the demonstrations). Repeated prompts are generated once, and the
+    common opening of prompts that share at least `SHARED_PREFIX` tokens is run once."""
+    asked = list(zip(prompts, queries if queries is not None else prompts, strict=True))
+    unique = list(dict.fromkeys(asked))
     prefix = prompt_transform(model)
-    texts = [(prefix(p) if prefix else "") + p for p in unique]
+    texts = [(prefix(q) if prefix else "") + p for p, q in unique]
     ids = [tokens.encode(tokenizer, t) for t in texts]
     limits = [max_new if isinstance(max_new, int) else max_new(t, len(i)) for t, i in zip(texts, ids)]
     when = None
@@ -125,5 +129,5 @@ def continuations(
         )
     finally:
         model.train(was_training)
-    decoded = {p: tokenizer.decode(g, skip_special_tokens=True) for p, g in zip(unique, gens)}
-    return [decoded[p] for p in prompts]
+    decoded = {pq: tokenizer.decode(g, skip_special_tokens=True) for pq, g in zip(unique, gens)}
+    return [decoded[pq] for pq in asked]

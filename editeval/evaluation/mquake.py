@@ -195,35 +195,38 @@ class MQuAKEProtocol(CaseProtocol):
 
         return case_requests(case)
 
-    def hop_prompts(self, case: Mapping, key: str) -> list[str]:
-        """The prompts of a chain's hops (`key`: ``new_single_hops`` or ``single_hops``)."""
+    def hop_prompts(self, case: Mapping, key: str) -> list[tuple[str, str]]:
+        """(prompt, question) of each hop of a chain (`key`: ``new_single_hops`` or ``single_hops``)."""
         prompts = []
         for hop, relation in zip(case[key], hop_relations(case, key)):
             if relation not in self.relation_demos:
                 raise ValueError(f"MQuAKE case {case['case_id']}: no single-hop demos for relation {relation}")
-            prompts.append(multihop_prompt(self.relation_demos[relation], hop["question"]))
+            prompts.append((multihop_prompt(self.relation_demos[relation], hop["question"]), hop["question"]))
         return prompts
 
     def rows(self, model, cases: Sequence[Mapping]) -> list[dict]:
         # every one-line answer of the cases in one pass, the chains of thought in another
-        lines: list[str] = []
+        lines: list[tuple[str, str]] = []
         for case in cases:
-            lines += [multihop_prompt(self.demos, q) for q in case["questions"]]
+            lines += [(multihop_prompt(self.demos, q), q) for q in case["questions"]]
             lines += self.hop_prompts(case, "new_single_hops") + self.hop_prompts(case, "single_hops")
         said = self._generate(model, lines, MAX_NEW_TOKENS, stop_after=self.newline)
-        cots = [cot_prompt(self.cot_demos, q) for case in cases for q in case["questions"]]
+        cots = [(cot_prompt(self.cot_demos, q), q) for case in cases for q in case["questions"]]
         thought = self._generate(model, cots, COT_MAX_NEW_TOKENS, stop_when=cot_finished)
         rows = []
         for case in cases:
             answers = CaseAnswers(
                 multihop=[line_answer(said[multihop_prompt(self.demos, q)]) for q in case["questions"]],
                 cot=[cot_answer(thought[cot_prompt(self.cot_demos, q)]) for q in case["questions"]],
-                new_hops=[line_answer(said[p]) for p in self.hop_prompts(case, "new_single_hops")],
-                hops=[line_answer(said[p]) for p in self.hop_prompts(case, "single_hops")],
+                new_hops=[line_answer(said[p]) for p, _ in self.hop_prompts(case, "new_single_hops")],
+                hops=[line_answer(said[p]) for p, _ in self.hop_prompts(case, "single_hops")],
             )
             rows.append({"case_id": case["case_id"], **case_row(case, answers)})
         return rows
 
-    def _generate(self, model, prompts: list[str], max_new: int, **stops) -> dict[str, str]:
-        """prompt -> its greedy continuation on `model`."""
-        return dict(zip(prompts, continuations(self.runner, self.tokenizer, model, prompts, max_new, **stops)))
+    def _generate(self, model, asked: list[tuple[str, str]], max_new: int, **stops) -> dict[str, str]:
+        """prompt -> its greedy continuation on `model` (`asked`: (prompt, its question), the question
+        being what an in-context method's retrieval sees)."""
+        prompts, questions = [p for p, _ in asked], [q for _, q in asked]
+        said = continuations(self.runner, self.tokenizer, model, prompts, max_new, queries=questions, **stops)
+        return dict(zip(prompts, said))

@@ -148,7 +148,7 @@ LIFELONG_NOTE = (
 # RippleEdits, questions for QAEdit; a subset: ROME costs ~2 min per MQuAKE case on 2 CPU cores),
 # and the methods run on them (single mode: a case's edits applied together, scored, undone).
 # QAEdit is scored by its authors' protocol, WILD (`--wild`).
-BENCHMARKS2 = {"mquake": 10, "rippleedits": 30, "qaedit": 50}
+BENCHMARKS2 = {"mquake": 10, "rippleedits": 30, "qaedit": 30}
 BENCHMARKS2_METHODS = ("rome", "memit", "ft-m", "ike", "grace", "alphaedit", "wise")
 WILD_BENCHMARKS = ("qaedit",)
 

@@ -202,6 +202,42 @@ def add_sequential(
     return folder
 
 
+# ---------------------------------------------------------------------------- a case benchmark (MQuAKE)
+
+
+def add_mquake(root: Path, slug: str, method: str, multihop: float, hopwise: float) -> Path:
+    """One scored MQuAKE entry (10 cases, single mode): per-case 0/1 rows whose means are
+    `multihop` (also the CoT column) and `hopwise`."""
+    from editeval.evaluation.mquake import COLUMNS
+
+    folder = root / slug
+    folder.mkdir(parents=True)
+    data = manifest(slug, method, f"{method} on MQuAKE", "mquake", "single", None)
+    (folder / "submission.yaml").write_text(yaml.safe_dump({**data, "num_edits": 10}))
+    rows = [
+        {
+            "case_id": i,
+            **dict.fromkeys(COLUMNS, 0.0),
+            "mquake.multihop": float(i < 10 * multihop),
+            "mquake.cot": float(i < 10 * multihop),
+            "mquake.hopwise": float(i < 10 * hopwise),
+        }
+        for i in range(10)
+    ]
+    meta = {
+        "benchmark": "mquake",
+        "split": "edit",
+        "dataset_fingerprint": "d" * 16,
+        "base_model": "smollm2-135m",
+        "base_fingerprint": FP,
+        "edited_model": slug,
+    }
+    if method != "unedited":
+        meta.update(method=method, mode="single", seconds_per_edit=2.0, hparams={"layers": [4]}, hparams_hash="abc")
+    write_record(build_record(rows, meta), rows, folder / "results.json")
+    return folder
+
+
 # ---------------------------------------------------------------------------- hostile strings everywhere
 
 PWN = """<script>self['__pwned']=1</script> <img src=x onerror="self['__pwned']=2">"""

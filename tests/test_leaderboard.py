@@ -135,6 +135,33 @@ def test_leaderboard_cli(tmp_path):
     assert f"{len(ENTRIES)} entries in 3 tables, 3 invalid" in result.output
 
 
+def test_a_case_benchmark_has_a_table_of_its_own(tmp_path):
+    """MQuAKE entries: one table beside the request benchmarks', with the authors' columns (no
+    reliability/locality), ranked by multi-hop accuracy, which the site shows as its score column
+    with its definition; the unit is cases."""
+    from _leaderboard_fixtures import add_mquake
+
+    from editeval.leaderboard.site import build_site
+
+    subs = make_submissions(tmp_path / "subs")
+    add_mquake(subs, "mq-base", "unedited", 0.0, 0.1)
+    add_mquake(subs, "mq-rome", "rome", 0.3, 0.2)
+    add_mquake(subs, "mq-ftm", "ft-m", 0.5, 0.0)
+    report = build_site(subs, tmp_path / "site")
+    table = next(t for t in report.tables if t.benchmark == "mquake")
+    assert [e.slug for e in table.entries] == ["mq-ftm", "mq-rome", "mq-base"]  # multi-hop 0.5, 0.3, 0.0
+    assert [c["label"] for c in table.columns] == ["Multi-hop (CoT)", "Hop-wise", "Old answer"]
+    assert table.scatter is None and not table.wild
+    page = (tmp_path / "site" / "index.html").read_text()
+    section = page.split('id="t-mquake-edit-single"')[1].split("</section>")[0]
+    assert ">Cases</th>" in section and ">Multi-hop</th>" in section and "MQuAKE multi-hop accuracy" in section
+    assert '<td class="avg" data-v="0.5">50.0</td>' in section
+    entry = (tmp_path / "site" / "entries" / "mq-rome.html").read_text()
+    assert "Rank 2 of 3 · Multi-hop 30.0" in entry
+    zsre = page.split('id="t-zsre-edit-single"')[1].split("</section>")[0]
+    assert ">Average</th>" in zsre and ">Edits</th>" in zsre  # the request tables as before
+
+
 def test_markdown_tables_match_the_site(built, tmp_path):
     """`editeval leaderboard table`: the site's tables, rows and order as Markdown; a submitted
     title stays one inert cell."""

@@ -405,6 +405,8 @@ def test_a_finished_single_record_is_extended_by_a_larger_limit(tiny, tmp_path, 
     assert read_record(summary.out).meta.base_num_parameters == sum(p.numel() for p in tiny.model.parameters())
     assert not list(summary.out.parent.glob("*.partial*"))
     CALLS.clear()
+    again = run_edits(opts, QUIET, loaded=tiny, requests=reqs)  # the same command again: nothing to edit
+    assert CALLS == [] and read_rows(again.out).equals(rows)
     hp = tmp_path / "nudge.yaml"
     hp.write_text("amount: 0.02\n")
     run_edits(opts.model_copy(update={"hparams_path": str(hp)}), QUIET, loaded=tiny, requests=reqs + [_req(5)])

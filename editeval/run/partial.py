@@ -210,10 +210,12 @@ class Partial:
 
 
 def carry_over_record(out: Path, header: dict, requests: list[dict], generation: bool) -> int:
-    """Single mode: a finished record at `out` of the same run over fewer requests (an earlier,
-    smaller --limit) becomes the progress of this one, so ``--limit 200`` after ``--limit 100``
-    edits only requests 100-199. Edits are independent of each other in single mode, so the old
-    rows are exactly what this run would compute. Returns how many requests were carried over."""
+    """Single mode: a finished record at `out` of the same run over as many or fewer requests (the
+    same command again, or an earlier, smaller --limit) becomes the progress of this one, so
+    ``--limit 200`` after ``--limit 100`` edits only requests 100-199, and the same command run
+    twice edits nothing the second time (delete the record to compute it again). Edits are
+    independent of each other in single mode, so the old rows are exactly what this run would
+    compute. Returns how many requests were carried over."""
     from editeval.evaluation import results as R
     from editeval.evaluation.evaluator import FLUENCY
     from editeval.evaluation.specs import WILD, WILD_JUDGE, MetricName
@@ -246,7 +248,7 @@ def carry_over_record(out: Path, header: dict, requests: list[dict], generation:
         and (WILD_RELIABILITY in record.metrics) == header["wild"]
         and (JUDGE_RELIABILITY in record.metrics) == bool(header["judge"])
         and isinstance(n_old, int)
-        and n_old < len(requests)
+        and n_old <= len(requests)
         and meta.dataset_fingerprint == dataset_fingerprint(requests[:n_old])
     )
     if not same:

@@ -311,7 +311,7 @@ def benchmarks2_entries(bench: str, methods: list[str], fingerprint: str) -> dic
 
 def adopt(source: Path, folder: Path, spec: Spec) -> bool:
     """Copy the finished record of this entry (method, edit count, mode, batch size) into `folder`."""
-    from editeval.evaluation.results import read_record, read_rows, write_record
+    from editeval.evaluation.results import grouped_batch_size, read_record, read_rows, write_record
     from editeval.leaderboard.submissions import count_parameters
     from editeval.runtime.models import model_dir
 
@@ -323,10 +323,8 @@ def adopt(source: Path, folder: Path, spec: Spec) -> bool:
     record = read_record(path)
     if record.meta.n_edits != data["num_edits"] or (method != "unedited" and record.meta.method != method):
         return False
-    if method != "unedited" and (record.meta.mode, record.meta.edit_batch_size) != (
-        data["mode"],
-        data.get("batch_size", 1),
-    ):
+    recorded = (record.meta.mode, grouped_batch_size(record.meta.mode, record.meta.edit_batch_size))
+    if method != "unedited" and recorded != (data["mode"], grouped_batch_size(data["mode"], data.get("batch_size"))):
         return False
     # what `editeval score` adds to a submission's record (the leaderboard shows the model's size)
     update = {

@@ -92,10 +92,12 @@ def resolve_runtime(
         import torch
 
         torch.set_num_threads(threads)
-    if not progress:  # transformers' own bars too (loading weights)
+    if not progress:  # the libraries' own bars too (loading weights, generating a dataset split)
+        import datasets
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
     return Runtime(
         device=device,
         dtype=dtype,

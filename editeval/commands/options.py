@@ -93,8 +93,9 @@ def resolve_runtime(
 
         torch.set_num_threads(threads)
     if not progress:  # the libraries' own bars too (loading weights, generating a dataset split)
-        import datasets
         from transformers.utils import logging as hf_logging
+
+        import datasets
 
         hf_logging.disable_progress_bar()
         datasets.disable_progress_bars()

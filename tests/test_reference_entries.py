@@ -74,3 +74,23 @@ def test_no_reference_entry_is_stale(smollm2_dir, repo_paths):
     if missing:
         pytest.skip(f"datasets not built: {', '.join(missing)}")
     assert stale_submissions(SUBMISSIONS) == []
+
+
+def test_the_tf_vs_wild_table_reads_the_entries(tmp_path, capsys):
+    """scripts/tf_vs_wild.py: one row per single-mode entry, ×100, the gap TF − WILD reliability,
+    "–" for a figure an entry lacks; mass and lifelong entries are left to their own tables."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("tf_vs_wild", REPO / "scripts" / "tf_vs_wild.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    metrics = {"reliability.teacher_forced": 0.95, "reliability.wild": 0.25, "locality.wild": 1.0}
+    for slug in ("rome-zsre", "memit-sequential100-1000-zsre"):
+        folder = tmp_path / f"{PREFIX}{slug}"
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"metrics": {k: {"mean": v} for k, v in metrics.items()}}))
+    entries = script.rows(tmp_path, "zsre")
+    assert [label for label, _ in entries] == ["rome"]
+    row = script.table("zsre", entries).splitlines()[-1]
+    assert row == "| rome | 95.0 | 25.0 | – | – | – | – | 100.0 | – | – | 70.0 |"
